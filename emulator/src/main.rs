@@ -1,0 +1,2 @@
+//! `pictify-emulator` binary.
+fn main() {}

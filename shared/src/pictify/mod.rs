@@ -1,0 +1,3 @@
+//! Pictify: the wire protocol, the HTTP client and typed webhook events.
+
+pub mod wire;
