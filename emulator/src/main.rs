@@ -1,2 +1,110 @@
-//! `pictify-emulator` binary.
-fn main() {}
+//! `pictify-emulator` binary: parses flags into a `Config`, starts the server, stops on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use pictify_emulator::render::TemplateStore;
+use pictify_emulator::{Config, Faults, RateLimit};
+use tracing_subscriber::EnvFilter;
+
+/// A local stand-in for Pictify's batch API: real HTTP, real signed webhooks, real images.
+#[derive(Debug, Parser)]
+#[command(name = "pictify-emulator", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4010",
+        env = "PICTIFY_EMULATOR_LISTEN"
+    )]
+    listen: SocketAddr,
+    /// Accepted API key (repeatable); default `pk_test_emulator`.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Directory of extra templates (`<id>.html` + `<id>.json`), added to the bundled samples.
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Where rendered images are stored.
+    #[arg(long, default_value = ".pictify-emulator")]
+    data_dir: PathBuf,
+    /// Base of image URLs in webhooks (default: the listen address).
+    #[arg(long)]
+    public_base_url: Option<String>,
+    /// JSON file of faults to inject (see `Faults`; camelCase field names).
+    #[arg(long)]
+    faults: Option<PathBuf>,
+    /// Seed for fault decisions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-key request limits of a plan: free, pro or business.
+    #[arg(long)]
+    rate_limit: Option<RateLimit>,
+    /// Renders left on the account (default: unlimited).
+    #[arg(long)]
+    quota: Option<u64>,
+    /// Answer an exhausted quota with 429 `{code:"quota_exceeded"}` instead of 402.
+    #[arg(long)]
+    quota_as_429: bool,
+    /// Multiplier of the webhook retry schedule (1m, 5m, 30m, 2h, 24h).
+    #[arg(long, default_value_t = 1.0)]
+    webhook_retry_scale: f64,
+    /// Add `batchId`/`batchIndex` to render events (an emulator extension).
+    #[arg(long)]
+    correlation_fields: bool,
+    /// Skip rasterisation (placeholder images) to measure pipeline overhead.
+    #[arg(long)]
+    no_render: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = config_from(Args::parse())?;
+    let key = config.api_keys.first().cloned().unwrap_or_default();
+    let emulator = pictify_emulator::start(config).await?;
+    println!("Pictify emulator listening on {}", emulator.base_url());
+    println!("API key: {key}");
+    println!("Ledger:  {}/_emulator/ledger", emulator.base_url());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+fn config_from(args: Args) -> anyhow::Result<Config> {
+    let mut config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        public_base_url: args.public_base_url,
+        seed: args.seed,
+        rate_limit: args.rate_limit,
+        quota: args.quota,
+        quota_as_429: args.quota_as_429,
+        webhook_retry_scale: args.webhook_retry_scale,
+        correlation_fields: args.correlation_fields,
+        ..Config::default()
+    };
+    if !args.api_keys.is_empty() {
+        config.api_keys = args.api_keys;
+    }
+    if let Some(dir) = args.templates {
+        let extra = TemplateStore::load_dir(&dir)
+            .with_context(|| format!("loading templates from {}", dir.display()))?;
+        config.templates.merge(extra);
+    }
+    if let Some(path) = args.faults {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        config.faults = serde_json::from_str::<Faults>(&text)
+            .with_context(|| format!("parsing faults in {}", path.display()))?;
+    }
+    config.render.rasterize = !args.no_render;
+    Ok(config)
+}

@@ -1,4 +1,15 @@
 //! pictify-batch core: everything the Lambda functions, the CLI and the tests share.
 
+pub mod aws;
+pub mod dataset;
+pub mod domain;
+pub mod layout;
+pub mod local;
 pub mod pictify;
+pub mod pipeline;
+pub mod ports;
+pub mod s3_event;
+pub mod secret;
+pub mod settings;
 pub mod signing;
+pub mod wiring;

@@ -7,13 +7,28 @@
 //! - `Renderer::new(RenderOptions)`, `Renderer::render(&Template, &VariableSet, Format, quality)`
 //! - `RenderedImage { bytes, width, height, format }`, `ItemError { code, message }`
 
+pub mod expr;
+pub mod functions;
+pub mod images;
+pub mod raster;
+pub mod substitute;
 pub mod template;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::pictify::wire::{Format, VariableSet};
+use shared::pictify::wire::{Format, VariableSet, error_codes};
+use takumi::prelude::ImageSource;
 
-pub use template::{Template, TemplateStore, VariableDef};
+pub use template::{Template, TemplateError, TemplateStore, VariableDef};
+
+/// Item code for an internal engine failure (HTML the engine rejects, an encoder error). Pictify documents
+/// no UPPER_SNAKE code for this; its error-type list has `render-failed`, hence the name.
+pub const RENDER_FAILED: &str = "RENDER_FAILED";
+
+/// Decoded http(s) images kept across renders; batches reuse the same few avatars and product shots.
+const IMAGE_CACHE_ENTRIES: usize = 256;
 
 /// How items are rendered.
 #[derive(Debug, Clone)]
@@ -53,11 +68,27 @@ pub struct ItemError {
 /// Renders items; cheap to share behind an `Arc`.
 pub struct Renderer {
     options: RenderOptions,
+    engine: Arc<raster::Engine>,
+    client: reqwest::Client,
+    image_cache: Arc<Mutex<HashMap<String, ImageSource>>>,
+    placeholders: Mutex<HashMap<(u32, u32, Format), Arc<Vec<u8>>>>,
 }
 
 impl Renderer {
+    /// Registers the bundled fonts and builds the HTTP client once; every render shares them.
     pub fn new(options: RenderOptions) -> anyhow::Result<Self> {
-        Ok(Self { options })
+        let engine = raster::Engine::new()?;
+        let client = reqwest::Client::builder()
+            .timeout(options.fetch_timeout)
+            .user_agent(concat!("pictify-emulator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            options,
+            engine: Arc::new(engine),
+            client,
+            image_cache: Arc::default(),
+            placeholders: Mutex::default(),
+        })
     }
 
     pub fn options(&self) -> &RenderOptions {
@@ -72,8 +103,123 @@ impl Renderer {
         format: Format,
         quality: f64,
     ) -> Result<RenderedImage, ItemError> {
-        let _ = (variables, quality);
-        // STUB: replaced by the real engine.
-        Ok(RenderedImage { bytes: Vec::new(), width: template.width, height: template.height, format })
+        let scope = substitute::TemplateScope::new(template, variables)?;
+        let html = substitute::render_html(&template.html, &scope)?;
+        let budget = self.options.time_budget;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(budget, self.rasterize(html, template, format, quality)).await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ItemError {
+                code: error_codes::RENDER_TIMEOUT,
+                message: format!("render of '{}' exceeded the {} ms budget", template.id, budget.as_millis()),
+            }),
+        };
+        match &outcome {
+            Ok(image) => tracing::debug!(
+                template = %template.id, format = format.as_str(), bytes = image.bytes.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64, "rendered"
+            ),
+            Err(e) => tracing::debug!(template = %template.id, code = e.code, error = %e.message, "render failed"),
+        }
+        outcome
+    }
+
+    /// Loads images, then (off the async threads) decodes them, lays out, paints and encodes.
+    async fn rasterize(
+        &self,
+        html: String,
+        template: &Template,
+        format: Format,
+        quality: f64,
+    ) -> Result<RenderedImage, ItemError> {
+        let (width, height) = (template.width, template.height);
+        let loaded = self.load_images(&html).await?;
+        if !self.options.rasterize {
+            for (src, loaded) in &loaded {
+                if let Loaded::Bytes(bytes) = loaded
+                    && image::guess_format(bytes).is_err()
+                {
+                    return Err(images::fetch_failed(src, "not a recognised image format"));
+                }
+            }
+            let bytes = self.placeholder(width, height, format)?;
+            return Ok(RenderedImage { bytes: bytes.to_vec(), width, height, format });
+        }
+        let engine = Arc::clone(&self.engine);
+        let cache = Arc::clone(&self.image_cache);
+        let task = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ItemError> {
+            let mut decoded: HashMap<Arc<str>, ImageSource> = HashMap::new();
+            for (src, loaded) in loaded {
+                let source = match loaded {
+                    Loaded::Cached(hit) => hit,
+                    Loaded::Bytes(bytes) => {
+                        let source = ImageSource::from_bytes(&bytes)
+                            .map_err(|e| images::fetch_failed(&src, format!("cannot decode: {e}")))?;
+                        if matches!(images::classify(&src), Ok(images::SrcKind::Http)) {
+                            remember_image(&cache, &src, &source);
+                        }
+                        source
+                    }
+                };
+                decoded.insert(Arc::from(src.as_str()), source);
+            }
+            let bitmap = engine.render(&html, width, height, decoded).map_err(render_failed)?;
+            raster::encode(bitmap, format, quality).map_err(render_failed)
+        });
+        let bytes = task.await.map_err(|e| ItemError { code: RENDER_FAILED, message: format!("render task failed: {e}") })??;
+        Ok(RenderedImage { bytes, width, height, format })
+    }
+
+    /// Fetches every image the HTML references, concurrently.
+    async fn load_images(&self, html: &str) -> Result<Vec<(String, Loaded)>, ItemError> {
+        let sources = images::image_sources(html);
+        let fetches = sources.into_iter().map(|src| async move {
+            if let Some(hit) = cached_image(&self.image_cache, &src) {
+                return Ok((src, Loaded::Cached(hit)));
+            }
+            let bytes = images::load(&self.client, &src, self.options.fetch_timeout).await?;
+            Ok((src, Loaded::Bytes(bytes)))
+        });
+        futures::future::try_join_all(fetches).await
+    }
+
+    fn placeholder(&self, width: u32, height: u32, format: Format) -> Result<Arc<Vec<u8>>, ItemError> {
+        let key = (width, height, format);
+        if let Some(hit) = self.placeholders.lock().ok().and_then(|map| map.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let bytes = Arc::new(raster::placeholder(width, height, format).map_err(render_failed)?);
+        if let Ok(mut map) = self.placeholders.lock() {
+            map.insert(key, Arc::clone(&bytes));
+        }
+        Ok(bytes)
+    }
+}
+
+/// One image reference, either already decoded (cache hit) or as fetched bytes.
+enum Loaded {
+    Cached(ImageSource),
+    Bytes(Vec<u8>),
+}
+
+fn render_failed(e: raster::RasterError) -> ItemError {
+    ItemError { code: RENDER_FAILED, message: e.to_string() }
+}
+
+fn cached_image(cache: &Mutex<HashMap<String, ImageSource>>, src: &str) -> Option<ImageSource> {
+    if !matches!(images::classify(src), Ok(images::SrcKind::Http)) {
+        return None;
+    }
+    cache.lock().ok()?.get(src).cloned()
+}
+
+fn remember_image(cache: &Mutex<HashMap<String, ImageSource>>, src: &str, source: &ImageSource) {
+    if let Ok(mut map) = cache.lock() {
+        // Crude but bounded: a full cache starts over rather than tracking recency.
+        if map.len() >= IMAGE_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(src.to_string(), source.clone());
     }
 }

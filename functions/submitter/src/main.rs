@@ -1,13 +1,10 @@
-//! submitter Lambda entry point (stub until issue B wires the pipeline step).
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-use serde_json::Value;
+//! submitter Lambda: composition root. Clients and configuration are built once per cold start.
+use lambda_runtime::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    run(service_fn(|event: LambdaEvent<Value>| async move {
-        tracing::info!(request_id = %event.context.request_id, "submitter stub invoked");
-        Ok::<Value, Error>(Value::Null)
-    }))
-    .await
+    let wired = shared::wiring::pipeline_from_env().await?;
+    let (pipeline, queue) = (&wired.pipeline, wired.queue.as_ref());
+    run(service_fn(|event| submitter::function_handler(pipeline, queue, event))).await
 }

@@ -1,11 +1,10 @@
-//! webhook Lambda entry point (stub until issue B wires the pipeline step).
-use lambda_http::{Body, Error, Request, Response, run, service_fn};
+//! webhook Lambda: composition root. Clients and configuration are built once per cold start.
+use lambda_http::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
-    run(service_fn(|_req: Request| async move {
-        Ok::<_, Error>(Response::builder().status(200).body(Body::Empty)?)
-    }))
-    .await
+    let wired = shared::wiring::pipeline_from_env().await?;
+    let pipeline = &wired.pipeline;
+    run(service_fn(|request| webhook::function_handler(pipeline, request))).await
 }

@@ -1,3 +1,11 @@
 //! Pictify: the wire protocol, the HTTP client and typed webhook events.
 
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod validate;
 pub mod wire;
+
+pub use client::{PictifyClient, PictifyConfig};
+pub use error::{FieldError, PictifyError};
+pub use events::{ParsedWebhook, WebhookEvent, WebhookParseError, parse_webhook};

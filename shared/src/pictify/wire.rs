@@ -56,7 +56,9 @@ impl std::str::FromStr for Format {
             "jpeg" => Ok(Format::Jpeg),
             "webp" => Ok(Format::Webp),
             "gif" => Ok(Format::Gif),
-            other => Err(format!("unknown format `{other}` (expected png, jpeg, webp or gif)")),
+            other => Err(format!(
+                "unknown format `{other}` (expected png, jpeg, webp or gif)"
+            )),
         }
     }
 }
@@ -100,7 +102,10 @@ impl BatchStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            BatchStatus::Completed | BatchStatus::Partial | BatchStatus::Failed | BatchStatus::Cancelled
+            BatchStatus::Completed
+                | BatchStatus::Partial
+                | BatchStatus::Failed
+                | BatchStatus::Cancelled
         )
     }
 }
@@ -317,4 +322,31 @@ pub struct CreateSubscription {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubscriptionEnvelope {
     pub subscription: Subscription,
+}
+
+/// `GET /webhook-subscriptions` answer: one page of subscriptions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionList {
+    #[serde(default)]
+    pub subscriptions: Vec<Subscription>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+/// Page information of list endpoints (`page` is 1-based).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pagination {
+    #[serde(default)]
+    pub page: u32,
+    #[serde(default)]
+    pub limit: u32,
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub total_pages: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_next: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_prev: Option<bool>,
 }

@@ -1,0 +1,65 @@
+//! The ledger: what the emulator accepted, rendered, billed and delivered, for tests to audit.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shared::pictify::wire::BatchStatus;
+
+/// Snapshot served at `GET /_emulator/ledger` and by `RunningEmulator::ledger()`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    /// Every authenticated-or-not `POST /templates/{uid}/batch-render` that reached the server.
+    pub submit_requests: u64,
+    /// Batches created, in creation order (an idempotent replay creates none).
+    pub batches_accepted: Vec<AcceptedBatch>,
+    /// Submits answered from the idempotency store.
+    pub replays: u64,
+    pub items_rendered: u64,
+    pub items_failed: u64,
+    /// Render credits metered (one per rendered item, at render time).
+    pub renders_billed: u64,
+    pub deliveries: DeliveryCounts,
+    /// Non-2xx answers to submits, by status code.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedBatch {
+    pub batch_id: String,
+    pub idempotency_key: Option<String>,
+    pub template_id: String,
+    pub total_items: u32,
+    pub status: BatchStatus,
+    pub rendered: u32,
+    pub failed: u32,
+    pub created_at: String,
+}
+
+/// Webhook delivery counters. `attempted` counts HTTP attempts (retries included); `acknowledged`
+/// and `failed` count deliveries (a delivery fails once its retries are exhausted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryCounts {
+    pub attempted: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+}
+
+impl Ledger {
+    /// How many batches were created under this idempotency key (a chunk must be exactly one).
+    pub fn accepted_with_key(&self, key: &str) -> usize {
+        self.batches_accepted
+            .iter()
+            .filter(|b| b.idempotency_key.as_deref() == Some(key))
+            .count()
+    }
+
+    /// Submits rejected with this status code.
+    pub fn rejected_with(&self, status: u16) -> u64 {
+        self.rejected.get(&status.to_string()).copied().unwrap_or(0)
+    }
+}

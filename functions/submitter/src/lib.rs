@@ -1,0 +1,51 @@
+//! submitter handler: SQS chunk messages → `Pipeline::submit`, always as a partial batch response.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::{Error, LambdaEvent};
+use shared::aws::sqs::SqsWorkQueue;
+use shared::domain::ChunkMessage;
+use shared::pipeline::{Pipeline, SubmitOutcome};
+use tracing::{error, info, warn};
+
+pub async fn function_handler(pipeline: &Pipeline, queue: &SqsWorkQueue, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+    let mut response = SqsBatchResponse::default();
+    for message in &event.payload.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        if !handle(pipeline, queue, message).await {
+            response.batch_item_failures.push(BatchItemFailure { item_identifier: id, ..Default::default() });
+        }
+    }
+    Ok(response)
+}
+
+/// `true` when the message is done with (acknowledge), `false` to leave it on the queue.
+async fn handle(pipeline: &Pipeline, queue: &SqsWorkQueue, message: &SqsMessage) -> bool {
+    let body = message.body.as_deref().unwrap_or_default();
+    let chunk: ChunkMessage = match serde_json::from_str(body) {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            // Never acknowledged: after maxReceiveCount it lands in the DLQ for an operator.
+            error!(message_id = message.message_id.as_deref().unwrap_or("-"), error = %e, "unreadable chunk message");
+            return false;
+        }
+    };
+    let delay = match pipeline.submit(&chunk).await {
+        Ok(SubmitOutcome::Submitted { .. } | SubmitOutcome::AlreadyDone | SubmitOutcome::Rejected { .. }) => return true,
+        Ok(SubmitOutcome::RetryLater(delay)) => delay,
+        Ok(SubmitOutcome::Paused { reason, delay }) => {
+            warn!(job_id = %chunk.job, chunk = %chunk.key.label(), reason = %reason, "submissions paused; message kept");
+            delay
+        }
+        Err(e) => {
+            error!(job_id = %chunk.job, chunk = %chunk.key.label(), error = %e, "submit failed; message will be redelivered");
+            return false;
+        }
+    };
+    if let Some(receipt) = message.receipt_handle.as_deref()
+        && let Err(e) = queue.return_later(receipt, delay).await
+    {
+        warn!(job_id = %chunk.job, error = %e, "could not delay the message; it returns after the visibility timeout");
+    }
+    info!(job_id = %chunk.job, chunk = %chunk.key.label(), delay_s = delay.as_secs(), "message returned to the queue");
+    false
+}

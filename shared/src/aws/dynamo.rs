@@ -1,0 +1,1341 @@
+//! DynamoDB implementation of the `JobStore` port: one on-demand table (`pk`/`sk`) holding jobs,
+//! chunks, the batch index, render/failure records by fingerprint, the submissions switch and
+//! orphaned webhooks. The layout and the access pattern of each item type are in
+//! `docs/table-design.md`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters as _;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::domain::{
+    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobSpec, JobStatus, ManifestLocation,
+    ObjectRef,
+};
+use crate::ports::{
+    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+};
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const JOB_SK: &str = "#JOB";
+const CHUNK_PREFIX: &str = "CHUNK#";
+const BATCH_SK: &str = "#BATCH";
+const RENDER_SK: &str = "#RENDER";
+const FAILURE_SK: &str = "#FAILURE";
+const CONTROL_PK: &str = "CONTROL";
+const SUBMISSIONS_SK: &str = "#SUBMISSIONS";
+const TTL: &str = "ttl";
+
+/// Render/failure records only matter while their job runs; TTL keeps the table from growing.
+const RECORD_TTL_SECS: i64 = 30 * 86_400;
+const ORPHAN_TTL_SECS: i64 = 14 * 86_400;
+/// An item is at most 400 KB; a webhook body kept for the operator does not need more than this.
+const ORPHAN_BODY_MAX_BYTES: usize = 64 * 1024;
+/// AWS caps BatchGetItem at 100 keys (moto does not, so we must).
+const BATCH_GET_MAX_KEYS: usize = 100;
+const BATCH_GET_MAX_ROUNDS: u32 = 8;
+const BATCH_GET_CONCURRENCY: usize = 4;
+/// Conditional puts cannot be batched; this bounds the parallel PutItem calls of `put_chunks`.
+const PUT_CONCURRENCY: usize = 8;
+
+/// The `JobStore` on one DynamoDB table (see `create_table`).
+#[derive(Debug, Clone)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+/// A stored item that does not decode into the domain type (a bug or a hand-edited item).
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    #[error("item {item}: attribute `{attribute}` is missing or not of type {expected}")]
+    Missing {
+        item: String,
+        attribute: &'static str,
+        expected: &'static str,
+    },
+    #[error("item {item}: attribute `{attribute}` is invalid: {reason}")]
+    Invalid {
+        item: String,
+        attribute: &'static str,
+        reason: String,
+    },
+    #[error("item {item}: attribute `{attribute}` is not the expected JSON")]
+    Json {
+        item: String,
+        attribute: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A write that needs an item that is not there (or a transaction the store cannot apply).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such {what}: {id}")]
+    NotFound { what: &'static str, id: String },
+    #[error("chunk {chunk} of job {job} completed without its job item: transaction cancelled")]
+    CompletionRejected { job: String, chunk: String },
+    #[error("{operation}: keys still unprocessed after {rounds} rounds (throttled)")]
+    Unprocessed {
+        operation: &'static str,
+        rounds: u32,
+    },
+    #[error("encoding {what} as JSON")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl DynamoJobStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoJobStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get(&self, operation: &str, pk: String, sk: &str) -> PortResult<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(operation, e))?;
+        Ok(out.item)
+    }
+
+    async fn put_chunk_if_absent(&self, chunk: &Chunk) -> PortResult<()> {
+        let operation = format!("put_chunks {} {}", chunk.job, chunk.key.label());
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(chunk_item(chunk)?))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        if checked(&operation, result)?.is_err() {
+            debug!(job_id = %chunk.job, chunk = %chunk.key.label(), "chunk exists already; left as is");
+        }
+        Ok(())
+    }
+
+    /// Reads every existing item of `sk` among `pk`s, 100 keys per call, retrying what DynamoDB
+    /// leaves unprocessed (throttling, the 16 MB response cap) with exponential backoff.
+    async fn batch_get(
+        &self,
+        operation: &'static str,
+        pks: Vec<String>,
+        sk: &str,
+    ) -> PortResult<Vec<Item>> {
+        let groups: Vec<Vec<Item>> = pks
+            .chunks(BATCH_GET_MAX_KEYS)
+            .map(|group| group.iter().map(|pk| key(pk.clone(), sk)).collect())
+            .collect();
+        let found: Vec<Vec<Item>> = futures::stream::iter(groups)
+            .map(|keys| self.batch_get_group(operation, keys))
+            .buffer_unordered(BATCH_GET_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn batch_get_group(
+        &self,
+        operation: &'static str,
+        mut keys: Vec<Item>,
+    ) -> PortResult<Vec<Item>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for round in 0..BATCH_GET_MAX_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << round.min(6))).await;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| PortError::permanent(operation, e))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| sdk_error(operation, e))?;
+            if let Some(mut responses) = out.responses {
+                found.extend(responses.remove(&self.table).unwrap_or_default());
+            }
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut left| left.remove(&self.table))
+                .map(|left| left.keys)
+                .unwrap_or_default();
+            if keys.is_empty() {
+                return Ok(found);
+            }
+            debug!(
+                operation,
+                unprocessed = keys.len(),
+                round,
+                "batch get left keys unprocessed; retrying"
+            );
+        }
+        Err(PortError::new(
+            operation,
+            StoreError::Unprocessed {
+                operation,
+                rounds: BATCH_GET_MAX_ROUNDS,
+            },
+        ))
+    }
+
+    async fn put_record(&self, operation: &str, item: Item) -> PortResult<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error(operation, e))?;
+        Ok(())
+    }
+
+    fn completion_transaction(
+        &self,
+        c: &ChunkCompletion,
+        with_retry: bool,
+    ) -> PortResult<Vec<TransactWriteItem>> {
+        let operation = "complete_chunk";
+        let mut set_chunk = String::from("SET #state = :completed, #outcome = :outcome");
+        if c.alert {
+            set_chunk.push_str(", #alerted = :true");
+        }
+        let mut chunk = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&c.job), &chunk_sk(c.key))))
+            .update_expression(set_chunk)
+            .condition_expression("#state = :submitted OR #state = :submitting")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#outcome", "outcome")
+            .expression_attribute_values(":completed", s(ChunkState::Completed.as_str()))
+            .expression_attribute_values(":submitted", s(ChunkState::Submitted.as_str()))
+            .expression_attribute_values(":submitting", s(ChunkState::Submitting.as_str()))
+            .expression_attribute_values(":outcome", json("chunk outcome", &c.outcome)?);
+        if c.alert {
+            chunk = chunk
+                .expression_attribute_names("#alerted", "alerted")
+                .expression_attribute_values(":true", AttributeValue::Bool(true));
+        }
+        let d = c.delta;
+        let job = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&c.job), JOB_SK)))
+            .update_expression(
+                "ADD #rendered :rendered, #failed :failed, #retried :retried, #chunks :chunks, \
+                 #chunksDone :chunksDone, #renderMsTotal :renderMs",
+            )
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#rendered", "rendered")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#retried", "retried")
+            .expression_attribute_names("#chunks", "chunks")
+            .expression_attribute_names("#chunksDone", "chunksDone")
+            .expression_attribute_names("#renderMsTotal", "renderMsTotal")
+            .expression_attribute_values(":rendered", n(d.rendered))
+            .expression_attribute_values(":failed", n(d.failed))
+            .expression_attribute_values(":retried", n(d.retried))
+            .expression_attribute_values(":chunks", n(d.chunks))
+            .expression_attribute_values(":chunksDone", n(d.chunks_done))
+            .expression_attribute_values(":renderMs", n(c.outcome.duration_ms.unwrap_or(0)));
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(
+                    chunk
+                        .build()
+                        .map_err(|e| PortError::permanent(operation, e))?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .update(
+                    job.build()
+                        .map_err(|e| PortError::permanent(operation, e))?,
+                )
+                .build(),
+        ];
+        if let (Some(retry), true) = (&c.retry, with_retry) {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(chunk_item(retry)?))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .build()
+                .map_err(|e| PortError::permanent(operation, e))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        Ok(items)
+    }
+}
+
+/// Creates the table (pk/sk strings, on demand) and turns on TTL for the `ttl` attribute.
+/// An existing table is left as it is, so local scripts can call this on every start.
+pub async fn create_table(client: &Client, name: &str) -> PortResult<()> {
+    let operation = format!("create_table {name}");
+    let permanent = |e| PortError::permanent(operation.clone(), e);
+    let created = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(PK)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(permanent)?,
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(SK)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(permanent)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(PK)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(permanent)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(SK)
+                .key_type(KeyType::Range)
+                .build()
+                .map_err(permanent)?,
+        )
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            debug!(table = name, "table exists already");
+            return Ok(());
+        }
+        Err(e) => return Err(sdk_error(&operation, e)),
+    }
+    client
+        .wait_until_table_exists()
+        .table_name(name)
+        .wait(Duration::from_secs(120))
+        .await
+        .map_err(|e| PortError::new(operation.clone(), e))?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL)
+                .build()
+                .map_err(permanent)?,
+        )
+        .send()
+        .await
+        .map_err(|e| sdk_error(&operation, e))?;
+    info!(table = name, "table created");
+    Ok(())
+}
+
+#[async_trait]
+impl JobStore for DynamoJobStore {
+    async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
+        let operation = format!("create_job {}", job.id);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(job_item(job)?))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        if checked(&operation, result)?.is_ok() {
+            return Ok((job.clone(), true));
+        }
+        // A redelivered S3 event: the job exists, hand back what is stored.
+        let item = self
+            .get(&operation, job_pk(&job.id), JOB_SK)
+            .await?
+            .ok_or_else(|| {
+                PortError::new(
+                    &operation,
+                    StoreError::NotFound {
+                        what: "job",
+                        id: job.id.to_string(),
+                    },
+                )
+            })?;
+        let stored = job_from_item(&item).map_err(|e| PortError::permanent(&operation, e))?;
+        Ok((stored, false))
+    }
+
+    async fn job(&self, id: &JobId) -> PortResult<Option<Job>> {
+        let operation = format!("job {id}");
+        let Some(item) = self.get(&operation, job_pk(id), JOB_SK).await? else {
+            return Ok(None);
+        };
+        job_from_item(&item)
+            .map(Some)
+            .map_err(|e| PortError::permanent(operation, e))
+    }
+
+    /// Sets what only ingest knows (status, rows, rejected, sample, error) and ADDs the other
+    /// counters: a batch may complete before ingest of a large file ends, and a SET would erase it.
+    /// Guarded by `status = ingesting`, so a repeated call changes nothing.
+    async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
+        let operation = format!("finish_ingest {}", job.id);
+        let c = job.counters;
+        let mut set = String::from(
+            "SET #status = :status, #rows = :rows, #rejected = :rejected, #sample = :sample",
+        );
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&job.id), JOB_SK)))
+            .condition_expression("#status = :ingesting")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#rows", "rows")
+            .expression_attribute_names("#rejected", "rejected")
+            .expression_attribute_names("#sample", "rejectedSample")
+            .expression_attribute_names("#rendered", "rendered")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#retried", "retried")
+            .expression_attribute_names("#chunks", "chunks")
+            .expression_attribute_names("#chunksDone", "chunksDone")
+            .expression_attribute_values(":status", s(job.status.as_str()))
+            .expression_attribute_values(":ingesting", s(JobStatus::Ingesting.as_str()))
+            .expression_attribute_values(":rows", n(c.rows))
+            .expression_attribute_values(":rejected", n(c.rejected))
+            .expression_attribute_values(":sample", json("rejected sample", &job.rejected_sample)?)
+            .expression_attribute_values(":rendered", n(c.rendered))
+            .expression_attribute_values(":failed", n(c.failed))
+            .expression_attribute_values(":retried", n(c.retried))
+            .expression_attribute_values(":chunks", n(c.chunks))
+            .expression_attribute_values(":chunksDone", n(c.chunks_done));
+        if let Some(at) = job.ingested_at {
+            set.push_str(", #ingestedAt = :ingestedAt");
+            update = update
+                .expression_attribute_names("#ingestedAt", "ingestedAt")
+                .expression_attribute_values(":ingestedAt", n(at));
+        }
+        if let Some(error) = &job.error {
+            set.push_str(", #error = :error");
+            update = update
+                .expression_attribute_names("#error", "error")
+                .expression_attribute_values(":error", s(error));
+        }
+        let update = update.update_expression(format!(
+            "{set} ADD #rendered :rendered, #failed :failed, #retried :retried, #chunks :chunks, #chunksDone :chunksDone"
+        ));
+        match checked(&operation, update.send().await)? {
+            Ok(_) => Ok(()),
+            Err(None) => Err(PortError::permanent(
+                operation,
+                StoreError::NotFound {
+                    what: "job",
+                    id: job.id.to_string(),
+                },
+            )),
+            Err(Some(_)) => {
+                debug!(job_id = %job.id, "finish_ingest repeated after the job left `ingesting`; nothing changed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
+        futures::stream::iter(chunks.iter().map(Ok))
+            .try_for_each_concurrent(PUT_CONCURRENCY, |chunk| self.put_chunk_if_absent(chunk))
+            .await
+    }
+
+    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
+        let operation = format!("chunk {job} {}", key.label());
+        let Some(item) = self.get(&operation, job_pk(job), &chunk_sk(key)).await? else {
+            return Ok(None);
+        };
+        chunk_from_item(&item)
+            .map(Some)
+            .map_err(|e| PortError::permanent(operation, e))
+    }
+
+    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
+        let operation = format!("chunks_of_job {job}");
+        let mut chunks = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", s(job_pk(job)))
+                .expression_attribute_values(":prefix", s(CHUNK_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error(&operation, e))?;
+            for item in out.items.unwrap_or_default() {
+                chunks
+                    .push(chunk_from_item(&item).map_err(|e| PortError::permanent(&operation, e))?);
+            }
+            match out.last_evaluated_key {
+                Some(last) if !last.is_empty() => start = Some(last),
+                _ => break,
+            }
+        }
+        // Labels sort like keys until seq passes 99 999 or attempt passes 9; the key never lies.
+        chunks.sort_by_key(|c| c.key);
+        Ok(chunks)
+    }
+
+    async fn begin_submit(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        now: i64,
+        grace: Duration,
+    ) -> PortResult<BeginSubmit> {
+        let operation = format!("begin_submit {job} {}", key.label());
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(job_pk(job), &chunk_sk(key))))
+            .update_expression("SET #state = :submitting, #since = :now ADD #attempts :one")
+            .condition_expression("#state = :queued OR (#state = :submitting AND #since < :cutoff)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#since", "submittingSince")
+            .expression_attribute_names("#attempts", "submitAttempts")
+            .expression_attribute_values(":submitting", s(ChunkState::Submitting.as_str()))
+            .expression_attribute_values(":queued", s(ChunkState::Queued.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":cutoff", n(now.saturating_sub(grace)))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match checked(&operation, result)? {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                let attempt = Reader::new(&item)
+                    .n("submitAttempts")
+                    .map_err(|e| PortError::permanent(&operation, e))?;
+                return Ok(BeginSubmit::Proceed { attempt });
+            }
+            Err(Some(old)) => old,
+            // Only a missing chunk fails without an old item; a consistent read makes sure.
+            Err(None) => match self.get(&operation, job_pk(job), &chunk_sk(key)).await? {
+                Some(item) => item,
+                None => return Ok(BeginSubmit::Unknown),
+            },
+        };
+        let chunk = chunk_from_item(&old).map_err(|e| PortError::permanent(&operation, e))?;
+        match chunk.state {
+            ChunkState::Submitted => match chunk.batch_id {
+                Some(batch_id) => Ok(BeginSubmit::AlreadySubmitted { batch_id }),
+                None => Err(PortError::permanent(
+                    operation,
+                    ItemError::Missing {
+                        item: describe(&old),
+                        attribute: "batchId",
+                        expected: "S",
+                    },
+                )),
+            },
+            ChunkState::Completed => Ok(BeginSubmit::Completed),
+            ChunkState::Submitting => Ok(BeginSubmit::InProgress {
+                since: chunk.submitting_since.unwrap_or(now),
+            }),
+            // Queued passes the condition; seeing it here means it changed under us: try again later.
+            ChunkState::Queued => Ok(BeginSubmit::InProgress { since: now }),
+        }
+    }
+
+    async fn record_submitted(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        batch_id: &str,
+        now: i64,
+    ) -> PortResult<()> {
+        let operation = format!("record_submitted {job} {} {batch_id}", key.label());
+        // The index first: a webhook may race the chunk update, and must find its chunk.
+        let mut index = self::key(format!("BATCH#{batch_id}"), BATCH_SK);
+        index.insert("jobId".into(), s(job.as_str()));
+        index.insert("chunk".into(), s(key.label()));
+        self.put_record(&operation, index).await?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(job_pk(job), &chunk_sk(key))))
+            .update_expression("SET #state = :submitted, #batchId = :batchId, #submittedAt = :now")
+            .condition_expression("#state = :submitting OR #state = :queued")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#batchId", "batchId")
+            .expression_attribute_names("#submittedAt", "submittedAt")
+            .expression_attribute_values(":submitted", s(ChunkState::Submitted.as_str()))
+            .expression_attribute_values(":submitting", s(ChunkState::Submitting.as_str()))
+            .expression_attribute_values(":queued", s(ChunkState::Queued.as_str()))
+            .expression_attribute_values(":batchId", s(batch_id))
+            .expression_attribute_values(":now", n(now))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match checked(&operation, result)? {
+            Ok(_) => Ok(()),
+            Err(None) => Err(PortError::permanent(
+                operation,
+                StoreError::NotFound {
+                    what: "chunk",
+                    id: key.idempotency_key(job),
+                },
+            )),
+            // A late duplicate: the chunk moved on already and must not regress.
+            Err(Some(old)) => {
+                let stored = Reader::new(&old).opt_s("batchId").ok().flatten();
+                if stored.is_some_and(|stored| stored != batch_id) {
+                    warn!(job_id = %job, chunk = %key.label(), batch_id, stored_batch_id = ?stored,
+                        "chunk already submitted under another batch id; keeping the first");
+                } else {
+                    debug!(job_id = %job, chunk = %key.label(), batch_id, "record_submitted repeated; nothing changed");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
+        let operation = format!("release_submit {job} {}", key.label());
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(job_pk(job), &chunk_sk(key))))
+            .update_expression("SET #state = :queued REMOVE #since")
+            .condition_expression("#state = :submitting")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#since", "submittingSince")
+            .expression_attribute_values(":queued", s(ChunkState::Queued.as_str()))
+            .expression_attribute_values(":submitting", s(ChunkState::Submitting.as_str()))
+            .send()
+            .await;
+        if checked(&operation, result)?.is_err() {
+            debug!(job_id = %job, chunk = %key.label(), "release_submit found the chunk not submitting; nothing changed");
+        }
+        Ok(())
+    }
+
+    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let operation = format!("chunk_by_batch {batch_id}");
+        let Some(item) = self
+            .get(&operation, format!("BATCH#{batch_id}"), BATCH_SK)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let decode = || -> Result<(JobId, ChunkKey), ItemError> {
+            let r = Reader::new(&item);
+            let job = JobId::parse(r.s("jobId")?).map_err(|reason| r.invalid("jobId", reason))?;
+            let label = r.s("chunk")?;
+            let key = ChunkKey::parse_label(label)
+                .ok_or_else(|| r.invalid("chunk", format!("`{label}` is not a chunk label")))?;
+            Ok((job, key))
+        };
+        decode()
+            .map(Some)
+            .map_err(|e| PortError::permanent(operation, e))
+    }
+
+    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
+        let c = completion;
+        let operation = format!("complete_chunk {} {}", c.job, c.key.label());
+        let mut with_retry = true;
+        loop {
+            let items = self.completion_transaction(c, with_retry)?;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            let Err(err) = result else { return Ok(true) };
+            let reasons: Vec<Option<String>> = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(e)) => e
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().map(str::to_owned))
+                    .collect(),
+                _ => return Err(sdk_error(&operation, err)),
+            };
+            let failed = |i: usize| {
+                reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
+            };
+            if failed(0) {
+                debug!(job_id = %c.job, chunk = %c.key.label(), "chunk outcome already applied");
+                return Ok(false);
+            }
+            if failed(1) {
+                let rejected = StoreError::CompletionRejected {
+                    job: c.job.to_string(),
+                    chunk: c.key.label(),
+                };
+                return Err(PortError::permanent(operation, rejected));
+            }
+            if failed(2) && with_retry {
+                // The retry chunk exists (a crashed earlier attempt cannot leave it alone, but a
+                // hand-made one can): apply the outcome without re-creating it.
+                warn!(job_id = %c.job, chunk = %c.key.label(), "retry chunk exists already; completing without it");
+                with_retry = false;
+                continue;
+            }
+            // TransactionConflict and friends: another writer touched these items; try later.
+            return Err(sdk_error(&operation, err));
+        }
+    }
+
+    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
+        let mut item = key(format!("FP#{fingerprint}"), RENDER_SK);
+        item.insert("url".into(), s(&record.url));
+        if let Some(image_id) = &record.image_id {
+            item.insert("imageId".into(), s(image_id));
+        }
+        if let Some(rendered_at) = &record.rendered_at {
+            item.insert("renderedAt".into(), s(rendered_at));
+        }
+        item.insert("recordedAt".into(), n(record.recorded_at));
+        item.insert(
+            TTL.into(),
+            n(record.recorded_at.saturating_add(RECORD_TTL_SECS)),
+        );
+        self.put_record("record_render", item).await
+    }
+
+    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()> {
+        let mut item = key(format!("FP#{fingerprint}"), FAILURE_SK);
+        item.insert("code".into(), s(&record.code));
+        item.insert("message".into(), s(&record.message));
+        item.insert("recordedAt".into(), n(record.recorded_at));
+        item.insert(
+            TTL.into(),
+            n(record.recorded_at.saturating_add(RECORD_TTL_SECS)),
+        );
+        self.put_record("record_failure", item).await
+    }
+
+    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
+        let items = self
+            .batch_get("renders", fingerprint_pks(fingerprints), RENDER_SK)
+            .await?;
+        items
+            .iter()
+            .map(|item| {
+                let r = Reader::new(item);
+                let record = RenderRecord {
+                    url: r.s("url")?.to_owned(),
+                    image_id: r.opt_s("imageId")?.map(str::to_owned),
+                    rendered_at: r.opt_s("renderedAt")?.map(str::to_owned),
+                    recorded_at: r.n("recordedAt")?,
+                };
+                Ok((r.fingerprint()?, record))
+            })
+            .collect::<Result<_, ItemError>>()
+            .map_err(|e| PortError::permanent("renders", e))
+    }
+
+    async fn failures(
+        &self,
+        fingerprints: &[String],
+    ) -> PortResult<HashMap<String, FailureRecord>> {
+        let items = self
+            .batch_get("failures", fingerprint_pks(fingerprints), FAILURE_SK)
+            .await?;
+        items
+            .iter()
+            .map(|item| {
+                let r = Reader::new(item);
+                let record = FailureRecord {
+                    code: r.s("code")?.to_owned(),
+                    message: r.s("message")?.to_owned(),
+                    recorded_at: r.n("recordedAt")?,
+                };
+                Ok((r.fingerprint()?, record))
+            })
+            .collect::<Result<_, ItemError>>()
+            .map_err(|e| PortError::permanent("failures", e))
+    }
+
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let operation = format!("transition_job {id} {} -> {}", from.as_str(), to.as_str());
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), JOB_SK)))
+            .update_expression("SET #status = :to")
+            .condition_expression("#status = :from")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()))
+            .send()
+            .await;
+        Ok(checked(&operation, result)?.is_ok())
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
+        let operation = format!("finish_job {id}");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), JOB_SK)))
+            .update_expression("SET #status = :status, #completedAt = :now, #manifest = :manifest")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#completedAt", "completedAt")
+            .expression_attribute_names("#manifest", "manifest")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":manifest", json("manifest location", manifest)?)
+            .send()
+            .await;
+        match checked(&operation, result)? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(PortError::permanent(
+                operation,
+                StoreError::NotFound {
+                    what: "job",
+                    id: id.to_string(),
+                },
+            )),
+        }
+    }
+
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
+        let mut item = key(CONTROL_PK.to_owned(), SUBMISSIONS_SK);
+        item.insert("reason".into(), s(reason));
+        item.insert("since".into(), n(now));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        Ok(checked("pause_submissions", result)?.is_ok())
+    }
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>> {
+        let operation = "submissions_paused";
+        let Some(item) = self
+            .get(operation, CONTROL_PK.to_owned(), SUBMISSIONS_SK)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let reason = Reader::new(&item)
+            .opt_s("reason")
+            .map_err(|e| PortError::permanent(operation, e))?;
+        Ok(Some(reason.unwrap_or("paused").to_owned()))
+    }
+
+    async fn resume_submissions(&self) -> PortResult<()> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(CONTROL_PK.to_owned(), SUBMISSIONS_SK)))
+            .send()
+            .await;
+        result.map_err(|e| sdk_error("resume_submissions", e))?;
+        Ok(())
+    }
+
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let mut item = key(format!("ORPHAN#{kind}#{id}"), &now.to_string());
+        item.insert("kind".into(), s(kind));
+        item.insert("body".into(), s(truncate(body, ORPHAN_BODY_MAX_BYTES)));
+        item.insert(
+            "truncated".into(),
+            AttributeValue::Bool(body.len() > ORPHAN_BODY_MAX_BYTES),
+        );
+        item.insert("recordedAt".into(), n(now));
+        item.insert(TTL.into(), n(now.saturating_add(ORPHAN_TTL_SECS)));
+        self.put_record(&format!("record_orphan {kind} {id}"), item)
+            .await
+    }
+}
+
+// ---- keys and encoding -------------------------------------------------------------------------
+
+fn job_pk(id: &JobId) -> String {
+    format!("JOB#{id}")
+}
+
+fn chunk_sk(key: ChunkKey) -> String {
+    format!("{CHUNK_PREFIX}{}", key.label())
+}
+
+fn fingerprint_pks(fingerprints: &[String]) -> Vec<String> {
+    let unique: BTreeSet<&String> = fingerprints.iter().collect();
+    unique.into_iter().map(|fp| format!("FP#{fp}")).collect()
+}
+
+fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(pk)),
+        (SK.to_owned(), s(sk)),
+    ])
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl Display) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn json(what: &'static str, value: &impl Serialize) -> PortResult<AttributeValue> {
+    serde_json::to_string(value)
+        .map(AttributeValue::S)
+        .map_err(|source| PortError::permanent("encode", StoreError::Encode { what, source }))
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn job_item(job: &Job) -> PortResult<Item> {
+    let c = job.counters;
+    let mut item = key(job_pk(&job.id), JOB_SK);
+    let mut put = |name: &str, value| {
+        item.insert(name.to_owned(), value);
+    };
+    put("jobId", s(job.id.as_str()));
+    put("status", s(job.status.as_str()));
+    put("sourceBucket", s(&job.source.bucket));
+    put("sourceKey", s(&job.source.key));
+    put("sourceVersion", s(&job.source_version));
+    put("spec", json("job spec", &job.spec)?);
+    put("rows", n(c.rows));
+    put("rejected", n(c.rejected));
+    put("rendered", n(c.rendered));
+    put("failed", n(c.failed));
+    put("retried", n(c.retried));
+    put("chunks", n(c.chunks));
+    put("chunksDone", n(c.chunks_done));
+    put("renderMsTotal", n(job.render_ms_total));
+    put(
+        "rejectedSample",
+        json("rejected sample", &job.rejected_sample)?,
+    );
+    put("createdAt", n(job.created_at));
+    if let Some(error) = &job.error {
+        put("error", s(error));
+    }
+    if let Some(at) = job.ingested_at {
+        put("ingestedAt", n(at));
+    }
+    if let Some(at) = job.completed_at {
+        put("completedAt", n(at));
+    }
+    if let Some(manifest) = &job.manifest {
+        put("manifest", json("manifest location", manifest)?);
+    }
+    Ok(item)
+}
+
+fn job_from_item(item: &Item) -> Result<Job, ItemError> {
+    let r = Reader::new(item);
+    let status = r.s("status")?;
+    Ok(Job {
+        id: JobId::parse(r.s("jobId")?).map_err(|reason| r.invalid("jobId", reason))?,
+        source: ObjectRef {
+            bucket: r.s("sourceBucket")?.to_owned(),
+            key: r.s("sourceKey")?.to_owned(),
+        },
+        source_version: r.s("sourceVersion")?.to_owned(),
+        spec: r.json::<JobSpec>("spec")?,
+        status: parse_job_status(status)
+            .ok_or_else(|| r.invalid("status", format!("unknown job status `{status}`")))?,
+        counters: Counters {
+            rows: r.n_or_zero("rows")?,
+            rejected: r.n_or_zero("rejected")?,
+            rendered: r.n_or_zero("rendered")?,
+            failed: r.n_or_zero("failed")?,
+            retried: r.n_or_zero("retried")?,
+            chunks: r.n_or_zero("chunks")?,
+            chunks_done: r.n_or_zero("chunksDone")?,
+        },
+        error: r.opt_s("error")?.map(str::to_owned),
+        rejected_sample: r.opt_json("rejectedSample")?.unwrap_or_default(),
+        created_at: r.n("createdAt")?,
+        ingested_at: r.opt_n("ingestedAt")?,
+        completed_at: r.opt_n("completedAt")?,
+        render_ms_total: r.n_or_zero("renderMsTotal")?,
+        manifest: r.opt_json("manifest")?,
+    })
+}
+
+fn chunk_item(chunk: &Chunk) -> PortResult<Item> {
+    let mut item = key(job_pk(&chunk.job), &chunk_sk(chunk.key));
+    item.insert("state".into(), s(chunk.state.as_str()));
+    // A JSON string keeps row order (a DynamoDB number set would not) and stays compact.
+    item.insert("rows".into(), json("chunk rows", &chunk.rows)?);
+    item.insert("submitAttempts".into(), n(chunk.submit_attempts));
+    if let Some(batch_id) = &chunk.batch_id {
+        item.insert("batchId".into(), s(batch_id));
+    }
+    if let Some(at) = chunk.submitting_since {
+        item.insert("submittingSince".into(), n(at));
+    }
+    if let Some(at) = chunk.submitted_at {
+        item.insert("submittedAt".into(), n(at));
+    }
+    if let Some(outcome) = &chunk.outcome {
+        item.insert("outcome".into(), json("chunk outcome", outcome)?);
+    }
+    Ok(item)
+}
+
+fn chunk_from_item(item: &Item) -> Result<Chunk, ItemError> {
+    let r = Reader::new(item);
+    let pk = r.s(PK)?;
+    let job = pk
+        .strip_prefix("JOB#")
+        .ok_or_else(|| r.invalid(PK, format!("`{pk}` is not a job key")))
+        .and_then(|id| JobId::parse(id).map_err(|reason| r.invalid(PK, reason)))?;
+    let sk = r.s(SK)?;
+    let key = sk
+        .strip_prefix(CHUNK_PREFIX)
+        .and_then(ChunkKey::parse_label)
+        .ok_or_else(|| r.invalid(SK, format!("`{sk}` is not a chunk key")))?;
+    let state = r.s("state")?;
+    Ok(Chunk {
+        job,
+        key,
+        rows: r.json("rows")?,
+        state: parse_chunk_state(state)
+            .ok_or_else(|| r.invalid("state", format!("unknown chunk state `{state}`")))?,
+        batch_id: r.opt_s("batchId")?.map(str::to_owned),
+        submitting_since: r.opt_n("submittingSince")?,
+        submitted_at: r.opt_n("submittedAt")?,
+        submit_attempts: r.n_or_zero("submitAttempts")?,
+        outcome: r.opt_json("outcome")?,
+    })
+}
+
+fn parse_job_status(raw: &str) -> Option<JobStatus> {
+    [
+        JobStatus::Ingesting,
+        JobStatus::Running,
+        JobStatus::Finishing,
+        JobStatus::Completed,
+        JobStatus::Partial,
+        JobStatus::Failed,
+    ]
+    .into_iter()
+    .find(|status| status.as_str() == raw)
+}
+
+fn parse_chunk_state(raw: &str) -> Option<ChunkState> {
+    [
+        ChunkState::Queued,
+        ChunkState::Submitting,
+        ChunkState::Submitted,
+        ChunkState::Completed,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == raw)
+}
+
+/// `pk/sk` of an item, for error messages.
+fn describe(item: &Item) -> String {
+    let part = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .map_or("?", String::as_str)
+    };
+    format!("{}/{}", part(PK), part(SK))
+}
+
+/// Typed attribute access with errors that name the item and the attribute.
+struct Reader<'a> {
+    item: &'a Item,
+}
+
+impl<'a> Reader<'a> {
+    fn new(item: &'a Item) -> Self {
+        Reader { item }
+    }
+
+    fn missing(&self, attribute: &'static str, expected: &'static str) -> ItemError {
+        ItemError::Missing {
+            item: describe(self.item),
+            attribute,
+            expected,
+        }
+    }
+
+    fn invalid(&self, attribute: &'static str, reason: impl Into<String>) -> ItemError {
+        ItemError::Invalid {
+            item: describe(self.item),
+            attribute,
+            reason: reason.into(),
+        }
+    }
+
+    fn opt_s(&self, attribute: &'static str) -> Result<Option<&'a str>, ItemError> {
+        match self.item.get(attribute) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(value)) => Ok(Some(value)),
+            Some(_) => Err(self.missing(attribute, "S")),
+        }
+    }
+
+    fn s(&self, attribute: &'static str) -> Result<&'a str, ItemError> {
+        self.opt_s(attribute)?
+            .ok_or_else(|| self.missing(attribute, "S"))
+    }
+
+    fn opt_n<T: FromStr>(&self, attribute: &'static str) -> Result<Option<T>, ItemError> {
+        match self.item.get(attribute) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(raw)) => raw
+                .parse()
+                .map(Some)
+                .map_err(|_| self.invalid(attribute, format!("`{raw}` is out of range"))),
+            Some(_) => Err(self.missing(attribute, "N")),
+        }
+    }
+
+    fn n<T: FromStr>(&self, attribute: &'static str) -> Result<T, ItemError> {
+        self.opt_n(attribute)?
+            .ok_or_else(|| self.missing(attribute, "N"))
+    }
+
+    fn n_or_zero<T: FromStr + Default>(&self, attribute: &'static str) -> Result<T, ItemError> {
+        Ok(self.opt_n(attribute)?.unwrap_or_default())
+    }
+
+    fn opt_json<T: DeserializeOwned>(
+        &self,
+        attribute: &'static str,
+    ) -> Result<Option<T>, ItemError> {
+        self.opt_s(attribute)?
+            .map(|raw| {
+                serde_json::from_str(raw).map_err(|source| ItemError::Json {
+                    item: describe(self.item),
+                    attribute,
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    fn json<T: DeserializeOwned>(&self, attribute: &'static str) -> Result<T, ItemError> {
+        self.opt_json(attribute)?
+            .ok_or_else(|| self.missing(attribute, "S"))
+    }
+
+    fn fingerprint(&self) -> Result<String, ItemError> {
+        let pk = self.s(PK)?;
+        pk.strip_prefix("FP#")
+            .map(str::to_owned)
+            .ok_or_else(|| self.invalid(PK, format!("`{pk}` is not a fingerprint key")))
+    }
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+
+/// Operation errors that can say "the condition failed" and hand back the item as it was.
+trait ConditionFailure {
+    /// `None`: some other error; `Some(old)`: the condition failed (`old` when ALL_OLD was asked).
+    fn condition_failure(&self) -> Option<Option<Item>>;
+}
+
+impl ConditionFailure for PutItemError {
+    fn condition_failure(&self) -> Option<Option<Item>> {
+        match self {
+            PutItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl ConditionFailure for UpdateItemError {
+    fn condition_failure(&self) -> Option<Option<Item>> {
+        match self {
+            UpdateItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Splits a conditional write's result: `Ok(Ok(out))` applied, `Ok(Err(old))` the condition
+/// failed (an expected outcome, not an error), `Err` anything else.
+fn checked<T, E>(
+    operation: &str,
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> PortResult<Result<T, Option<Item>>>
+where
+    E: ConditionFailure + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(out) => Ok(Ok(out)),
+        Err(err) => match err
+            .as_service_error()
+            .and_then(ConditionFailure::condition_failure)
+        {
+            Some(old) => Ok(Err(old)),
+            None => Err(sdk_error(operation, err)),
+        },
+    }
+}
+
+/// DynamoDB error codes worth retrying later (the SDK has already retried a few times).
+const RETRYABLE_CODES: [&str; 8] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+    "TransactionInProgressException",
+    "ReplicatedWriteConflictException",
+];
+
+/// Keeps the SDK error as the source and decides whether trying again can help: throttling,
+/// 5xx, timeouts and connection failures can; validation, permissions and missing tables cannot.
+fn sdk_error<E>(operation: impl Into<String>, err: SdkError<E, HttpResponse>) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::ServiceError(ctx) => {
+            ctx.raw().status().is_server_error()
+                || ctx
+                    .err()
+                    .code()
+                    .is_some_and(|code| RETRYABLE_CODES.contains(&code))
+        }
+        _ => true,
+    };
+    let operation = operation.into();
+    warn!(operation = %operation, code = err.code().unwrap_or("-"), retryable, "dynamodb call failed");
+    PortError {
+        operation,
+        retryable,
+        source: Box::new(err),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_deduplicated_into_keys() {
+        let pks = fingerprint_pks(&["b".into(), "a".into(), "b".into()]);
+        assert_eq!(pks, ["FP#a", "FP#b"]);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+
+    #[test]
+    fn a_chunk_round_trips_through_its_item() {
+        let job = JobId::for_upload("b", "k", "v");
+        let mut chunk = Chunk::new(job, ChunkKey::initial(7).retry(), vec![3, 1, 2]);
+        chunk.batch_id = Some("batch_1".into());
+        chunk.submitted_at = Some(42);
+        let item = chunk_item(&chunk).unwrap();
+        assert_eq!(chunk_from_item(&item).unwrap(), chunk);
+    }
+
+    #[test]
+    fn a_bad_item_names_the_attribute() {
+        let mut item = key("JOB#job_1".into(), "CHUNK#c00001");
+        item.insert("state".into(), s("lost"));
+        item.insert("rows".into(), s("[]"));
+        let err = chunk_from_item(&item).unwrap_err();
+        assert!(err.to_string().contains("`state`"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! CSV records with bounded memory: csv-core drives the RFC 4180 state machine while we cap
+//! each record's buffer, so one enormous quoted field cannot grow the heap past `max_row_bytes`.
+
+use std::io::Read;
+
+use csv_core::ReadRecordResult;
+
+use super::DatasetError;
+use super::input::Input;
+
+/// What the last call to [`CsvSource::next_record`] found; the fields of `Fields` are read
+/// through [`CsvSource::fields`].
+pub(super) enum CsvRecord {
+    Fields,
+    TooLarge { bytes: u64 },
+}
+
+pub(super) struct CsvSource<R: Read> {
+    input: Input<R>,
+    parser: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    field_count: usize,
+    limit: usize,
+    done: bool,
+}
+
+impl<R: Read> CsvSource<R> {
+    pub(super) fn new(input: Input<R>, max_row_bytes: usize) -> Self {
+        Self {
+            input,
+            // Defaults are RFC 4180: comma, double quotes with "" escapes, CR / LF / CRLF
+            // terminators; empty lines are skipped.
+            parser: csv_core::Reader::new(),
+            out: Vec::new(),
+            ends: Vec::new(),
+            field_count: 0,
+            limit: max_row_bytes,
+            done: false,
+        }
+    }
+
+    /// Reads the next record; `None` at the end of input. A record whose raw bytes exceed the
+    /// limit is still consumed to its end (so the next record starts in the right place) but
+    /// its contents are discarded as they stream past.
+    pub(super) fn next_record(&mut self) -> Result<Option<CsvRecord>, DatasetError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (mut out_len, mut ends_len, mut raw, mut oversize) = (0usize, 0usize, 0u64, false);
+        loop {
+            if !oversize && out_len == self.out.len() {
+                oversize = !grow(&mut self.out, self.limit.saturating_add(1));
+            }
+            if !oversize && ends_len == self.ends.len() {
+                oversize = !grow(&mut self.ends, self.limit.saturating_add(2));
+            }
+            if oversize {
+                // Reuse the buffers as scratch: the contents are never looked at.
+                out_len = 0;
+                ends_len = 0;
+            }
+            let buf = self.input.fill()?;
+            let (result, nin, nout, nend) =
+                self.parser
+                    .read_record(buf, &mut self.out[out_len..], &mut self.ends[ends_len..]);
+            self.input.consume(nin);
+            raw += nin as u64;
+            out_len += nout;
+            ends_len += nend;
+            if raw > self.limit as u64 {
+                oversize = true;
+            }
+            match result {
+                ReadRecordResult::InputEmpty
+                | ReadRecordResult::OutputFull
+                | ReadRecordResult::OutputEndsFull => continue,
+                ReadRecordResult::Record if oversize => {
+                    return Ok(Some(CsvRecord::TooLarge { bytes: raw }));
+                }
+                ReadRecordResult::Record => {
+                    self.field_count = ends_len;
+                    return Ok(Some(CsvRecord::Fields));
+                }
+                ReadRecordResult::End => {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// The fields of the record last returned as [`CsvRecord::Fields`].
+    pub(super) fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        let ends = &self.ends[..self.field_count];
+        (0..ends.len()).map(move |i| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            self.out.get(start..ends[i]).unwrap_or_default()
+        })
+    }
+}
+
+/// Doubles `buf` up to `cap` elements; false when it is already at the cap.
+fn grow<T: Default + Clone>(buf: &mut Vec<T>, cap: usize) -> bool {
+    if buf.len() >= cap {
+        return false;
+    }
+    let len = buf.len().saturating_mul(2).max(64).min(cap);
+    buf.resize(len, T::default());
+    true
+}

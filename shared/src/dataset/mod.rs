@@ -1,0 +1,468 @@
+//! Streaming dataset reader: an uploaded CSV, JSON array or JSON Lines file becomes numbered rows
+//! of template variables (or numbered rejections), pulled one at a time with bounded memory.
+//!
+//! Decisions the rest of the pipeline relies on:
+//! - **Row numbers** are 0-based among data rows: the CSV header is not a row; a JSON array
+//!   element's number is its index; in JSON Lines, blank (whitespace-only) lines are skipped and
+//!   take no number. Blank CSV lines are skipped by the CSV grammar and take no number either
+//!   (so a one-column CSV cannot express an empty value except as `""`).
+//! - **Determinism**: the reader keeps no hidden state beyond the input, uses no hash maps, and
+//!   checks rows in a fixed order (size, shape, encoding, per-field limits, then `required` in
+//!   the given order), so re-reading a file yields identical numbers, rows and reasons.
+//! - **Empty CSV cells** become `null` in `variables` (they stay `""` in `fields`): templates
+//!   treat optional variables such as `badge` as absent when null. A required column whose value
+//!   is `""`, whitespace only or `null` is rejected as `EmptyValue`; values are never trimmed.
+//! - **Mapping**: a mapped column is renamed; unmapped columns pass through under their own
+//!   name, except that a mapped column's target wins over a same-named unmapped column. Two
+//!   columns mapped to one variable fail the job (`ConflictingMapping`). In CSV a mapped or
+//!   required column missing from the header fails the job; in JSON a missing mapped key is
+//!   simply absent and a missing required key rejects the row.
+//! - **Sizes**: `max_row_bytes` counts a row's raw bytes in the file (a CSV record, a JSON array
+//!   element, a JSON line); no more than that is ever buffered. `max_field_bytes` counts a CSV
+//!   cell's bytes, a JSON string's UTF-8 bytes, or a nested JSON value's compact serialization.
+
+mod csv;
+mod error;
+mod fingerprint;
+mod input;
+mod json;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use serde_json::{Map, Value};
+
+pub use error::{DatasetError, RejectReason};
+pub use fingerprint::fingerprint;
+
+use self::csv::{CsvRecord, CsvSource};
+use self::input::Input;
+use self::json::{Element, JsonArraySource, JsonLinesSource};
+
+/// The three accepted upload formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatasetFormat {
+    Csv,
+    /// A JSON array of objects.
+    Json,
+    /// One JSON object per line (`.jsonl` / `.ndjson`).
+    JsonLines,
+}
+
+impl DatasetFormat {
+    /// The format named by the object key's extension (case-insensitive): `.csv`, `.json`,
+    /// `.jsonl` or `.ndjson`. Pass the decoded key.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let (_, extension) = name.rsplit_once('.')?;
+        match extension.to_ascii_lowercase().as_str() {
+            "csv" => Some(Self::Csv),
+            "json" => Some(Self::Json),
+            "jsonl" | "ndjson" => Some(Self::JsonLines),
+            _ => None,
+        }
+    }
+}
+
+/// How columns become variables and what each row must carry (from the job spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRules {
+    /// Column → variable renames; unmapped columns pass through under their own name.
+    pub mapping: BTreeMap<String, String>,
+    /// Column names (before mapping) that must be present and non-empty.
+    pub required: Vec<String>,
+    /// A longer field rejects the row. Default 64 KiB.
+    pub max_field_bytes: usize,
+    /// A longer row rejects the row without being buffered. Default 256 KiB.
+    pub max_row_bytes: usize,
+    /// More data rows than this fail the dataset. Default: no limit.
+    pub max_rows: Option<u64>,
+}
+
+impl Default for RowRules {
+    fn default() -> Self {
+        Self {
+            mapping: BTreeMap::new(),
+            required: Vec::new(),
+            max_field_bytes: 64 * 1024,
+            max_row_bytes: 256 * 1024,
+            max_rows: None,
+        }
+    }
+}
+
+/// A row that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// 0-based index among data rows (see the module docs).
+    pub number: u64,
+    /// The original columns and values, for the results manifest.
+    pub fields: Map<String, Value>,
+    /// Template variables: `fields` renamed by the mapping, empty CSV cells as `null`.
+    pub variables: Map<String, Value>,
+}
+
+/// A row that was read but failed validation; the job goes on without it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub number: u64,
+    pub reason: RejectReason,
+}
+
+/// One data row of the file, in file order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Valid(Row),
+    Rejected(Rejected),
+}
+
+impl Item {
+    /// The row number, valid or not.
+    pub fn number(&self) -> u64 {
+        match self {
+            Self::Valid(row) => row.number,
+            Self::Rejected(rejected) => rejected.number,
+        }
+    }
+}
+
+/// Pull-based reader: each `next()` reads just enough input for one row. After the first
+/// `Err` the iterator is finished.
+pub struct DatasetReader<R: Read> {
+    source: Source<R>,
+    rules: RowRules,
+    /// Variables claimed by the mapping, so an unmapped column cannot shadow them.
+    targets: BTreeSet<String>,
+    next_number: u64,
+    finished: bool,
+}
+
+enum Source<R: Read> {
+    Csv {
+        source: CsvSource<R>,
+        columns: Vec<String>,
+    },
+    Json(JsonArraySource<R>),
+    Lines(JsonLinesSource<R>),
+}
+
+impl<R: Read> DatasetReader<R> {
+    /// Validates the rules and the start of the file: reads the CSV header, or checks that a
+    /// JSON document is an array, so a dataset-level problem fails before any row.
+    pub fn new(reader: R, format: DatasetFormat, rules: RowRules) -> Result<Self, DatasetError> {
+        let targets = mapping_targets(&rules.mapping)?;
+        let input = Input::new(reader)?;
+        let source = match format {
+            DatasetFormat::Csv => {
+                let mut source = CsvSource::new(input, rules.max_row_bytes);
+                let columns = read_header(&mut source, &rules)?;
+                Source::Csv { source, columns }
+            }
+            DatasetFormat::Json => Source::Json(JsonArraySource::new(input, rules.max_row_bytes)?),
+            DatasetFormat::JsonLines => {
+                Source::Lines(JsonLinesSource::new(input, rules.max_row_bytes)?)
+            }
+        };
+        Ok(Self {
+            source,
+            rules,
+            targets,
+            next_number: 0,
+            finished: false,
+        })
+    }
+
+    /// The CSV header (BOM stripped, names trimmed); `None` for JSON formats.
+    pub fn columns(&self) -> Option<&[String]> {
+        match &self.source {
+            Source::Csv { columns, .. } => Some(columns),
+            Source::Json(_) | Source::Lines(_) => None,
+        }
+    }
+
+    fn read_item(&mut self, number: u64) -> Result<Option<Item>, DatasetError> {
+        let Self {
+            source,
+            rules,
+            targets,
+            ..
+        } = self;
+        let too_large = |bytes: u64| {
+            reject(
+                number,
+                RejectReason::RowTooLarge {
+                    bytes,
+                    limit: rules.max_row_bytes as u64,
+                },
+            )
+        };
+        Ok(match source {
+            Source::Csv { source, columns } => match source.next_record()? {
+                None => None,
+                Some(CsvRecord::TooLarge { bytes }) => Some(too_large(bytes)),
+                Some(CsvRecord::Fields) => {
+                    Some(csv_item(number, columns, source.fields(), rules, targets))
+                }
+            },
+            Source::Json(source) => match source.next_element()? {
+                None => None,
+                Some(Element::TooLarge { bytes }) => Some(too_large(bytes)),
+                Some(Element::Bytes) => Some(json_item(number, &source.buf, rules, targets)),
+            },
+            Source::Lines(source) => match source.next_line()? {
+                None => None,
+                Some(Element::TooLarge { bytes }) => Some(too_large(bytes)),
+                Some(Element::Bytes) => Some(json_item(number, &source.buf, rules, targets)),
+            },
+        })
+    }
+}
+
+impl<R: Read> Iterator for DatasetReader<R> {
+    type Item = Result<Item, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let number = self.next_number;
+        let item = match self.read_item(number) {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                self.finished = true;
+                return None;
+            }
+            Err(error) => {
+                self.finished = true;
+                return Some(Err(error));
+            }
+        };
+        if let Some(limit) = self.rules.max_rows
+            && number >= limit
+        {
+            self.finished = true;
+            return Some(Err(DatasetError::TooManyRows { limit }));
+        }
+        self.next_number += 1;
+        Some(Ok(item))
+    }
+}
+
+fn mapping_targets(mapping: &BTreeMap<String, String>) -> Result<BTreeSet<String>, DatasetError> {
+    let mut first_column: BTreeMap<&str, &str> = BTreeMap::new();
+    for (column, variable) in mapping {
+        if let Some(first) = first_column.insert(variable, column) {
+            return Err(DatasetError::ConflictingMapping {
+                variable: variable.clone(),
+                first: first.to_owned(),
+                second: column.clone(),
+            });
+        }
+    }
+    Ok(mapping.values().cloned().collect())
+}
+
+fn read_header<R: Read>(
+    source: &mut CsvSource<R>,
+    rules: &RowRules,
+) -> Result<Vec<String>, DatasetError> {
+    match source.next_record()? {
+        None => return Err(DatasetError::Empty),
+        Some(CsvRecord::TooLarge { bytes }) => {
+            return Err(DatasetError::Malformed {
+                message: format!(
+                    "the header row is {bytes} bytes, over the {}-byte limit",
+                    rules.max_row_bytes
+                ),
+                offset: 0,
+            });
+        }
+        Some(CsvRecord::Fields) => {}
+    }
+    let mut columns = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, raw) in source.fields().enumerate() {
+        let position = index + 1;
+        let name = std::str::from_utf8(raw)
+            .map_err(|_| DatasetError::Malformed {
+                message: format!("header column {position} is not valid UTF-8"),
+                offset: 0,
+            })?
+            .trim();
+        if name.is_empty() {
+            return Err(DatasetError::EmptyHeaderName { position });
+        }
+        if !seen.insert(name) {
+            return Err(DatasetError::DuplicateHeader {
+                column: name.to_owned(),
+            });
+        }
+        columns.push(name.to_owned());
+    }
+    let missing = rules
+        .required
+        .iter()
+        .chain(rules.mapping.keys())
+        .find(|column| !seen.contains(column.as_str()));
+    if let Some(column) = missing {
+        return Err(DatasetError::MissingRequiredColumn {
+            column: column.clone(),
+        });
+    }
+    Ok(columns)
+}
+
+fn reject(number: u64, reason: RejectReason) -> Item {
+    Item::Rejected(Rejected { number, reason })
+}
+
+fn csv_item<'a>(
+    number: u64,
+    columns: &[String],
+    values: impl ExactSizeIterator<Item = &'a [u8]>,
+    rules: &RowRules,
+    targets: &BTreeSet<String>,
+) -> Item {
+    if values.len() != columns.len() {
+        let reason = RejectReason::Ragged {
+            expected: columns.len(),
+            found: values.len(),
+        };
+        return reject(number, reason);
+    }
+    let mut fields = Map::new();
+    for (column, raw) in columns.iter().zip(values) {
+        if raw.len() > rules.max_field_bytes {
+            let reason = RejectReason::FieldTooLarge {
+                column: column.clone(),
+                bytes: raw.len() as u64,
+                limit: rules.max_field_bytes as u64,
+            };
+            return reject(number, reason);
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            let column = Some(column.clone());
+            return reject(number, RejectReason::InvalidUtf8 { column });
+        };
+        fields.insert(column.clone(), Value::String(text.to_owned()));
+    }
+    finish_row(number, fields, rules, targets, true)
+}
+
+fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<String>) -> Item {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return reject(number, RejectReason::InvalidUtf8 { column: None });
+    };
+    // serde_json stops at 128 levels of nesting, so hostile depth is an error, not a crash.
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            let message = e.to_string();
+            return reject(number, RejectReason::BadJson { message });
+        }
+    };
+    let fields = match value {
+        Value::Object(fields) => fields,
+        other => {
+            let found = json_kind(&other).to_owned();
+            return reject(number, RejectReason::NotAnObject { found });
+        }
+    };
+    // The smallest offending key is reported, whatever order the Map iterates in.
+    let oversized = fields
+        .iter()
+        .map(|(column, value)| (column, encoded_len(value)))
+        .filter(|(_, bytes)| *bytes > rules.max_field_bytes as u64)
+        .min_by(|a, b| a.0.cmp(b.0));
+    if let Some((column, bytes)) = oversized {
+        let reason = RejectReason::FieldTooLarge {
+            column: column.clone(),
+            bytes,
+            limit: rules.max_field_bytes as u64,
+        };
+        return reject(number, reason);
+    }
+    finish_row(number, fields, rules, targets, false)
+}
+
+/// Applies the `required` checks and the mapping.
+fn finish_row(
+    number: u64,
+    fields: Map<String, Value>,
+    rules: &RowRules,
+    targets: &BTreeSet<String>,
+    empty_as_null: bool,
+) -> Item {
+    for column in &rules.required {
+        let reason = match fields.get(column) {
+            None => RejectReason::MissingColumn {
+                column: column.clone(),
+            },
+            Some(Value::Null) => RejectReason::EmptyValue {
+                column: column.clone(),
+            },
+            Some(Value::String(s)) if s.trim().is_empty() => RejectReason::EmptyValue {
+                column: column.clone(),
+            },
+            Some(_) => continue,
+        };
+        return reject(number, reason);
+    }
+    let mut variables = Map::new();
+    for (column, value) in &fields {
+        let value = match value {
+            Value::String(s) if empty_as_null && s.is_empty() => Value::Null,
+            other => other.clone(),
+        };
+        match rules.mapping.get(column) {
+            Some(variable) => {
+                variables.insert(variable.clone(), value);
+            }
+            None if targets.contains(column) => {}
+            None => {
+                variables.insert(column.clone(), value);
+            }
+        }
+    }
+    Item::Valid(Row {
+        number,
+        fields,
+        variables,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// UTF-8 length of a string, or the compact JSON length of any other value.
+fn encoded_len(value: &Value) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match value {
+        Value::String(s) => s.len() as u64,
+        other => {
+            let mut counter = Counter(0);
+            // Writing to a counter cannot fail; if it somehow did, treat the field as too large.
+            match serde_json::to_writer(&mut counter, other) {
+                Ok(()) => counter.0,
+                Err(_) => u64::MAX,
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The domain: jobs, chunks and their states, identities, and the accounting invariant.
+//!
+//! Rows are not stored one item per row: a row's final state is derived from the chunk that last
+//! carried it (see `ChunkOutcome`) and its image URL from the render record of its fingerprint.
+//! That keeps the write path to one DynamoDB write per `render.completed` and a few per batch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::pictify::wire::{Format, VariableSet, error_codes};
+
+/// Identity of a job: derived from the upload (bucket, key, version or ETag) so a redelivered S3
+/// event maps to the same job and a new version of the file to a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn for_upload(bucket: &str, key: &str, version: &str) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [bucket, key, version] {
+            hasher.update(part.as_bytes());
+            hasher.update([0u8]);
+        }
+        JobId(format!("job_{}", &hex::encode(hasher.finalize())[..20]))
+    }
+
+    /// Accepts an id given by an operator or read back from storage.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok = raw.starts_with("job_") && raw.len() <= 64 && raw[4..].bytes().all(|b| b.is_ascii_alphanumeric());
+        if ok { Ok(JobId(raw.to_owned())) } else { Err(format!("`{raw}` is not a job id (expected job_<hex>)")) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identity of a chunk: (job, sequence, attempt). It is the `Idempotency-Key` of its submission.
+/// Attempt 0 is the chunk cut at ingest; attempt n>0 re-renders the retryable failures of attempt n-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkKey {
+    pub seq: u32,
+    pub attempt: u32,
+}
+
+impl ChunkKey {
+    pub fn initial(seq: u32) -> Self {
+        ChunkKey { seq, attempt: 0 }
+    }
+
+    pub fn retry(self) -> Self {
+        ChunkKey { seq: self.seq, attempt: self.attempt + 1 }
+    }
+
+    /// `c00012` or `c00012-r1`: sorts in submission order inside a job.
+    pub fn label(self) -> String {
+        if self.attempt == 0 { format!("c{:05}", self.seq) } else { format!("c{:05}-r{}", self.seq, self.attempt) }
+    }
+
+    pub fn parse_label(label: &str) -> Option<Self> {
+        let rest = label.strip_prefix('c')?;
+        let (seq, attempt) = match rest.split_once("-r") {
+            Some((seq, attempt)) => (seq, attempt.parse().ok()?),
+            None => (rest, 0),
+        };
+        Some(ChunkKey { seq: seq.parse().ok()?, attempt })
+    }
+
+    /// The idempotency key sent to Pictify: globally unique and stable across redeliveries.
+    pub fn idempotency_key(self, job: &JobId) -> String {
+        format!("{job}-{}", self.label())
+    }
+}
+
+/// What the user asked for, per upload (key prefix + optional sidecar + defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    pub template_id: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// column → variable renames; unmapped columns pass through under their own name.
+    #[serde(default)]
+    pub mapping: BTreeMap<String, String>,
+    /// Columns that must be present and non-empty.
+    #[serde(default)]
+    pub required: Vec<String>,
+}
+
+/// Where the upload lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Ingesting,
+    Running,
+    /// Every row is terminal and the manifest is being written.
+    Finishing,
+    Completed,
+    Partial,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Ingesting => "ingesting",
+            JobStatus::Running => "running",
+            JobStatus::Finishing => "finishing",
+            JobStatus::Completed => "completed",
+            JobStatus::Partial => "partial",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Partial | JobStatus::Failed)
+    }
+}
+
+/// Per-job counters. Updated once per ingest and once per batch, never per render event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// Data rows read from the file.
+    pub rows: u64,
+    pub rejected: u64,
+    pub rendered: u64,
+    pub failed: u64,
+    /// Rows re-queued for another attempt (informational: they are still in flight).
+    pub retried: u64,
+    /// Chunks created (initial + retries) and chunks whose outcome is applied.
+    pub chunks: u64,
+    pub chunks_done: u64,
+}
+
+impl Counters {
+    /// rows = rejected + rendered + failed + in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.rows.saturating_sub(self.rejected + self.rendered + self.failed)
+    }
+
+    pub fn invariant_holds(&self) -> bool {
+        self.rejected + self.rendered + self.failed <= self.rows
+    }
+
+    /// Rows that reached Pictify and failed, over rows that reached a terminal render state.
+    pub fn failure_rate(&self) -> f64 {
+        let done = self.rendered + self.failed;
+        if done == 0 { 0.0 } else { self.failed as f64 / done as f64 }
+    }
+
+    /// The job's final status once nothing is in flight.
+    pub fn final_status(&self) -> JobStatus {
+        if self.rendered == self.rows {
+            JobStatus::Completed
+        } else if self.rendered == 0 {
+            JobStatus::Failed
+        } else {
+            JobStatus::Partial
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: JobId,
+    pub source: ObjectRef,
+    /// ETag or version id of the upload this job read (the manifest re-reads exactly this).
+    pub source_version: String,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    pub counters: Counters,
+    /// Dataset-level failure reason (unreadable file, missing header, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// First rejected rows, for `status` (the manifest lists them all).
+    #[serde(default)]
+    pub rejected_sample: Vec<(u64, String)>,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingested_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
+    /// Sum of batch durations reported by Pictify (ms), for the average render time.
+    #[serde(default)]
+    pub render_ms_total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestLocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestLocation {
+    pub csv: ObjectRef,
+    pub jsonl: ObjectRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkState {
+    Queued,
+    /// Intent recorded before calling Pictify; the outcome of that call may be unknown.
+    Submitting,
+    Submitted,
+    Completed,
+}
+
+impl ChunkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkState::Queued => "queued",
+            ChunkState::Submitting => "submitting",
+            ChunkState::Submitted => "submitted",
+            ChunkState::Completed => "completed",
+        }
+    }
+}
+
+/// A chunk as stored. Its payload (the variable sets) lives in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chunk {
+    pub job: JobId,
+    pub key: ChunkKey,
+    /// Data row numbers, in payload order: `rows[i]` is batch index `i`.
+    pub rows: Vec<u64>,
+    pub state: ChunkState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    /// When the current submit attempt started (for the unknown-outcome grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitting_since: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<i64>,
+    #[serde(default)]
+    pub submit_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ChunkOutcome>,
+}
+
+impl Chunk {
+    pub fn new(job: JobId, key: ChunkKey, rows: Vec<u64>) -> Self {
+        Chunk {
+            job,
+            key,
+            rows,
+            state: ChunkState::Queued,
+            batch_id: None,
+            submitting_since: None,
+            submitted_at: None,
+            submit_attempts: 0,
+            outcome: None,
+        }
+    }
+
+    pub fn idempotency_key(&self) -> String {
+        self.key.idempotency_key(&self.job)
+    }
+}
+
+/// The applied result of a chunk. Successes are implied: every index not in `failed` or `retried`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkOutcome {
+    pub rendered: u32,
+    /// Final failures: batch index → error.
+    #[serde(default)]
+    pub failed: BTreeMap<u32, RowError>,
+    /// Retryable failures handed to the next attempt (the chunk `key.retry()`).
+    #[serde(default)]
+    pub retried: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Why a row failed: a Pictify item code (or our own) and the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Our own codes, beside Pictify's item codes.
+pub mod own_codes {
+    /// Pictify refused the whole submission (400/404/422).
+    pub const SUBMIT_REJECTED: &str = "SUBMIT_REJECTED";
+    /// The item failed with no code we could recognise.
+    pub const UNKNOWN: &str = "UNKNOWN";
+}
+
+/// Permanent vs retryable, per the batch guide's failure table.
+pub fn is_retryable(code: &str) -> bool {
+    !matches!(
+        code,
+        error_codes::INVALID_VARIABLE | error_codes::EXPRESSION_ERROR | error_codes::TEMPLATE_NOT_FOUND | own_codes::SUBMIT_REJECTED
+    )
+}
+
+/// Pictify's results poll gives a message and no code; a code is recognised when the message starts
+/// with one (`"IMAGE_FETCH_FAILED: …"`) or mentions one as a word.
+pub fn code_from_message(message: &str) -> Option<&'static str> {
+    const KNOWN: [&str; 5] = [
+        error_codes::INVALID_VARIABLE,
+        error_codes::EXPRESSION_ERROR,
+        error_codes::IMAGE_FETCH_FAILED,
+        error_codes::RENDER_TIMEOUT,
+        error_codes::TEMPLATE_NOT_FOUND,
+    ];
+    message
+        .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .find_map(|word| KNOWN.iter().copied().find(|code| *code == word))
+}
+
+/// What the submitter sends to Pictify for one chunk, and what the queue message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkPayload {
+    pub job: JobId,
+    pub key: ChunkKey,
+    pub template_id: String,
+    pub format: Format,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    pub rows: Vec<u64>,
+    pub variable_sets: Vec<VariableSet>,
+}
+
+/// A work-queue message: the payload inline when it fits, else a reference to its stored copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkMessage {
+    pub job: JobId,
+    pub key: ChunkKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<ChunkPayload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_ref: Option<ObjectRef>,
+}
+
+/// A row's final state as shown in status and the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum RowState {
+    Rejected { reason: String },
+    InFlight { chunk: String },
+    /// `url` is `None` when Pictify reported success but its `render.completed` never reached us.
+    Rendered { url: Option<String> },
+    Failed { code: String, message: String },
+}
+
+impl RowState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RowState::Rejected { .. } => "rejected",
+            RowState::InFlight { .. } => "in_flight",
+            RowState::Rendered { url: Some(_) } => "rendered",
+            RowState::Rendered { url: None } => "rendered_url_missing",
+            RowState::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_is_stable_for_the_same_upload_and_changes_with_the_version() {
+        let a = JobId::for_upload("b", "uploads/t/x.csv", "etag1");
+        assert_eq!(a, JobId::for_upload("b", "uploads/t/x.csv", "etag1"));
+        assert_ne!(a, JobId::for_upload("b", "uploads/t/x.csv", "etag2"));
+        assert_eq!(JobId::parse(a.as_str()), Ok(a));
+    }
+
+    #[test]
+    fn chunk_labels_round_trip_and_sort_in_submission_order() {
+        let first = ChunkKey::initial(3);
+        let retry = first.retry();
+        assert_eq!(first.label(), "c00003");
+        assert_eq!(retry.label(), "c00003-r1");
+        assert_eq!(ChunkKey::parse_label("c00003-r1"), Some(retry));
+        assert!(first.label() < retry.label());
+        assert!(retry.label() < ChunkKey::initial(4).label());
+    }
+
+    #[test]
+    fn codes_are_found_in_poll_messages() {
+        assert_eq!(code_from_message("IMAGE_FETCH_FAILED: could not load x"), Some("IMAGE_FETCH_FAILED"));
+        assert_eq!(code_from_message("render failed (RENDER_TIMEOUT)"), Some("RENDER_TIMEOUT"));
+        assert_eq!(code_from_message("something odd"), None);
+        assert!(is_retryable("IMAGE_FETCH_FAILED") && is_retryable("UNKNOWN"));
+        assert!(!is_retryable("INVALID_VARIABLE") && !is_retryable("EXPRESSION_ERROR"));
+    }
+
+    #[test]
+    fn counters_keep_the_invariant_and_pick_the_final_status() {
+        let c = Counters { rows: 10, rejected: 2, rendered: 6, failed: 1, ..Default::default() };
+        assert_eq!(c.in_flight(), 1);
+        assert!(c.invariant_holds());
+        let done = Counters { failed: 2, ..c };
+        assert_eq!(done.final_status(), JobStatus::Partial);
+    }
+}

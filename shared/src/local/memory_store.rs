@@ -1,0 +1,788 @@
+//! `MemoryJobStore`: the in-memory `JobStore`, the reference semantics every other store matches.
+//!
+//! One mutex guards the whole state, so every method is atomic exactly like the conditional /
+//! transactional writes of the DynamoDB adapter. The rules, per method:
+//! - `create_job`: put-if-absent; the stored job wins.
+//! - `finish_ingest`: applies only while the job is `ingesting` (a second call is a no-op). It sets
+//!   status, error, samples, `ingested_at`, `rows` and `rejected`, and *adds* `chunks`, because
+//!   retry chunks of early batches may already have been counted; batch-owned counters
+//!   (rendered, failed, retried, chunks_done, render_ms_total) are left alone.
+//! - `put_chunks`: put-if-absent per chunk.
+//! - `begin_submit`: queued → submitting (attempt + 1); submitting younger than `grace` →
+//!   `InProgress`; older → taken over (attempt + 1, same idempotency key); submitted →
+//!   `AlreadySubmitted`; completed → `Completed`; missing → `Unknown`.
+//! - `record_submitted`: sets batch id and the batch index; the same batch id again is a no-op; a
+//!   *different* batch id for a submitted chunk is refused (the idempotency key should prevent it);
+//!   a completed chunk keeps its state.
+//! - `release_submit`: submitting → queued; any other state is left as is.
+//! - `complete_chunk`: applies once (any state but completed): outcome, counter deltas, batch
+//!   render time, the retry chunk (put-if-absent) and the alert mark, all together.
+//! - `transition_job`: compare-and-set on status; missing job → `false`.
+//! - `pause_submissions`: set-if-absent; `true` only for the call that set it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation,
+};
+use crate::ports::{
+    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+};
+
+/// A webhook that matched nothing (kept for assertions and operators).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub kind: String,
+    pub id: String,
+    pub body: String,
+    pub at: i64,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<JobId, Job>,
+    /// Ordered so `chunks_of_job` lists a job's chunks in submission order.
+    chunks: BTreeMap<(JobId, ChunkKey), Chunk>,
+    batches: HashMap<String, (JobId, ChunkKey)>,
+    renders: HashMap<String, RenderRecord>,
+    failures: HashMap<String, FailureRecord>,
+    alerted: BTreeSet<(JobId, ChunkKey)>,
+    paused: Option<(String, i64)>,
+    orphans: Vec<Orphan>,
+}
+
+/// The in-memory job store for unit tests and in-process runs.
+#[derive(Default)]
+pub struct MemoryJobStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error("job {0} does not exist")]
+    NoJob(JobId),
+    #[error("chunk {job}/{label} does not exist", label = key.label())]
+    NoChunk { job: JobId, key: ChunkKey },
+    #[error("chunk {job}/{label} is already submitted as batch {existing}, not {offered}", label = key.label())]
+    OtherBatch {
+        job: JobId,
+        key: ChunkKey,
+        existing: String,
+        offered: String,
+    },
+}
+
+impl MemoryJobStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chunks whose completion asked for an alert, in key order.
+    pub fn alerted_chunks(&self) -> Vec<(JobId, ChunkKey)> {
+        self.lock().alerted.iter().cloned().collect()
+    }
+
+    pub fn orphans(&self) -> Vec<Orphan> {
+        self.lock().orphans.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no half-applied write (every method mutates
+        // after its checks), so the state is still consistent: keep serving it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn add_counters(into: &mut Counters, delta: &Counters) {
+    into.rows += delta.rows;
+    into.rejected += delta.rejected;
+    into.rendered += delta.rendered;
+    into.failed += delta.failed;
+    into.retried += delta.retried;
+    into.chunks += delta.chunks;
+    into.chunks_done += delta.chunks_done;
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
+        let mut state = self.lock();
+        if let Some(existing) = state.jobs.get(&job.id) {
+            return Ok((existing.clone(), false));
+        }
+        state.jobs.insert(job.id.clone(), job.clone());
+        Ok((job.clone(), true))
+    }
+
+    async fn job(&self, id: &JobId) -> PortResult<Option<Job>> {
+        Ok(self.lock().jobs.get(id).cloned())
+    }
+
+    async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
+        let mut state = self.lock();
+        let stored = state.jobs.get_mut(&job.id).ok_or_else(|| {
+            PortError::permanent("finish ingest", StoreError::NoJob(job.id.clone()))
+        })?;
+        if stored.status != JobStatus::Ingesting {
+            tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
+            return Ok(());
+        }
+        stored.status = job.status;
+        stored.error = job.error.clone();
+        stored.rejected_sample = job.rejected_sample.clone();
+        stored.ingested_at = job.ingested_at;
+        stored.counters.rows = job.counters.rows;
+        stored.counters.rejected = job.counters.rejected;
+        stored.counters.chunks += job.counters.chunks;
+        Ok(())
+    }
+
+    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
+        let mut state = self.lock();
+        for chunk in chunks {
+            state
+                .chunks
+                .entry((chunk.job.clone(), chunk.key))
+                .or_insert_with(|| chunk.clone());
+        }
+        Ok(())
+    }
+
+    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
+        Ok(self.lock().chunks.get(&(job.clone(), key)).cloned())
+    }
+
+    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
+        let state = self.lock();
+        Ok(state
+            .chunks
+            .iter()
+            .filter(|((owner, _), _)| owner == job)
+            .map(|(_, chunk)| chunk.clone())
+            .collect())
+    }
+
+    async fn begin_submit(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        now: i64,
+        grace: Duration,
+    ) -> PortResult<BeginSubmit> {
+        let mut state = self.lock();
+        let Some(chunk) = state.chunks.get_mut(&(job.clone(), key)) else {
+            return Ok(BeginSubmit::Unknown);
+        };
+        match chunk.state {
+            ChunkState::Completed => return Ok(BeginSubmit::Completed),
+            ChunkState::Submitted => {
+                return Ok(BeginSubmit::AlreadySubmitted {
+                    batch_id: chunk.batch_id.clone().unwrap_or_default(),
+                });
+            }
+            ChunkState::Submitting => {
+                let since = chunk.submitting_since.unwrap_or(i64::MIN);
+                let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+                if now.saturating_sub(since) < grace_secs {
+                    return Ok(BeginSubmit::InProgress { since });
+                }
+            }
+            ChunkState::Queued => {}
+        }
+        chunk.state = ChunkState::Submitting;
+        chunk.submitting_since = Some(now);
+        chunk.submit_attempts += 1;
+        Ok(BeginSubmit::Proceed {
+            attempt: chunk.submit_attempts,
+        })
+    }
+
+    async fn record_submitted(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        batch_id: &str,
+        now: i64,
+    ) -> PortResult<()> {
+        let mut state = self.lock();
+        let id = (job.clone(), key);
+        let chunk = state.chunks.get_mut(&id).ok_or_else(|| {
+            PortError::permanent(
+                "record submitted",
+                StoreError::NoChunk {
+                    job: job.clone(),
+                    key,
+                },
+            )
+        })?;
+        match (&chunk.state, chunk.batch_id.as_deref()) {
+            (ChunkState::Submitted | ChunkState::Completed, Some(existing))
+                if existing != batch_id =>
+            {
+                let error = StoreError::OtherBatch {
+                    job: job.clone(),
+                    key,
+                    existing: existing.to_owned(),
+                    offered: batch_id.to_owned(),
+                };
+                return Err(PortError::permanent("record submitted", error));
+            }
+            (ChunkState::Submitted | ChunkState::Completed, _) => {}
+            (ChunkState::Queued | ChunkState::Submitting, _) => {
+                chunk.state = ChunkState::Submitted;
+                chunk.batch_id = Some(batch_id.to_owned());
+                chunk.submitted_at = Some(now);
+            }
+        }
+        if chunk.batch_id.is_none() {
+            chunk.batch_id = Some(batch_id.to_owned());
+        }
+        state.batches.insert(batch_id.to_owned(), id);
+        Ok(())
+    }
+
+    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
+        let mut state = self.lock();
+        if let Some(chunk) = state.chunks.get_mut(&(job.clone(), key))
+            && chunk.state == ChunkState::Submitting
+        {
+            chunk.state = ChunkState::Queued;
+            chunk.submitting_since = None;
+        }
+        Ok(())
+    }
+
+    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
+        Ok(self.lock().batches.get(batch_id).cloned())
+    }
+
+    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
+        let mut state = self.lock();
+        let id = (completion.job.clone(), completion.key);
+        let no_chunk = || StoreError::NoChunk {
+            job: completion.job.clone(),
+            key: completion.key,
+        };
+        match state.chunks.get(&id) {
+            None => return Err(PortError::permanent("complete chunk", no_chunk())),
+            Some(chunk) if chunk.state == ChunkState::Completed => return Ok(false),
+            Some(_) => {}
+        }
+        if !state.jobs.contains_key(&completion.job) {
+            return Err(PortError::permanent(
+                "complete chunk",
+                StoreError::NoJob(completion.job.clone()),
+            ));
+        }
+        // Checks are done: from here on every write lands, as in one transaction.
+        if let Some(chunk) = state.chunks.get_mut(&id) {
+            chunk.state = ChunkState::Completed;
+            chunk.outcome = Some(completion.outcome.clone());
+        }
+        if let Some(job) = state.jobs.get_mut(&completion.job) {
+            add_counters(&mut job.counters, &completion.delta);
+            job.render_ms_total += completion.outcome.duration_ms.unwrap_or(0);
+        }
+        if let Some(retry) = &completion.retry {
+            state
+                .chunks
+                .entry((retry.job.clone(), retry.key))
+                .or_insert_with(|| retry.clone());
+        }
+        if completion.alert {
+            state.alerted.insert(id);
+        }
+        Ok(true)
+    }
+
+    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
+        self.lock()
+            .renders
+            .insert(fingerprint.to_owned(), record.clone());
+        Ok(())
+    }
+
+    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()> {
+        self.lock()
+            .failures
+            .insert(fingerprint.to_owned(), record.clone());
+        Ok(())
+    }
+
+    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
+        let state = self.lock();
+        Ok(fingerprints
+            .iter()
+            .filter_map(|f| state.renders.get(f).map(|r| (f.clone(), r.clone())))
+            .collect())
+    }
+
+    async fn failures(
+        &self,
+        fingerprints: &[String],
+    ) -> PortResult<HashMap<String, FailureRecord>> {
+        let state = self.lock();
+        Ok(fingerprints
+            .iter()
+            .filter_map(|f| state.failures.get(f).map(|r| (f.clone(), r.clone())))
+            .collect())
+    }
+
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let mut state = self.lock();
+        match state.jobs.get_mut(id) {
+            Some(job) if job.status == from => {
+                job.status = to;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
+        let mut state = self.lock();
+        let job = state
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| PortError::permanent("finish job", StoreError::NoJob(id.clone())))?;
+        job.status = status;
+        job.manifest = Some(manifest.clone());
+        job.completed_at = Some(now);
+        Ok(())
+    }
+
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
+        let mut state = self.lock();
+        if state.paused.is_some() {
+            return Ok(false);
+        }
+        state.paused = Some((reason.to_owned(), now));
+        Ok(true)
+    }
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>> {
+        Ok(self
+            .lock()
+            .paused
+            .as_ref()
+            .map(|(reason, _)| reason.clone()))
+    }
+
+    async fn resume_submissions(&self) -> PortResult<()> {
+        self.lock().paused = None;
+        Ok(())
+    }
+
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let orphan = Orphan {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            body: body.to_owned(),
+            at: now,
+        };
+        self.lock().orphans.push(orphan);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{ChunkOutcome, JobSpec, ObjectRef, RowError};
+    use crate::pictify::wire::Format;
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn job() -> Job {
+        let source = ObjectRef {
+            bucket: "in".into(),
+            key: "uploads/t/x.csv".into(),
+        };
+        Job {
+            id: JobId::for_upload(&source.bucket, &source.key, "v1"),
+            source,
+            source_version: "v1".into(),
+            spec: JobSpec {
+                template_id: "tmpl".into(),
+                format: Format::default(),
+                quality: None,
+                concurrency: None,
+                mapping: BTreeMap::new(),
+                required: vec![],
+            },
+            status: JobStatus::Ingesting,
+            counters: Counters::default(),
+            error: None,
+            rejected_sample: vec![],
+            created_at: 1,
+            ingested_at: None,
+            completed_at: None,
+            render_ms_total: 0,
+            manifest: None,
+        }
+    }
+
+    /// A store holding `job()` and its chunk 0 (rows 0..4), queued.
+    async fn store_with_chunk() -> (MemoryJobStore, JobId, ChunkKey) {
+        let store = MemoryJobStore::new();
+        let job = job();
+        store.create_job(&job).await.unwrap();
+        let key = ChunkKey::initial(0);
+        store
+            .put_chunks(&[Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3])])
+            .await
+            .unwrap();
+        (store, job.id, key)
+    }
+
+    fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
+        let outcome = ChunkOutcome {
+            rendered: rendered as u32,
+            failed: BTreeMap::from([(
+                0,
+                RowError {
+                    code: "INVALID_VARIABLE".into(),
+                    message: "bad".into(),
+                },
+            )]),
+            retried: if retry { vec![1] } else { vec![] },
+            duration_ms: Some(250),
+        };
+        let delta = Counters {
+            rendered,
+            failed: 1,
+            retried: u64::from(retry),
+            chunks: u64::from(retry),
+            chunks_done: 1,
+            ..Default::default()
+        };
+        let retry = retry.then(|| Chunk::new(job.clone(), key.retry(), vec![1]));
+        ChunkCompletion {
+            job: job.clone(),
+            key,
+            outcome,
+            delta,
+            retry,
+            alert: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn creating_a_job_twice_keeps_the_first() {
+        let store = MemoryJobStore::new();
+        let first = job();
+        let mut second = job();
+        second.created_at = 99;
+        assert!(store.create_job(&first).await.unwrap().1);
+        let (stored, new) = store.create_job(&second).await.unwrap();
+        assert!(!new);
+        assert_eq!(stored, first);
+    }
+
+    #[tokio::test]
+    async fn putting_chunks_again_does_not_reset_them() {
+        let (store, job, key) = store_with_chunk().await;
+        store.begin_submit(&job, key, 10, GRACE).await.unwrap();
+        store
+            .put_chunks(&[Chunk::new(job.clone(), key, vec![0])])
+            .await
+            .unwrap();
+        let chunk = store.chunk(&job, key).await.unwrap().unwrap();
+        assert_eq!((chunk.state, chunk.rows.len()), (ChunkState::Submitting, 4));
+    }
+
+    #[tokio::test]
+    async fn begin_submit_proceeds_once_then_waits_out_the_grace_period() {
+        let (store, job, key) = store_with_chunk().await;
+        assert_eq!(
+            store.begin_submit(&job, key, 100, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 1 }
+        );
+        assert_eq!(
+            store.begin_submit(&job, key, 159, GRACE).await.unwrap(),
+            BeginSubmit::InProgress { since: 100 }
+        );
+        assert_eq!(
+            store.begin_submit(&job, key, 160, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 2 }
+        );
+        assert_eq!(
+            store
+                .chunk(&job, key)
+                .await
+                .unwrap()
+                .unwrap()
+                .submitting_since,
+            Some(160)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_message_finds_the_batch_id() {
+        let (store, job, key) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        let again = store.begin_submit(&job, key, 500, GRACE).await.unwrap();
+        assert_eq!(
+            again,
+            BeginSubmit::AlreadySubmitted {
+                batch_id: "b1".into()
+            }
+        );
+        assert_eq!(store.chunk_by_batch("b1").await.unwrap(), Some((job, key)));
+    }
+
+    #[tokio::test]
+    async fn recording_a_different_batch_for_a_submitted_chunk_is_refused() {
+        let (store, job, key) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        store.record_submitted(&job, key, "b1", 102).await.unwrap();
+        let error = store
+            .record_submitted(&job, key, "b2", 103)
+            .await
+            .unwrap_err();
+        assert!(
+            !error.retryable && error.to_string().contains("b1"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn releasing_a_submit_requeues_only_a_submitting_chunk() {
+        let (store, job, key) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.release_submit(&job, key).await.unwrap();
+        assert_eq!(
+            store.begin_submit(&job, key, 101, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 2 }
+        );
+        store.record_submitted(&job, key, "b1", 102).await.unwrap();
+        store.release_submit(&job, key).await.unwrap();
+        assert_eq!(
+            store.chunk(&job, key).await.unwrap().unwrap().state,
+            ChunkState::Submitted
+        );
+    }
+
+    #[tokio::test]
+    async fn begin_submit_reports_unknown_and_completed_chunks() {
+        let (store, job, key) = store_with_chunk().await;
+        let other = ChunkKey::initial(7);
+        assert_eq!(
+            store.begin_submit(&job, other, 1, GRACE).await.unwrap(),
+            BeginSubmit::Unknown
+        );
+        store
+            .complete_chunk(&completion(&job, key, 3, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.begin_submit(&job, key, 1, GRACE).await.unwrap(),
+            BeginSubmit::Completed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_completes_exactly_once() {
+        let (store, job, key) = store_with_chunk().await;
+        let done = completion(&job, key, 2, true);
+        assert!(store.complete_chunk(&done).await.unwrap());
+        assert!(!store.complete_chunk(&done).await.unwrap());
+        let counters = store.job(&job).await.unwrap().unwrap().counters;
+        assert_eq!(
+            (
+                counters.rendered,
+                counters.failed,
+                counters.chunks_done,
+                counters.chunks
+            ),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(store.job(&job).await.unwrap().unwrap().render_ms_total, 250);
+        assert_eq!(store.alerted_chunks(), vec![(job.clone(), key)]);
+    }
+
+    #[tokio::test]
+    async fn the_retry_chunk_is_created_once_and_queued() {
+        let (store, job, key) = store_with_chunk().await;
+        store
+            .complete_chunk(&completion(&job, key, 2, true))
+            .await
+            .unwrap();
+        store
+            .complete_chunk(&completion(&job, key, 2, true))
+            .await
+            .unwrap();
+        let keys: Vec<_> = store
+            .chunks_of_job(&job)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| (c.key, c.state))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (key, ChunkState::Completed),
+                (key.retry(), ChunkState::Queued)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn completing_an_unknown_chunk_is_an_error() {
+        let (store, job, _) = store_with_chunk().await;
+        let error = store
+            .complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false))
+            .await
+            .unwrap_err();
+        assert!(!error.retryable);
+    }
+
+    #[tokio::test]
+    async fn finish_ingest_applies_once_and_keeps_batch_counters() {
+        let (store, id, key) = store_with_chunk().await;
+        store
+            .complete_chunk(&completion(&id, key, 2, true))
+            .await
+            .unwrap();
+        let mut ingested = job();
+        ingested.status = JobStatus::Running;
+        ingested.counters = Counters {
+            rows: 10,
+            rejected: 1,
+            chunks: 3,
+            ..Default::default()
+        };
+        store.finish_ingest(&ingested).await.unwrap();
+        store.finish_ingest(&ingested).await.unwrap();
+        let stored = store.job(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Running);
+        assert_eq!(
+            stored.counters,
+            Counters {
+                rows: 10,
+                rejected: 1,
+                rendered: 2,
+                failed: 1,
+                retried: 1,
+                chunks: 4,
+                chunks_done: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_transitions_only_from_the_expected_status() {
+        let (store, id, _) = store_with_chunk().await;
+        assert!(
+            store
+                .transition_job(&id, JobStatus::Ingesting, JobStatus::Running)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing)
+                .await
+                .unwrap()
+        );
+        let missing = JobId::parse("job_abc").unwrap();
+        assert!(
+            !store
+                .transition_job(&missing, JobStatus::Running, JobStatus::Finishing)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn finishing_a_job_records_status_manifest_and_time() {
+        let (store, id, _) = store_with_chunk().await;
+        let at = |key: &str| ObjectRef {
+            bucket: "out".into(),
+            key: key.into(),
+        };
+        let manifest = ManifestLocation {
+            csv: at("m.csv"),
+            jsonl: at("m.jsonl"),
+        };
+        store
+            .finish_job(&id, JobStatus::Partial, &manifest, 77)
+            .await
+            .unwrap();
+        let stored = store.job(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.manifest, stored.completed_at),
+            (JobStatus::Partial, Some(manifest), Some(77))
+        );
+    }
+
+    #[tokio::test]
+    async fn pausing_reports_true_only_to_the_first_caller() {
+        let store = MemoryJobStore::new();
+        assert!(store.pause_submissions("quota", 1).await.unwrap());
+        assert!(!store.pause_submissions("auth", 2).await.unwrap());
+        assert_eq!(
+            store.submissions_paused().await.unwrap().as_deref(),
+            Some("quota")
+        );
+        store.resume_submissions().await.unwrap();
+        assert_eq!(store.submissions_paused().await.unwrap(), None);
+        assert!(store.pause_submissions("auth", 3).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn renders_and_failures_are_looked_up_by_fingerprint() {
+        let store = MemoryJobStore::new();
+        let render = RenderRecord {
+            url: "https://img/1.png".into(),
+            image_id: None,
+            rendered_at: None,
+            recorded_at: 5,
+        };
+        store.record_render("fp1", &render).await.unwrap();
+        store.record_render("fp1", &render).await.unwrap();
+        let failure = FailureRecord {
+            code: "RENDER_TIMEOUT".into(),
+            message: "slow".into(),
+            recorded_at: 6,
+        };
+        store.record_failure("fp2", &failure).await.unwrap();
+        let wanted = vec!["fp1".to_owned(), "fp2".to_owned(), "fp3".to_owned()];
+        assert_eq!(
+            store.renders(&wanted).await.unwrap(),
+            HashMap::from([("fp1".to_owned(), render)])
+        );
+        assert_eq!(
+            store.failures(&wanted).await.unwrap(),
+            HashMap::from([("fp2".to_owned(), failure)])
+        );
+    }
+
+    #[tokio::test]
+    async fn orphans_are_kept() {
+        let store = MemoryJobStore::new();
+        store
+            .record_orphan("batch.completed", "b9", "{}", 4)
+            .await
+            .unwrap();
+        assert_eq!(store.orphans()[0].id, "b9");
+    }
+}

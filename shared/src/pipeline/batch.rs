@@ -1,0 +1,259 @@
+//! Batch completion: poll the results, classify every item, apply the counts exactly once, queue
+//! retryable failures as a new chunk, alert over the threshold, and finish the job when nothing
+//! is left in flight.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracing::{info, warn};
+
+use super::{Pipeline, StepError};
+use crate::dataset::fingerprint;
+use crate::domain::{
+    ChunkKey, Job, ChunkOutcome, ChunkPayload, ChunkState, Counters, JobId, JobStatus, RowError, code_from_message, is_retryable,
+    own_codes,
+};
+use crate::layout;
+use crate::pictify::wire::BatchResults;
+use crate::ports::{Alert, ChunkCompletion};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchApplied {
+    Applied,
+    AlreadyApplied,
+    UnknownBatch,
+}
+
+impl Pipeline {
+    /// Applies a finished batch. Safe to call any number of times for the same batch.
+    pub async fn complete_batch(&self, batch_id: &str, duration_ms: Option<u64>) -> Result<BatchApplied, StepError> {
+        let Some((job_id, key)) = self.store.chunk_by_batch(batch_id).await? else {
+            return Ok(BatchApplied::UnknownBatch);
+        };
+        let chunk = self
+            .store
+            .chunk(&job_id, key)
+            .await?
+            .ok_or_else(|| StepError::Other(format!("batch {batch_id} points at missing chunk {}", key.label())))?;
+        if chunk.state == ChunkState::Completed {
+            self.finish_job_if_done(&job_id).await?;
+            return Ok(BatchApplied::AlreadyApplied);
+        }
+        let results = self.pictify.get_batch_results(batch_id).await?;
+        if !results.status.is_terminal() {
+            // batch.completed raced ahead of the poll: fail so the delivery is retried later.
+            return Err(StepError::Other(format!("batch {batch_id} reported completed but polls as {:?}", results.status)));
+        }
+        let job = self.store.job(&job_id).await?.ok_or_else(|| StepError::Other(format!("job {job_id} is missing")))?;
+        let applied = self.apply_results(&job, key, chunk.rows.len(), &results, duration_ms).await?;
+        self.finish_job_if_done(&job_id).await?;
+        Ok(if applied { BatchApplied::Applied } else { BatchApplied::AlreadyApplied })
+    }
+
+    async fn apply_results(
+        &self,
+        job: &Job,
+        key: ChunkKey,
+        size: usize,
+        results: &BatchResults,
+        duration_ms: Option<u64>,
+    ) -> Result<bool, StepError> {
+        let job_id = &job.id;
+        let mut succeeded = vec![false; size];
+        let mut errors: BTreeMap<u32, String> = BTreeMap::new();
+        for item in results.results.iter().chain(&results.errors) {
+            let Some(slot) = succeeded.get_mut(item.index as usize) else {
+                warn!(job_id = %job_id, chunk = %key.label(), index = item.index, "poll reported an index outside the chunk");
+                continue;
+            };
+            if item.success {
+                *slot = true;
+            } else {
+                errors.insert(item.index, item.error.clone().unwrap_or_default());
+            }
+        }
+        // An index the poll does not mention failed in a way we cannot name: retry it.
+        for (index, ok) in succeeded.iter().enumerate() {
+            if !ok && !errors.contains_key(&(index as u32)) {
+                errors.insert(index as u32, "no result reported for this item".into());
+            }
+        }
+
+        let failed_items = errors.len();
+        let payload = if failed_items > 0 {
+            let at = layout::chunk_payload_ref(&job.source.bucket, job_id, &key.label(), &self.settings);
+            Some(self.read_payload(&at).await?)
+        } else {
+            None
+        };
+        let classified = self.classify(&errors, payload.as_ref()).await?;
+
+        let may_retry = key.attempt + 1 < self.settings.max_attempts;
+        let mut outcome = ChunkOutcome { rendered: (size - failed_items) as u32, duration_ms, ..Default::default() };
+        let mut code_counts: HashMap<String, u64> = HashMap::new();
+        for (index, error) in classified {
+            *code_counts.entry(error.code.clone()).or_default() += 1;
+            if may_retry && is_retryable(&error.code) {
+                outcome.retried.push(index);
+            } else {
+                outcome.failed.insert(index, error);
+            }
+        }
+
+        // The retry payload is stored before the chunk that points at it is created.
+        let retry_chunk_and_message = match (&payload, outcome.retried.is_empty()) {
+            (Some(payload), false) => {
+                let retry = self.retry_payload(payload, &outcome.retried);
+                Some(self.store_payload(&job.source.bucket, retry).await?)
+            }
+            _ => None,
+        };
+        let failure_rate = if size == 0 { 0.0 } else { failed_items as f64 / size as f64 };
+        let alert = failure_rate > self.settings.failure_alert_threshold;
+        let completion = ChunkCompletion {
+            job: job_id.clone(),
+            key,
+            delta: Counters {
+                rendered: u64::from(outcome.rendered),
+                failed: outcome.failed.len() as u64,
+                retried: outcome.retried.len() as u64,
+                chunks: u64::from(retry_chunk_and_message.is_some()),
+                chunks_done: 1,
+                ..Default::default()
+            },
+            outcome,
+            retry: retry_chunk_and_message.as_ref().map(|(chunk, _)| chunk.clone()),
+            alert,
+        };
+        if !self.store.complete_chunk(&completion).await? {
+            return Ok(false);
+        }
+        info!(
+            job_id = %job_id, chunk = %key.label(), batch_id = %results.batch_id, rendered = completion.delta.rendered,
+            failed = completion.delta.failed, retried = completion.delta.retried, "batch applied"
+        );
+        if let Some((_, message)) = retry_chunk_and_message {
+            // If this send is lost, the reconciler re-queues chunks left in `queued`.
+            self.queue.send(std::slice::from_ref(&message)).await?;
+        }
+        if alert {
+            let mut top_errors: Vec<(String, u64)> = code_counts.into_iter().collect();
+            top_errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            top_errors.truncate(5);
+            self.alert(Alert {
+                kind: "batch_high_failure_rate".into(),
+                message: format!(
+                    "Batch {} of job {job_id} had a {:.1}% failure rate ({failed_items} of {size} items)",
+                    results.batch_id,
+                    failure_rate * 100.0
+                ),
+                job: Some(job_id.to_string()),
+                batch_id: Some(results.batch_id.clone()),
+                failure_rate: Some(failure_rate),
+                top_errors,
+                counters: None,
+            })
+            .await;
+        }
+        Ok(true)
+    }
+
+    /// Gives every failed item a code: from the poll message when it names one, else from the
+    /// `render.failed` we recorded for its fingerprint, else UNKNOWN (retryable).
+    async fn classify(
+        &self,
+        errors: &BTreeMap<u32, String>,
+        payload: Option<&ChunkPayload>,
+    ) -> Result<Vec<(u32, RowError)>, StepError> {
+        let unnamed: Vec<(u32, String)> = match payload {
+            Some(p) => errors
+                .iter()
+                .filter(|(_, message)| code_from_message(message).is_none())
+                .filter_map(|(i, _)| p.variable_sets.get(*i as usize).map(|v| (*i, fingerprint(&p.template_id, v))))
+                .collect(),
+            None => Vec::new(),
+        };
+        let recorded = if unnamed.is_empty() {
+            HashMap::new()
+        } else {
+            let fps: Vec<String> = unnamed.iter().map(|(_, fp)| fp.clone()).collect();
+            self.store.failures(&fps).await?
+        };
+        let by_index: HashMap<u32, &String> = unnamed.iter().map(|(i, fp)| (*i, fp)).collect();
+        Ok(errors
+            .iter()
+            .map(|(index, message)| {
+                let code = code_from_message(message)
+                    .map(str::to_owned)
+                    .or_else(|| by_index.get(index).and_then(|fp| recorded.get(*fp)).map(|r| r.code.clone()))
+                    .unwrap_or_else(|| own_codes::UNKNOWN.to_owned());
+                (*index, RowError { code, message: message.clone() })
+            })
+            .collect())
+    }
+
+    fn retry_payload(&self, payload: &ChunkPayload, indices: &[u32]) -> ChunkPayload {
+        let pick = |i: &u32| (payload.rows.get(*i as usize).copied(), payload.variable_sets.get(*i as usize).cloned());
+        let (rows, variable_sets) = indices
+            .iter()
+            .filter_map(|i| match pick(i) {
+                (Some(row), Some(vars)) => Some((row, vars)),
+                _ => None,
+            })
+            .unzip();
+        ChunkPayload { key: payload.key.retry(), rows, variable_sets, ..payload.clone() }
+    }
+
+    /// When every row is terminal: write the manifest, set the final status, notify. Idempotent:
+    /// only the caller that moves the job from `running` to `finishing` does the work.
+    pub async fn finish_job_if_done(&self, job_id: &JobId) -> Result<(), StepError> {
+        let Some(job) = self.store.job(job_id).await? else {
+            return Ok(());
+        };
+        let c = job.counters;
+        if job.status != JobStatus::Running || c.in_flight() > 0 || c.chunks_done < c.chunks {
+            return Ok(());
+        }
+        if !self.store.transition_job(job_id, JobStatus::Running, JobStatus::Finishing).await? {
+            return Ok(());
+        }
+        self.finish_job(job).await
+    }
+
+    /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
+    pub async fn finish_job(&self, job: Job) -> Result<(), StepError> {
+        let summary = self.write_manifest(&job).await?;
+        let c = job.counters;
+        let status = match (&job.error, c.rendered) {
+            (Some(_), 0) => JobStatus::Failed,
+            (Some(_), _) => JobStatus::Partial,
+            (None, _) => c.final_status(),
+        };
+        let now = self.clock.now();
+        self.store.finish_job(&job.id, status, &summary.location, now).await?;
+        info!(
+            job_id = %job.id, status = status.as_str(), rows = c.rows, rendered = c.rendered, failed = c.failed,
+            rejected = c.rejected, manifest = %summary.location.csv, "job finished"
+        );
+        self.alert(Alert {
+            kind: "job_finished".into(),
+            message: format!(
+                "Job {} ({}) {}: {} rows, {} rendered, {} failed, {} rejected. Results: {}",
+                job.id,
+                job.source,
+                status.as_str(),
+                c.rows,
+                c.rendered,
+                c.failed,
+                c.rejected,
+                summary.location.csv
+            ),
+            job: Some(job.id.to_string()),
+            batch_id: None,
+            failure_rate: Some(c.failure_rate()),
+            top_errors: summary.top_errors,
+            counters: Some(c),
+        })
+        .await;
+        Ok(())
+    }
+}

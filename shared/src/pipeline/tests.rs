@@ -1,0 +1,342 @@
+//! Unit tests of the pipeline's logic with in-memory adapters and a scripted Pictify.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::domain::{ChunkMessage, JobStatus, ObjectRef};
+use crate::local::{FsObjectStore, MemoryAlerts, MemoryJobStore, MemoryQueue};
+use crate::pictify::PictifyError;
+use crate::pictify::wire::{BatchAccepted, BatchItemStatus, BatchRenderRequest, BatchResults, BatchStatus};
+use crate::ports::{Clock, JobStore, ObjectStore};
+use crate::secret::Secret;
+use crate::signing::signature_header;
+
+const SECRET: &str = "whsec_unit";
+const NOW: i64 = 1_800_000_000;
+
+struct FixedClock;
+impl Clock for FixedClock {
+    fn now(&self) -> i64 {
+        NOW
+    }
+}
+
+/// Pictify as a script: accepts batches, fails the items whose title is in `fail`, and can be told
+/// to answer the next submit with an error.
+#[derive(Default)]
+struct ScriptedPictify {
+    batches: Mutex<Vec<(String, String, BatchRenderRequest)>>, // (batch id, idempotency key, request)
+    fail: Mutex<HashMap<String, &'static str>>,                // title → error code
+    next_error: Mutex<Option<PictifyError>>,
+}
+
+#[async_trait]
+impl crate::ports::PictifyApi for ScriptedPictify {
+    async fn render_batch(&self, _t: &str, request: &BatchRenderRequest, key: &str) -> Result<BatchAccepted, PictifyError> {
+        if let Some(e) = self.next_error.lock().unwrap().take() {
+            return Err(e);
+        }
+        let mut batches = self.batches.lock().unwrap();
+        if let Some((id, _, _)) = batches.iter().find(|(_, k, _)| k == key) {
+            return Ok(BatchAccepted { batch_id: id.clone(), status: None, total_items: None, message: None });
+        }
+        let id = format!("batch_{}", batches.len() + 1);
+        batches.push((id.clone(), key.to_owned(), request.clone()));
+        Ok(BatchAccepted { batch_id: id, status: Some(BatchStatus::Pending), total_items: None, message: None })
+    }
+
+    async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
+        let batches = self.batches.lock().unwrap();
+        let (_, _, request) = batches.iter().find(|(id, _, _)| id == batch_id).ok_or(PictifyError::NotFound { message: "Batch not found".into() })?;
+        let fail = self.fail.lock().unwrap();
+        let (mut results, mut errors) = (Vec::new(), Vec::new());
+        for (i, vars) in request.variable_sets.iter().enumerate() {
+            let title = vars.get("title").and_then(|v| v.as_str()).unwrap_or_default();
+            match fail.get(title) {
+                Some(code) => errors.push(BatchItemStatus { index: i as u32, success: false, variables: vec![], error: Some(format!("{code}: scripted")) }),
+                None => results.push(BatchItemStatus { index: i as u32, success: true, variables: vec![], error: None }),
+            }
+        }
+        Ok(BatchResults {
+            batch_id: batch_id.into(),
+            status: BatchStatus::Completed,
+            progress: 100.0,
+            total_items: request.variable_sets.len() as u32,
+            completed_items: results.len() as u32,
+            failed_items: errors.len() as u32,
+            results,
+            errors,
+            created_at: None,
+            started_at: None,
+            completed_at: None,
+        })
+    }
+}
+
+struct Harness {
+    pipeline: Pipeline,
+    store: Arc<MemoryJobStore>,
+    queue: Arc<MemoryQueue>,
+    alerts: Arc<MemoryAlerts>,
+    pictify: Arc<ScriptedPictify>,
+    objects: Arc<FsObjectStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryJobStore::new());
+    let queue = Arc::new(MemoryQueue::new());
+    let alerts = Arc::new(MemoryAlerts::new());
+    let pictify = Arc::new(ScriptedPictify::default());
+    let objects = Arc::new(FsObjectStore::new(dir.path().to_path_buf()));
+    let pipeline = Pipeline {
+        store: store.clone(),
+        objects: objects.clone(),
+        queue: queue.clone(),
+        pictify: pictify.clone(),
+        alerts: alerts.clone(),
+        clock: Arc::new(FixedClock),
+        settings: crate::settings::Settings::default(),
+        webhook_secrets: vec![Secret::new(SECRET)],
+    };
+    Harness { pipeline, store, queue, alerts, pictify, objects, _dir: dir }
+}
+
+fn upload() -> ObjectRef {
+    ObjectRef { bucket: "bucket".into(), key: "uploads/tmpl_blog_card/posts.csv".into() }
+}
+
+fn csv(rows: usize) -> Vec<u8> {
+    let mut s = String::from("title,author,publishDate\n");
+    for i in 0..rows {
+        s.push_str(&format!("Post {i},Author {i},2026-01-{:02}\n", i % 28 + 1));
+    }
+    s.into_bytes()
+}
+
+impl Harness {
+    async fn put_upload(&self, bytes: Vec<u8>) {
+        self.objects.put_bytes(&upload(), bytes, "text/csv").await.unwrap();
+    }
+
+    async fn ingest(&self) -> IngestOutcome {
+        self.pipeline.ingest(&upload(), None).await.unwrap()
+    }
+
+    /// Drains the queue into the submitter until it is empty.
+    async fn submit_all(&self) -> Vec<SubmitOutcome> {
+        let mut outcomes = Vec::new();
+        while let Some(message) = self.queue.pop() {
+            outcomes.push(self.pipeline.submit(&message).await.unwrap());
+        }
+        outcomes
+    }
+
+    async fn deliver(&self, event: &str, data: serde_json::Value) -> WebhookReply {
+        let body = serde_json::json!({ "event": event, "timestamp": "2026-11-28T12:00:00Z", "data": data }).to_string();
+        let signature = signature_header(SECRET, NOW, body.as_bytes());
+        self.pipeline
+            .handle_webhook(WebhookRequest { signature: Some(&signature), delivery_id: Some("del_1"), body: body.as_bytes() })
+            .await
+    }
+
+    /// Plays Pictify's webhooks for every batch accepted so far (render events, then batch.completed).
+    async fn play_webhooks(&self, from_batch: usize) {
+        let batches = self.pictify.batches.lock().unwrap().clone();
+        let fail = self.pictify.fail.lock().unwrap().clone();
+        for (id, _, request) in batches.iter().skip(from_batch) {
+            for vars in &request.variable_sets {
+                let title = vars["title"].as_str().unwrap();
+                if !fail.contains_key(title) {
+                    let data = serde_json::json!({ "url": format!("https://cdn/{title}.png"), "templateId": "tmpl_blog_card", "variables": vars });
+                    assert_eq!(self.deliver("render.completed", data).await.status, 200);
+                }
+            }
+            let data = serde_json::json!({ "batchId": id, "status": "completed", "totalCount": request.variable_sets.len(), "completedCount": 0, "failedCount": 0, "duration": 1000 });
+            assert_eq!(self.deliver("batch.completed", data).await.status, 200);
+        }
+    }
+
+    async fn job(&self) -> crate::domain::Job {
+        let id = crate::domain::JobId::for_upload("bucket", &upload().key, &self.objects.version(&upload()).await.unwrap().unwrap());
+        self.store.job(&id).await.unwrap().unwrap()
+    }
+
+    async fn manifest_lines(&self) -> Vec<serde_json::Value> {
+        let job = self.job().await;
+        let at = job.manifest.expect("manifest written").jsonl;
+        let bytes = self.objects.get_bytes(&at).await.unwrap().unwrap();
+        String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_250_row_upload_becomes_three_chunks_and_completes_with_a_full_manifest() {
+    let h = harness();
+    h.put_upload(csv(250)).await;
+    let outcome = h.ingest().await;
+    assert!(matches!(outcome, IngestOutcome::Ingested { counters, .. } if counters.rows == 250 && counters.chunks == 3));
+    assert_eq!(h.queue.len(), 3);
+
+    let submitted = h.submit_all().await;
+    assert!(submitted.iter().all(|o| matches!(o, SubmitOutcome::Submitted { .. })));
+    h.play_webhooks(0).await;
+
+    let job = h.job().await;
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!((job.counters.rendered, job.counters.failed, job.counters.in_flight()), (250, 0, 0));
+    let lines = h.manifest_lines().await;
+    assert_eq!(lines.len(), 250);
+    assert_eq!(lines[7]["row"], 7);
+    assert_eq!(lines[7]["url"], "https://cdn/Post 7.png");
+    assert!(h.alerts.alerts().iter().any(|a| a.kind == "job_finished"));
+}
+
+#[tokio::test]
+async fn a_redelivered_chunk_message_is_not_submitted_again() {
+    let h = harness();
+    h.put_upload(csv(5)).await;
+    h.ingest().await;
+    let message: ChunkMessage = h.queue.pop().unwrap();
+    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Submitted { .. }));
+    assert_eq!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::AlreadyDone);
+    assert_eq!(h.pictify.batches.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivered_upload_event_creates_no_second_job() {
+    let h = harness();
+    h.put_upload(csv(5)).await;
+    h.ingest().await;
+    assert!(matches!(h.ingest().await, IngestOutcome::Duplicate { .. }));
+    assert_eq!(h.queue.len(), 1);
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_in_a_new_chunk_and_permanent_ones_fail() {
+    let h = harness();
+    h.put_upload(csv(20)).await;
+    h.pictify.fail.lock().unwrap().extend([("Post 3".to_owned(), "IMAGE_FETCH_FAILED"), ("Post 4".to_owned(), "INVALID_VARIABLE")]);
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+    // The retry chunk carries only the retryable row; let it succeed.
+    h.pictify.fail.lock().unwrap().remove("Post 3");
+    let retried = h.submit_all().await;
+    assert_eq!(retried.len(), 1);
+    assert_eq!(h.pictify.batches.lock().unwrap()[1].2.variable_sets.len(), 1);
+    h.play_webhooks(1).await;
+
+    let job = h.job().await;
+    assert_eq!((job.status, job.counters.rendered, job.counters.failed), (JobStatus::Partial, 19, 1));
+    let lines = h.manifest_lines().await;
+    assert_eq!((lines[3]["status"].as_str(), lines[3]["attempts"].as_u64()), (Some("rendered"), Some(2)));
+    assert_eq!((lines[4]["status"].as_str(), lines[4]["errorCode"].as_str()), (Some("failed"), Some("INVALID_VARIABLE")));
+    // 2 of 20 failed in the first batch: 10% > 5%, so one alert for that batch only.
+    assert_eq!(h.alerts.alerts().iter().filter(|a| a.kind == "batch_high_failure_rate").count(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_batch_completed_changes_nothing() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+    let before = h.job().await.counters;
+    let reply = h.deliver("batch.completed", serde_json::json!({ "batchId": "batch_1", "status": "completed", "totalCount": 3, "completedCount": 3, "failedCount": 0 })).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(h.job().await.counters, before);
+}
+
+#[tokio::test]
+async fn rate_limits_put_the_chunk_back_with_the_servers_delay() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::RateLimited { retry_after: Some(std::time::Duration::from_secs(7)), message: "slow down".into() });
+    assert_eq!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(std::time::Duration::from_secs(7)));
+    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Submitted { .. }));
+}
+
+#[tokio::test]
+async fn an_auth_failure_pauses_submissions_and_alerts_once() {
+    let h = harness();
+    h.put_upload(csv(150)).await;
+    h.ingest().await;
+    let (first, second) = (h.queue.pop().unwrap(), h.queue.pop().unwrap());
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Unauthorized { message: "Invalid Request".into() });
+    assert!(matches!(h.pipeline.submit(&first).await.unwrap(), SubmitOutcome::Paused { .. }));
+    assert!(matches!(h.pipeline.submit(&second).await.unwrap(), SubmitOutcome::Paused { .. }));
+    assert_eq!(h.alerts.alerts().iter().filter(|a| a.kind == "submissions_paused").count(), 1);
+    h.store.resume_submissions().await.unwrap();
+    assert!(matches!(h.pipeline.submit(&first).await.unwrap(), SubmitOutcome::Submitted { .. }));
+}
+
+#[tokio::test]
+async fn a_chunk_pictify_refuses_fails_its_rows_with_the_message() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::NotFound { message: "Template not found".into() });
+    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Rejected { .. }));
+    let job = h.job().await;
+    assert_eq!((job.status, job.counters.failed), (JobStatus::Failed, 3));
+    assert!(h.manifest_lines().await[0]["errorMessage"].as_str().unwrap().contains("Template not found"));
+}
+
+#[tokio::test]
+async fn a_timed_out_submit_waits_out_the_grace_period_instead_of_resending() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Timeout { after: std::time::Duration::from_secs(30) });
+    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(_)));
+    // Redelivered at once: still inside the grace period, so nothing is sent.
+    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(_)));
+    assert!(h.pictify.batches.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_webhook_with_a_bad_signature_changes_nothing() {
+    let h = harness();
+    let body = br#"{"event":"render.completed","data":{"url":"u","templateId":"t","variables":{}}}"#;
+    let forged = signature_header("whsec_wrong", NOW, body);
+    let reply = h.pipeline.handle_webhook(WebhookRequest { signature: Some(&forged), delivery_id: None, body }).await;
+    assert_eq!(reply.status, 401);
+    let missing = h.pipeline.handle_webhook(WebhookRequest { signature: None, delivery_id: None, body }).await;
+    assert_eq!(missing.status, 401);
+    assert!(h.store.renders(&[crate::dataset::fingerprint("t", &Default::default())]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rejected_rows_are_counted_and_listed_and_valid_rows_still_render() {
+    let h = harness();
+    h.put_upload(b"title,author,publishDate\nA,x,1\nB,y\nC,z,3\n".to_vec()).await;
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+    let job = h.job().await;
+    assert_eq!((job.counters.rows, job.counters.rejected, job.counters.rendered), (3, 1, 2));
+    let lines = h.manifest_lines().await;
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["status"], "rejected");
+    assert_eq!(job.status, JobStatus::Partial);
+}
+
+#[tokio::test]
+async fn an_unreadable_dataset_fails_the_job_with_its_reason() {
+    let h = harness();
+    h.put_upload(b"title,title\nA,B\n".to_vec()).await;
+    assert!(matches!(h.ingest().await, IngestOutcome::Failed { reason, .. } if reason.contains("title")));
+    let job = h.job().await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(h.queue.is_empty());
+}

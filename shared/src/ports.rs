@@ -1,0 +1,225 @@
+//! Narrow ports the pipeline steps depend on. AWS adapters (`crate::aws`) and in-memory /
+//! local adapters implement them; steps never see an SDK type.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, Job, JobId, JobStatus, ManifestLocation, ObjectRef};
+use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
+use crate::pictify::PictifyError;
+
+/// An error from an adapter: what failed, and whether trying again later can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {source}")]
+pub struct PortError {
+    pub operation: String,
+    pub retryable: bool,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl PortError {
+    pub fn new(operation: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        PortError { operation: operation.into(), retryable: true, source: source.into() }
+    }
+
+    pub fn permanent(operation: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        PortError { operation: operation.into(), retryable: false, source: source.into() }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// A readable object and the version it was read at.
+pub struct ObjectBody {
+    pub reader: Box<dyn std::io::Read + Send>,
+    /// ETag (or version id) of what is being read.
+    pub version: String,
+}
+
+/// Object storage (S3, or a directory).
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The current version (ETag / version id) of an object; `None` when it does not exist.
+    async fn version(&self, object: &ObjectRef) -> PortResult<Option<String>>;
+    /// A blocking streaming reader over the object, pinned to `version` when given (a changed object
+    /// is an error, never silently different rows). Read it from a blocking thread.
+    async fn open(&self, object: &ObjectRef, version: Option<&str>) -> PortResult<ObjectBody>;
+    async fn get_bytes(&self, object: &ObjectRef) -> PortResult<Option<Vec<u8>>>;
+    async fn put_bytes(&self, object: &ObjectRef, bytes: Vec<u8>, content_type: &str) -> PortResult<()>;
+    async fn put_file(&self, object: &ObjectRef, path: &Path, content_type: &str) -> PortResult<()>;
+}
+
+/// The work queue carrying chunks to the submitter.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Largest message body the queue accepts; bigger payloads go by reference.
+    fn max_message_bytes(&self) -> usize;
+    /// Send every message (batched as the queue allows); an entry the queue refuses is retried and
+    /// then reported as an error, never dropped.
+    async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()>;
+}
+
+/// What `begin_submit` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BeginSubmit {
+    /// Intent recorded: call Pictify now. `attempt` counts submit attempts including this one.
+    Proceed { attempt: u32 },
+    /// Already submitted (a redelivered message): nothing to do.
+    AlreadySubmitted { batch_id: String },
+    /// Another attempt started `since` and its outcome is unknown: wait out the grace period.
+    InProgress { since: i64 },
+    /// The chunk's outcome is already applied.
+    Completed,
+    /// No such chunk (a message for a job we do not know).
+    Unknown,
+}
+
+/// Applying one batch's outcome: the chunk, the job's counters and any retry chunk, atomically.
+#[derive(Debug, Clone)]
+pub struct ChunkCompletion {
+    pub job: JobId,
+    pub key: ChunkKey,
+    pub outcome: ChunkOutcome,
+    /// Counter deltas for the job (rendered, failed, retried, chunks, chunks_done).
+    pub delta: Counters,
+    pub retry: Option<Chunk>,
+    /// Record that this batch's alert fired (so it fires once).
+    pub alert: bool,
+}
+
+/// A `render.completed` remembered by fingerprint: one write, no reads, on the webhook hot path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderRecord {
+    pub url: String,
+    #[serde(default)]
+    pub image_id: Option<String>,
+    #[serde(default)]
+    pub rendered_at: Option<String>,
+    pub recorded_at: i64,
+}
+
+/// A `render.failed` remembered by fingerprint (its code classifies poll failures that carry none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    pub code: String,
+    pub message: String,
+    pub recorded_at: i64,
+}
+
+/// Job, chunk and render state (DynamoDB, or embedded / in-memory).
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates the job unless it exists; returns the stored job either way and whether it was new.
+    async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)>;
+    async fn job(&self, id: &JobId) -> PortResult<Option<Job>>;
+    /// Ingest finished: status `running` (or terminal), counters and samples set.
+    async fn finish_ingest(&self, job: &Job) -> PortResult<()>;
+
+    /// Creates chunks that do not exist yet (re-ingest after a crash is harmless).
+    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()>;
+    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>>;
+    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>>;
+
+    /// Conditional intent write before calling Pictify (see `BeginSubmit`). A chunk stuck in
+    /// `submitting` for longer than `grace` may be attempted again (with the same idempotency key).
+    async fn begin_submit(&self, job: &JobId, key: ChunkKey, now: i64, grace: Duration) -> PortResult<BeginSubmit>;
+    /// Records the batch id (and the batch → chunk index) after Pictify accepted the chunk.
+    async fn record_submitted(&self, job: &JobId, key: ChunkKey, batch_id: &str, now: i64) -> PortResult<()>;
+    /// Pictify definitely did not create a batch (429, 5xx answer): back to `queued`.
+    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()>;
+    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>>;
+
+    /// Applies a chunk's outcome exactly once; `false` when it was already applied.
+    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool>;
+
+    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()>;
+    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()>;
+    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>>;
+    async fn failures(&self, fingerprints: &[String]) -> PortResult<HashMap<String, FailureRecord>>;
+
+    /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;
+    async fn finish_job(&self, id: &JobId, status: JobStatus, manifest: &ManifestLocation, now: i64) -> PortResult<()>;
+
+    /// Stops all submissions (401/402); `true` for the call that set it, so the alert fires once.
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool>;
+    async fn submissions_paused(&self) -> PortResult<Option<String>>;
+    async fn resume_submissions(&self) -> PortResult<()>;
+
+    /// A webhook that matched nothing we know (kept for the operator).
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()>;
+}
+
+/// The slice of Pictify the pipeline uses.
+#[async_trait]
+pub trait PictifyApi: Send + Sync {
+    async fn render_batch(
+        &self,
+        template_id: &str,
+        request: &BatchRenderRequest,
+        idempotency_key: &str,
+    ) -> Result<BatchAccepted, PictifyError>;
+    async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError>;
+}
+
+/// An operator-facing alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `batch_high_failure_rate`, `submissions_paused`, `job_finished`, `submit_rejected`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// Top error codes with counts, most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_errors: Vec<(String, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+#[async_trait]
+pub trait Alerts: Send + Sync {
+    async fn send(&self, alert: &Alert) -> PortResult<()>;
+}
+
+/// Wall-clock seconds, injectable for tests.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+}
+
+/// The real client is the production adapter of the Pictify port.
+#[async_trait]
+impl PictifyApi for crate::pictify::PictifyClient {
+    async fn render_batch(
+        &self,
+        template_id: &str,
+        request: &BatchRenderRequest,
+        idempotency_key: &str,
+    ) -> Result<BatchAccepted, PictifyError> {
+        crate::pictify::PictifyClient::render_batch(self, template_id, request, idempotency_key).await
+    }
+
+    async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
+        crate::pictify::PictifyClient::get_batch_results(self, batch_id).await
+    }
+}

@@ -1,0 +1,155 @@
+//! Pipeline settings: one struct, read once from the environment, with the same variable names in
+//! `template.yaml`, local runs and the README.
+
+use std::time::Duration;
+
+use crate::pictify::wire::Format;
+
+/// Everything the pipeline steps need to know that is not a port.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Keys under this prefix are datasets: `<UPLOAD_PREFIX><templateId>/<name>.<csv|json|jsonl>`.
+    pub upload_prefix: String,
+    /// Results manifests: `<RESULTS_PREFIX><path below the upload prefix>.results.{csv,jsonl}`.
+    pub results_prefix: String,
+    /// Chunk payloads: `<WORK_PREFIX><jobId>/<chunk>.json`.
+    pub work_prefix: String,
+    pub default_format: Format,
+    pub default_quality: Option<f64>,
+    /// Alert when a batch's failed/total is above this (the batch guide's 5%).
+    pub failure_alert_threshold: f64,
+    /// Render attempts per row, including the first.
+    pub max_attempts: u32,
+    /// A submit whose outcome is unknown is not retried before this much time has passed.
+    pub submit_grace: Duration,
+    /// Delay before retrying a 429 without Retry-After, or a 5xx.
+    pub retry_delay: Duration,
+    /// How long paused submissions keep their messages invisible before checking again.
+    pub paused_delay: Duration,
+    pub webhook_max_body_bytes: usize,
+    pub signature_tolerance: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            upload_prefix: "uploads/".into(),
+            results_prefix: "results/".into(),
+            work_prefix: "work/".into(),
+            default_format: Format::Png,
+            default_quality: None,
+            failure_alert_threshold: 0.05,
+            max_attempts: 3,
+            submit_grace: Duration::from_secs(120),
+            retry_delay: Duration::from_secs(30),
+            paused_delay: Duration::from_secs(900),
+            webhook_max_body_bytes: 256 * 1024,
+            signature_tolerance: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A setting that is present but unusable; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+impl Settings {
+    /// Reads the optional variables, keeping defaults for those not set.
+    pub fn from_env() -> Result<Self, SettingError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
+        let mut s = Settings::default();
+        let prefix = |name: &'static str, value: String| -> Result<String, SettingError> {
+            if value.is_empty() || value.starts_with('/') {
+                return Err(SettingError { name, problem: "must be a non-empty key prefix without a leading /".into() });
+            }
+            Ok(if value.ends_with('/') { value } else { format!("{value}/") })
+        };
+        if let Some(v) = get("UPLOAD_PREFIX") {
+            s.upload_prefix = prefix("UPLOAD_PREFIX", v)?;
+        }
+        if let Some(v) = get("RESULTS_PREFIX") {
+            s.results_prefix = prefix("RESULTS_PREFIX", v)?;
+        }
+        if let Some(v) = get("WORK_PREFIX") {
+            s.work_prefix = prefix("WORK_PREFIX", v)?;
+        }
+        if s.results_prefix.starts_with(&s.upload_prefix) || s.work_prefix.starts_with(&s.upload_prefix) {
+            return Err(SettingError {
+                name: "RESULTS_PREFIX",
+                problem: "results and work prefixes must be outside UPLOAD_PREFIX, or our own writes would trigger ingest".into(),
+            });
+        }
+        if let Some(v) = get("DEFAULT_FORMAT") {
+            s.default_format = v.parse().map_err(|problem| SettingError { name: "DEFAULT_FORMAT", problem })?;
+        }
+        if let Some(v) = get("DEFAULT_QUALITY") {
+            s.default_quality = Some(parse_in("DEFAULT_QUALITY", &v, 0.1, 1.0)?);
+        }
+        if let Some(v) = get("FAILURE_ALERT_THRESHOLD") {
+            s.failure_alert_threshold = parse_in("FAILURE_ALERT_THRESHOLD", &v, 0.0, 1.0)?;
+        }
+        if let Some(v) = get("MAX_ATTEMPTS") {
+            s.max_attempts = parse_in("MAX_ATTEMPTS", &v, 1.0, 10.0)? as u32;
+        }
+        if let Some(v) = get("SUBMIT_GRACE_SECONDS") {
+            s.submit_grace = Duration::from_secs(parse_in("SUBMIT_GRACE_SECONDS", &v, 1.0, 86_400.0)? as u64);
+        }
+        if let Some(v) = get("RETRY_DELAY_SECONDS") {
+            s.retry_delay = Duration::from_secs(parse_in("RETRY_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
+        }
+        if let Some(v) = get("PAUSED_DELAY_SECONDS") {
+            s.paused_delay = Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
+        }
+        if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
+            s.webhook_max_body_bytes = parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
+        }
+        Ok(s)
+    }
+}
+
+fn parse_in(name: &'static str, raw: &str, min: f64, max: f64) -> Result<f64, SettingError> {
+    let value: f64 = raw.trim().parse().map_err(|_| SettingError { name, problem: format!("`{raw}` is not a number") })?;
+    if !(min..=max).contains(&value) {
+        return Err(SettingError { name, problem: format!("{value} is outside {min}..={max}") });
+    }
+    Ok(value)
+}
+
+/// A required variable, or a start-up error naming it.
+pub fn required_env(name: &'static str) -> Result<String, SettingError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(SettingError { name, problem: "is not set".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.upload_prefix, "uploads/");
+        assert_eq!(s.failure_alert_threshold, 0.05);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = Settings::from_lookup(|n| (n == "FAILURE_ALERT_THRESHOLD").then(|| "lots".into())).unwrap_err();
+        assert!(err.to_string().contains("FAILURE_ALERT_THRESHOLD"));
+    }
+
+    #[test]
+    fn results_inside_the_upload_prefix_are_refused() {
+        let err = Settings::from_lookup(|n| (n == "RESULTS_PREFIX").then(|| "uploads/results".into())).unwrap_err();
+        assert!(err.to_string().contains("trigger ingest"));
+    }
+}
