@@ -125,10 +125,10 @@ fn matches(record: &SubscriptionRecord, event: &str, template_id: &str) -> bool 
         && template_filter.is_none_or(|t| t == template_id)
 }
 
-fn enqueue(state: &Arc<AppState>, inner: &mut Inner, delivery: Delivery) {
+fn enqueue(state: &Arc<AppState>, inner: &mut Inner, target: &str, delivery: Delivery) {
     let sender = inner
         .queues
-        .entry(delivery.subscription.clone())
+        .entry(target.to_owned())
         .or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             state.tasks.spawn(queue_worker(state.clone(), rx));

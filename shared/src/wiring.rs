@@ -41,16 +41,18 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
         sinks.push(Arc::new(HttpAlerts::new(url)));
     }
 
+    let secrets = match optional_env("SECRET_ARN") {
+        Some(arn) => StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn).await?,
+        None => StackSecrets::from_env(),
+    };
     let pictify = PictifyClient::new(PictifyConfig {
         base_url: optional_env("PICTIFY_BASE_URL").unwrap_or_else(|| "https://api.pictify.io".into()),
         // Only the submitter and the webhook call Pictify; ingest runs without a key.
-        api_key: Secret::new(optional_env("PICTIFY_API_KEY").unwrap_or_default()),
+        api_key: secrets.pictify_api_key.unwrap_or_else(|| Secret::new("")),
         ..PictifyConfig::default()
     })
     .context("building the Pictify client")?;
-    let webhook_secrets = optional_env("WEBHOOK_SECRETS")
-        .map(|all| all.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
-        .unwrap_or_default();
+    let webhook_secrets = secrets.webhook_secrets;
 
     let queue = Arc::new(SqsWorkQueue::new(sqs, queue_url));
     let pipeline = Pipeline {
@@ -64,6 +66,43 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
         webhook_secrets,
     };
     Ok(Wired { pipeline, queue })
+}
+
+/// The stack's secret (Secrets Manager, JSON): `{"pictifyApiKey": "pk_live_…", "webhookSecrets":
+/// ["whsec_new", "whsec_old"]}`. Several webhook secrets are accepted at once during a rotation.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackSecrets {
+    #[serde(default)]
+    pub pictify_api_key: Option<Secret>,
+    #[serde(default)]
+    pub webhook_secrets: Vec<Secret>,
+}
+
+impl StackSecrets {
+    /// Read once at cold start; the values are never logged.
+    pub async fn fetch(client: &aws_sdk_secretsmanager::Client, arn: &str) -> anyhow::Result<Self> {
+        let out = client
+            .get_secret_value()
+            .secret_id(arn)
+            .send()
+            .await
+            .with_context(|| format!("reading secret {arn}"))?;
+        let text = out.secret_string().with_context(|| format!("secret {arn} has no string value"))?;
+        serde_json::from_str(text).with_context(|| {
+            format!("secret {arn} is not JSON of the form {{\"pictifyApiKey\": \"…\", \"webhookSecrets\": [\"whsec_…\"]}}")
+        })
+    }
+
+    /// Local runs: `PICTIFY_API_KEY` and comma-separated `WEBHOOK_SECRETS`.
+    pub fn from_env() -> Self {
+        StackSecrets {
+            pictify_api_key: optional_env("PICTIFY_API_KEY").map(Secret::new),
+            webhook_secrets: optional_env("WEBHOOK_SECRETS")
+                .map(|all| all.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 fn optional_env(name: &str) -> Option<String> {

@@ -1,5 +1,7 @@
 //! Behaviour of the streaming dataset reader: formats, numbering, rejections, limits, fingerprints.
 
+#![allow(clippy::expect_used)]
+
 use std::io::Read;
 
 use serde_json::{Map, Value, json};

@@ -230,6 +230,26 @@ async fn complete_chunk_applies_counters_exactly_once_and_creates_the_retry_chun
 }
 
 #[tokio::test]
+async fn complete_chunk_still_applies_when_the_retry_chunk_exists_already() -> anyhow::Result<()> {
+    let store = fresh_store().await?;
+    let (job, key) = job_with_chunk(&store).await?;
+    store.begin_submit(&job, key, 100, GRACE).await?;
+    store.record_submitted(&job, key, "batch_1", 101).await?;
+    store
+        .put_chunks(&[Chunk::new(job.clone(), key.retry(), vec![2])])
+        .await?;
+
+    assert!(store.complete_chunk(&completion(&job, key)).await?);
+
+    let stored = store.job(&job).await?.expect("job stored");
+    assert_eq!(
+        (stored.counters.chunks_done, stored.render_ms_total),
+        (1, 750)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn put_chunks_does_not_reset_an_existing_chunk() -> anyhow::Result<()> {
     let store = fresh_store().await?;
     let (job, key) = job_with_chunk(&store).await?;
@@ -282,7 +302,7 @@ async fn renders_and_failures_are_batch_read_over_150_fingerprints() -> anyhow::
 
     assert_eq!((renders.len(), failures.len()), (100, 50));
     assert_eq!(renders["fp001"].url, "https://cdn/fp001.png");
-    assert_eq!(failures["fp149"].code, "RENDER_TIMEOUT");
+    assert_eq!(failures["fp147"].code, "RENDER_TIMEOUT");
     Ok(())
 }
 

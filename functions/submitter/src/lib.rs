@@ -12,7 +12,9 @@ pub async fn function_handler(pipeline: &Pipeline, queue: &SqsWorkQueue, event: 
     for message in &event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
         if !handle(pipeline, queue, message).await {
-            response.batch_item_failures.push(BatchItemFailure { item_identifier: id, ..Default::default() });
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
         }
     }
     Ok(response)

@@ -139,7 +139,8 @@ pub struct DatasetReader<R: Read> {
 
 enum Source<R: Read> {
     Csv {
-        source: CsvSource<R>,
+        // Boxed: csv-core's parser tables make this variant several times larger than the others.
+        source: Box<CsvSource<R>>,
         columns: Vec<String>,
     },
     Json(JsonArraySource<R>),
@@ -156,7 +157,10 @@ impl<R: Read> DatasetReader<R> {
             DatasetFormat::Csv => {
                 let mut source = CsvSource::new(input, rules.max_row_bytes);
                 let columns = read_header(&mut source, &rules)?;
-                Source::Csv { source, columns }
+                Source::Csv {
+                    source: Box::new(source),
+                    columns,
+                }
             }
             DatasetFormat::Json => Source::Json(JsonArraySource::new(input, rules.max_row_bytes)?),
             DatasetFormat::JsonLines => {

@@ -66,13 +66,7 @@ pub fn validate_batch_request(request: &BatchRenderRequest) -> Vec<FieldError> {
         errors.push(layout_error("layout".to_string()));
     }
     if let Some(layouts) = &request.layouts {
-        if layouts.is_empty() {
-            errors.push(FieldError::new(
-                "layouts",
-                "layouts must not be empty when given",
-                "required",
-            ));
-        } else if layouts.len() > MAX_LAYOUTS {
+        if layouts.len() > MAX_LAYOUTS {
             errors.push(FieldError::new(
                 "layouts",
                 format!(

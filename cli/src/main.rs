@@ -1,0 +1,104 @@
+//! `pictify-batch`: render a dataset to images on this machine with the pipeline's own steps
+//! (`run`), and inspect or unblock a deployed stack (`status`, `results`, `resume-submissions`).
+
+mod ops;
+mod output;
+mod prepare;
+mod progress;
+mod run;
+mod sqlite_store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every row rendered (and, for `run`, every image downloaded)
+  2  some rows failed or were rejected (see the summary and results.csv)
+  3  dataset-level or usage error: missing file, unknown format, unknown template,
+     --map naming a missing column, an unreadable dataset, or Pictify refusing the API key / quota
+  1  unexpected internal error";
+
+#[derive(Parser, Debug)]
+#[command(name = "pictify-batch", version, about = "Render datasets to images with Pictify's batch API", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Render a CSV / JSON / JSON Lines dataset locally (in-process emulator by default).
+    #[command(after_help = EXIT_CODES)]
+    Run(Box<run::RunArgs>),
+    /// A job's counters, failure rate, invariant, oldest in-flight chunk and rejected samples.
+    Status(ops::JobArgs),
+    /// Where a job's results manifest is (or print it with --print).
+    Results(ops::ResultsArgs),
+    /// Clear the pause flag set when Pictify refused the API key or quota.
+    ResumeSubmissions(ops::StateArgs),
+}
+
+/// How a command ended, mapped to the documented exit codes.
+#[derive(Debug)]
+pub enum Outcome {
+    AllRendered,
+    SomeProblems,
+}
+
+/// Why a command could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The input or the invocation is wrong; one line for the user, exit 3.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure::Usage(message.into())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(*args).await,
+            Command::Status(args) => ops::status(args).await,
+            Command::Results(args) => ops::results(args).await,
+            Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,
+        }
+    });
+    // Background tasks (webhook retries, sleeping re-deliveries) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(Outcome::AllRendered) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeProblems) => ExitCode::from(2),
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Internal(e)) => {
+            eprintln!("internal error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

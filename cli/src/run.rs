@@ -1,0 +1,563 @@
+//! `run`: the pipeline's own steps (ingest, submit, webhook, batch completion, manifest) wired to
+//! local parts — a directory object store, an in-process queue drained by submitter tasks, the
+//! embedded SQLite job store, a real HTTP webhook listener, and the Pictify emulator in-process
+//! (or real Pictify with `--api-key`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use clap::Args;
+use rand::{RngCore, SeedableRng};
+use shared::domain::{ChunkMessage, ChunkState, Job, JobId, JobStatus};
+use shared::layout;
+use shared::local::{FanoutAlerts, FsObjectStore, LogAlerts, MemoryAlerts, MemoryQueue};
+use shared::pictify::wire::{CreateSubscription, Format, event_names, headers};
+use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
+use shared::pipeline::{IngestOutcome, Pipeline, StepError, SubmitOutcome, WebhookRequest};
+use shared::ports::{Alerts, JobStore, SystemClock, WorkQueue};
+use shared::secret::Secret;
+use shared::settings::Settings;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::prepare::{self, JobOptions};
+use crate::sqlite_store::SqliteJobStore;
+use crate::{Failure, Outcome, output, progress};
+
+const EMULATOR_API_KEY: &str = "pk_test_emulator";
+const WEBHOOK_PATH: &str = "/webhooks/pictify";
+/// A chunk submitted longer ago than this with no outcome is polled (a lost `batch.completed`).
+const RECONCILE_AFTER: Duration = Duration::from_secs(60);
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// Submit errors the run tolerates (each re-queues its chunk) before giving up.
+const MAX_SUBMIT_ERRORS: usize = 50;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The dataset: .csv (header row), .json (array of objects) or .jsonl / .ndjson.
+    pub dataset: PathBuf,
+    /// Template id (the emulator bundles tmpl_blog_card, tmpl_certificate, tmpl_product_card, tmpl_social_card).
+    #[arg(long)]
+    pub template: String,
+    /// Output directory: images/, results.csv, results.jsonl, run.log and the resumable .state/.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "png", value_parser = ["png", "jpeg", "webp"])]
+    pub format: String,
+    /// JPEG / WebP quality, 0.1 to 1.
+    #[arg(long)]
+    pub quality: Option<f64>,
+    /// Rename a column to a template variable (repeatable): --map "Post Title=title".
+    #[arg(long = "map", value_name = "COLUMN=VARIABLE")]
+    pub map: Vec<String>,
+    /// A column every row must have non-empty (repeatable); rows without it are rejected.
+    #[arg(long = "require", value_name = "COLUMN")]
+    pub require: Vec<String>,
+    /// A column holding image paths relative to the dataset's folder (repeatable): they are sent
+    /// as file:// URLs, which the local emulator can read (real Pictify needs public http(s) URLs).
+    #[arg(long = "file-column", value_name = "COLUMN")]
+    pub file_column: Vec<String>,
+    /// Chunks (of up to 100 rows) submitted in parallel.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+    /// Continue the interrupted run in --out instead of starting over; finished rows are not rendered again.
+    #[arg(long)]
+    pub resume: bool,
+    /// Use real Pictify with this API key instead of the local emulator (needs --public-url).
+    #[arg(long, env = "PICTIFY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Pictify API base URL (with --api-key).
+    #[arg(long, default_value = shared::pictify::client::DEFAULT_BASE_URL)]
+    pub base_url: String,
+    /// Public https URL that reaches the local webhook listener (a tunnel), with --api-key.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Address of the local webhook listener (fix the port when a tunnel points at it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Emulator: check variables and expressions but skip rasterising (placeholder images).
+    #[arg(long)]
+    pub no_render: bool,
+    /// Emulator: extra templates (<id>.html + <id>.json pairs) on top of the bundled ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Emulator: fault injection as JSON, e.g. '{"itemFailures":{"RENDER_TIMEOUT":0.05}}' (testing aid).
+    #[arg(long, value_name = "JSON")]
+    pub emulator_faults: Option<String>,
+}
+
+/// Which Pictify this run talks to.
+enum Backend {
+    Emulator(Box<pictify_emulator::RunningEmulator>),
+    Real { client: PictifyClient, subscriptions: Vec<String> },
+}
+
+impl Backend {
+    fn emulator_base(&self) -> Option<String> {
+        match self {
+            Backend::Emulator(e) => Some(e.base_url()),
+            Backend::Real { .. } => None,
+        }
+    }
+}
+
+/// Paths inside `--out`.
+pub struct OutDir {
+    pub root: PathBuf,
+    pub state: PathBuf,
+}
+
+impl OutDir {
+    pub fn new(root: PathBuf) -> Self {
+        let state = root.join(".state");
+        OutDir { root, state }
+    }
+    pub fn objects(&self) -> PathBuf {
+        self.state.join("objects")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.state.join("jobs.db")
+    }
+}
+
+/// What the submitter tasks report to the run loop.
+enum RunEvent {
+    Paused(String),
+    SubmitError(String),
+}
+
+pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
+    let started = Instant::now();
+    let options = JobOptions {
+        template_id: args.template.clone(),
+        format: args.format.parse::<Format>().map_err(Failure::usage)?,
+        quality: args.quality,
+        mapping: prepare::parse_mapping(&args.map)?,
+        required: args.require.clone(),
+        file_columns: args.file_column.clone(),
+    };
+    check_options(&args)?;
+    let dataset = prepare::check_dataset(&args.dataset, &options)?;
+    let templates = emulator_templates(&args)?;
+    check_template(&args, &templates).await?;
+
+    let out = OutDir::new(args.out.clone());
+    prepare_out_dir(&out, args.resume)?;
+    let _log = init_logging(&out.root)?;
+    info!(dataset = %dataset.path.display(), template = %options.template_id, resume = args.resume, "run started");
+
+    let objects = Arc::new(FsObjectStore::new(out.objects()));
+    let placed = prepare::place(&objects, &dataset, &options, &out.state).await?;
+    if placed.sidecar_changed && args.resume {
+        eprintln!("note: the options differ from the interrupted run; the resumed job keeps its original options");
+    }
+    let store = Arc::new(SqliteJobStore::open(&out.db()).with_context(|| format!("opening {}", out.db().display()))?);
+    if args.resume {
+        // The user is retrying on purpose (e.g. after fixing the key): lift an earlier pause.
+        store.resume_submissions().await.map_err(anyhow::Error::from)?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the webhook listener on {}", args.listen))?;
+    let local_hook = format!("http://{}{WEBHOOK_PATH}", listener.local_addr().context("listener address")?);
+    let secret = format!("whsec_{}", random_hex(24));
+    let (backend, pictify, secrets) = start_backend(&args, &out, &local_hook, &secret, templates).await?;
+
+    let queue = Arc::new(MemoryQueue::new());
+    let memory_alerts = Arc::new(MemoryAlerts::new());
+    let alerts: Vec<Arc<dyn Alerts>> = vec![memory_alerts.clone(), Arc::new(LogAlerts)];
+    let settings = Settings { submit_grace: Duration::from_secs(15), ..Settings::default() };
+    let pipeline = Pipeline {
+        store: store.clone(),
+        objects: objects.clone(),
+        queue: queue.clone(),
+        pictify: Arc::new(pictify),
+        alerts: Arc::new(FanoutAlerts::new(alerts)),
+        clock: Arc::new(SystemClock),
+        settings,
+        webhook_secrets: secrets,
+    };
+    let server = tokio::spawn(serve_webhooks(listener, pipeline.clone()));
+
+    let job_id = JobId::for_upload(&placed.upload.bucket, &placed.upload.key, &placed.version);
+    let before = store.chunks_of_job(&job_id).await.map_err(anyhow::Error::from)?;
+    for chunk in before.iter().filter(|c| c.state == ChunkState::Submitting) {
+        // The process that started this submit is gone; resend under the same idempotency key.
+        store.release_submit(&job_id, chunk.key).await.map_err(anyhow::Error::from)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let submitters: Vec<_> = (0..args.concurrency)
+        .map(|_| tokio::spawn(submitter(pipeline.clone(), queue.clone(), stop.clone(), events_tx.clone())))
+        .collect();
+    drop(events_tx);
+
+    let ingest = pipeline.ingest(&placed.upload, Some(&placed.version)).await.map_err(step_error)?;
+    info!(?ingest, "ingest returned");
+    let duplicate = matches!(ingest, IngestOutcome::Duplicate { .. });
+    recover(&pipeline, &store, &queue, &job_id, &before, duplicate, backend.emulator_base().is_some()).await?;
+
+    let mut bar = progress::Progress::new();
+    let mut last_reconcile = Instant::now();
+    let mut submit_errors = Vec::new();
+    let job = loop {
+        let job = store.job(&job_id).await.map_err(anyhow::Error::from)?.context("the job vanished from the store")?;
+        bar.update(&job);
+        if job.status.is_terminal() {
+            break job;
+        }
+        if job.status == JobStatus::Finishing && duplicate {
+            // Interrupted while writing the manifest: finish it (idempotent).
+            pipeline.finish_job(job.clone()).await.map_err(step_error)?;
+            continue;
+        }
+        while let Ok(event) = events.try_recv() {
+            match event {
+                RunEvent::Paused(reason) => {
+                    stop.store(true, Ordering::Relaxed);
+                    bar.finish();
+                    shutdown(backend, server).await;
+                    return Err(Failure::usage(format!(
+                        "Pictify refused the submission: {reason}. Nothing more is submitted; fix the API key or quota and run again with --resume"
+                    )));
+                }
+                RunEvent::SubmitError(e) => submit_errors.push(e),
+            }
+        }
+        if submit_errors.len() > MAX_SUBMIT_ERRORS {
+            stop.store(true, Ordering::Relaxed);
+            bar.finish();
+            shutdown(backend, server).await;
+            return Err(Failure::Internal(anyhow::anyhow!(
+                "{} submit errors; last: {} (state kept: run again with --resume)",
+                submit_errors.len(),
+                submit_errors.last().map(String::as_str).unwrap_or("-")
+            )));
+        }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            last_reconcile = Instant::now();
+            reconcile(&pipeline, &store, &job_id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    bar.finish();
+    for task in submitters {
+        task.abort();
+    }
+    let job = settle_manifest(&pipeline, job).await?;
+
+    let report = output::write_outputs(&output::OutputInput {
+        out: &out.root,
+        objects: objects.as_ref(),
+        job: &job,
+        dataset: &dataset,
+        format: options.format,
+        emulator_base: backend.emulator_base(),
+        resume: args.resume,
+    })
+    .await?;
+    if let Backend::Emulator(emulator) = &backend {
+        let ledger = serde_json::to_vec_pretty(&emulator.ledger()).context("encoding the ledger")?;
+        std::fs::write(out.state.join("ledger.json"), ledger).context("writing the ledger")?;
+    }
+    shutdown(backend, server).await;
+    let summary = output::Summary { job: &job, report: &report, alerts: &memory_alerts.alerts(), elapsed: started.elapsed() };
+    eprint!("{}", summary.render(&out.root));
+    info!(job_id = %job.id, status = job.status.as_str(), "run finished");
+    summary.outcome()
+}
+
+fn check_options(args: &RunArgs) -> Result<(), Failure> {
+    if args.template.is_empty() || args.template.contains(['/', '\\']) || args.template.starts_with('.') {
+        return Err(Failure::usage(format!("--template `{}` is not a template id", args.template)));
+    }
+    if let Some(q) = args.quality
+        && !(0.1..=1.0).contains(&q)
+    {
+        return Err(Failure::usage(format!("--quality {q} is outside 0.1..=1")));
+    }
+    if args.api_key.is_some() && args.public_url.is_none() {
+        return Err(Failure::usage(
+            "--api-key needs --public-url: a public URL that reaches the webhook listener (e.g. a cloudflared or ngrok tunnel to --listen)",
+        ));
+    }
+    if let Some(faults) = &args.emulator_faults {
+        serde_json::from_str::<pictify_emulator::Faults>(faults)
+            .map_err(|e| Failure::usage(format!("--emulator-faults is not valid: {e}")))?
+            .validate()
+            .map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?;
+    }
+    Ok(())
+}
+
+fn emulator_templates(args: &RunArgs) -> Result<pictify_emulator::render::TemplateStore, Failure> {
+    let mut templates = pictify_emulator::render::TemplateStore::bundled();
+    if let Some(dir) = &args.templates {
+        let extra = pictify_emulator::render::TemplateStore::load_dir(dir)
+            .map_err(|e| Failure::usage(format!("--templates {}: {e:#}", dir.display())))?;
+        templates.merge(extra);
+    }
+    Ok(templates)
+}
+
+/// Unknown templates fail before anything renders: from the emulator's store, or real Pictify's answer.
+async fn check_template(args: &RunArgs, templates: &pictify_emulator::render::TemplateStore) -> Result<(), Failure> {
+    let Some(key) = &args.api_key else {
+        if templates.get(&args.template).is_none() {
+            let known: Vec<&str> = templates.ids().collect();
+            return Err(Failure::usage(format!("unknown template `{}` (the emulator has: {})", args.template, known.join(", "))));
+        }
+        return Ok(());
+    };
+    let url = format!("{}/templates/{}/variables", args.base_url.trim_end_matches('/'), args.template);
+    let answer = reqwest::Client::new().get(&url).bearer_auth(key).timeout(Duration::from_secs(15)).send().await;
+    match answer {
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Failure::usage(format!("unknown template `{}` (Pictify answered 404)", args.template))),
+        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => Err(Failure::usage("Pictify refused the API key (401)")),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // Not conclusive: the submit will say it again if the template is really missing.
+            warn!(error = %e, "could not check the template; going on");
+            Ok(())
+        }
+    }
+}
+
+/// A fresh run starts from nothing; `--resume` keeps the state of the interrupted one.
+fn prepare_out_dir(out: &OutDir, resume: bool) -> Result<(), Failure> {
+    if !resume && out.state.exists() {
+        std::fs::remove_dir_all(&out.state)
+            .map_err(|e| Failure::usage(format!("cannot clear the previous run's state {}: {e}", out.state.display())))?;
+    }
+    std::fs::create_dir_all(out.objects()).map_err(|e| Failure::usage(format!("cannot create {}: {e}", out.state.display())))?;
+    Ok(())
+}
+
+/// Structured logs go to `DIR/run.log` (stderr is the user's: progress and the summary).
+fn init_logging(root: &Path) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(root.join("run.log")).context("opening run.log")?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PICTIFY_BATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Starts the emulator (default) or subscribes real Pictify's webhooks to `--public-url`.
+async fn start_backend(
+    args: &RunArgs,
+    out: &OutDir,
+    local_hook: &str,
+    secret: &str,
+    templates: pictify_emulator::render::TemplateStore,
+) -> Result<(Backend, PictifyClient, Vec<Secret>), Failure> {
+    let events = [event_names::RENDER_COMPLETED, event_names::RENDER_FAILED, event_names::BATCH_COMPLETED];
+    if let Some(key) = &args.api_key {
+        let client = PictifyClient::new(PictifyConfig::new(Secret::new(key.clone())).with_base_url(args.base_url.clone()))
+            .map_err(|e| Failure::usage(format!("--base-url: {e}")))?;
+        let public = args.public_url.as_deref().unwrap_or_default().trim_end_matches('/');
+        let target = format!("{public}{WEBHOOK_PATH}");
+        let (mut uids, mut secrets) = (Vec::new(), Vec::new());
+        for event in events {
+            let request = CreateSubscription { event: event.into(), target_url: target.clone(), platform: None, filters: None };
+            let sub = client.create_subscription(&request).await.map_err(|e| match e {
+                PictifyError::Unauthorized { .. } => Failure::usage("Pictify refused the API key (401)"),
+                other => Failure::Internal(anyhow::anyhow!("creating the {event} webhook subscription: {other}")),
+            })?;
+            secrets.push(Secret::new(sub.secret.clone().unwrap_or_default()));
+            uids.push(sub.uid);
+        }
+        info!(target = %target, "webhook subscriptions created");
+        return Ok((Backend::Real { client: client.clone(), subscriptions: uids }, client, secrets));
+    }
+    let faults = match &args.emulator_faults {
+        Some(json) => serde_json::from_str(json).map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?,
+        None => pictify_emulator::Faults::default(),
+    };
+    let config = pictify_emulator::Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_keys: vec![EMULATOR_API_KEY.to_owned()],
+        templates,
+        data_dir: out.state.join("emulator"),
+        faults,
+        render: pictify_emulator::render::RenderOptions { rasterize: !args.no_render, ..Default::default() },
+        webhook_retry_scale: 0.01,
+        subscriptions: events
+            .iter()
+            .map(|event| pictify_emulator::PresetSubscription {
+                event: (*event).to_owned(),
+                target_url: local_hook.to_owned(),
+                secret: secret.to_owned(),
+            })
+            .collect(),
+        ..pictify_emulator::Config::default()
+    };
+    let emulator = pictify_emulator::start(config).await.context("starting the Pictify emulator")?;
+    let client = PictifyClient::new(PictifyConfig::new(Secret::new(EMULATOR_API_KEY)).with_base_url(emulator.base_url()))
+        .map_err(|e| anyhow::anyhow!("emulator client: {e}"))?;
+    Ok((Backend::Emulator(Box::new(emulator)), client, vec![Secret::new(secret)]))
+}
+
+async fn shutdown(backend: Backend, server: tokio::task::JoinHandle<()>) {
+    match backend {
+        Backend::Emulator(emulator) => emulator.shutdown().await,
+        Backend::Real { client, subscriptions } => {
+            for uid in subscriptions {
+                if let Err(e) = client.delete_subscription(&uid).await {
+                    warn!(uid = %uid, error = %e, "could not delete the webhook subscription");
+                }
+            }
+        }
+    }
+    server.abort();
+}
+
+/// The webhook endpoint: raw body and headers straight into the pipeline's webhook step.
+async fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
+    let app = axum::Router::new().route(WEBHOOK_PATH, axum::routing::post(webhook)).with_state(pipeline);
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "webhook listener stopped");
+    }
+}
+
+async fn webhook(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let reply = pipeline
+        .handle_webhook(WebhookRequest { signature: header(headers::SIGNATURE), delivery_id: header(headers::DELIVERY_ID), body: &body })
+        .await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(CONTENT_TYPE, "application/json")], reply.body).into_response()
+}
+
+/// One submitter: pops chunk messages and calls the pipeline's submit step.
+async fn submitter(pipeline: Pipeline, queue: Arc<MemoryQueue>, stop: Arc<AtomicBool>, events: mpsc::UnboundedSender<RunEvent>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(message) = queue.pop() else {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            continue;
+        };
+        match pipeline.submit(&message).await {
+            Ok(SubmitOutcome::Submitted { .. } | SubmitOutcome::AlreadyDone | SubmitOutcome::Rejected { .. }) => {}
+            Ok(SubmitOutcome::RetryLater(delay)) => redeliver_later(&queue, message, delay),
+            Ok(SubmitOutcome::Paused { reason, .. }) => {
+                queue.push(message);
+                let _ = events.send(RunEvent::Paused(reason));
+                return;
+            }
+            Err(e) => {
+                warn!(chunk = %message.key.label(), error = %e, "submit failed; retrying the chunk shortly");
+                let _ = events.send(RunEvent::SubmitError(format!("chunk {}: {e}", message.key.label())));
+                redeliver_later(&queue, message, Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The local stand-in for SQS visibility: the message comes back after `delay`.
+fn redeliver_later(queue: &Arc<MemoryQueue>, message: ChunkMessage, delay: Duration) {
+    let queue = queue.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        queue.push(message);
+    });
+}
+
+fn message_for(pipeline: &Pipeline, job: &JobId, key: shared::domain::ChunkKey) -> ChunkMessage {
+    let at = layout::chunk_payload_ref(prepare::BUCKET, job, &key.label(), &pipeline.settings);
+    ChunkMessage { job: job.clone(), key, payload: None, payload_ref: Some(at) }
+}
+
+/// Resuming: re-queue chunks whose messages died with the interrupted process, and settle
+/// chunks submitted but not completed by polling their batch (idempotent).
+async fn recover(
+    pipeline: &Pipeline,
+    store: &SqliteJobStore,
+    queue: &MemoryQueue,
+    job: &JobId,
+    before: &[shared::domain::Chunk],
+    duplicate: bool,
+    emulator: bool,
+) -> Result<(), Failure> {
+    let mut requeued = 0;
+    let mut messages = Vec::new();
+    for chunk in before {
+        match chunk.state {
+            // A re-run ingest re-queues the initial chunks itself; retry chunks only live in the store.
+            ChunkState::Queued | ChunkState::Submitting if duplicate || chunk.key.attempt > 0 => {
+                messages.push(message_for(pipeline, job, chunk.key));
+            }
+            ChunkState::Submitted => {
+                let Some(batch) = chunk.batch_id.as_deref() else { continue };
+                match pipeline.complete_batch(batch, None).await {
+                    Ok(applied) => info!(chunk = %chunk.key.label(), ?applied, "resumed chunk polled"),
+                    Err(StepError::Pictify(PictifyError::NotFound { .. })) if emulator => {
+                        // Its batch lived in the emulator of the interrupted run: submit it again.
+                        if store.forget_batch(job, chunk.key).await.map_err(anyhow::Error::from)? {
+                            messages.push(message_for(pipeline, job, chunk.key));
+                        }
+                    }
+                    Err(e) => info!(chunk = %chunk.key.label(), error = %e, "resumed chunk not settled yet; the reconciler will poll it"),
+                }
+            }
+            _ => {}
+        }
+    }
+    requeued += messages.len();
+    queue.send(&messages).await.map_err(anyhow::Error::from)?;
+    if requeued > 0 {
+        info!(requeued, "resumed chunks re-queued");
+    }
+    Ok(())
+}
+
+/// The local reconciler: polls chunks submitted long ago without an outcome (lost webhooks).
+async fn reconcile(pipeline: &Pipeline, store: &SqliteJobStore, job: &JobId) {
+    let Ok(chunks) = store.chunks_of_job(job).await else { return };
+    let now = chrono::Utc::now().timestamp();
+    let due = chunks.iter().filter(|c| {
+        c.state == ChunkState::Submitted && c.submitted_at.is_some_and(|t| now - t >= RECONCILE_AFTER.as_secs() as i64)
+    });
+    for chunk in due.take(10) {
+        if let Some(batch) = &chunk.batch_id
+            && let Err(e) = pipeline.complete_batch(batch, None).await
+        {
+            tracing::debug!(chunk = %chunk.key.label(), error = %e, "reconcile poll: not settled");
+        }
+    }
+}
+
+/// `render.completed` can trail `batch.completed`: rewrite the manifest (the pipeline's own step)
+/// for a few seconds while rendered rows still lack their URL.
+async fn settle_manifest(pipeline: &Pipeline, job: Job) -> Result<Job, Failure> {
+    if job.manifest.is_none() {
+        return Ok(job);
+    }
+    for _ in 0..20 {
+        let summary = pipeline.write_manifest(&job).await.map_err(step_error)?;
+        if summary.url_missing == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(job)
+}
+
+fn step_error(e: StepError) -> Failure {
+    Failure::Internal(anyhow::Error::from(e))
+}

@@ -1,0 +1,759 @@
+//! `SqliteJobStore`: the embedded, durable `JobStore` of local runs (`DIR/.state/jobs.db`).
+//!
+//! Same semantics as `shared::local::MemoryJobStore` (the reference; its module docs list the
+//! rules per method): every method is one SQLite transaction on one connection behind a mutex,
+//! so each is atomic exactly like the in-memory store's single lock. Jobs and chunks are stored as
+//! their serde JSON plus the columns queries need. WAL with `synchronous=NORMAL` survives a killed
+//! process (only an OS crash can lose the last commits), which is what `--resume` relies on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::domain::{Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation};
+use shared::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (job, seq, attempt));
+CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS renders (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alerted (job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, PRIMARY KEY (job, seq, attempt));
+CREATE TABLE IF NOT EXISTS control (name TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS orphans (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ext_id TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL);
+";
+
+/// Key of the submissions switch in `control`.
+const PAUSED: &str = "submissions_paused";
+
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error("sqlite: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("job {0} does not exist")]
+    NoJob(JobId),
+    #[error("chunk {job}/{label} does not exist", label = key.label())]
+    NoChunk { job: JobId, key: ChunkKey },
+    #[error("chunk {job}/{label} is already submitted as batch {existing}, not {offered}", label = key.label())]
+    OtherBatch { job: JobId, key: ChunkKey, existing: String, offered: String },
+    #[error("a stored job id is invalid: {0}")]
+    BadId(String),
+    #[error("store task failed: {0}")]
+    Join(String),
+}
+
+impl StoreError {
+    /// Logical errors are permanent; a busy or failing database may recover.
+    fn into_port(self, operation: &str) -> PortError {
+        match self {
+            StoreError::Sql(_) | StoreError::Join(_) => PortError::new(operation, self),
+            _ => PortError::permanent(operation, self),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The durable job store for local runs. Cheap to clone (shares the connection).
+#[derive(Clone)]
+pub struct SqliteJobStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteJobStore {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteJobStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Local-run recovery only: the in-process emulator that accepted this chunk's batch died with
+    /// the interrupted run, so its batch can never complete. Back to `queued` (same idempotency
+    /// key), unless its outcome is already applied. `true` when it was reset.
+    pub async fn forget_batch(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let job = job.clone();
+        self.call("forget batch", move |tx| {
+            let Some(mut chunk) = load_chunk(tx, &job, key)? else { return Ok(false) };
+            if chunk.state != ChunkState::Submitted {
+                return Ok(false);
+            }
+            if let Some(batch) = chunk.batch_id.take() {
+                tx.execute("DELETE FROM batches WHERE batch_id = ?1", params![batch])?;
+            }
+            chunk.state = ChunkState::Queued;
+            chunk.submitting_since = None;
+            chunk.submitted_at = None;
+            save_chunk(tx, &chunk)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Every job, oldest first (a local state dir normally holds one).
+    pub async fn jobs(&self) -> PortResult<Vec<Job>> {
+        self.call("list jobs", |tx| {
+            let mut stmt = tx.prepare("SELECT body FROM jobs")?;
+            let bodies = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut jobs = bodies.iter().map(|b| serde_json::from_str::<Job>(b)).collect::<std::result::Result<Vec<_>, _>>()?;
+            jobs.sort_by_key(|j| j.created_at);
+            Ok(jobs)
+        })
+        .await
+    }
+
+    #[cfg(test)]
+    fn alerted_chunks(&self) -> Vec<(String, u32, u32)> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT job, seq, attempt FROM alerted ORDER BY job, seq, attempt").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    #[cfg(test)]
+    fn orphan_ids(&self) -> Vec<String> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT ext_id FROM orphans ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a transaction rolls it back when the transaction drops: still consistent.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `work` in one immediate transaction on a blocking thread; commits when it returns Ok.
+    async fn call<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> PortResult<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = store.lock();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Join(e.to_string())))
+        .map_err(|e: StoreError| e.into_port(operation))
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    Ok(serde_json::to_string(value)?)
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Result<T> {
+    Ok(serde_json::from_str(text)?)
+}
+
+fn load_job(tx: &Transaction<'_>, id: &JobId) -> Result<Option<Job>> {
+    let body: Option<String> = tx.query_row("SELECT body FROM jobs WHERE id = ?1", params![id.as_str()], |r| r.get(0)).optional()?;
+    body.map(|b| from_json(&b)).transpose()
+}
+
+fn save_job(tx: &Transaction<'_>, job: &Job) -> Result<()> {
+    tx.execute(
+        "INSERT INTO jobs (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+        params![job.id.as_str(), to_json(job)?],
+    )?;
+    Ok(())
+}
+
+fn load_chunk(tx: &Transaction<'_>, job: &JobId, key: ChunkKey) -> Result<Option<Chunk>> {
+    let body: Option<String> = tx
+        .query_row(
+            "SELECT body FROM chunks WHERE job = ?1 AND seq = ?2 AND attempt = ?3",
+            params![job.as_str(), key.seq, key.attempt],
+            |r| r.get(0),
+        )
+        .optional()?;
+    body.map(|b| from_json(&b)).transpose()
+}
+
+fn save_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
+    tx.execute(
+        "INSERT INTO chunks (job, seq, attempt, body) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(job, seq, attempt) DO UPDATE SET body = excluded.body",
+        params![chunk.job.as_str(), chunk.key.seq, chunk.key.attempt, to_json(chunk)?],
+    )?;
+    Ok(())
+}
+
+/// Put-if-absent.
+fn insert_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO chunks (job, seq, attempt, body) VALUES (?1, ?2, ?3, ?4)",
+        params![chunk.job.as_str(), chunk.key.seq, chunk.key.attempt, to_json(chunk)?],
+    )?;
+    Ok(())
+}
+
+fn add_counters(into: &mut Counters, delta: &Counters) {
+    into.rows += delta.rows;
+    into.rejected += delta.rejected;
+    into.rendered += delta.rendered;
+    into.failed += delta.failed;
+    into.retried += delta.retried;
+    into.chunks += delta.chunks;
+    into.chunks_done += delta.chunks_done;
+}
+
+/// Looks up records by fingerprint, in groups that stay under SQLite's parameter limit.
+fn records<T: DeserializeOwned>(tx: &Transaction<'_>, table: &str, fingerprints: &[String]) -> Result<HashMap<String, T>> {
+    let mut found = HashMap::new();
+    for group in fingerprints.chunks(500) {
+        let marks = vec!["?"; group.len()].join(",");
+        let mut stmt = tx.prepare(&format!("SELECT fingerprint, body FROM {table} WHERE fingerprint IN ({marks})"))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(group.iter()), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (fp, body) = row?;
+            found.insert(fp, from_json(&body)?);
+        }
+    }
+    Ok(found)
+}
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
+        let job = job.clone();
+        self.call("create job", move |tx| match load_job(tx, &job.id)? {
+            Some(existing) => Ok((existing, false)),
+            None => {
+                save_job(tx, &job)?;
+                Ok((job, true))
+            }
+        })
+        .await
+    }
+
+    async fn job(&self, id: &JobId) -> PortResult<Option<Job>> {
+        let id = id.clone();
+        self.call("read job", move |tx| load_job(tx, &id)).await
+    }
+
+    async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
+        let job = job.clone();
+        self.call("finish ingest", move |tx| {
+            let mut stored = load_job(tx, &job.id)?.ok_or_else(|| StoreError::NoJob(job.id.clone()))?;
+            if stored.status != JobStatus::Ingesting {
+                tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
+                return Ok(());
+            }
+            stored.status = job.status;
+            stored.error = job.error.clone();
+            stored.rejected_sample = job.rejected_sample.clone();
+            stored.ingested_at = job.ingested_at;
+            stored.counters.rows = job.counters.rows;
+            stored.counters.rejected = job.counters.rejected;
+            stored.counters.chunks += job.counters.chunks;
+            save_job(tx, &stored)
+        })
+        .await
+    }
+
+    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
+        let chunks = chunks.to_vec();
+        self.call("put chunks", move |tx| chunks.iter().try_for_each(|c| insert_chunk(tx, c))).await
+    }
+
+    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
+        let job = job.clone();
+        self.call("read chunk", move |tx| load_chunk(tx, &job, key)).await
+    }
+
+    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
+        let job = job.clone();
+        self.call("list chunks", move |tx| {
+            let mut stmt = tx.prepare("SELECT body FROM chunks WHERE job = ?1 ORDER BY seq, attempt")?;
+            let bodies = stmt.query_map(params![job.as_str()], |r| r.get::<_, String>(0))?;
+            bodies.map(|b| from_json(&b?)).collect()
+        })
+        .await
+    }
+
+    async fn begin_submit(&self, job: &JobId, key: ChunkKey, now: i64, grace: Duration) -> PortResult<BeginSubmit> {
+        let job = job.clone();
+        self.call("begin submit", move |tx| {
+            let Some(mut chunk) = load_chunk(tx, &job, key)? else { return Ok(BeginSubmit::Unknown) };
+            match chunk.state {
+                ChunkState::Completed => return Ok(BeginSubmit::Completed),
+                ChunkState::Submitted => {
+                    return Ok(BeginSubmit::AlreadySubmitted { batch_id: chunk.batch_id.clone().unwrap_or_default() });
+                }
+                ChunkState::Submitting => {
+                    let since = chunk.submitting_since.unwrap_or(i64::MIN);
+                    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+                    if now.saturating_sub(since) < grace_secs {
+                        return Ok(BeginSubmit::InProgress { since });
+                    }
+                }
+                ChunkState::Queued => {}
+            }
+            chunk.state = ChunkState::Submitting;
+            chunk.submitting_since = Some(now);
+            chunk.submit_attempts += 1;
+            save_chunk(tx, &chunk)?;
+            Ok(BeginSubmit::Proceed { attempt: chunk.submit_attempts })
+        })
+        .await
+    }
+
+    async fn record_submitted(&self, job: &JobId, key: ChunkKey, batch_id: &str, now: i64) -> PortResult<()> {
+        let (job, batch_id) = (job.clone(), batch_id.to_owned());
+        self.call("record submitted", move |tx| {
+            let mut chunk = load_chunk(tx, &job, key)?.ok_or_else(|| StoreError::NoChunk { job: job.clone(), key })?;
+            match (chunk.state, chunk.batch_id.as_deref()) {
+                (ChunkState::Submitted | ChunkState::Completed, Some(existing)) if existing != batch_id => {
+                    return Err(StoreError::OtherBatch { job, key, existing: existing.to_owned(), offered: batch_id });
+                }
+                (ChunkState::Submitted | ChunkState::Completed, _) => {}
+                (ChunkState::Queued | ChunkState::Submitting, _) => {
+                    chunk.state = ChunkState::Submitted;
+                    chunk.batch_id = Some(batch_id.clone());
+                    chunk.submitted_at = Some(now);
+                }
+            }
+            if chunk.batch_id.is_none() {
+                chunk.batch_id = Some(batch_id.clone());
+            }
+            save_chunk(tx, &chunk)?;
+            tx.execute(
+                "INSERT INTO batches (batch_id, job, seq, attempt) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(batch_id) DO UPDATE SET job = excluded.job, seq = excluded.seq, attempt = excluded.attempt",
+                params![batch_id, job.as_str(), key.seq, key.attempt],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
+        let job = job.clone();
+        self.call("release submit", move |tx| {
+            if let Some(mut chunk) = load_chunk(tx, &job, key)?
+                && chunk.state == ChunkState::Submitting
+            {
+                chunk.state = ChunkState::Queued;
+                chunk.submitting_since = None;
+                save_chunk(tx, &chunk)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let batch_id = batch_id.to_owned();
+        self.call("find batch", move |tx| {
+            let row: Option<(String, u32, u32)> = tx
+                .query_row("SELECT job, seq, attempt FROM batches WHERE batch_id = ?1", params![batch_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            row.map(|(job, seq, attempt)| Ok((JobId::parse(&job).map_err(StoreError::BadId)?, ChunkKey { seq, attempt })))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
+        let c = completion.clone();
+        self.call("complete chunk", move |tx| {
+            let mut chunk = load_chunk(tx, &c.job, c.key)?.ok_or_else(|| StoreError::NoChunk { job: c.job.clone(), key: c.key })?;
+            if chunk.state == ChunkState::Completed {
+                return Ok(false);
+            }
+            let mut job = load_job(tx, &c.job)?.ok_or_else(|| StoreError::NoJob(c.job.clone()))?;
+            chunk.state = ChunkState::Completed;
+            chunk.outcome = Some(c.outcome.clone());
+            save_chunk(tx, &chunk)?;
+            add_counters(&mut job.counters, &c.delta);
+            job.render_ms_total += c.outcome.duration_ms.unwrap_or(0);
+            save_job(tx, &job)?;
+            if let Some(retry) = &c.retry {
+                insert_chunk(tx, retry)?;
+            }
+            if c.alert {
+                tx.execute(
+                    "INSERT OR IGNORE INTO alerted (job, seq, attempt) VALUES (?1, ?2, ?3)",
+                    params![c.job.as_str(), c.key.seq, c.key.attempt],
+                )?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
+        let (fp, record) = (fingerprint.to_owned(), record.clone());
+        self.call("record render", move |tx| {
+            tx.execute(
+                "INSERT INTO renders (fingerprint, body) VALUES (?1, ?2) ON CONFLICT(fingerprint) DO UPDATE SET body = excluded.body",
+                params![fp, to_json(&record)?],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()> {
+        let (fp, record) = (fingerprint.to_owned(), record.clone());
+        self.call("record failure", move |tx| {
+            tx.execute(
+                "INSERT INTO failures (fingerprint, body) VALUES (?1, ?2) ON CONFLICT(fingerprint) DO UPDATE SET body = excluded.body",
+                params![fp, to_json(&record)?],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
+        let fps = fingerprints.to_vec();
+        self.call("read renders", move |tx| records(tx, "renders", &fps)).await
+    }
+
+    async fn failures(&self, fingerprints: &[String]) -> PortResult<HashMap<String, FailureRecord>> {
+        let fps = fingerprints.to_vec();
+        self.call("read failures", move |tx| records(tx, "failures", &fps)).await
+    }
+
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let id = id.clone();
+        self.call("transition job", move |tx| match load_job(tx, &id)? {
+            Some(mut job) if job.status == from => {
+                job.status = to;
+                save_job(tx, &job)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn finish_job(&self, id: &JobId, status: JobStatus, manifest: &ManifestLocation, now: i64) -> PortResult<()> {
+        let (id, manifest) = (id.clone(), manifest.clone());
+        self.call("finish job", move |tx| {
+            let mut job = load_job(tx, &id)?.ok_or_else(|| StoreError::NoJob(id.clone()))?;
+            job.status = status;
+            job.manifest = Some(manifest);
+            job.completed_at = Some(now);
+            save_job(tx, &job)
+        })
+        .await
+    }
+
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
+        let reason = reason.to_owned();
+        self.call("pause submissions", move |tx| {
+            let changed = tx.execute("INSERT OR IGNORE INTO control (name, reason, at) VALUES (?1, ?2, ?3)", params![PAUSED, reason, now])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>> {
+        self.call("read pause", |tx| {
+            Ok(tx.query_row("SELECT reason FROM control WHERE name = ?1", params![PAUSED], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
+    async fn resume_submissions(&self) -> PortResult<()> {
+        self.call("resume submissions", |tx| {
+            tx.execute("DELETE FROM control WHERE name = ?1", params![PAUSED])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let (kind, id, body) = (kind.to_owned(), id.to_owned(), body.to_owned());
+        self.call("record orphan", move |tx| {
+            tx.execute("INSERT INTO orphans (kind, ext_id, body, at) VALUES (?1, ?2, ?3, ?4)", params![kind, id, body, now])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! The reference store's contract (shared::local::memory_store tests), run against SQLite,
+    //! plus durability across a reopen.
+
+    use std::collections::BTreeMap;
+
+    use shared::domain::{ChunkOutcome, JobSpec, ObjectRef, RowError};
+    use shared::pictify::wire::Format;
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn job() -> Job {
+        let source = ObjectRef { bucket: "in".into(), key: "uploads/t/x.csv".into() };
+        Job {
+            id: JobId::for_upload(&source.bucket, &source.key, "v1"),
+            source,
+            source_version: "v1".into(),
+            spec: JobSpec {
+                template_id: "tmpl".into(),
+                format: Format::default(),
+                quality: None,
+                concurrency: None,
+                mapping: BTreeMap::new(),
+                required: vec![],
+            },
+            status: JobStatus::Ingesting,
+            counters: Counters::default(),
+            error: None,
+            rejected_sample: vec![],
+            created_at: 1,
+            ingested_at: None,
+            completed_at: None,
+            render_ms_total: 0,
+            manifest: None,
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteJobStore {
+        SqliteJobStore::open(&dir.path().join("jobs.db")).unwrap()
+    }
+
+    /// A store holding `job()` and its chunk 0 (rows 0..4), queued.
+    async fn store_with_chunk() -> (SqliteJobStore, JobId, ChunkKey, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let job = job();
+        store.create_job(&job).await.unwrap();
+        let key = ChunkKey::initial(0);
+        store.put_chunks(&[Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3])]).await.unwrap();
+        (store, job.id, key, dir)
+    }
+
+    fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
+        let outcome = ChunkOutcome {
+            rendered: rendered as u32,
+            failed: BTreeMap::from([(0, RowError { code: "INVALID_VARIABLE".into(), message: "bad".into() })]),
+            retried: if retry { vec![1] } else { vec![] },
+            duration_ms: Some(250),
+        };
+        let delta = Counters {
+            rendered,
+            failed: 1,
+            retried: u64::from(retry),
+            chunks: u64::from(retry),
+            chunks_done: 1,
+            ..Default::default()
+        };
+        let retry = retry.then(|| Chunk::new(job.clone(), key.retry(), vec![1]));
+        ChunkCompletion { job: job.clone(), key, outcome, delta, retry, alert: true }
+    }
+
+    #[tokio::test]
+    async fn creating_a_job_twice_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = job();
+        let mut second = job();
+        second.created_at = 99;
+        assert!(store.create_job(&first).await.unwrap().1);
+        let (stored, new) = store.create_job(&second).await.unwrap();
+        assert!(!new);
+        assert_eq!(stored, first);
+    }
+
+    #[tokio::test]
+    async fn putting_chunks_again_does_not_reset_them() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 10, GRACE).await.unwrap();
+        store.put_chunks(&[Chunk::new(job.clone(), key, vec![0])]).await.unwrap();
+        let chunk = store.chunk(&job, key).await.unwrap().unwrap();
+        assert_eq!((chunk.state, chunk.rows.len()), (ChunkState::Submitting, 4));
+    }
+
+    #[tokio::test]
+    async fn begin_submit_proceeds_once_then_waits_out_the_grace_period() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        assert_eq!(store.begin_submit(&job, key, 100, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 1 });
+        assert_eq!(store.begin_submit(&job, key, 159, GRACE).await.unwrap(), BeginSubmit::InProgress { since: 100 });
+        assert_eq!(store.begin_submit(&job, key, 160, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
+        assert_eq!(store.chunk(&job, key).await.unwrap().unwrap().submitting_since, Some(160));
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_message_finds_the_batch_id() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        let again = store.begin_submit(&job, key, 500, GRACE).await.unwrap();
+        assert_eq!(again, BeginSubmit::AlreadySubmitted { batch_id: "b1".into() });
+        assert_eq!(store.chunk_by_batch("b1").await.unwrap(), Some((job, key)));
+    }
+
+    #[tokio::test]
+    async fn recording_a_different_batch_for_a_submitted_chunk_is_refused() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        store.record_submitted(&job, key, "b1", 102).await.unwrap();
+        let error = store.record_submitted(&job, key, "b2", 103).await.unwrap_err();
+        assert!(!error.retryable && error.to_string().contains("b1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn releasing_a_submit_requeues_only_a_submitting_chunk() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.release_submit(&job, key).await.unwrap();
+        assert_eq!(store.begin_submit(&job, key, 101, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
+        store.record_submitted(&job, key, "b1", 102).await.unwrap();
+        store.release_submit(&job, key).await.unwrap();
+        assert_eq!(store.chunk(&job, key).await.unwrap().unwrap().state, ChunkState::Submitted);
+    }
+
+    #[tokio::test]
+    async fn begin_submit_reports_unknown_and_completed_chunks() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        assert_eq!(store.begin_submit(&job, ChunkKey::initial(7), 1, GRACE).await.unwrap(), BeginSubmit::Unknown);
+        store.complete_chunk(&completion(&job, key, 3, false)).await.unwrap();
+        assert_eq!(store.begin_submit(&job, key, 1, GRACE).await.unwrap(), BeginSubmit::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_completes_exactly_once() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        let done = completion(&job, key, 2, true);
+        assert!(store.complete_chunk(&done).await.unwrap());
+        assert!(!store.complete_chunk(&done).await.unwrap());
+        let stored = store.job(&job).await.unwrap().unwrap();
+        let c = stored.counters;
+        assert_eq!((c.rendered, c.failed, c.chunks_done, c.chunks), (2, 1, 1, 1));
+        assert_eq!(stored.render_ms_total, 250);
+        assert_eq!(store.alerted_chunks(), vec![(job.to_string(), 0, 0)]);
+    }
+
+    #[tokio::test]
+    async fn the_retry_chunk_is_created_once_and_queued() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.complete_chunk(&completion(&job, key, 2, true)).await.unwrap();
+        store.complete_chunk(&completion(&job, key, 2, true)).await.unwrap();
+        let keys: Vec<_> = store.chunks_of_job(&job).await.unwrap().iter().map(|c| (c.key, c.state)).collect();
+        assert_eq!(keys, vec![(key, ChunkState::Completed), (key.retry(), ChunkState::Queued)]);
+    }
+
+    #[tokio::test]
+    async fn completing_an_unknown_chunk_is_an_error() {
+        let (store, job, _, _dir) = store_with_chunk().await;
+        let error = store.complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false)).await.unwrap_err();
+        assert!(!error.retryable);
+    }
+
+    #[tokio::test]
+    async fn finish_ingest_applies_once_and_keeps_batch_counters() {
+        let (store, id, key, _dir) = store_with_chunk().await;
+        store.complete_chunk(&completion(&id, key, 2, true)).await.unwrap();
+        let mut ingested = job();
+        ingested.status = JobStatus::Running;
+        ingested.counters = Counters { rows: 10, rejected: 1, chunks: 3, ..Default::default() };
+        store.finish_ingest(&ingested).await.unwrap();
+        store.finish_ingest(&ingested).await.unwrap();
+        let stored = store.job(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Running);
+        let expected = Counters { rows: 10, rejected: 1, rendered: 2, failed: 1, retried: 1, chunks: 4, chunks_done: 1 };
+        assert_eq!(stored.counters, expected);
+    }
+
+    #[tokio::test]
+    async fn a_job_transitions_only_from_the_expected_status() {
+        let (store, id, _, _dir) = store_with_chunk().await;
+        assert!(store.transition_job(&id, JobStatus::Ingesting, JobStatus::Running).await.unwrap());
+        assert!(!store.transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing).await.unwrap());
+        let missing = JobId::parse("job_abc").unwrap();
+        assert!(!store.transition_job(&missing, JobStatus::Running, JobStatus::Finishing).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn finishing_a_job_records_status_manifest_and_time() {
+        let (store, id, _, _dir) = store_with_chunk().await;
+        let at = |key: &str| ObjectRef { bucket: "out".into(), key: key.into() };
+        let manifest = ManifestLocation { csv: at("m.csv"), jsonl: at("m.jsonl") };
+        store.finish_job(&id, JobStatus::Partial, &manifest, 77).await.unwrap();
+        let stored = store.job(&id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.manifest, stored.completed_at), (JobStatus::Partial, Some(manifest), Some(77)));
+    }
+
+    #[tokio::test]
+    async fn pausing_reports_true_only_to_the_first_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert!(store.pause_submissions("quota", 1).await.unwrap());
+        assert!(!store.pause_submissions("auth", 2).await.unwrap());
+        assert_eq!(store.submissions_paused().await.unwrap().as_deref(), Some("quota"));
+        store.resume_submissions().await.unwrap();
+        assert_eq!(store.submissions_paused().await.unwrap(), None);
+        assert!(store.pause_submissions("auth", 3).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn renders_and_failures_are_looked_up_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let render = RenderRecord { url: "https://img/1.png".into(), image_id: None, rendered_at: None, recorded_at: 5 };
+        store.record_render("fp1", &render).await.unwrap();
+        store.record_render("fp1", &render).await.unwrap();
+        let failure = FailureRecord { code: "RENDER_TIMEOUT".into(), message: "slow".into(), recorded_at: 6 };
+        store.record_failure("fp2", &failure).await.unwrap();
+        let wanted = vec!["fp1".to_owned(), "fp2".to_owned(), "fp3".to_owned()];
+        assert_eq!(store.renders(&wanted).await.unwrap(), HashMap::from([("fp1".to_owned(), render)]));
+        assert_eq!(store.failures(&wanted).await.unwrap(), HashMap::from([("fp2".to_owned(), failure)]));
+    }
+
+    #[tokio::test]
+    async fn orphans_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.record_orphan("batch.completed", "b9", "{}", 4).await.unwrap();
+        assert_eq!(store.orphan_ids(), vec!["b9".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening_the_file() {
+        let (store, job, key, dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        drop(store);
+        let reopened = open(&dir);
+        assert_eq!(reopened.chunk_by_batch("b1").await.unwrap(), Some((job.clone(), key)));
+        assert_eq!(reopened.jobs().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_batch_goes_back_to_queued_with_the_same_key() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        assert!(store.forget_batch(&job, key).await.unwrap());
+        assert_eq!(store.chunk_by_batch("b1").await.unwrap(), None);
+        assert_eq!(store.begin_submit(&job, key, 102, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
+    }
+}

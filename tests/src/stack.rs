@@ -1,0 +1,262 @@
+//! A whole pipeline for tests: fresh AWS resources on moto (through the real SDK), the Pictify
+//! emulator over real HTTP, and a webhook receiver that feeds the real webhook Lambda handler.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Context, LambdaEvent};
+use pictify_emulator::{Config as EmulatorConfig, Faults, PresetSubscription, RunningEmulator};
+use serde_json::{Value, json};
+use shared::aws::dynamo::{DynamoJobStore, create_table};
+use shared::aws::s3::S3ObjectStore;
+use shared::aws::sns::SnsAlerts;
+use shared::aws::sqs::SqsWorkQueue;
+use shared::domain::{Job, JobId};
+use shared::local::{FanoutAlerts, MemoryAlerts};
+use shared::pictify::{PictifyClient, PictifyConfig};
+use shared::pipeline::Pipeline;
+use shared::ports::{Alerts, JobStore, SystemClock};
+use shared::secret::Secret;
+use shared::settings::Settings;
+
+use crate::aws::{SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, s3, sns, sqs, unique_name};
+
+pub const TEST_API_KEY: &str = "pk_test_emulator";
+
+/// How to build a stack.
+pub struct StackOptions {
+    pub faults: Faults,
+    pub seed: u64,
+    /// Real images are slow in debug builds; the pipeline does not look at pixels.
+    pub rasterize: bool,
+    pub settings: Settings,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            faults: Faults::default(),
+            seed: 7,
+            rasterize: false,
+            settings: Settings {
+                retry_delay: Duration::from_secs(1),
+                submit_grace: Duration::from_secs(2),
+                paused_delay: Duration::from_secs(2),
+                ..Settings::default()
+            },
+        }
+    }
+}
+
+pub struct Stack {
+    pub pipeline: Pipeline,
+    pub queue: Arc<SqsWorkQueue>,
+    pub queue_url: String,
+    pub bucket: String,
+    pub table: String,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub store: Arc<DynamoJobStore>,
+    pub alerts: Arc<MemoryAlerts>,
+    pub emulator: RunningEmulator,
+    pub webhook_secret: String,
+    _data: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
+        let cfg = aws_config().await;
+        let (s3c, sqsc, dyn_c, snsc) = (s3(&cfg), sqs(&cfg), dynamodb(&cfg), sns(&cfg));
+        let bucket = fresh_bucket(&s3c, "uploads").await?;
+        let queue_url = fresh_queue(&sqsc, "work").await?;
+        let topic = fresh_topic(&snsc, "alerts").await?;
+        let table = unique_name("jobs");
+        create_table(&dyn_c, &table).await.context("creating the table")?;
+
+        let webhook_secret = format!("whsec_{}", unique_name("secret").replace('-', ""));
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let target_url = format!("http://{}/webhook", receiver.local_addr()?);
+        let data = tempfile::tempdir()?;
+        let emulator = pictify_emulator::start(EmulatorConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: data.path().join("emulator"),
+            seed: options.seed,
+            faults: options.faults,
+            render: pictify_emulator::render::RenderOptions { rasterize: options.rasterize, ..Default::default() },
+            webhook_retry_scale: 0.001,
+            subscriptions: ["render.completed", "render.failed", "batch.completed"]
+                .map(|event| PresetSubscription { event: event.into(), target_url: target_url.clone(), secret: webhook_secret.clone() })
+                .to_vec(),
+            ..EmulatorConfig::default()
+        })
+        .await?;
+
+        let pictify = PictifyClient::new(PictifyConfig {
+            base_url: emulator.base_url(),
+            api_key: Secret::new(TEST_API_KEY),
+            timeout: Duration::from_secs(10),
+            max_retries: 2,
+            backoff_base: Duration::from_millis(50),
+        })?;
+        let memory_alerts = Arc::new(MemoryAlerts::new());
+        let sinks: Vec<Arc<dyn Alerts>> = vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
+        let queue = Arc::new(SqsWorkQueue::new(sqsc.clone(), queue_url.clone()));
+        let store = Arc::new(DynamoJobStore::new(dyn_c, table.clone()));
+        let pipeline = Pipeline {
+            store: store.clone(),
+            objects: Arc::new(S3ObjectStore::new(s3c.clone())),
+            queue: queue.clone(),
+            pictify: Arc::new(pictify),
+            alerts: Arc::new(FanoutAlerts::new(sinks)),
+            clock: Arc::new(SystemClock),
+            settings: options.settings,
+            webhook_secrets: vec![Secret::new(webhook_secret.clone())],
+        };
+        serve_webhooks(receiver, pipeline.clone());
+        Ok(Stack {
+            pipeline,
+            queue,
+            queue_url,
+            bucket,
+            table,
+            s3: s3c,
+            sqs: sqsc,
+            store,
+            alerts: memory_alerts,
+            emulator,
+            webhook_secret,
+            _data: data,
+        })
+    }
+
+    pub async fn upload(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.s3.put_object().bucket(&self.bucket).key(key).body(bytes.into()).send().await.sdk_context("put upload")?;
+        Ok(())
+    }
+
+    /// `events/s3-put.json` pointed at this stack's bucket and `key` (form-encoded as S3 does).
+    pub fn s3_event(&self, key: &str) -> anyhow::Result<Value> {
+        let mut event = load_event("s3-put.json")?;
+        let encoded: String = key
+            .split(' ')
+            .map(|part| percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC).to_string())
+            .collect::<Vec<_>>()
+            .join("+")
+            .replace("%2F", "/")
+            .replace("%2E", ".")
+            .replace("%5F", "_")
+            .replace("%2D", "-");
+        let record = &mut event["Records"][0]["s3"];
+        record["bucket"]["name"] = json!(self.bucket);
+        record["bucket"]["arn"] = json!(format!("arn:aws:s3:::{}", self.bucket));
+        record["object"]["key"] = json!(encoded);
+        record["object"]["eTag"] = json!("");
+        Ok(event)
+    }
+
+    /// Invokes the ingest handler with an S3 put event for `key`.
+    pub async fn ingest(&self, key: &str) -> anyhow::Result<Value> {
+        let event = LambdaEvent::new(self.s3_event(key)?, Context::default());
+        ingest::function_handler(&self.pipeline, event).await.map_err(|e| anyhow::anyhow!("ingest: {e}"))
+    }
+
+    /// One poll of the queue into the submitter handler, acting like Lambda's event source
+    /// mapping: messages not reported as failures are deleted. Returns how many were received.
+    pub async fn drain_once(&self) -> anyhow::Result<usize> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .sdk_context("receive")?;
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| json!({ "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body, "eventSource": "aws:sqs" }))
+            .collect();
+        let event: SqsEvent = serde_json::from_value(json!({ "Records": records }))?;
+        let response = submitter::function_handler(&self.pipeline, &self.queue, LambdaEvent::new(event, Context::default()))
+            .await
+            .map_err(|e| anyhow::anyhow!("submitter: {e}"))?;
+        for m in &messages {
+            let failed = response.batch_item_failures.iter().any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
+            if !failed && let Some(receipt) = &m.receipt_handle {
+                self.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(receipt).send().await.sdk_context("delete")?;
+            }
+        }
+        Ok(messages.len())
+    }
+
+    /// Drives the queue until the job is terminal (webhooks arrive on their own).
+    pub async fn run_until_done(&self, job: &JobId, limit: Duration) -> anyhow::Result<Job> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let current = self.job(job).await?;
+            if current.status.is_terminal() {
+                return Ok(current);
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {job} not done in {limit:?}: {current:#?}");
+            if self.drain_once().await? == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub async fn job(&self, id: &JobId) -> anyhow::Result<Job> {
+        self.store.job(id).await?.with_context(|| format!("job {id} not found"))
+    }
+
+    pub async fn get_text(&self, key: &str) -> anyhow::Result<String> {
+        let out = self.s3.get_object().bucket(&self.bucket).key(key).send().await.sdk_context("get object")?;
+        let bytes = out.body.collect().await?.into_bytes();
+        Ok(String::from_utf8(bytes.to_vec())?)
+    }
+}
+
+/// Reads a file from the repository's `events/` directory.
+pub fn load_event(name: &str) -> anyhow::Result<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events").join(name);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Feeds every request to the webhook Lambda handler, as a Function URL would.
+fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+        let pipeline = pipeline.clone();
+        async move {
+            let mut request = http::Request::builder().method("POST").uri("/");
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let Ok(request) = request.body(lambda_http::Body::Text(text)) else {
+                return (StatusCode::BAD_REQUEST, String::new());
+            };
+            match webhook::function_handler(&pipeline, request).await {
+                Ok(response) => {
+                    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let body = match response.into_body() {
+                        lambda_http::Body::Text(t) => t,
+                        _ => String::new(),
+                    };
+                    (status, body)
+                }
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
