@@ -87,10 +87,12 @@ async fn oversized_body_is_413() {
 #[tokio::test]
 async fn unicode_variables_are_accepted_and_reported_by_name() {
     let emu = emulator().await;
-    let id = emu.accepted(json!({ "variableSets": [{ "título": "Ünïcødé 标题 🎉" }] })).await;
+    let set = json!({ "title": "Ünïcødé 标题 🎉", "título": "ñ" });
+    let id = emu.accepted(json!({ "variableSets": [set] })).await;
     let results = emu.finished(&id).await;
     assert_eq!(results["status"], "completed", "{results}");
-    assert_eq!(results["results"][0]["variables"], json!(["título"]));
+    let names = results["results"][0]["variables"].as_array().unwrap().clone();
+    assert!(names.contains(&json!("título")) && names.len() == 2, "{results}");
 }
 
 #[tokio::test]

@@ -20,6 +20,9 @@
 //! - **Sizes**: `max_row_bytes` counts a row's raw bytes in the file (a CSV record, a JSON array
 //!   element, a JSON line); no more than that is ever buffered. `max_field_bytes` counts a CSV
 //!   cell's bytes, a JSON string's UTF-8 bytes, or a nested JSON value's compact serialization.
+//! - **JSON arrays** are split at top-level commas, so a malformed element is one rejected row
+//!   and the rest still read; an empty slot (`[{…},,{…}]`, a trailing comma) is a `BadJson` row.
+//!   A truncated array or data after the closing `]` fails the dataset after the rows before it.
 
 mod csv;
 mod error;
