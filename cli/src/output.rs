@@ -58,6 +58,7 @@ fn parse_line(text: &str) -> anyhow::Result<Line> {
     let v: Value = serde_json::from_str(text).context("reading a manifest line")?;
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let error = match (s("errorCode"), s("errorMessage")) {
+        (Some(code), Some(message)) if message.starts_with(&code) => Some(message),
         (Some(code), Some(message)) => Some(format!("{code}: {message}")),
         (code, message) => code.or(message),
     };

@@ -1,4 +1,5 @@
 //! End-to-end tests of the rendering engine: bundled templates to real, decodable, non-blank images.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -26,22 +27,36 @@ fn vars(v: Value) -> VariableSet {
 
 /// A colourful PNG (a "product shot": gradient backdrop and a disc) as a data URI.
 fn sample_png(width: u32, height: u32) -> Vec<u8> {
-    let (cx, cy, r) = (width as f32 / 2.0, height as f32 / 2.0, width.min(height) as f32 / 3.0);
+    let (cx, cy, r) = (
+        width as f32 / 2.0,
+        height as f32 / 2.0,
+        width.min(height) as f32 / 3.0,
+    );
     let img = RgbaImage::from_fn(width, height, |x, y| {
         let (fx, fy) = (x as f32, y as f32);
         if (fx - cx).powi(2) + (fy - cy).powi(2) < r * r {
             Rgba([250, 204, 21, 255])
         } else {
-            Rgba([(40.0 + 180.0 * fx / width as f32) as u8, 90, (220.0 - 120.0 * fy / height as f32) as u8, 255])
+            Rgba([
+                (40.0 + 180.0 * fx / width as f32) as u8,
+                90,
+                (220.0 - 120.0 * fy / height as f32) as u8,
+                255,
+            ])
         }
     });
     let mut bytes = Vec::new();
-    DynamicImage::ImageRgba8(img).write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png).unwrap();
+    DynamicImage::ImageRgba8(img)
+        .write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)
+        .unwrap();
     bytes
 }
 
 fn data_uri(png: &[u8]) -> String {
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
 }
 
 /// Realistic variables for each bundled template (the seed guide's examples).
@@ -70,19 +85,32 @@ fn sample_variables(id: &str) -> VariableSet {
     })
 }
 
-async fn render(r: &Renderer, id: &str, v: &VariableSet, format: Format, quality: f64) -> Result<RenderedImage, ItemError> {
+async fn render(
+    r: &Renderer,
+    id: &str,
+    v: &VariableSet,
+    format: Format,
+    quality: f64,
+) -> Result<RenderedImage, ItemError> {
     let store = TemplateStore::bundled();
     let template = store.get(id).expect("bundled template");
     r.render(&template, v, format, quality).await
 }
 
 fn distinct_colours(img: &DynamicImage) -> usize {
-    img.to_rgba8().pixels().map(|p| p.0).collect::<HashSet<_>>().len()
+    img.to_rgba8()
+        .pixels()
+        .map(|p| p.0)
+        .collect::<HashSet<_>>()
+        .len()
 }
 
 /// Pixels in a region bright enough to be white text on the blog card's dark gradient.
 fn bright_pixels(img: &DynamicImage, x: u32, y: u32, w: u32, h: u32) -> usize {
-    img.view(x, y, w, h).pixels().filter(|(_, _, p)| p.0[..3].iter().all(|c| *c > 225)).count()
+    img.view(x, y, w, h)
+        .pixels()
+        .filter(|(_, _, p)| p.0[..3].iter().all(|c| *c > 225))
+        .count()
 }
 
 #[tokio::test]
@@ -90,12 +118,22 @@ async fn every_bundled_template_renders_a_real_png() {
     let r = renderer();
     std::fs::create_dir_all("/tmp/render-samples").unwrap();
     for id in TemplateStore::bundled().ids() {
-        let out = render(&r, id, &sample_variables(id), Format::Png, 1.0).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        let out = render(&r, id, &sample_variables(id), Format::Png, 1.0)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
         let img = image::load_from_memory_with_format(&out.bytes, ImageFormat::Png).unwrap();
         let template = TemplateStore::bundled().get(id).unwrap();
         assert_eq!(img.dimensions(), (template.width, template.height), "{id}");
-        assert_eq!((out.width, out.height), (template.width, template.height), "{id}");
-        assert!(distinct_colours(&img) > 200, "{id} looks blank: {} colours", distinct_colours(&img));
+        assert_eq!(
+            (out.width, out.height),
+            (template.width, template.height),
+            "{id}"
+        );
+        assert!(
+            distinct_colours(&img) > 200,
+            "{id} looks blank: {} colours",
+            distinct_colours(&img)
+        );
         std::fs::write(format!("/tmp/render-samples/{id}.png"), &out.bytes).unwrap();
     }
 }
@@ -103,20 +141,43 @@ async fn every_bundled_template_renders_a_real_png() {
 #[tokio::test]
 async fn blog_card_title_is_visible_text() {
     let r = renderer();
-    let long = render(&r, "tmpl_blog_card", &sample_variables("tmpl_blog_card"), Format::Png, 1.0).await.unwrap();
-    let short_vars = vars(json!({"title": "A", "author": "Alice Johnson", "publishDate": "2026-01-15"}));
-    let short = render(&r, "tmpl_blog_card", &short_vars, Format::Png, 1.0).await.unwrap();
-    let (long, short) = (image::load_from_memory(&long.bytes).unwrap(), image::load_from_memory(&short.bytes).unwrap());
-    let (long_ink, short_ink) = (bright_pixels(&long, 80, 150, 1040, 330), bright_pixels(&short, 80, 150, 1040, 330));
+    let long = render(
+        &r,
+        "tmpl_blog_card",
+        &sample_variables("tmpl_blog_card"),
+        Format::Png,
+        1.0,
+    )
+    .await
+    .unwrap();
+    let short_vars =
+        vars(json!({"title": "A", "author": "Alice Johnson", "publishDate": "2026-01-15"}));
+    let short = render(&r, "tmpl_blog_card", &short_vars, Format::Png, 1.0)
+        .await
+        .unwrap();
+    let (long, short) = (
+        image::load_from_memory(&long.bytes).unwrap(),
+        image::load_from_memory(&short.bytes).unwrap(),
+    );
+    let (long_ink, short_ink) = (
+        bright_pixels(&long, 80, 150, 1040, 330),
+        bright_pixels(&short, 80, 150, 1040, 330),
+    );
     assert!(long_ink > 5_000, "title ink {long_ink}");
-    assert!(long_ink > short_ink * 5, "long {long_ink} vs short {short_ink}");
+    assert!(
+        long_ink > short_ink * 5,
+        "long {long_ink} vs short {short_ink}"
+    );
 }
 
 #[tokio::test]
 async fn jpeg_and_webp_decode_at_template_size() {
     let r = renderer();
     let v = sample_variables("tmpl_blog_card");
-    for (format, kind) in [(Format::Jpeg, ImageFormat::Jpeg), (Format::Webp, ImageFormat::WebP)] {
+    for (format, kind) in [
+        (Format::Jpeg, ImageFormat::Jpeg),
+        (Format::Webp, ImageFormat::WebP),
+    ] {
         let out = render(&r, "tmpl_blog_card", &v, format, 0.8).await.unwrap();
         assert_eq!(out.format, format);
         let img = image::load_from_memory_with_format(&out.bytes, kind).unwrap();
@@ -126,7 +187,15 @@ async fn jpeg_and_webp_decode_at_template_size() {
 
 #[tokio::test]
 async fn gif_output_is_a_gif_of_template_size() {
-    let out = render(&renderer(), "tmpl_blog_card", &sample_variables("tmpl_blog_card"), Format::Gif, 1.0).await.unwrap();
+    let out = render(
+        &renderer(),
+        "tmpl_blog_card",
+        &sample_variables("tmpl_blog_card"),
+        Format::Gif,
+        1.0,
+    )
+    .await
+    .unwrap();
     assert!(out.bytes.starts_with(b"GIF89a"));
     assert_eq!(u16::from_le_bytes([out.bytes[6], out.bytes[7]]), 1200);
     assert_eq!(u16::from_le_bytes([out.bytes[8], out.bytes[9]]), 630);
@@ -136,15 +205,26 @@ async fn gif_output_is_a_gif_of_template_size() {
 async fn lower_jpeg_quality_gives_smaller_files() {
     let r = renderer();
     let v = sample_variables("tmpl_product_card");
-    let low = render(&r, "tmpl_product_card", &v, Format::Jpeg, 0.2).await.unwrap();
-    let high = render(&r, "tmpl_product_card", &v, Format::Jpeg, 0.95).await.unwrap();
-    assert!(low.bytes.len() * 2 < high.bytes.len(), "low {} high {}", low.bytes.len(), high.bytes.len());
+    let low = render(&r, "tmpl_product_card", &v, Format::Jpeg, 0.2)
+        .await
+        .unwrap();
+    let high = render(&r, "tmpl_product_card", &v, Format::Jpeg, 0.95)
+        .await
+        .unwrap();
+    assert!(
+        low.bytes.len() * 2 < high.bytes.len(),
+        "low {} high {}",
+        low.bytes.len(),
+        high.bytes.len()
+    );
 }
 
 #[tokio::test]
 async fn missing_required_variable_is_invalid_variable() {
     let v = vars(json!({"title": "Hi", "publishDate": "2026-01-15"}));
-    let err = render(&renderer(), "tmpl_blog_card", &v, Format::Png, 1.0).await.unwrap_err();
+    let err = render(&renderer(), "tmpl_blog_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::INVALID_VARIABLE);
     assert!(err.message.contains("'author'"), "{}", err.message);
 }
@@ -153,7 +233,15 @@ async fn missing_required_variable_is_invalid_variable() {
 async fn broken_expression_is_expression_error() {
     let dir = fixture_dir(&[("t.html", "<div>{{ title + }}</div>")]);
     let store = TemplateStore::load_dir(dir.path()).unwrap();
-    let err = renderer().render(&store.get("t").unwrap(), &vars(json!({"title": "x"})), Format::Png, 1.0).await.unwrap_err();
+    let err = renderer()
+        .render(
+            &store.get("t").unwrap(),
+            &vars(json!({"title": "x"})),
+            Format::Png,
+            1.0,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::EXPRESSION_ERROR);
     assert!(err.message.contains("title +"), "{}", err.message);
 }
@@ -161,17 +249,31 @@ async fn broken_expression_is_expression_error() {
 #[tokio::test]
 async fn missing_file_image_is_image_fetch_failed() {
     let mut v = sample_variables("tmpl_product_card");
-    v.insert("imageUrl".into(), json!("file:///nonexistent/pictify/shoe.png"));
-    let err = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap_err();
+    v.insert(
+        "imageUrl".into(),
+        json!("file:///nonexistent/pictify/shoe.png"),
+    );
+    let err = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::IMAGE_FETCH_FAILED);
-    assert!(err.message.contains("file:///nonexistent/pictify/shoe.png"), "{}", err.message);
+    assert!(
+        err.message.contains("file:///nonexistent/pictify/shoe.png"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
 async fn undecodable_image_is_image_fetch_failed() {
     let mut v = sample_variables("tmpl_product_card");
-    v.insert("imageUrl".into(), json!("data:image/png;base64,bm90IGFuIGltYWdl"));
-    let err = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap_err();
+    v.insert(
+        "imageUrl".into(),
+        json!("data:image/png;base64,bm90IGFuIGltYWdl"),
+    );
+    let err = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::IMAGE_FETCH_FAILED);
 }
 
@@ -181,41 +283,99 @@ async fn file_image_is_drawn() {
     let path = dir.path().join("shot.png");
     std::fs::write(&path, sample_png(320, 200)).unwrap();
     let mut v = sample_variables("tmpl_product_card");
-    v.insert("imageUrl".into(), json!(format!("file://{}", path.display())));
-    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap();
+    v.insert(
+        "imageUrl".into(),
+        json!(format!("file://{}", path.display())),
+    );
+    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap();
     let img = image::load_from_memory(&out.bytes).unwrap();
     // The disc in the sample shot is pure yellow; it shows up in the middle of the photo area.
-    let yellow = img.view(300, 150, 480, 400).pixels().filter(|(_, _, p)| p.0[..3] == [250, 204, 21]).count();
+    let yellow = img
+        .view(300, 150, 480, 400)
+        .pixels()
+        .filter(|(_, _, p)| p.0[..3] == [250, 204, 21])
+        .count();
     assert!(yellow > 10_000, "yellow pixels: {yellow}");
 }
 
 #[tokio::test]
 async fn data_image_is_drawn() {
-    let out = render(&renderer(), "tmpl_product_card", &sample_variables("tmpl_product_card"), Format::Png, 1.0).await.unwrap();
+    let out = render(
+        &renderer(),
+        "tmpl_product_card",
+        &sample_variables("tmpl_product_card"),
+        Format::Png,
+        1.0,
+    )
+    .await
+    .unwrap();
     let img = image::load_from_memory(&out.bytes).unwrap();
-    let yellow = img.view(300, 150, 480, 400).pixels().filter(|(_, _, p)| p.0[..3] == [250, 204, 21]).count();
+    let yellow = img
+        .view(300, 150, 480, 400)
+        .pixels()
+        .filter(|(_, _, p)| p.0[..3] == [250, 204, 21])
+        .count();
     assert!(yellow > 10_000, "yellow pixels: {yellow}");
 }
 
 #[tokio::test]
 async fn tiny_time_budget_is_render_timeout() {
-    let r = renderer_with(RenderOptions { time_budget: Duration::from_millis(1), ..RenderOptions::default() });
-    let err = render(&r, "tmpl_certificate", &sample_variables("tmpl_certificate"), Format::Png, 1.0).await.unwrap_err();
+    let r = renderer_with(RenderOptions {
+        time_budget: Duration::from_millis(1),
+        ..RenderOptions::default()
+    });
+    let err = render(
+        &r,
+        "tmpl_certificate",
+        &sample_variables("tmpl_certificate"),
+        Format::Png,
+        1.0,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, error_codes::RENDER_TIMEOUT);
 }
 
 #[tokio::test]
 async fn without_rasterizing_variables_are_still_checked_and_a_placeholder_returned() {
-    let r = renderer_with(RenderOptions { rasterize: false, ..RenderOptions::default() });
-    let out = render(&r, "tmpl_certificate", &sample_variables("tmpl_certificate"), Format::Png, 1.0).await.unwrap();
-    assert_eq!(image::load_from_memory(&out.bytes).unwrap().dimensions(), (1600, 1131));
-    let again = render(&r, "tmpl_certificate", &sample_variables("tmpl_certificate"), Format::Png, 1.0).await.unwrap();
+    let r = renderer_with(RenderOptions {
+        rasterize: false,
+        ..RenderOptions::default()
+    });
+    let out = render(
+        &r,
+        "tmpl_certificate",
+        &sample_variables("tmpl_certificate"),
+        Format::Png,
+        1.0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        image::load_from_memory(&out.bytes).unwrap().dimensions(),
+        (1600, 1131)
+    );
+    let again = render(
+        &r,
+        "tmpl_certificate",
+        &sample_variables("tmpl_certificate"),
+        Format::Png,
+        1.0,
+    )
+    .await
+    .unwrap();
     assert_eq!(out.bytes, again.bytes);
-    let err = render(&r, "tmpl_certificate", &vars(json!({})), Format::Png, 1.0).await.unwrap_err();
+    let err = render(&r, "tmpl_certificate", &vars(json!({})), Format::Png, 1.0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::INVALID_VARIABLE);
     let mut v = sample_variables("tmpl_product_card");
     v.insert("imageUrl".into(), json!("file:///nonexistent.png"));
-    let err = render(&r, "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap_err();
+    let err = render(&r, "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, error_codes::IMAGE_FETCH_FAILED);
 }
 
@@ -226,18 +386,34 @@ async fn optional_product_fields_may_be_null() {
         v.insert(key.into(), Value::Null);
     }
     v.insert("price".into(), json!("$19.99"));
-    render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap();
+    render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn text_in_generic_and_unknown_families_is_never_invisible() {
-    for family in ["serif", "monospace", "system-ui", "Helvetica Neue", "cursive"] {
+    for family in [
+        "serif",
+        "monospace",
+        "system-ui",
+        "Helvetica Neue",
+        "cursive",
+    ] {
         let html = format!(
             "<div style=\"width:400px;height:100px;background:#fff;color:#000;font-family:{family};font-size:48px\">Hg 123</div>"
         );
         let dir = fixture_dir(&[("t.html", &html)]);
         let store = TemplateStore::load_dir(dir.path()).unwrap();
-        let out = renderer().render(&store.get("t").unwrap(), &VariableSet::new(), Format::Png, 1.0).await.unwrap();
+        let out = renderer()
+            .render(
+                &store.get("t").unwrap(),
+                &VariableSet::new(),
+                Format::Png,
+                1.0,
+            )
+            .await
+            .unwrap();
         let img = image::load_from_memory(&out.bytes).unwrap();
         let ink = img.pixels().filter(|(_, _, p)| p.0[0] < 100).count();
         assert!(ink > 300, "{family}: only {ink} dark pixels");
@@ -247,7 +423,11 @@ async fn text_in_generic_and_unknown_families_is_never_invisible() {
 /// A temp template directory holding `t.json` (400×100, variable `title`) plus the given files.
 fn fixture_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.json"), r#"{"width":400,"height":100,"variables":[{"name":"title"}]}"#).unwrap();
+    std::fs::write(
+        dir.path().join("t.json"),
+        r#"{"width":400,"height":100,"variables":[{"name":"title"}]}"#,
+    )
+    .unwrap();
     for (name, body) in files {
         std::fs::write(dir.path().join(name), body).unwrap();
     }

@@ -28,7 +28,12 @@ struct Args {
 
 fn variables(i: usize) -> VariableSet {
     let mut v = VariableSet::new();
-    v.insert("title".into(), json!(format!("Benchmarking a browserless renderer, take {i}: flexbox, gradients and text")));
+    v.insert(
+        "title".into(),
+        json!(format!(
+            "Benchmarking a browserless renderer, take {i}: flexbox, gradients and text"
+        )),
+    );
     v.insert("author".into(), json!("Alice Johnson"));
     v.insert("publishDate".into(), json!("2026-01-15"));
     v
@@ -37,7 +42,10 @@ fn variables(i: usize) -> VariableSet {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let format: Format = serde_json::from_value(json!(args.format)).context("unknown --format")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers.max(1)).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let store = TemplateStore::bundled();
         let template = store.get(&args.template).context("unknown --template")?;

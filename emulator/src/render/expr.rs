@@ -74,8 +74,8 @@ enum Token {
 }
 
 const PUNCTS: [&str; 24] = [
-    "===", "!==", "==", "!=", ">=", "<=", "&&", "||", "(", ")", "[", "]", ".", ",", "?", ":", "+", "-", "*", "/",
-    "%", "!", ">", "<",
+    "===", "!==", "==", "!=", ">=", "<=", "&&", "||", "(", ")", "[", "]", ".", ",", "?", ":", "+",
+    "-", "*", "/", "%", "!", ">", "<",
 ];
 
 fn tokenize(src: &str) -> ExprResult<Vec<Token>> {
@@ -84,9 +84,15 @@ fn tokenize(src: &str) -> ExprResult<Vec<Token>> {
     while let Some(c) = rest.chars().next() {
         if c.is_whitespace() {
             rest = &rest[c.len_utf8()..];
-        } else if c.is_ascii_digit() || (c == '.' && rest[1..].starts_with(|d: char| d.is_ascii_digit())) {
-            let end = rest.find(|d: char| !(d.is_ascii_digit() || d == '.')).unwrap_or(rest.len());
-            let n = rest[..end].parse::<f64>().map_err(|_| ExprError::new(format!("invalid number '{}'", &rest[..end])))?;
+        } else if c.is_ascii_digit()
+            || (c == '.' && rest[1..].starts_with(|d: char| d.is_ascii_digit()))
+        {
+            let end = rest
+                .find(|d: char| !(d.is_ascii_digit() || d == '.'))
+                .unwrap_or(rest.len());
+            let n = rest[..end]
+                .parse::<f64>()
+                .map_err(|_| ExprError::new(format!("invalid number '{}'", &rest[..end])))?;
             tokens.push(Token::Num(n));
             rest = &rest[end..];
         } else if c == '\'' || c == '"' {
@@ -94,7 +100,9 @@ fn tokenize(src: &str) -> ExprResult<Vec<Token>> {
             tokens.push(Token::Str(s));
             rest = after;
         } else if c.is_alphabetic() || c == '_' || c == '$' {
-            let end = rest.find(|d: char| !(d.is_alphanumeric() || d == '_' || d == '$')).unwrap_or(rest.len());
+            let end = rest
+                .find(|d: char| !(d.is_alphanumeric() || d == '_' || d == '$'))
+                .unwrap_or(rest.len());
             tokens.push(Token::Ident(rest[..end].to_string()));
             rest = &rest[end..];
         } else if let Some(p) = PUNCTS.iter().find(|p| rest.starts_with(**p)) {
@@ -141,7 +149,10 @@ pub fn parse(src: &str) -> ExprResult<Expr> {
     let expr = parser.ternary()?;
     match parser.peek() {
         None => Ok(expr),
-        Some(t) => Err(ExprError::new(format!("unexpected {} in '{src}'", describe(t)))),
+        Some(t) => Err(ExprError::new(format!(
+            "unexpected {} in '{src}'",
+            describe(t)
+        ))),
     }
 }
 
@@ -184,8 +195,13 @@ impl Parser {
             return Ok(());
         }
         match self.peek() {
-            Some(t) => Err(ExprError::new(format!("expected '{punct}' but found {}", describe(t)))),
-            None => Err(ExprError::new(format!("expected '{punct}' but the expression ended"))),
+            Some(t) => Err(ExprError::new(format!(
+                "expected '{punct}' but found {}",
+                describe(t)
+            ))),
+            None => Err(ExprError::new(format!(
+                "expected '{punct}' but the expression ended"
+            ))),
         }
     }
 
@@ -197,7 +213,11 @@ impl Parser {
         let then = self.ternary()?;
         self.expect(":")?;
         let otherwise = self.ternary()?;
-        Ok(Expr::Ternary(Box::new(cond), Box::new(then), Box::new(otherwise)))
+        Ok(Expr::Ternary(
+            Box::new(cond),
+            Box::new(then),
+            Box::new(otherwise),
+        ))
     }
 
     /// Precedence climbing over the binary operator levels, loosest first.
@@ -206,9 +226,18 @@ impl Parser {
             &[("||", BinaryOp::Or)],
             &[("&&", BinaryOp::And)],
             &[("==", BinaryOp::Eq), ("!=", BinaryOp::Ne)],
-            &[(">=", BinaryOp::Ge), ("<=", BinaryOp::Le), (">", BinaryOp::Gt), ("<", BinaryOp::Lt)],
+            &[
+                (">=", BinaryOp::Ge),
+                ("<=", BinaryOp::Le),
+                (">", BinaryOp::Gt),
+                ("<", BinaryOp::Lt),
+            ],
             &[("+", BinaryOp::Add), ("-", BinaryOp::Sub)],
-            &[("*", BinaryOp::Mul), ("/", BinaryOp::Div), ("%", BinaryOp::Rem)],
+            &[
+                ("*", BinaryOp::Mul),
+                ("/", BinaryOp::Div),
+                ("%", BinaryOp::Rem),
+            ],
         ];
         let Some(ops) = LEVELS.get(level) else {
             return self.unary();
@@ -227,7 +256,11 @@ impl Parser {
     }
 
     fn unary(&mut self) -> ExprResult<Expr> {
-        for (punct, op) in [("!", UnaryOp::Not), ("-", UnaryOp::Neg), ("+", UnaryOp::Plus)] {
+        for (punct, op) in [
+            ("!", UnaryOp::Not),
+            ("-", UnaryOp::Neg),
+            ("+", UnaryOp::Plus),
+        ] {
             if self.eat(punct) {
                 return Ok(Expr::Unary(op, Box::new(self.unary()?)));
             }
@@ -241,7 +274,10 @@ impl Parser {
             if self.eat(".") {
                 match self.next() {
                     Some(Token::Ident(name)) => {
-                        expr = Expr::Member(Box::new(expr), Box::new(Expr::Literal(Value::String(name))));
+                        expr = Expr::Member(
+                            Box::new(expr),
+                            Box::new(Expr::Literal(Value::String(name))),
+                        );
                     }
                     _ => return Err(ExprError::new("expected a property name after '.'")),
                 }
@@ -340,7 +376,11 @@ pub fn to_number(v: &Value) -> Option<f64> {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => {
             let t = s.trim();
-            if t.is_empty() { Some(0.0) } else { t.parse().ok() }
+            if t.is_empty() {
+                Some(0.0)
+            } else {
+                t.parse().ok()
+            }
         }
         Value::Array(_) | Value::Object(_) => None,
     }
@@ -350,8 +390,14 @@ pub fn to_number(v: &Value) -> Option<f64> {
 pub fn eval(expr: &Expr, scope: &dyn Scope) -> ExprResult<Value> {
     match expr {
         Expr::Literal(v) => Ok(v.clone()),
-        Expr::Ident(name) => scope.lookup(name).ok_or_else(|| ExprError::new(format!("undefined variable '{name}'"))),
-        Expr::Array(items) => items.iter().map(|e| eval(e, scope)).collect::<ExprResult<Vec<_>>>().map(Value::Array),
+        Expr::Ident(name) => scope
+            .lookup(name)
+            .ok_or_else(|| ExprError::new(format!("undefined variable '{name}'"))),
+        Expr::Array(items) => items
+            .iter()
+            .map(|e| eval(e, scope))
+            .collect::<ExprResult<Vec<_>>>()
+            .map(Value::Array),
         Expr::Member(target, key) => {
             let target = eval(target, scope)?;
             let key = eval(key, scope)?;
@@ -363,7 +409,9 @@ pub fn eval(expr: &Expr, scope: &dyn Scope) -> ExprResult<Value> {
             match op {
                 UnaryOp::Not => Ok(Value::Bool(!truthy(&v))),
                 UnaryOp::Neg | UnaryOp::Plus => {
-                    let n = to_number(&v).ok_or_else(|| ExprError::new(format!("cannot negate {}", type_name(&v))))?;
+                    let n = to_number(&v).ok_or_else(|| {
+                        ExprError::new(format!("cannot negate {}", type_name(&v)))
+                    })?;
                     number(if *op == UnaryOp::Neg { -n } else { n })
                 }
             }
@@ -408,10 +456,14 @@ fn member(target: &Value, key: &Value) -> Value {
         (Value::Object(map), key) => map.get(&to_display(key)).cloned().unwrap_or(Value::Null),
         (Value::Array(items), Value::String(k)) if k == "length" => Value::from(items.len()),
         (Value::String(s), Value::String(k)) if k == "length" => Value::from(s.chars().count()),
-        (Value::Array(items), key) => index(key).and_then(|i| items.get(i)).cloned().unwrap_or(Value::Null),
-        (Value::String(s), key) => {
-            index(key).and_then(|i| s.chars().nth(i)).map(|c| Value::String(c.to_string())).unwrap_or(Value::Null)
-        }
+        (Value::Array(items), key) => index(key)
+            .and_then(|i| items.get(i))
+            .cloned()
+            .unwrap_or(Value::Null),
+        (Value::String(s), key) => index(key)
+            .and_then(|i| s.chars().nth(i))
+            .map(|c| Value::String(c.to_string()))
+            .unwrap_or(Value::Null),
         _ => Value::Null,
     }
 }
@@ -436,11 +488,17 @@ fn binary(op: BinaryOp, l: &Value, r: &Value) -> ExprResult<Value> {
     let numbers = |what: &str| -> ExprResult<(f64, f64)> {
         match (to_number(l), to_number(r)) {
             (Some(a), Some(b)) => Ok((a, b)),
-            _ => Err(ExprError::new(format!("cannot {what} {} and {}", type_name(l), type_name(r)))),
+            _ => Err(ExprError::new(format!(
+                "cannot {what} {} and {}",
+                type_name(l),
+                type_name(r)
+            ))),
         }
     };
     match op {
-        BinaryOp::Add if l.is_string() || r.is_string() => Ok(Value::String(to_display(l) + &to_display(r))),
+        BinaryOp::Add if l.is_string() || r.is_string() => {
+            Ok(Value::String(to_display(l) + &to_display(r)))
+        }
         BinaryOp::Add => numbers("add").and_then(|(a, b)| number(a + b)),
         BinaryOp::Sub => numbers("subtract").and_then(|(a, b)| number(a - b)),
         BinaryOp::Mul => numbers("multiply").and_then(|(a, b)| number(a * b)),
@@ -461,7 +519,9 @@ fn binary(op: BinaryOp, l: &Value, r: &Value) -> ExprResult<Value> {
                     a.partial_cmp(&b)
                 }
             };
-            let Some(ord) = ord else { return Ok(Value::Bool(false)) };
+            let Some(ord) = ord else {
+                return Ok(Value::Bool(false));
+            };
             Ok(Value::Bool(match op {
                 BinaryOp::Lt => ord.is_lt(),
                 BinaryOp::Le => ord.is_le(),
@@ -469,7 +529,9 @@ fn binary(op: BinaryOp, l: &Value, r: &Value) -> ExprResult<Value> {
                 _ => ord.is_ge(),
             }))
         }
-        BinaryOp::And | BinaryOp::Or => Err(ExprError::new("internal: logical operators short-circuit")),
+        BinaryOp::And | BinaryOp::Or => {
+            Err(ExprError::new("internal: logical operators short-circuit"))
+        }
     }
 }
 
@@ -490,6 +552,7 @@ pub fn evaluate(src: &str, scope: &dyn Scope) -> ExprResult<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use serde_json::json;
 
@@ -586,7 +649,13 @@ mod tests {
     #[test]
     fn lenient_evaluation_tolerates_undefined_names() {
         let scope = vars();
-        assert_eq!(eval_lenient(&parse("ghost.name").unwrap(), &scope).unwrap(), None);
-        assert_eq!(eval_lenient(&parse("user.name").unwrap(), &scope).unwrap(), Some(json!("Zoë")));
+        assert_eq!(
+            eval_lenient(&parse("ghost.name").unwrap(), &scope).unwrap(),
+            None
+        );
+        assert_eq!(
+            eval_lenient(&parse("user.name").unwrap(), &scope).unwrap(),
+            Some(json!("Zoë"))
+        );
     }
 }

@@ -4,15 +4,52 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
 use serde_json::Value;
 
 use super::expr::{
-    Expr, ExprError, ExprResult, Scope, eval, eval_lenient, loose_eq, number, to_display, to_number, type_name,
+    Expr, ExprError, ExprResult, Scope, eval, eval_lenient, loose_eq, number, to_display,
+    to_number, type_name,
 };
 
 /// Every function name the parser accepts.
 pub const NAMES: &[&str] = &[
-    "uppercase", "lowercase", "capitalize", "titleCase", "trim", "truncate", "replace", "split", "padStart",
-    "padEnd", "round", "floor", "ceil", "abs", "min", "max", "sum", "average", "currency", "number", "percent",
-    "date", "time", "length", "first", "last", "join", "slice", "contains", "indexOf", "isEmpty", "isNotEmpty",
-    "isDefined", "isArray", "isString", "isNumber", "default", "coalesce", "json", "parseJson",
+    "uppercase",
+    "lowercase",
+    "capitalize",
+    "titleCase",
+    "trim",
+    "truncate",
+    "replace",
+    "split",
+    "padStart",
+    "padEnd",
+    "round",
+    "floor",
+    "ceil",
+    "abs",
+    "min",
+    "max",
+    "sum",
+    "average",
+    "currency",
+    "number",
+    "percent",
+    "date",
+    "time",
+    "length",
+    "first",
+    "last",
+    "join",
+    "slice",
+    "contains",
+    "indexOf",
+    "isEmpty",
+    "isNotEmpty",
+    "isDefined",
+    "isArray",
+    "isString",
+    "isNumber",
+    "default",
+    "coalesce",
+    "json",
+    "parseJson",
 ];
 
 pub fn exists(name: &str) -> bool {
@@ -24,10 +61,16 @@ const LENIENT: &[&str] = &["isDefined", "isEmpty", "isNotEmpty", "default", "coa
 
 pub fn call(name: &str, args: &[Expr], scope: &dyn Scope) -> ExprResult<Value> {
     if LENIENT.contains(&name) {
-        let vals = args.iter().map(|a| eval_lenient(a, scope)).collect::<ExprResult<Vec<_>>>()?;
+        let vals = args
+            .iter()
+            .map(|a| eval_lenient(a, scope))
+            .collect::<ExprResult<Vec<_>>>()?;
         return lenient(name, &vals);
     }
-    let vals = args.iter().map(|a| eval(a, scope)).collect::<ExprResult<Vec<_>>>()?;
+    let vals = args
+        .iter()
+        .map(|a| eval(a, scope))
+        .collect::<ExprResult<Vec<_>>>()?;
     Args { name, vals: &vals }.dispatch()
 }
 
@@ -51,7 +94,10 @@ fn lenient(name: &str, vals: &[Option<Value>]) -> ExprResult<Value> {
         if vals.len() == n {
             Ok(())
         } else {
-            Err(ExprError::new(format!("{name}() takes {n} argument(s), got {}", vals.len())))
+            Err(ExprError::new(format!(
+                "{name}() takes {n} argument(s), got {}",
+                vals.len()
+            )))
         }
     };
     match name {
@@ -62,9 +108,18 @@ fn lenient(name: &str, vals: &[Option<Value>]) -> ExprResult<Value> {
             arity(2)?;
             let v = arg(0);
             let blank = matches!(&v, Some(Value::String(s)) if s.is_empty());
-            Ok(if present(&v) && !blank { v.unwrap_or(Value::Null) } else { arg(1).unwrap_or(Value::Null) })
+            Ok(if present(&v) && !blank {
+                v.unwrap_or(Value::Null)
+            } else {
+                arg(1).unwrap_or(Value::Null)
+            })
         }
-        _ => Ok(vals.iter().flatten().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null)),
+        _ => Ok(vals
+            .iter()
+            .flatten()
+            .find(|v| !v.is_null())
+            .cloned()
+            .unwrap_or(Value::Null)),
     }
 }
 
@@ -82,7 +137,11 @@ impl Args<'_> {
     fn arity(&self, min: usize, max: usize) -> ExprResult<()> {
         let n = self.vals.len();
         if n < min || n > max {
-            let want = if min == max { min.to_string() } else { format!("{min} to {max}") };
+            let want = if min == max {
+                min.to_string()
+            } else {
+                format!("{min} to {max}")
+            };
             return Err(self.err(format!("takes {want} argument(s), got {n}")));
         }
         Ok(())
@@ -102,7 +161,11 @@ impl Args<'_> {
     }
 
     fn opt_num(&self, i: usize) -> ExprResult<Option<f64>> {
-        if self.get(i).is_null() { Ok(None) } else { self.num(i).map(Some) }
+        if self.get(i).is_null() {
+            Ok(None)
+        } else {
+            self.num(i).map(Some)
+        }
     }
 
     fn int(&self, i: usize) -> ExprResult<i64> {
@@ -117,29 +180,53 @@ impl Args<'_> {
         };
         items
             .iter()
-            .map(|v| to_number(v).ok_or_else(|| self.err(format!("expected numbers, got {}", type_name(v)))))
+            .map(|v| {
+                to_number(v)
+                    .ok_or_else(|| self.err(format!("expected numbers, got {}", type_name(v))))
+            })
             .collect()
     }
 
     fn dispatch(&self) -> ExprResult<Value> {
         let s = |v: String| Ok(Value::String(v));
         match self.name {
-            "uppercase" => self.arity(1, 1).and_then(|()| s(self.str(0).to_uppercase())),
-            "lowercase" => self.arity(1, 1).and_then(|()| s(self.str(0).to_lowercase())),
+            "uppercase" => self
+                .arity(1, 1)
+                .and_then(|()| s(self.str(0).to_uppercase())),
+            "lowercase" => self
+                .arity(1, 1)
+                .and_then(|()| s(self.str(0).to_lowercase())),
             "capitalize" => self.arity(1, 1).and_then(|()| s(capitalize(&self.str(0)))),
             "titleCase" => self.arity(1, 1).and_then(|()| {
-                s(self.str(0).split(' ').map(|w| capitalize(&w.to_lowercase())).collect::<Vec<_>>().join(" "))
+                s(self
+                    .str(0)
+                    .split(' ')
+                    .map(|w| capitalize(&w.to_lowercase()))
+                    .collect::<Vec<_>>()
+                    .join(" "))
             }),
-            "trim" => self.arity(1, 1).and_then(|()| s(self.str(0).trim().to_string())),
+            "trim" => self
+                .arity(1, 1)
+                .and_then(|()| s(self.str(0).trim().to_string())),
             "truncate" => {
                 self.arity(2, 3)?;
                 let text = self.str(0);
                 let max = usize::try_from(self.int(1)?).unwrap_or(0);
-                let suffix = if self.vals.len() > 2 { self.str(2) } else { "...".into() };
+                let suffix = if self.vals.len() > 2 {
+                    self.str(2)
+                } else {
+                    "...".into()
+                };
                 if text.chars().count() <= max {
                     return s(text);
                 }
-                s(text.chars().take(max).collect::<String>().trim_end().to_string() + &suffix)
+                s(text
+                    .chars()
+                    .take(max)
+                    .collect::<String>()
+                    .trim_end()
+                    .to_string()
+                    + &suffix)
             }
             "replace" => {
                 self.arity(3, 3)?;
@@ -151,12 +238,18 @@ impl Args<'_> {
             }
             "split" => {
                 self.arity(1, 2)?;
-                let sep = if self.vals.len() > 1 { self.str(1) } else { ",".into() };
+                let sep = if self.vals.len() > 1 {
+                    self.str(1)
+                } else {
+                    ",".into()
+                };
                 let text = self.str(0);
                 let parts: Vec<Value> = if sep.is_empty() {
                     text.chars().map(|c| Value::String(c.to_string())).collect()
                 } else {
-                    text.split(sep.as_str()).map(|p| Value::String(p.to_string())).collect()
+                    text.split(sep.as_str())
+                        .map(|p| Value::String(p.to_string()))
+                        .collect()
                 };
                 Ok(Value::Array(parts))
             }
@@ -164,13 +257,21 @@ impl Args<'_> {
                 self.arity(2, 3)?;
                 let text = self.str(0);
                 let width = usize::try_from(self.int(1)?).unwrap_or(0).min(10_000);
-                let fill = if self.vals.len() > 2 { self.str(2) } else { " ".into() };
+                let fill = if self.vals.len() > 2 {
+                    self.str(2)
+                } else {
+                    " ".into()
+                };
                 let missing = width.saturating_sub(text.chars().count());
                 if missing == 0 || fill.is_empty() {
                     return s(text);
                 }
                 let pad: String = fill.chars().cycle().take(missing).collect();
-                s(if self.name == "padStart" { pad + &text } else { text + &pad })
+                s(if self.name == "padStart" {
+                    pad + &text
+                } else {
+                    text + &pad
+                })
             }
             "round" => {
                 self.arity(1, 2)?;
@@ -184,7 +285,11 @@ impl Args<'_> {
             "min" | "max" | "sum" | "average" => {
                 let nums = self.numbers()?;
                 if nums.is_empty() {
-                    return if self.name == "sum" { number(0.0) } else { Ok(Value::Null) };
+                    return if self.name == "sum" {
+                        number(0.0)
+                    } else {
+                        Ok(Value::Null)
+                    };
                 }
                 let total: f64 = nums.iter().sum();
                 number(match self.name {
@@ -196,7 +301,11 @@ impl Args<'_> {
             }
             "currency" => {
                 self.arity(1, 2)?;
-                let code = if self.vals.len() > 1 { self.str(1).to_uppercase() } else { "USD".into() };
+                let code = if self.vals.len() > 1 {
+                    self.str(1).to_uppercase()
+                } else {
+                    "USD".into()
+                };
                 s(currency(self.num(0)?, &code))
             }
             "number" => {
@@ -210,11 +319,18 @@ impl Args<'_> {
             "percent" => {
                 self.arity(1, 2)?;
                 let digits = self.opt_num(1)?.unwrap_or(0.0).clamp(0.0, 12.0) as usize;
-                s(format!("{}%", group_thousands(self.num(0)? * 100.0, digits)))
+                s(format!(
+                    "{}%",
+                    group_thousands(self.num(0)? * 100.0, digits)
+                ))
             }
             "date" => {
                 self.arity(1, 2)?;
-                let fmt = if self.vals.len() > 1 { self.str(1) } else { "MMM D, YYYY".into() };
+                let fmt = if self.vals.len() > 1 {
+                    self.str(1)
+                } else {
+                    "MMM D, YYYY".into()
+                };
                 // Datasets often carry dates already formatted ("January 29, 2026"): show those as given.
                 match parse_datetime(self.get(0)) {
                     Some(dt) => s(format_datetime(&dt, &fmt)),
@@ -223,7 +339,11 @@ impl Args<'_> {
             }
             "time" => {
                 self.arity(1, 2)?;
-                let fmt = if self.vals.len() > 1 { self.str(1) } else { "h:mm A".into() };
+                let fmt = if self.vals.len() > 1 {
+                    self.str(1)
+                } else {
+                    "h:mm A".into()
+                };
                 match parse_datetime(self.get(0)) {
                     Some(dt) => s(format_datetime(&dt, &fmt)),
                     None => s(self.str(0)),
@@ -240,19 +360,32 @@ impl Args<'_> {
             }
             "first" | "last" => {
                 self.arity(1, 1)?;
-                let pick = |len: usize| if self.name == "first" { 0 } else { len.saturating_sub(1) };
+                let pick = |len: usize| {
+                    if self.name == "first" {
+                        0
+                    } else {
+                        len.saturating_sub(1)
+                    }
+                };
                 Ok(match self.get(0) {
                     Value::Array(a) => a.get(pick(a.len())).cloned().unwrap_or(Value::Null),
                     Value::String(t) => {
                         let chars: Vec<char> = t.chars().collect();
-                        chars.get(pick(chars.len())).map(|c| Value::String(c.to_string())).unwrap_or(Value::Null)
+                        chars
+                            .get(pick(chars.len()))
+                            .map(|c| Value::String(c.to_string()))
+                            .unwrap_or(Value::Null)
                     }
                     _ => Value::Null,
                 })
             }
             "join" => {
                 self.arity(1, 2)?;
-                let sep = if self.vals.len() > 1 { self.str(1) } else { ", ".into() };
+                let sep = if self.vals.len() > 1 {
+                    self.str(1)
+                } else {
+                    ", ".into()
+                };
                 match self.get(0) {
                     Value::Array(a) => s(a.iter().map(to_display).collect::<Vec<_>>().join(&sep)),
                     other => s(to_display(other)),
@@ -281,7 +414,8 @@ impl Args<'_> {
                     Value::Array(a) => a.iter().position(|v| loose_eq(v, needle)),
                     other => {
                         let hay = to_display(other);
-                        hay.find(&to_display(needle)).map(|byte| hay[..byte].chars().count())
+                        hay.find(&to_display(needle))
+                            .map(|byte| hay[..byte].chars().count())
                     }
                 };
                 Ok(if self.name == "contains" {
@@ -290,13 +424,20 @@ impl Args<'_> {
                     pos.map_or(Value::from(-1), Value::from)
                 })
             }
-            "isArray" => self.arity(1, 1).map(|()| Value::Bool(self.get(0).is_array())),
-            "isString" => self.arity(1, 1).map(|()| Value::Bool(self.get(0).is_string())),
-            "isNumber" => self.arity(1, 1).map(|()| Value::Bool(self.get(0).is_number())),
+            "isArray" => self
+                .arity(1, 1)
+                .map(|()| Value::Bool(self.get(0).is_array())),
+            "isString" => self
+                .arity(1, 1)
+                .map(|()| Value::Bool(self.get(0).is_string())),
+            "isNumber" => self
+                .arity(1, 1)
+                .map(|()| Value::Bool(self.get(0).is_number())),
             "json" => self.arity(1, 1).and_then(|()| s(self.get(0).to_string())),
             "parseJson" => {
                 self.arity(1, 1)?;
-                serde_json::from_str(&self.str(0)).map_err(|e| self.err(format!("invalid JSON: {e}")))
+                serde_json::from_str(&self.str(0))
+                    .map_err(|e| self.err(format!("invalid JSON: {e}")))
             }
             other => Err(ExprError::new(format!("unknown function '{other}'"))),
         }
@@ -333,12 +474,24 @@ fn group_thousands(n: f64, digits: usize) -> String {
         }
         grouped.push(c);
     }
-    let sign = if n < 0.0 && fixed.chars().any(|c| c.is_ascii_digit() && c != '0') { "-" } else { "" };
-    if frac.is_empty() { format!("{sign}{grouped}") } else { format!("{sign}{grouped}.{frac}") }
+    let sign = if n < 0.0 && fixed.chars().any(|c| c.is_ascii_digit() && c != '0') {
+        "-"
+    } else {
+        ""
+    };
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
 }
 
 fn trim_fraction(s: String) -> String {
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 fn currency(n: f64, code: &str) -> String {
@@ -356,13 +509,19 @@ fn currency(n: f64, code: &str) -> String {
     };
     let amount = group_thousands(n.abs(), digits);
     let sign = if n < 0.0 { "-" } else { "" };
-    if symbol.is_empty() { format!("{sign}{code} {amount}") } else { format!("{sign}{symbol}{amount}") }
+    if symbol.is_empty() {
+        format!("{sign}{code} {amount}")
+    } else {
+        format!("{sign}{symbol}{amount}")
+    }
 }
 
 /// Dates arrive as ISO-8601 strings (date or date-time) or epoch milliseconds.
 fn parse_datetime(v: &Value) -> Option<NaiveDateTime> {
     match v {
-        Value::Number(n) => DateTime::from_timestamp_millis(n.as_f64()? as i64).map(|d| d.naive_utc()),
+        Value::Number(n) => {
+            DateTime::from_timestamp_millis(n.as_f64()? as i64).map(|d| d.naive_utc())
+        }
         Value::String(s) => {
             let s = s.trim();
             DateTime::parse_from_rfc3339(s)
@@ -371,26 +530,51 @@ fn parse_datetime(v: &Value) -> Option<NaiveDateTime> {
                 .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok())
                 .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok())
                 .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M").ok())
-                .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+                .or_else(|| {
+                    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
         }
         _ => None,
     }
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Moment/dayjs-style tokens (`YYYY MMMM MMM MM M DD D dddd ddd HH H hh h mm ss A a`); `[text]` is literal.
 fn format_datetime(dt: &NaiveDateTime, fmt: &str) -> String {
     const TOKENS: [&str; 19] = [
-        "YYYY", "YY", "MMMM", "MMM", "MM", "M", "DD", "D", "dddd", "ddd", "HH", "H", "hh", "h", "mm", "m", "ss",
-        "A", "a",
+        "YYYY", "YY", "MMMM", "MMM", "MM", "M", "DD", "D", "dddd", "ddd", "HH", "H", "hh", "h",
+        "mm", "m", "ss", "A", "a",
     ];
     let month = MONTHS.get(dt.month0() as usize).copied().unwrap_or("");
-    let weekday = WEEKDAYS.get(dt.weekday().num_days_from_monday() as usize).copied().unwrap_or("");
+    let weekday = WEEKDAYS
+        .get(dt.weekday().num_days_from_monday() as usize)
+        .copied()
+        .unwrap_or("");
     let hour12 = match dt.hour() % 12 {
         0 => 12,
         h => h,
@@ -439,6 +623,7 @@ fn format_datetime(dt: &NaiveDateTime, fmt: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use serde_json::{Map, json};
 
@@ -509,7 +694,10 @@ mod tests {
             ("percent(0.256)", json!("26%")),
             ("percent(0.256, 1)", json!("25.6%")),
             ("date(when)", json!("Mar 7, 2026")),
-            ("date(when, 'dddd, MMMM D YYYY')", json!("Saturday, March 7 2026")),
+            (
+                "date(when, 'dddd, MMMM D YYYY')",
+                json!("Saturday, March 7 2026"),
+            ),
             ("date('2026-01-02', 'DD/MM/YY')", json!("02/01/26")),
             ("date(0, 'YYYY-MM-DD')", json!("1970-01-01")),
             ("time(when)", json!("3:04 PM")),

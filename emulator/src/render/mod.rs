@@ -44,7 +44,11 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { time_budget: Duration::from_secs(30), fetch_timeout: Duration::from_secs(10), rasterize: true }
+        Self {
+            time_budget: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            rasterize: true,
+        }
     }
 }
 
@@ -65,13 +69,16 @@ pub struct ItemError {
     pub message: String,
 }
 
+/// Width, height and format of a cached placeholder image.
+type PlaceholderKey = (u32, u32, Format);
+
 /// Renders items; cheap to share behind an `Arc`.
 pub struct Renderer {
     options: RenderOptions,
     engine: Arc<raster::Engine>,
     client: reqwest::Client,
     image_cache: Arc<Mutex<HashMap<String, ImageSource>>>,
-    placeholders: Mutex<HashMap<(u32, u32, Format), Arc<Vec<u8>>>>,
+    placeholders: Mutex<HashMap<PlaceholderKey, Arc<Vec<u8>>>>,
 }
 
 impl Renderer {
@@ -107,12 +114,17 @@ impl Renderer {
         let html = substitute::render_html(&template.html, &scope)?;
         let budget = self.options.time_budget;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(budget, self.rasterize(html, template, format, quality)).await;
+        let result =
+            tokio::time::timeout(budget, self.rasterize(html, template, format, quality)).await;
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(_) => Err(ItemError {
                 code: error_codes::RENDER_TIMEOUT,
-                message: format!("render of '{}' exceeded the {} ms budget", template.id, budget.as_millis()),
+                message: format!(
+                    "render of '{}' exceeded the {} ms budget",
+                    template.id,
+                    budget.as_millis()
+                ),
             }),
         };
         match &outcome {
@@ -120,7 +132,9 @@ impl Renderer {
                 template = %template.id, format = format.as_str(), bytes = image.bytes.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64, "rendered"
             ),
-            Err(e) => tracing::debug!(template = %template.id, code = e.code, error = %e.message, "render failed"),
+            Err(e) => {
+                tracing::debug!(template = %template.id, code = e.code, error = %e.message, "render failed")
+            }
         }
         outcome
     }
@@ -144,7 +158,12 @@ impl Renderer {
                 }
             }
             let bytes = self.placeholder(width, height, format)?;
-            return Ok(RenderedImage { bytes: bytes.to_vec(), width, height, format });
+            return Ok(RenderedImage {
+                bytes: bytes.to_vec(),
+                width,
+                height,
+                format,
+            });
         }
         let engine = Arc::clone(&self.engine);
         let cache = Arc::clone(&self.image_cache);
@@ -154,8 +173,9 @@ impl Renderer {
                 let source = match loaded {
                     Loaded::Cached(hit) => hit,
                     Loaded::Bytes(bytes) => {
-                        let source = ImageSource::from_bytes(&bytes)
-                            .map_err(|e| images::fetch_failed(&src, format!("cannot decode: {e}")))?;
+                        let source = ImageSource::from_bytes(&bytes).map_err(|e| {
+                            images::fetch_failed(&src, format!("cannot decode: {e}"))
+                        })?;
                         if matches!(images::classify(&src), Ok(images::SrcKind::Http)) {
                             remember_image(&cache, &src, &source);
                         }
@@ -164,11 +184,21 @@ impl Renderer {
                 };
                 decoded.insert(Arc::from(src.as_str()), source);
             }
-            let bitmap = engine.render(&html, width, height, decoded).map_err(render_failed)?;
+            let bitmap = engine
+                .render(&html, width, height, decoded)
+                .map_err(render_failed)?;
             raster::encode(bitmap, format, quality).map_err(render_failed)
         });
-        let bytes = task.await.map_err(|e| ItemError { code: RENDER_FAILED, message: format!("render task failed: {e}") })??;
-        Ok(RenderedImage { bytes, width, height, format })
+        let bytes = task.await.map_err(|e| ItemError {
+            code: RENDER_FAILED,
+            message: format!("render task failed: {e}"),
+        })??;
+        Ok(RenderedImage {
+            bytes,
+            width,
+            height,
+            format,
+        })
     }
 
     /// Fetches every image the HTML references, concurrently.
@@ -184,9 +214,19 @@ impl Renderer {
         futures::future::try_join_all(fetches).await
     }
 
-    fn placeholder(&self, width: u32, height: u32, format: Format) -> Result<Arc<Vec<u8>>, ItemError> {
+    fn placeholder(
+        &self,
+        width: u32,
+        height: u32,
+        format: Format,
+    ) -> Result<Arc<Vec<u8>>, ItemError> {
         let key = (width, height, format);
-        if let Some(hit) = self.placeholders.lock().ok().and_then(|map| map.get(&key).cloned()) {
+        if let Some(hit) = self
+            .placeholders
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&key).cloned())
+        {
             return Ok(hit);
         }
         let bytes = Arc::new(raster::placeholder(width, height, format).map_err(render_failed)?);
@@ -204,7 +244,10 @@ enum Loaded {
 }
 
 fn render_failed(e: raster::RasterError) -> ItemError {
-    ItemError { code: RENDER_FAILED, message: e.to_string() }
+    ItemError {
+        code: RENDER_FAILED,
+        message: e.to_string(),
+    }
 }
 
 fn cached_image(cache: &Mutex<HashMap<String, ImageSource>>, src: &str) -> Option<ImageSource> {

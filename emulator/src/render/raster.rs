@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use shared::pictify::wire::Format;
 use takumi::prelude::{
-    AnimatedGifOptions, AnimationFrame, Bitmap, FontOverride, FontResource, Fonts, FromHtml, FromHtmlOptions,
-    FontSource, GenericFamily, ImageSource, Node, OutputFormat, Quality, RenderOptions as TakumiOptions, StyleSheet, Viewport,
+    AnimatedGifOptions, AnimationFrame, Bitmap, FontOverride, FontResource, FontSource, Fonts,
+    FromHtml, FromHtmlOptions, GenericFamily, ImageSource, Node, OutputFormat, Quality,
+    RenderOptions as TakumiOptions, StyleSheet, Viewport,
 };
 
 /// Why the engine could not produce an image (not a user error: the caller maps it to an item error).
@@ -20,7 +21,10 @@ pub enum RasterError {
     #[error("layout/raster failed: {0}")]
     Render(String),
     #[error("{format} encoding failed: {message}")]
-    Encode { format: &'static str, message: String },
+    Encode {
+        format: &'static str,
+        message: String,
+    },
 }
 
 /// CSS placed before every template's own, so templates behave as in a browser and text is never fontless.
@@ -41,23 +45,55 @@ impl Engine {
         // Registration order is also the fallback order for unknown families: sans first.
         let faces: [(&'static str, &'static [u8], GenericFamily, Option<&str>); 8] = [
             ("DejaVuSans.ttf", SANS, GenericFamily::SANS_SERIF, None),
-            ("DejaVuSans-Bold.ttf", SANS_BOLD, GenericFamily::SANS_SERIF, None),
+            (
+                "DejaVuSans-Bold.ttf",
+                SANS_BOLD,
+                GenericFamily::SANS_SERIF,
+                None,
+            ),
             ("DejaVuSerif.ttf", SERIF, GenericFamily::SERIF, None),
             ("DejaVuSansMono.ttf", MONO, GenericFamily::MONOSPACE, None),
             // A face joins one generic family per registration, and re-registering under the same family
             // name is a no-op, so the UI generics get aliases of the sans faces.
-            ("DejaVuSans.ttf", SANS, GenericFamily::SYSTEM_UI, Some("DejaVu Sans UI")),
-            ("DejaVuSans-Bold.ttf", SANS_BOLD, GenericFamily::SYSTEM_UI, Some("DejaVu Sans UI")),
-            ("DejaVuSans.ttf", SANS, GenericFamily::UI_SANS_SERIF, Some("DejaVu Sans UI Sans")),
-            ("DejaVuSans-Bold.ttf", SANS_BOLD, GenericFamily::UI_SANS_SERIF, Some("DejaVu Sans UI Sans")),
+            (
+                "DejaVuSans.ttf",
+                SANS,
+                GenericFamily::SYSTEM_UI,
+                Some("DejaVu Sans UI"),
+            ),
+            (
+                "DejaVuSans-Bold.ttf",
+                SANS_BOLD,
+                GenericFamily::SYSTEM_UI,
+                Some("DejaVu Sans UI"),
+            ),
+            (
+                "DejaVuSans.ttf",
+                SANS,
+                GenericFamily::UI_SANS_SERIF,
+                Some("DejaVu Sans UI Sans"),
+            ),
+            (
+                "DejaVuSans-Bold.ttf",
+                SANS_BOLD,
+                GenericFamily::UI_SANS_SERIF,
+                Some("DejaVu Sans UI Sans"),
+            ),
         ];
         let mut fonts = Fonts::default();
         for (font, bytes, generic, alias) in faces {
-            let mut resource = FontResource::new(FontSource::from_static(bytes)).generic_family(generic);
+            let mut resource =
+                FontResource::new(FontSource::from_static(bytes)).generic_family(generic);
             if let Some(alias) = alias {
-                resource = resource.override_info(FontOverride { family_name: Some(alias.into()), ..Default::default() });
+                resource = resource.override_info(FontOverride {
+                    family_name: Some(alias.into()),
+                    ..Default::default()
+                });
             }
-            fonts.register(resource).map_err(|e| RasterError::Font { font, message: e.to_string() })?;
+            fonts.register(resource).map_err(|e| RasterError::Font {
+                font,
+                message: e.to_string(),
+            })?;
         }
         Ok(Self { fonts })
     }
@@ -76,7 +112,8 @@ impl Engine {
             css.push('\n');
             css.push_str(block);
         }
-        let node = Node::from_html(html, FromHtmlOptions::default()).map_err(|e| RasterError::Html(e.to_string()))?;
+        let node = Node::from_html(html, FromHtmlOptions::default())
+            .map_err(|e| RasterError::Html(e.to_string()))?;
         let options = TakumiOptions::builder()
             .viewport(Viewport::new((width, height)))
             .node(node)
@@ -95,8 +132,12 @@ fn style_blocks(html: &str) -> Vec<&str> {
     let mut pos = 0;
     while let Some(i) = lower[pos..].find("<style") {
         let open = pos + i;
-        let Some(body) = lower[open..].find('>').map(|e| open + e + 1) else { break };
-        let end = lower[body..].find("</style").map_or(html.len(), |e| body + e);
+        let Some(body) = lower[open..].find('>').map(|e| open + e + 1) else {
+            break;
+        };
+        let end = lower[body..]
+            .find("</style")
+            .map_or(html.len(), |e| body + e);
         blocks.push(&html[body..end]);
         pos = end;
     }
@@ -120,15 +161,26 @@ pub fn encode(bitmap: Bitmap, format: Format, quality: f64) -> Result<Vec<u8>, R
     let mut out = Vec::with_capacity(256 * 1024);
     let quality = Quality::new(encoder_quality(quality));
     let name = format.as_str();
-    let fail = |e: takumi::prelude::Error| RasterError::Encode { format: name, message: e.to_string() };
+    let fail = |e: takumi::prelude::Error| RasterError::Encode {
+        format: name,
+        message: e.to_string(),
+    };
     match format {
         Format::Png => takumi::write_image(&bitmap, &mut out, OutputFormat::Png).map_err(fail)?,
-        Format::Jpeg => takumi::write_image(&bitmap, &mut out, OutputFormat::Jpeg { quality }).map_err(fail)?,
-        Format::Webp => takumi::write_image(&bitmap, &mut out, OutputFormat::WebP { quality }).map_err(fail)?,
+        Format::Jpeg => {
+            takumi::write_image(&bitmap, &mut out, OutputFormat::Jpeg { quality }).map_err(fail)?
+        }
+        Format::Webp => {
+            takumi::write_image(&bitmap, &mut out, OutputFormat::WebP { quality }).map_err(fail)?
+        }
         Format::Gif => {
             let frames = [AnimationFrame::new(bitmap, 0)];
-            takumi::write_animated_gif(Cow::Borrowed(&frames[..]), &mut out, AnimatedGifOptions::default())
-                .map_err(fail)?;
+            takumi::write_animated_gif(
+                Cow::Borrowed(&frames[..]),
+                &mut out,
+                AnimatedGifOptions::default(),
+            )
+            .map_err(fail)?;
         }
     }
     Ok(out)
@@ -137,12 +189,14 @@ pub fn encode(bitmap: Bitmap, format: Format, quality: f64) -> Result<Vec<u8>, R
 /// A flat light-grey image of the given size (the `rasterize: false` stand-in).
 pub fn placeholder(width: u32, height: u32, format: Format) -> Result<Vec<u8>, RasterError> {
     let pixels = [0xE5, 0xE7, 0xEB, 0xFF].repeat((width as usize) * (height as usize));
-    let bitmap = Bitmap::from_raw(width, height, pixels)
-        .ok_or(RasterError::Render(format!("cannot allocate a {width}x{height} placeholder")))?;
+    let bitmap = Bitmap::from_raw(width, height, pixels).ok_or(RasterError::Render(format!(
+        "cannot allocate a {width}x{height} placeholder"
+    )))?;
     encode(bitmap, format, 0.9)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -159,7 +213,8 @@ mod tests {
 
     #[test]
     fn style_blocks_are_extracted_in_order() {
-        let html = "<html><head><STYLE media=x>.a{}</STYLE><style>.b{}</style></head><body></body></html>";
+        let html =
+            "<html><head><STYLE media=x>.a{}</STYLE><style>.b{}</style></head><body></body></html>";
         assert_eq!(style_blocks(html), [".a{}", ".b{}"]);
     }
 }

@@ -46,10 +46,17 @@ impl<'a> TemplateScope<'a> {
             .map(|def| def.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let list = missing.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+            let list = missing
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(ItemError {
                 code: error_codes::INVALID_VARIABLE,
-                message: format!("missing required variable(s) {list} for template '{}'", template.id),
+                message: format!(
+                    "missing required variable(s) {list} for template '{}'",
+                    template.id
+                ),
             });
         }
         let declared = template.variables.iter().map(|d| d.name.as_str()).collect();
@@ -58,7 +65,10 @@ impl<'a> TemplateScope<'a> {
 }
 
 fn expression_error(message: impl std::fmt::Display) -> ItemError {
-    ItemError { code: error_codes::EXPRESSION_ERROR, message: message.to_string() }
+    ItemError {
+        code: error_codes::EXPRESSION_ERROR,
+        message: message.to_string(),
+    }
 }
 
 /// The full substitution: `_if` elements first (so a hidden branch may reference absent values), then placeholders.
@@ -110,13 +120,20 @@ fn substitute(html: &str, scope: &dyn Scope) -> Result<String, ItemError> {
         let body_start = open + if triple { 3 } else { 2 };
         let close_len = if triple { 3 } else { 2 };
         let Some(close) = find_close(&rest[body_start..], close_len) else {
-            return Err(expression_error(format!("unclosed placeholder starting '{}'", preview(&rest[open..]))));
+            return Err(expression_error(format!(
+                "unclosed placeholder starting '{}'",
+                preview(&rest[open..])
+            )));
         };
         let source = rest[body_start..body_start + close].trim();
         let value = eval_placeholder(source, scope)?;
         let text = to_display(&value);
         // Raw-text <style> content is not entity-decoded, so only neutralise a closing tag there.
-        if in_style { out.push_str(&text.replace('<', "\\3c ")) } else { out.push_str(&escape_html(&text)) }
+        if in_style {
+            out.push_str(&text.replace('<', "\\3c "))
+        } else {
+            out.push_str(&escape_html(&text))
+        }
         rest = &rest[body_start + close + close_len..];
     }
     out.push_str(rest);
@@ -124,7 +141,8 @@ fn substitute(html: &str, scope: &dyn Scope) -> Result<String, ItemError> {
 }
 
 fn eval_placeholder(source: &str, scope: &dyn Scope) -> Result<Value, ItemError> {
-    let parsed = expr::parse(source).map_err(|e| expression_error(format!("in '{{{{{source}}}}}': {e}")))?;
+    let parsed =
+        expr::parse(source).map_err(|e| expression_error(format!("in '{{{{{source}}}}}': {e}")))?;
     expr::eval(&parsed, scope).map_err(|e| expression_error(format!("in '{{{{{source}}}}}': {e}")))
 }
 
@@ -173,8 +191,10 @@ fn preview(s: &str) -> String {
 }
 
 /// Void elements never have a closing tag.
-const VOID: [&str; 14] =
-    ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"];
+const VOID: [&str; 14] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
 
 /// Removes each element whose `_if="expr"` is falsy; strips the attribute from the rest.
 fn apply_conditionals(html: &str, scope: &dyn Scope) -> Result<String, ItemError> {
@@ -187,14 +207,21 @@ fn apply_conditionals(html: &str, scope: &dyn Scope) -> Result<String, ItemError
         let Some(tag_start) = rest[..attr].rfind('<') else {
             return Err(expression_error("_if attribute outside a tag"));
         };
-        let name: String =
-            rest[tag_start + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let name: String = rest[tag_start + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
         let (value, attr_end) = attribute_value(rest, attr + "_if=".len())
             .ok_or_else(|| expression_error(format!("malformed _if attribute on <{name}>")))?;
-        let tag_end = open_tag_end(rest, attr_end).ok_or_else(|| expression_error(format!("unclosed <{name}> tag")))?;
+        let tag_end = open_tag_end(rest, attr_end)
+            .ok_or_else(|| expression_error(format!("unclosed <{name}> tag")))?;
         let source = unescape_html(&value);
         let source = source.trim();
-        let source = source.strip_prefix("{{").and_then(|s| s.strip_suffix("}}")).unwrap_or(source).trim();
+        let source = source
+            .strip_prefix("{{")
+            .and_then(|s| s.strip_suffix("}}"))
+            .unwrap_or(source)
+            .trim();
         let keep = truthy(&eval_placeholder(source, scope)?);
         out.push_str(&rest[..tag_start]);
         if keep {
@@ -202,10 +229,16 @@ fn apply_conditionals(html: &str, scope: &dyn Scope) -> Result<String, ItemError
             out.push_str(&rest[attr_end..tag_end]);
             rest = &rest[tag_end..];
         } else {
-            let self_closing = rest[..tag_end].ends_with("/>") || VOID.contains(&name.to_ascii_lowercase().as_str());
-            let element_end = if self_closing { Some(tag_end) } else { matching_close(rest, tag_end, &name) };
-            let element_end =
-                element_end.ok_or_else(|| expression_error(format!("no closing </{name}> for the _if element")))?;
+            let self_closing = rest[..tag_end].ends_with("/>")
+                || VOID.contains(&name.to_ascii_lowercase().as_str());
+            let element_end = if self_closing {
+                Some(tag_end)
+            } else {
+                matching_close(rest, tag_end, &name)
+            };
+            let element_end = element_end.ok_or_else(|| {
+                expression_error(format!("no closing </{name}> for the _if element"))
+            })?;
             rest = &rest[element_end..];
         }
     }
@@ -234,7 +267,9 @@ fn attribute_value(s: &str, at: usize) -> Option<(String, usize)> {
         let end = rest[1..].find(quote)?;
         return Some((rest[1..1 + end].to_string(), at + end + 2));
     }
-    let end = rest.find(|c: char| c.is_whitespace() || c == '>' || c == '/').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .unwrap_or(rest.len());
     Some((rest[..end].to_string(), at + end))
 }
 
@@ -262,7 +297,10 @@ fn matching_close(s: &str, from: usize, name: &str) -> Option<usize> {
     let mut depth = 1usize;
     let mut pos = from;
     loop {
-        let next_open = lower[pos..].find(&open).map(|i| pos + i).filter(|&i| is_tag_boundary(&lower, i + open.len()));
+        let next_open = lower[pos..]
+            .find(&open)
+            .map(|i| pos + i)
+            .filter(|&i| is_tag_boundary(&lower, i + open.len()));
         let next_close = lower[pos..].find(&close).map(|i| pos + i)?;
         match next_open {
             Some(o) if o < next_close => {
@@ -289,6 +327,7 @@ fn is_tag_boundary(s: &str, at: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use serde_json::json;
 
@@ -317,7 +356,9 @@ mod tests {
     }
 
     fn run(html: &str, vars: Value) -> Result<String, ItemError> {
-        let Value::Object(vars) = vars else { unreachable!() };
+        let Value::Object(vars) = vars else {
+            unreachable!()
+        };
         let t = template(html);
         let scope = TemplateScope::new(&t, &vars)?;
         render_html(&t.html, &scope)
@@ -325,23 +366,39 @@ mod tests {
 
     #[test]
     fn placeholders_are_replaced_and_escaped() {
-        let html = run("<h1>{{title}}</h1><p>{{ subtitle }}</p><i>{{badge}}</i>", json!({"title": "<b>&'\""})).unwrap();
-        assert_eq!(html, "<h1>&lt;b&gt;&amp;&#39;&quot;</h1><p>Default sub</p><i></i>");
+        let html = run(
+            "<h1>{{title}}</h1><p>{{ subtitle }}</p><i>{{badge}}</i>",
+            json!({"title": "<b>&'\""}),
+        )
+        .unwrap();
+        assert_eq!(
+            html,
+            "<h1>&lt;b&gt;&amp;&#39;&quot;</h1><p>Default sub</p><i></i>"
+        );
     }
 
     #[test]
     fn triple_braces_are_escaped_too() {
-        assert_eq!(run("{{{title}}}", json!({"title": "<x>"})).unwrap(), "&lt;x&gt;");
+        assert_eq!(
+            run("{{{title}}}", json!({"title": "<x>"})).unwrap(),
+            "&lt;x&gt;"
+        );
     }
 
     #[test]
     fn expressions_may_contain_braces_in_strings() {
-        assert_eq!(run("{{ title + '}}' }}", json!({"title": "a"})).unwrap(), "a}}");
+        assert_eq!(
+            run("{{ title + '}}' }}", json!({"title": "a"})).unwrap(),
+            "a}}"
+        );
     }
 
     #[test]
     fn unicode_survives_substitution() {
-        assert_eq!(run("{{uppercase(title)}} ✓", json!({"title": "héllo 世界"})).unwrap(), "HÉLLO 世界 ✓");
+        assert_eq!(
+            run("{{uppercase(title)}} ✓", json!({"title": "héllo 世界"})).unwrap(),
+            "HÉLLO 世界 ✓"
+        );
     }
 
     #[test]
@@ -357,12 +414,20 @@ mod tests {
     fn undeclared_names_are_expression_errors() {
         let err = run("{{ghost}}", json!({"title": "t"})).unwrap_err();
         assert_eq!(err.code, error_codes::EXPRESSION_ERROR);
-        assert!(err.message.contains("undefined variable 'ghost'"), "{}", err.message);
+        assert!(
+            err.message.contains("undefined variable 'ghost'"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn syntax_errors_and_unknown_functions_are_expression_errors() {
-        for (html, want) in [("{{ 1 + }}", "unexpected end"), ("{{ shout(title) }}", "unknown function 'shout'"), ("{{title", "unclosed")] {
+        for (html, want) in [
+            ("{{ 1 + }}", "unexpected end"),
+            ("{{ shout(title) }}", "unknown function 'shout'"),
+            ("{{title", "unclosed"),
+        ] {
             let err = run(html, json!({"title": "t"})).unwrap_err();
             assert_eq!(err.code, error_codes::EXPRESSION_ERROR);
             assert!(err.message.contains(want), "{}", err.message);
@@ -372,7 +437,10 @@ mod tests {
     #[test]
     fn falsy_if_removes_the_whole_element() {
         let html = r#"<div><span class="b" _if="badge">{{uppercase(badge)}}<span>x</span></span><p>{{title}}</p></div>"#;
-        assert_eq!(run(html, json!({"title": "T"})).unwrap(), "<div><p>T</p></div>");
+        assert_eq!(
+            run(html, json!({"title": "T"})).unwrap(),
+            "<div><p>T</p></div>"
+        );
         assert_eq!(
             run(html, json!({"title": "T", "badge": "new"})).unwrap(),
             r#"<div><span class="b">NEW<span>x</span></span><p>T</p></div>"#
@@ -382,13 +450,22 @@ mod tests {
     #[test]
     fn if_accepts_braces_entities_and_void_elements() {
         let html = r#"<img _if="{{ price &gt; 5 }}" src="a.png"><b _if='price &amp;&amp; price < 5'>cheap</b>"#;
-        assert_eq!(run(html, json!({"title": "T", "price": 3})).unwrap(), "<b>cheap</b>");
-        assert_eq!(run(html, json!({"title": "T", "price": 9})).unwrap(), r#"<img src="a.png">"#);
+        assert_eq!(
+            run(html, json!({"title": "T", "price": 3})).unwrap(),
+            "<b>cheap</b>"
+        );
+        assert_eq!(
+            run(html, json!({"title": "T", "price": 9})).unwrap(),
+            r#"<img src="a.png">"#
+        );
     }
 
     #[test]
     fn style_blocks_get_raw_values() {
         let html = "<style>.a{background:url('{{title}}')}</style><p>{{title}}</p>";
-        assert_eq!(run(html, json!({"title": "x&y"})).unwrap(), "<style>.a{background:url('x&y')}</style><p>x&amp;y</p>");
+        assert_eq!(
+            run(html, json!({"title": "x&y"})).unwrap(),
+            "<style>.a{background:url('x&y')}</style><p>x&amp;y</p>"
+        );
     }
 }

@@ -51,11 +51,16 @@ impl TemplateStore {
 
     /// Load `<id>.html` + `<id>.json` pairs from a directory; every error names the offending file.
     pub fn load_dir(path: &Path) -> anyhow::Result<Self> {
-        let entries =
-            std::fs::read_dir(path).map_err(|e| TemplateError::Io { path: path.to_path_buf(), source: e })?;
+        let entries = std::fs::read_dir(path).map_err(|e| TemplateError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let mut sidecars: Vec<PathBuf> = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| TemplateError::Io { path: path.to_path_buf(), source: e })?;
+            let entry = entry.map_err(|e| TemplateError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
             let file = entry.path();
             if file.extension().is_some_and(|ext| ext == "json") {
                 sidecars.push(file);
@@ -64,22 +69,36 @@ impl TemplateStore {
         sidecars.sort();
         let mut store = Self::default();
         for sidecar_path in sidecars {
-            let id = sidecar_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let id = sidecar_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let html_path = sidecar_path.with_extension("html");
-            let sidecar = std::fs::read_to_string(&sidecar_path)
-                .map_err(|e| TemplateError::Io { path: sidecar_path.clone(), source: e })?;
+            let sidecar =
+                std::fs::read_to_string(&sidecar_path).map_err(|e| TemplateError::Io {
+                    path: sidecar_path.clone(),
+                    source: e,
+                })?;
             let html = std::fs::read_to_string(&html_path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => TemplateError::MissingHtml { sidecar: sidecar_path.clone(), html: html_path.clone() },
-                _ => TemplateError::Io { path: html_path.clone(), source: e },
+                std::io::ErrorKind::NotFound => TemplateError::MissingHtml {
+                    sidecar: sidecar_path.clone(),
+                    html: html_path.clone(),
+                },
+                _ => TemplateError::Io {
+                    path: html_path.clone(),
+                    source: e,
+                },
             })?;
-            let template = Template::from_parts(&id, &sidecar, &html).map_err(|e| e.in_file(&sidecar_path))?;
+            let template =
+                Template::from_parts(&id, &sidecar, &html).map_err(|e| e.in_file(&sidecar_path))?;
             store.insert(template);
         }
         Ok(store)
     }
 
     fn insert(&mut self, template: Template) {
-        self.templates.insert(template.id.clone(), Arc::new(template));
+        self.templates
+            .insert(template.id.clone(), Arc::new(template));
     }
 
     /// How many templates are loaded.
@@ -136,7 +155,10 @@ pub const MAX_SIDE: u32 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{sidecar} has no matching HTML file {html}")]
     MissingHtml { sidecar: PathBuf, html: PathBuf },
     #[error("invalid sidecar JSON: {0}")]
@@ -146,12 +168,18 @@ pub enum TemplateError {
     #[error("variable #{index} has an empty name")]
     EmptyVariableName { index: usize },
     #[error("in {path}: {source}")]
-    InFile { path: PathBuf, source: Box<TemplateError> },
+    InFile {
+        path: PathBuf,
+        source: Box<TemplateError>,
+    },
 }
 
 impl TemplateError {
     fn in_file(self, path: &Path) -> Self {
-        Self::InFile { path: path.to_path_buf(), source: Box::new(self) }
+        Self::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
     }
 }
 
@@ -175,7 +203,11 @@ impl Template {
                 return Err(TemplateError::BadSize { what, value });
             }
         }
-        if let Some(index) = sidecar.variables.iter().position(|v| v.name.trim().is_empty()) {
+        if let Some(index) = sidecar
+            .variables
+            .iter()
+            .position(|v| v.name.trim().is_empty())
+        {
             return Err(TemplateError::EmptyVariableName { index });
         }
         Ok(Self {
@@ -190,6 +222,7 @@ impl Template {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -209,7 +242,15 @@ mod tests {
     fn bundled_store_has_the_four_samples() {
         let store = TemplateStore::bundled();
         let ids: Vec<&str> = store.ids().collect();
-        assert_eq!(ids, ["tmpl_blog_card", "tmpl_certificate", "tmpl_product_card", "tmpl_social_card"]);
+        assert_eq!(
+            ids,
+            [
+                "tmpl_blog_card",
+                "tmpl_certificate",
+                "tmpl_product_card",
+                "tmpl_social_card"
+            ]
+        );
         let blog = store.get("tmpl_blog_card").unwrap();
         assert_eq!((blog.width, blog.height), (1200, 630));
         let names: Vec<&str> = blog.variables.iter().map(|v| v.name.as_str()).collect();
@@ -219,24 +260,43 @@ mod tests {
     #[test]
     fn load_dir_reads_pairs() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "t1.json", r#"{"name":"One","width":10,"height":20,"variables":[{"name":"a","required":true}]}"#);
+        write(
+            dir.path(),
+            "t1.json",
+            r#"{"name":"One","width":10,"height":20,"variables":[{"name":"a","required":true}]}"#,
+        );
         write(dir.path(), "t1.html", "<p>{{a}}</p>");
         write(dir.path(), "notes.txt", "ignored");
         let store = TemplateStore::load_dir(dir.path()).unwrap();
         let t = store.get("t1").unwrap();
-        assert_eq!((t.name.as_str(), t.width, t.height, t.html.as_str()), ("One", 10, 20, "<p>{{a}}</p>"));
+        assert_eq!(
+            (t.name.as_str(), t.width, t.height, t.html.as_str()),
+            ("One", 10, 20, "<p>{{a}}</p>")
+        );
         assert!(t.variables[0].required);
     }
 
     #[test]
     fn load_dir_errors_name_the_file() {
         let bad_json = load_error(&[("broken.json", "{"), ("broken.html", "")]);
-        assert!(bad_json.contains("broken.json") && bad_json.contains("invalid sidecar JSON"), "{bad_json}");
+        assert!(
+            bad_json.contains("broken.json") && bad_json.contains("invalid sidecar JSON"),
+            "{bad_json}"
+        );
         let no_html = load_error(&[("lonely.json", r#"{"width":1,"height":1}"#)]);
         assert!(no_html.contains("lonely.html"), "{no_html}");
-        let too_big = load_error(&[("huge.json", r#"{"width":5000,"height":1}"#), ("huge.html", "")]);
-        assert!(too_big.contains("huge.json") && too_big.contains("width 5000"), "{too_big}");
-        let zero = load_error(&[("flat.json", r#"{"width":10,"height":0}"#), ("flat.html", "")]);
+        let too_big = load_error(&[
+            ("huge.json", r#"{"width":5000,"height":1}"#),
+            ("huge.html", ""),
+        ]);
+        assert!(
+            too_big.contains("huge.json") && too_big.contains("width 5000"),
+            "{too_big}"
+        );
+        let zero = load_error(&[
+            ("flat.json", r#"{"width":10,"height":0}"#),
+            ("flat.html", ""),
+        ]);
         assert!(zero.contains("height 0"), "{zero}");
     }
 

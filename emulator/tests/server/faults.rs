@@ -17,7 +17,12 @@ async fn failed_indexes(seed: u64) -> Vec<u64> {
     .await;
     let id = emu.accepted(cards(40)).await;
     let results = emu.finished(&id).await;
-    let mut failed: Vec<u64> = results["errors"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    let mut failed: Vec<u64> = results["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
     failed.sort_unstable();
     failed
 }
@@ -32,7 +37,13 @@ async fn the_same_seed_fails_the_same_items_and_another_seed_does_not() {
 
 #[tokio::test]
 async fn a_retried_submit_can_succeed_and_each_key_is_accepted_once() {
-    let emu = emulator_with(|c| c.faults = Faults { submit_5xx_rate: 0.5, ..Faults::default() }).await;
+    let emu = emulator_with(|c| {
+        c.faults = Faults {
+            submit_5xx_rate: 0.5,
+            ..Faults::default()
+        }
+    })
+    .await;
     for chunk in 0..8 {
         let key = format!("chunk-{chunk}");
         let mut attempts = 0;
@@ -48,10 +59,19 @@ async fn a_retried_submit_can_succeed_and_each_key_is_accepted_once() {
 
 #[tokio::test]
 async fn a_late_answer_still_creates_and_bills_the_batch() {
-    let faults = Faults { submit_late_answer_rate: 1.0, late_answer_delay_ms: 2_000, ..Faults::default() };
+    let faults = Faults {
+        submit_late_answer_rate: 1.0,
+        late_answer_delay_ms: 2_000,
+        ..Faults::default()
+    };
     let emu = emulator_with(|c| c.faults = faults).await;
     let url = emu.url(&format!("/templates/{TEMPLATE}/batch-render"));
-    let request = emu.http.post(&url).bearer_auth(KEY).header("Idempotency-Key", "late-1").json(&cards(2));
+    let request = emu
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", "late-1")
+        .json(&cards(2));
     let timed_out = request.timeout(Duration::from_millis(300)).send().await;
     assert!(timed_out.unwrap_err().is_timeout());
 
@@ -59,14 +79,23 @@ async fn a_late_answer_still_creates_and_bills_the_batch() {
     assert_eq!(status, 202);
     let ledger = emu.emu.ledger();
     assert_eq!(ledger.accepted_with_key("late-1"), 1);
-    assert_eq!(replay["batchId"].as_str(), Some(ledger.batches_accepted[0].batch_id.as_str()));
+    assert_eq!(
+        replay["batchId"].as_str(),
+        Some(ledger.batches_accepted[0].batch_id.as_str())
+    );
     emu.finished(replay["batchId"].as_str().unwrap()).await;
     assert_eq!(emu.emu.ledger().renders_billed, 2);
 }
 
 #[tokio::test]
 async fn injected_submit_429_carries_retry_after() {
-    let emu = emulator_with(|c| c.faults = Faults { submit_429_rate: 1.0, ..Faults::default() }).await;
+    let emu = emulator_with(|c| {
+        c.faults = Faults {
+            submit_429_rate: 1.0,
+            ..Faults::default()
+        }
+    })
+    .await;
     let (status, body) = emu.submit(cards(1)).await;
     assert_eq!((status, body["retry_after"].as_u64()), (429, Some(1)));
     assert!(emu.emu.ledger().batches_accepted.is_empty());
@@ -76,7 +105,10 @@ async fn injected_submit_429_carries_retry_after() {
 async fn dropped_deliveries_are_counted_but_never_sent() {
     let hook = receiver().await;
     let emu = emulator_with(|c| {
-        c.faults = Faults { webhook_drop_rate: 1.0, ..Faults::default() };
+        c.faults = Faults {
+            webhook_drop_rate: 1.0,
+            ..Faults::default()
+        };
         subscribe(c, &hook.url, &ALL_EVENTS);
     })
     .await;
@@ -91,7 +123,10 @@ async fn dropped_deliveries_are_counted_but_never_sent() {
 async fn duplicated_deliveries_share_one_delivery_id() {
     let hook = receiver().await;
     let emu = emulator_with(|c| {
-        c.faults = Faults { webhook_duplicate_rate: 1.0, ..Faults::default() };
+        c.faults = Faults {
+            webhook_duplicate_rate: 1.0,
+            ..Faults::default()
+        };
         subscribe(c, &hook.url, &["render.completed"]);
     })
     .await;
@@ -105,14 +140,20 @@ async fn duplicated_deliveries_share_one_delivery_id() {
 async fn reordered_deliveries_all_arrive_eventually() {
     let hook = receiver().await;
     let emu = emulator_with(|c| {
-        c.faults = Faults { webhook_reorder_rate: 1.0, ..Faults::default() };
+        c.faults = Faults {
+            webhook_reorder_rate: 1.0,
+            ..Faults::default()
+        };
         subscribe(c, &hook.url, &["render.completed"]);
         subscribe(c, &hook.url, &["batch.completed"]);
     })
     .await;
     let id = emu.accepted(cards(5)).await;
     let hits = hook.wait_for(6).await;
-    assert_eq!(hits.iter().filter(|h| h.event == "batch.completed").count(), 1);
+    assert_eq!(
+        hits.iter().filter(|h| h.event == "batch.completed").count(),
+        1
+    );
     assert_eq!(emu.finished(&id).await["status"], "completed");
 }
 
@@ -120,11 +161,24 @@ async fn reordered_deliveries_all_arrive_eventually() {
 async fn faults_can_be_read_and_replaced_over_http() {
     let emu = emulator().await;
     let put = |body: Value| emu.http.put(emu.url("/_emulator/faults")).json(&body);
-    let (status, _) = emu.send(put(json!({ "webhookDropRate": 0.25, "itemFailures": { "RENDER_TIMEOUT": 0.1 } }))).await;
+    let (status, _) = emu
+        .send(put(
+            json!({ "webhookDropRate": 0.25, "itemFailures": { "RENDER_TIMEOUT": 0.1 } }),
+        ))
+        .await;
     assert_eq!(status, 200);
     let (_, faults) = emu.get("/_emulator/faults").await;
-    assert_eq!((faults["webhookDropRate"].as_f64(), faults["itemFailures"]["RENDER_TIMEOUT"].as_f64()), (Some(0.25), Some(0.1)));
+    assert_eq!(
+        (
+            faults["webhookDropRate"].as_f64(),
+            faults["itemFailures"]["RENDER_TIMEOUT"].as_f64()
+        ),
+        (Some(0.25), Some(0.1))
+    );
     let (status, body) = emu.send(put(json!({ "webhookDropRat": 0.25 }))).await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(emu.send(put(json!({ "webhookDropRate": 2.0 }))).await.0, 400);
+    assert_eq!(
+        emu.send(put(json!({ "webhookDropRate": 2.0 }))).await.0,
+        400
+    );
 }

@@ -32,7 +32,9 @@ pub fn card_template() -> Template {
 
 /// `{"variableSets":[{"title":"card 0"}, …]}`.
 pub fn cards(n: usize) -> Value {
-    let sets: Vec<Value> = (0..n).map(|i| json!({ "title": format!("card {i}") })).collect();
+    let sets: Vec<Value> = (0..n)
+        .map(|i| json!({ "title": format!("card {i}") }))
+        .collect();
     json!({ "variableSets": sets })
 }
 
@@ -60,7 +62,11 @@ pub async fn emulator_with(tweak: impl FnOnce(&mut Config)) -> Emu {
     tweak(&mut config);
     let emu = start(config).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    Emu { emu, http, _data: data }
+    Emu {
+        emu,
+        http,
+        _data: data,
+    }
 }
 
 impl Emu {
@@ -69,17 +75,34 @@ impl Emu {
     }
 
     pub async fn submit(&self, body: Value) -> (u16, Value) {
-        self.send(self.http.post(self.url(&format!("/templates/{TEMPLATE}/batch-render"))).json(&body)).await
+        self.send(
+            self.http
+                .post(self.url(&format!("/templates/{TEMPLATE}/batch-render")))
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn submit_keyed(&self, key: &str, body: Value) -> (u16, Value) {
-        let req = self.http.post(self.url(&format!("/templates/{TEMPLATE}/batch-render")));
-        self.send(req.header("Idempotency-Key", key).json(&body)).await
+        let req = self
+            .http
+            .post(self.url(&format!("/templates/{TEMPLATE}/batch-render")));
+        self.send(req.header("Idempotency-Key", key).json(&body))
+            .await
     }
 
     /// A POST with a hand-made body and content type.
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let req = self.http.post(self.url(path)).header("content-type", content_type).body(body);
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
         self.send(req).await
     }
 
@@ -104,9 +127,13 @@ impl Emu {
     pub async fn finished(&self, batch_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (status, body) = self.get(&format!("/templates/batch/{batch_id}/results")).await;
+            let (status, body) = self
+                .get(&format!("/templates/batch/{batch_id}/results"))
+                .await;
             assert_eq!(status, 200, "{body}");
-            if ["completed", "partial", "failed", "cancelled"].contains(&body["status"].as_str().unwrap()) {
+            if ["completed", "partial", "failed", "cancelled"]
+                .contains(&body["status"].as_str().unwrap())
+            {
                 return body;
             }
             assert!(Instant::now() < deadline, "batch never finished: {body}");
@@ -162,8 +189,14 @@ pub async fn receiver() -> Receiver {
 
 /// Answers with `script` first (then 200, or `always` if set).
 pub async fn receiver_scripted(script: &[u16], always: Option<u16>) -> Receiver {
-    let inbox = Inbox { script: Arc::new(Mutex::new(script.iter().copied().collect())), always, ..Inbox::default() };
-    let app = axum::Router::new().route("/hook", post(record)).with_state(inbox.clone());
+    let inbox = Inbox {
+        script: Arc::new(Mutex::new(script.iter().copied().collect())),
+        always,
+        ..Inbox::default()
+    };
+    let app = axum::Router::new()
+        .route("/hook", post(record))
+        .with_state(inbox.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -171,7 +204,13 @@ pub async fn receiver_scripted(script: &[u16], always: Option<u16>) -> Receiver 
 }
 
 async fn record(State(inbox): State<Inbox>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     inbox.hits.lock().unwrap().push(Hit {
         event: header("x-pictify-event"),
         delivery_id: header("x-pictify-delivery-id"),
@@ -195,7 +234,11 @@ impl Receiver {
             if hits.len() >= n {
                 return hits;
             }
-            assert!(Instant::now() < deadline, "only {} of {n} webhook requests arrived", hits.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} webhook requests arrived",
+                hits.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -31,7 +31,14 @@ async fn a_refused_delivery_is_retried_under_the_same_id() {
         assert_eq!(v1, compute_v1(SECRET, t, &hit.body));
     }
     let deliveries = emu.emu.ledger().deliveries;
-    assert_eq!((deliveries.attempted, deliveries.acknowledged, deliveries.failed), (3, 1, 0));
+    assert_eq!(
+        (
+            deliveries.attempted,
+            deliveries.acknowledged,
+            deliveries.failed
+        ),
+        (3, 1, 0)
+    );
 }
 
 #[tokio::test]
@@ -47,7 +54,10 @@ async fn exhausted_retries_mark_the_subscription_failed() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let (_, list) = emu.get("/webhook-subscriptions").await;
     let sub = &list["subscriptions"][0];
-    assert_eq!((sub["status"].as_str(), sub["failureCount"].as_u64()), (Some("failed"), Some(1)));
+    assert_eq!(
+        (sub["status"].as_str(), sub["failureCount"].as_u64()),
+        (Some("failed"), Some(1))
+    );
     assert_eq!(emu.emu.ledger().deliveries.failed, 1);
 }
 
@@ -63,7 +73,10 @@ async fn batch_completed_arrives_after_every_item_event() {
     let hits = hook.wait_for(31).await;
     assert_eq!(hits.last().unwrap().event, "batch.completed");
     let summary = hits.last().unwrap().json()["data"].clone();
-    let counts = (summary["completedCount"].as_u64().unwrap(), summary["failedCount"].as_u64().unwrap());
+    let counts = (
+        summary["completedCount"].as_u64().unwrap(),
+        summary["failedCount"].as_u64().unwrap(),
+    );
     assert_eq!(counts.0 + counts.1, 30);
     assert_eq!(summary["templateUid"], TEMPLATE);
     assert!(counts.1 > 0 && summary["status"] == "partial", "{summary}");
@@ -75,10 +88,18 @@ async fn render_events_carry_the_documented_fields_and_no_batch_id_by_default() 
     let emu = emulator_with(|c| subscribe(c, &hook.url, &["render.completed"])).await;
     emu.accepted(cards(1)).await;
     let data = hook.wait_for(1).await[0].json()["data"].clone();
-    assert_eq!((data["type"].as_str(), data["source"].as_str()), (Some("image"), Some("api")));
+    assert_eq!(
+        (data["type"].as_str(), data["source"].as_str()),
+        (Some("image"), Some("api"))
+    );
     assert_eq!(data["variables"], json!({ "title": "card 0" }));
-    assert_eq!((data["templateId"].as_str(), data["format"].as_str()), (Some(TEMPLATE), Some("png")));
-    assert!(data["imageId"].as_str().unwrap().starts_with("img_") && data["renderedAt"].is_string());
+    assert_eq!(
+        (data["templateId"].as_str(), data["format"].as_str()),
+        (Some(TEMPLATE), Some("png"))
+    );
+    assert!(
+        data["imageId"].as_str().unwrap().starts_with("img_") && data["renderedAt"].is_string()
+    );
     assert!(data.get("batchId").is_none() && data.get("batchIndex").is_none());
 }
 
@@ -92,7 +113,10 @@ async fn correlation_fields_are_added_when_enabled() {
     .await;
     let id = emu.accepted(cards(1)).await;
     let data = hook.wait_for(1).await[0].json()["data"].clone();
-    assert_eq!((data["batchId"].as_str(), data["batchIndex"].as_u64()), (Some(id.as_str()), Some(0)));
+    assert_eq!(
+        (data["batchId"].as_str(), data["batchIndex"].as_u64()),
+        (Some(id.as_str()), Some(0))
+    );
 }
 
 #[tokio::test]
@@ -115,7 +139,9 @@ async fn a_template_filter_limits_what_a_subscription_receives() {
 async fn subscriptions_support_create_get_list_update_delete() {
     let emu = emulator().await;
     let body = json!({ "event": "render.failed", "targetUrl": "http://127.0.0.1:9/hook" });
-    let (status, created) = emu.send(emu.http.post(emu.url("/webhook-subscriptions")).json(&body)).await;
+    let (status, created) = emu
+        .send(emu.http.post(emu.url("/webhook-subscriptions")).json(&body))
+        .await;
     assert_eq!(status, 201);
     let secret = created["subscription"]["secret"].as_str().unwrap();
     assert!(secret.starts_with("whsec_") && secret.len() == 6 + 64);
@@ -126,8 +152,17 @@ async fn subscriptions_support_create_get_list_update_delete() {
     assert!(fetched["subscription"].get("secret").is_none());
     let (_, list) = emu.get("/webhook-subscriptions?event=render.failed").await;
     assert_eq!(list["pagination"]["total"], 1);
-    let (status, updated) = emu.send(emu.http.put(emu.url(&path)).json(&json!({ "status": "paused" }))).await;
-    assert_eq!((status, updated["subscription"]["status"].as_str()), (200, Some("paused")));
+    let (status, updated) = emu
+        .send(
+            emu.http
+                .put(emu.url(&path))
+                .json(&json!({ "status": "paused" })),
+        )
+        .await;
+    assert_eq!(
+        (status, updated["subscription"]["status"].as_str()),
+        (200, Some("paused"))
+    );
     assert_eq!(emu.send(emu.http.delete(emu.url(&path))).await.0, 200);
     assert_eq!(emu.get(&path).await.0, 404);
 }
@@ -136,8 +171,15 @@ async fn subscriptions_support_create_get_list_update_delete() {
 async fn invalid_subscriptions_are_400_naming_the_field() {
     let emu = emulator().await;
     let body = json!({ "event": "render.started", "targetUrl": "ftp://x" });
-    let (status, answer) = emu.send(emu.http.post(emu.url("/webhook-subscriptions")).json(&body)).await;
+    let (status, answer) = emu
+        .send(emu.http.post(emu.url("/webhook-subscriptions")).json(&body))
+        .await;
     assert_eq!(status, 400);
-    let fields: Vec<&str> = answer["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["event", "targetUrl"]);
 }

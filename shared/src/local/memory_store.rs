@@ -3,20 +3,22 @@
 //! One mutex guards the whole state, so every method is atomic exactly like the conditional /
 //! transactional writes of the DynamoDB adapter. The rules, per method:
 //! - `create_job`: put-if-absent; the stored job wins.
-//! - `finish_ingest`: applies only while the job is `ingesting` (a second call is a no-op). It sets
-//!   status, error, samples, `ingested_at`, `rows` and `rejected`, and *adds* `chunks`, because
-//!   retry chunks of early batches may already have been counted; batch-owned counters
-//!   (rendered, failed, retried, chunks_done, render_ms_total) are left alone.
+//! - `finish_ingest`: applies only while the job is `ingesting` (a later call is a no-op; a missing
+//!   job is an error). It sets status, samples, `rows` and `rejected` (and `error` /
+//!   `ingested_at` when given), and *adds* the batch-owned counters (rendered, failed, retried,
+//!   chunks, chunks_done), because early chunks may complete, and count their retry chunks, before
+//!   ingest finishes.
 //! - `put_chunks`: put-if-absent per chunk.
 //! - `begin_submit`: queued → submitting (attempt + 1); submitting younger than `grace` →
 //!   `InProgress`; older → taken over (attempt + 1, same idempotency key); submitted →
 //!   `AlreadySubmitted`; completed → `Completed`; missing → `Unknown`.
-//! - `record_submitted`: sets batch id and the batch index; the same batch id again is a no-op; a
-//!   *different* batch id for a submitted chunk is refused (the idempotency key should prevent it);
-//!   a completed chunk keeps its state.
+//! - `record_submitted`: writes the batch index, then queued/submitting → submitted with the batch
+//!   id; a submitted or completed chunk is left as is (a different batch id is logged, the first
+//!   one stays); a missing chunk is an error.
 //! - `release_submit`: submitting → queued; any other state is left as is.
-//! - `complete_chunk`: applies once (any state but completed): outcome, counter deltas, batch
-//!   render time, the retry chunk (put-if-absent) and the alert mark, all together.
+//! - `complete_chunk`: applies once, only to a submitting/submitted chunk (otherwise `false`):
+//!   outcome, counter deltas, batch render time, the retry chunk (put-if-absent) and the alert
+//!   mark, all together; a missing job is an error.
 //! - `transition_job`: compare-and-set on status; missing job → `false`.
 //! - `pause_submissions`: set-if-absent; `true` only for the call that set it.
 
@@ -67,13 +69,6 @@ enum StoreError {
     NoJob(JobId),
     #[error("chunk {job}/{label} does not exist", label = key.label())]
     NoChunk { job: JobId, key: ChunkKey },
-    #[error("chunk {job}/{label} is already submitted as batch {existing}, not {offered}", label = key.label())]
-    OtherBatch {
-        job: JobId,
-        key: ChunkKey,
-        existing: String,
-        offered: String,
-    },
 }
 
 impl MemoryJobStore {
@@ -134,12 +129,21 @@ impl JobStore for MemoryJobStore {
             return Ok(());
         }
         stored.status = job.status;
-        stored.error = job.error.clone();
         stored.rejected_sample = job.rejected_sample.clone();
-        stored.ingested_at = job.ingested_at;
+        if job.error.is_some() {
+            stored.error = job.error.clone();
+        }
+        if job.ingested_at.is_some() {
+            stored.ingested_at = job.ingested_at;
+        }
+        let batch_owned = Counters {
+            rows: 0,
+            rejected: 0,
+            ..job.counters
+        };
         stored.counters.rows = job.counters.rows;
         stored.counters.rejected = job.counters.rejected;
-        stored.counters.chunks += job.counters.chunks;
+        add_counters(&mut stored.counters, &batch_owned);
         Ok(())
     }
 
@@ -212,6 +216,8 @@ impl JobStore for MemoryJobStore {
     ) -> PortResult<()> {
         let mut state = self.lock();
         let id = (job.clone(), key);
+        // The index first, as in DynamoDB: a webhook racing this call must find its chunk.
+        state.batches.insert(batch_id.to_owned(), id.clone());
         let chunk = state.chunks.get_mut(&id).ok_or_else(|| {
             PortError::permanent(
                 "record submitted",
@@ -221,29 +227,24 @@ impl JobStore for MemoryJobStore {
                 },
             )
         })?;
-        match (&chunk.state, chunk.batch_id.as_deref()) {
-            (ChunkState::Submitted | ChunkState::Completed, Some(existing))
-                if existing != batch_id =>
-            {
-                let error = StoreError::OtherBatch {
-                    job: job.clone(),
-                    key,
-                    existing: existing.to_owned(),
-                    offered: batch_id.to_owned(),
-                };
-                return Err(PortError::permanent("record submitted", error));
-            }
-            (ChunkState::Submitted | ChunkState::Completed, _) => {}
-            (ChunkState::Queued | ChunkState::Submitting, _) => {
+        match chunk.state {
+            ChunkState::Queued | ChunkState::Submitting => {
                 chunk.state = ChunkState::Submitted;
                 chunk.batch_id = Some(batch_id.to_owned());
                 chunk.submitted_at = Some(now);
             }
+            // A late duplicate: the chunk moved on and must not regress; the first batch id stays.
+            ChunkState::Submitted | ChunkState::Completed => {
+                if chunk
+                    .batch_id
+                    .as_deref()
+                    .is_some_and(|stored| stored != batch_id)
+                {
+                    tracing::warn!(job_id = %job, chunk = %key.label(), batch_id, stored_batch_id = ?chunk.batch_id,
+                        "chunk already submitted under another batch id; keeping the first");
+                }
+            }
         }
-        if chunk.batch_id.is_none() {
-            chunk.batch_id = Some(batch_id.to_owned());
-        }
-        state.batches.insert(batch_id.to_owned(), id);
         Ok(())
     }
 
@@ -265,14 +266,17 @@ impl JobStore for MemoryJobStore {
     async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
         let mut state = self.lock();
         let id = (completion.job.clone(), completion.key);
-        let no_chunk = || StoreError::NoChunk {
-            job: completion.job.clone(),
-            key: completion.key,
-        };
-        match state.chunks.get(&id) {
-            None => return Err(PortError::permanent("complete chunk", no_chunk())),
-            Some(chunk) if chunk.state == ChunkState::Completed => return Ok(false),
-            Some(_) => {}
+        // Only a chunk handed to Pictify can complete; anything else (already completed, still
+        // queued, unknown) is "not applied by this call", exactly like DynamoDB's condition.
+        match state.chunks.get(&id).map(|chunk| chunk.state) {
+            Some(ChunkState::Submitting | ChunkState::Submitted) => {}
+            Some(ChunkState::Completed) => return Ok(false),
+            other => {
+                let state = other.map_or("missing", ChunkState::as_str);
+                tracing::warn!(job_id = %completion.job, chunk = %completion.key.label(), state,
+                    "completion for a chunk that was never submitted; ignored");
+                return Ok(false);
+            }
         }
         if !state.jobs.contains_key(&completion.job) {
             return Err(PortError::permanent(
@@ -450,6 +454,14 @@ mod tests {
         (store, job.id, key)
     }
 
+    /// `store_with_chunk`, with the chunk submitted as batch `b1`.
+    async fn store_with_submitted_chunk() -> (MemoryJobStore, JobId, ChunkKey) {
+        let (store, job, key) = store_with_chunk().await;
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        (store, job, key)
+    }
+
     fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
         let outcome = ChunkOutcome {
             rendered: rendered as u32,
@@ -548,18 +560,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn recording_a_different_batch_for_a_submitted_chunk_is_refused() {
-        let (store, job, key) = store_with_chunk().await;
-        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
-        store.record_submitted(&job, key, "b1", 101).await.unwrap();
-        store.record_submitted(&job, key, "b1", 102).await.unwrap();
-        let error = store
-            .record_submitted(&job, key, "b2", 103)
-            .await
-            .unwrap_err();
-        assert!(
-            !error.retryable && error.to_string().contains("b1"),
-            "{error}"
+    async fn a_late_record_submitted_keeps_the_first_batch_id() {
+        let (store, job, key) = store_with_submitted_chunk().await;
+        store.record_submitted(&job, key, "b2", 103).await.unwrap();
+        let chunk = store.chunk(&job, key).await.unwrap().unwrap();
+        assert_eq!(
+            (chunk.state, chunk.batch_id.as_deref(), chunk.submitted_at),
+            (ChunkState::Submitted, Some("b1"), Some(101))
         );
     }
 
@@ -582,7 +589,7 @@ mod tests {
 
     #[tokio::test]
     async fn begin_submit_reports_unknown_and_completed_chunks() {
-        let (store, job, key) = store_with_chunk().await;
+        let (store, job, key) = store_with_submitted_chunk().await;
         let other = ChunkKey::initial(7);
         assert_eq!(
             store.begin_submit(&job, other, 1, GRACE).await.unwrap(),
@@ -600,7 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_completes_exactly_once() {
-        let (store, job, key) = store_with_chunk().await;
+        let (store, job, key) = store_with_submitted_chunk().await;
         let done = completion(&job, key, 2, true);
         assert!(store.complete_chunk(&done).await.unwrap());
         assert!(!store.complete_chunk(&done).await.unwrap());
@@ -620,7 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_retry_chunk_is_created_once_and_queued() {
-        let (store, job, key) = store_with_chunk().await;
+        let (store, job, key) = store_with_submitted_chunk().await;
         store
             .complete_chunk(&completion(&job, key, 2, true))
             .await
@@ -646,18 +653,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn completing_an_unknown_chunk_is_an_error() {
-        let (store, job, _) = store_with_chunk().await;
-        let error = store
-            .complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false))
-            .await
-            .unwrap_err();
-        assert!(!error.retryable);
+    async fn only_a_submitted_chunk_can_complete() {
+        let (store, job, key) = store_with_chunk().await;
+        assert!(
+            !store
+                .complete_chunk(&completion(&job, key, 3, false))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false))
+                .await
+                .unwrap()
+        );
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        assert!(
+            store
+                .complete_chunk(&completion(&job, key, 3, false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.job(&job).await.unwrap().unwrap().counters.rendered, 3);
     }
 
     #[tokio::test]
     async fn finish_ingest_applies_once_and_keeps_batch_counters() {
-        let (store, id, key) = store_with_chunk().await;
+        let (store, id, key) = store_with_submitted_chunk().await;
         store
             .complete_chunk(&completion(&id, key, 2, true))
             .await

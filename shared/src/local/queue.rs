@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::aws::sqs::{MessageTooLarge, SQS_MAX_MESSAGE_BYTES};
+use crate::aws::sqs::{SQS_MAX_MESSAGE_BYTES, encode_messages};
 use crate::domain::ChunkMessage;
-use crate::ports::{PortError, PortResult, WorkQueue};
+use crate::ports::{PortResult, WorkQueue};
 
 /// Cloning shares the queue, so a test can keep a handle while the pipeline owns another.
 #[derive(Debug, Clone, Default)]
@@ -59,19 +59,7 @@ impl WorkQueue for MemoryQueue {
 
     /// All or nothing: an oversize message refuses the whole call before anything is queued.
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()> {
-        for message in messages {
-            let size = serde_json::to_vec(message)
-                .map_err(|e| PortError::permanent("encode chunk message", e))?
-                .len();
-            if size > SQS_MAX_MESSAGE_BYTES {
-                let error = MessageTooLarge {
-                    label: crate::aws::sqs::message_label(message),
-                    size,
-                    max: SQS_MAX_MESSAGE_BYTES,
-                };
-                return Err(PortError::permanent("queue chunk messages", error));
-            }
-        }
+        encode_messages(messages, SQS_MAX_MESSAGE_BYTES)?;
         self.lock().extend(messages.iter().cloned());
         Ok(())
     }
