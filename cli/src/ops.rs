@@ -48,17 +48,29 @@ async fn connect(target: &StateArgs) -> Result<Stack, Failure> {
     if let Some(dir) = &target.state {
         let out = OutDir::new(dir.clone());
         if !out.db().exists() {
-            return Err(Failure::usage(format!("{} holds no local run state", dir.display())));
+            return Err(Failure::usage(format!(
+                "{} holds no local run state",
+                dir.display()
+            )));
         }
         let store = SqliteJobStore::open(&out.db())?;
         let objects = Arc::new(FsObjectStore::new(out.objects()));
-        return Ok(Stack { store: Arc::new(store.clone()), objects, local: Some(store) });
+        return Ok(Stack {
+            store: Arc::new(store.clone()),
+            objects,
+            local: Some(store),
+        });
     }
-    let table = std::env::var("TABLE_NAME")
-        .map_err(|_| Failure::usage("TABLE_NAME is not set (or pass --state DIR for a local run)"))?;
+    let table = std::env::var("TABLE_NAME").map_err(|_| {
+        Failure::usage("TABLE_NAME is not set (or pass --state DIR for a local run)")
+    })?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
     Ok(Stack {
         store: Arc::new(shared::aws::dynamo::DynamoJobStore::new(dynamo, table)),
         objects: Arc::new(shared::aws::s3::S3ObjectStore::new(s3)),
@@ -68,20 +80,41 @@ async fn connect(target: &StateArgs) -> Result<Stack, Failure> {
 
 async fn load_job(stack: &Stack, raw: Option<&str>) -> Result<Job, Failure> {
     let Some(raw) = raw else {
-        let local = stack.local.as_ref().ok_or_else(|| Failure::usage("give the job id (job_…)"))?;
+        let local = stack
+            .local
+            .as_ref()
+            .ok_or_else(|| Failure::usage("give the job id (job_…)"))?;
         let jobs = local.jobs().await.context("listing the jobs")?;
-        return jobs.into_iter().last().ok_or_else(|| Failure::usage("the local state holds no job"));
+        return jobs
+            .into_iter()
+            .last()
+            .ok_or_else(|| Failure::usage("the local state holds no job"));
     };
     let id = JobId::parse(raw).map_err(Failure::usage)?;
-    stack.store.job(&id).await.context("reading the job")?.ok_or_else(|| Failure::usage(format!("no job {id}")))
+    stack
+        .store
+        .job(&id)
+        .await
+        .context("reading the job")?
+        .ok_or_else(|| Failure::usage(format!("no job {id}")))
 }
 
 pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
     let stack = connect(&args.target).await?;
     let job = load_job(&stack, args.job.as_deref()).await?;
-    let chunks = stack.store.chunks_of_job(&job.id).await.context("reading the chunks")?;
+    let chunks = stack
+        .store
+        .chunks_of_job(&job.id)
+        .await
+        .context("reading the chunks")?;
     let c = job.counters;
-    println!("job {} {} (template {}, source {})", job.id, job.status.as_str(), job.spec.template_id, job.source);
+    println!(
+        "job {} {} (template {}, source {})",
+        job.id,
+        job.status.as_str(),
+        job.spec.template_id,
+        job.source
+    );
     if let Some(error) = &job.error {
         println!("dataset problem: {error}");
     }
@@ -96,7 +129,11 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
     );
     println!(
         "invariant rows = rejected + rendered + failed + in flight: {}",
-        if c.invariant_holds() { "holds" } else { "VIOLATED" }
+        if c.invariant_holds() {
+            "holds"
+        } else {
+            "VIOLATED"
+        }
     );
     println!("chunks {} created, {} done", c.chunks, c.chunks_done);
     let now = chrono::Utc::now().timestamp();
@@ -114,7 +151,10 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
             now - t
         ),
         None => {
-            let queued = chunks.iter().filter(|ch| ch.state == ChunkState::Queued).count();
+            let queued = chunks
+                .iter()
+                .filter(|ch| ch.state == ChunkState::Queued)
+                .count();
             println!("no chunk in flight at Pictify ({queued} queued)");
         }
     }
@@ -134,7 +174,11 @@ pub async fn results(args: ResultsArgs) -> Result<Outcome, Failure> {
     let stack = connect(&args.job.target).await?;
     let job = load_job(&stack, args.job.job.as_deref()).await?;
     let Some(manifest) = &job.manifest else {
-        return Err(Failure::usage(format!("job {} is {}: no results manifest yet", job.id, job.status.as_str())));
+        return Err(Failure::usage(format!(
+            "job {} is {}: no results manifest yet",
+            job.id,
+            job.status.as_str()
+        )));
     };
     if !args.print {
         println!("{}\n{}", manifest.csv, manifest.jsonl);
@@ -147,15 +191,26 @@ pub async fn results(args: ResultsArgs) -> Result<Outcome, Failure> {
         .context("reading the manifest")?
         .ok_or_else(|| Failure::usage(format!("the manifest {} is missing", manifest.csv)))?;
     use std::io::Write;
-    std::io::stdout().write_all(&bytes).context("writing to stdout")?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .context("writing to stdout")?;
     Ok(Outcome::AllRendered)
 }
 
 pub async fn resume_submissions(args: StateArgs) -> Result<Outcome, Failure> {
     let stack = connect(&args).await?;
-    match stack.store.submissions_paused().await.context("reading the pause flag")? {
+    match stack
+        .store
+        .submissions_paused()
+        .await
+        .context("reading the pause flag")?
+    {
         Some(reason) => {
-            stack.store.resume_submissions().await.context("clearing the pause flag")?;
+            stack
+                .store
+                .resume_submissions()
+                .await
+                .context("clearing the pause flag")?;
             println!("submissions resumed (they were paused: {reason})");
         }
         None => println!("submissions were not paused"),

@@ -67,7 +67,11 @@ fn parse_line(text: &str) -> anyhow::Result<Line> {
         status: s("status").unwrap_or_default(),
         url: s("url"),
         error,
-        fields: v.get("fields").and_then(Value::as_object).cloned().unwrap_or_default(),
+        fields: v
+            .get("fields")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -77,7 +81,12 @@ pub fn file_stem(row: u64, fields: &Map<String, Value>, columns: &[String]) -> S
         .get("title")
         .and_then(Value::as_str)
         .filter(|t| !t.trim().is_empty())
-        .or_else(|| columns.iter().filter_map(|c| fields.get(c).and_then(Value::as_str)).find(|t| !t.trim().is_empty()))
+        .or_else(|| {
+            columns
+                .iter()
+                .filter_map(|c| fields.get(c).and_then(Value::as_str))
+                .find(|t| !t.trim().is_empty())
+        })
         .unwrap_or("");
     let mut slug = String::new();
     for ch in text.chars().flat_map(char::to_lowercase) {
@@ -91,27 +100,43 @@ pub fn file_stem(row: u64, fields: &Map<String, Value>, columns: &[String]) -> S
         }
     }
     let slug = slug.trim_end_matches('-');
-    if slug.is_empty() { format!("{row:05}") } else { format!("{row:05}-{slug}") }
+    if slug.is_empty() {
+        format!("{row:05}")
+    } else {
+        format!("{row:05}-{slug}")
+    }
 }
 
 /// Rewrites an emulator image URL of an earlier instance to the running one.
 fn download_url(url: &str, emulator_base: Option<&str>) -> String {
     match (emulator_base, url.find("/images/")) {
-        (Some(base), Some(at)) if url.starts_with("http://127.0.0.1:") => format!("{base}{}", &url[at..]),
+        (Some(base), Some(at)) if url.starts_with("http://127.0.0.1:") => {
+            format!("{base}{}", &url[at..])
+        }
         _ => url.to_owned(),
     }
 }
 
-fn read_manifest(objects: &FsObjectStore, at: &ObjectRef) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Line>>> {
+fn read_manifest(
+    objects: &FsObjectStore,
+    at: &ObjectRef,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Line>>> {
     let path = objects.path_of(at)?;
-    let file = std::fs::File::open(&path).with_context(|| format!("opening the manifest {}", path.display()))?;
-    Ok(BufReader::new(file).lines().map(|l| parse_line(&l.context("reading the manifest")?)))
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("opening the manifest {}", path.display()))?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map(|l| parse_line(&l.context("reading the manifest")?)))
 }
 
 pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
     let images_dir = input.out.join("images");
-    std::fs::create_dir_all(&images_dir).with_context(|| format!("creating {}", images_dir.display()))?;
-    let mut report = Report { results_csv: input.out.join("results.csv"), ..Report::default() };
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("creating {}", images_dir.display()))?;
+    let mut report = Report {
+        results_csv: input.out.join("results.csv"),
+        ..Report::default()
+    };
     let Some(manifest) = &input.job.manifest else {
         return Ok(report);
     };
@@ -127,8 +152,16 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
             }
         }
         if let Some(url) = &line.url {
-            let name = format!("{}.{}", file_stem(line.row, &line.fields, &input.dataset.columns), input.format.extension());
-            downloads.push((line.row, download_url(url, input.emulator_base.as_deref()), name));
+            let name = format!(
+                "{}.{}",
+                file_stem(line.row, &line.fields, &input.dataset.columns),
+                input.format.extension()
+            );
+            downloads.push((
+                line.row,
+                download_url(url, input.emulator_base.as_deref()),
+                name,
+            ));
         }
     }
     let fetched = download_all(&images_dir, downloads, input.resume).await?;
@@ -140,7 +173,8 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
     header.extend(["status", "file", "url", "error"].map(String::from));
     csv.write_record(&header).context("writing results.csv")?;
     let jsonl_path = input.out.join("results.jsonl");
-    let mut jsonl = BufWriter::new(std::fs::File::create(&jsonl_path).context("creating results.jsonl")?);
+    let mut jsonl =
+        BufWriter::new(std::fs::File::create(&jsonl_path).context("creating results.jsonl")?);
     for line in read_manifest(input.objects, &manifest.jsonl)? {
         let line = line?;
         report.lines += 1;
@@ -167,7 +201,12 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
         };
         let mut record = vec![line.row.to_string()];
         record.extend(columns.iter().map(|c| text(line.fields.get(c))));
-        record.extend([status.clone(), file.clone().unwrap_or_default(), line.url.clone().unwrap_or_default(), error.clone().unwrap_or_default()]);
+        record.extend([
+            status.clone(),
+            file.clone().unwrap_or_default(),
+            line.url.clone().unwrap_or_default(),
+            error.clone().unwrap_or_default(),
+        ]);
         csv.write_record(&record).context("writing results.csv")?;
         let value = json!({ "row": line.row, "status": status, "file": file, "url": line.url, "error": error, "fields": line.fields });
         serde_json::to_writer(&mut jsonl, &value).context("writing results.jsonl")?;
@@ -179,15 +218,31 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
 }
 
 /// Fetches every image (a few at a time); row → file name, or why it could not be saved.
-async fn download_all(dir: &Path, downloads: Vec<(u64, String, String)>, resume: bool) -> anyhow::Result<HashMap<u64, Result<String, String>>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().context("building the HTTP client")?;
+async fn download_all(
+    dir: &Path,
+    downloads: Vec<(u64, String, String)>,
+    resume: bool,
+) -> anyhow::Result<HashMap<u64, Result<String, String>>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")?;
     let results = futures::stream::iter(downloads)
         .map(|(row, url, name)| {
             let (client, path) = (client.clone(), dir.join(&name));
             async move {
                 let kept = resume && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
-                let outcome = if kept { Ok(()) } else { download(&client, &url, &path).await };
-                (row, outcome.map(|()| name).map_err(|e| format!("download failed: {e}")))
+                let outcome = if kept {
+                    Ok(())
+                } else {
+                    download(&client, &url, &path).await
+                };
+                (
+                    row,
+                    outcome
+                        .map(|()| name)
+                        .map_err(|e| format!("download failed: {e}")),
+                )
             }
         })
         .buffer_unordered(DOWNLOADS_IN_PARALLEL)
@@ -203,8 +258,12 @@ async fn download(client: &reqwest::Client, url: &str, path: &Path) -> Result<()
     }
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
     let temp = path.with_extension("part");
-    tokio::fs::write(&temp, &bytes).await.map_err(|e| e.to_string())?;
-    tokio::fs::rename(&temp, path).await.map_err(|e| e.to_string())
+    tokio::fs::write(&temp, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::fs::rename(&temp, path)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The final summary printed to stderr.
@@ -220,7 +279,12 @@ impl Summary<'_> {
         let c = self.job.counters;
         let secs = self.elapsed.as_secs_f64().max(0.001);
         let mut s = String::new();
-        s.push_str(&format!("\njob {} {} ({})\n", self.job.id, self.job.status.as_str(), self.job.spec.template_id));
+        s.push_str(&format!(
+            "\njob {} {} ({})\n",
+            self.job.id,
+            self.job.status.as_str(),
+            self.job.spec.template_id
+        ));
         if let Some(error) = &self.job.error {
             s.push_str(&format!("dataset problem: {error}\n"));
         }
@@ -239,7 +303,11 @@ impl Summary<'_> {
             c.rendered,
             c.failed,
             c.in_flight(),
-            if c.invariant_holds() && c.in_flight() == 0 { "holds" } else { "VIOLATED" }
+            if c.invariant_holds() && c.in_flight() == 0 {
+                "holds"
+            } else {
+                "VIOLATED"
+            }
         ));
         s.push_str(&format!(
             "elapsed {:.1}s  {:.1} rows/s  {} images saved ({:.1} images/s)",
@@ -252,11 +320,18 @@ impl Summary<'_> {
             s.push_str(&format!("  peak memory {:.1} MiB", kib as f64 / 1024.0));
         }
         s.push('\n');
-        let fired: Vec<&Alert> = self.alerts.iter().filter(|a| a.kind != "job_finished").collect();
+        let fired: Vec<&Alert> = self
+            .alerts
+            .iter()
+            .filter(|a| a.kind != "job_finished")
+            .collect();
         if fired.is_empty() {
             s.push_str("alerts: none\n");
         } else {
-            s.push_str(&format!("alerts that would have fired ({}):\n", fired.len()));
+            s.push_str(&format!(
+                "alerts that would have fired ({}):\n",
+                fired.len()
+            ));
             for alert in fired.iter().take(PROBLEMS_SHOWN) {
                 s.push_str(&format!("  - {}: {}\n", alert.kind, alert.message));
             }
@@ -268,10 +343,17 @@ impl Summary<'_> {
                 s.push_str(&format!("  row {row}: {problem}\n"));
             }
             if problems.len() > PROBLEMS_SHOWN {
-                s.push_str(&format!("  … and {} more\n", problems.len() - PROBLEMS_SHOWN));
+                s.push_str(&format!(
+                    "  … and {} more\n",
+                    problems.len() - PROBLEMS_SHOWN
+                ));
             }
         }
-        s.push_str(&format!("images: {}  results: {}\n", out.join("images").display(), self.report.results_csv.display()));
+        s.push_str(&format!(
+            "images: {}  results: {}\n",
+            out.join("images").display(),
+            self.report.results_csv.display()
+        ));
         s
     }
 
@@ -281,10 +363,18 @@ impl Summary<'_> {
         if let Some(error) = &self.job.error
             && c.rendered == 0
         {
-            return Err(Failure::usage(format!("the dataset could not be processed: {error}")));
+            return Err(Failure::usage(format!(
+                "the dataset could not be processed: {error}"
+            )));
         }
-        let complete = self.job.error.is_none() && self.report.problems.is_empty() && self.report.images == c.rows;
-        Ok(if complete { Outcome::AllRendered } else { Outcome::SomeProblems })
+        let complete = self.job.error.is_none()
+            && self.report.problems.is_empty()
+            && self.report.images == c.rows;
+        Ok(if complete {
+            Outcome::AllRendered
+        } else {
+            Outcome::SomeProblems
+        })
     }
 }
 
@@ -301,24 +391,45 @@ mod tests {
     use super::*;
 
     fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect()
     }
 
     #[test]
     fn file_names_use_the_title_or_the_first_text_column() {
         let cols = vec!["productName".to_owned(), "title".to_owned()];
-        assert_eq!(file_stem(7, &fields(&[("title", "Hello, World!")]), &cols), "00007-hello-world");
-        assert_eq!(file_stem(7, &fields(&[("productName", "Café Mug")]), &cols), "00007-caf-mug");
+        assert_eq!(
+            file_stem(7, &fields(&[("title", "Hello, World!")]), &cols),
+            "00007-hello-world"
+        );
+        assert_eq!(
+            file_stem(7, &fields(&[("productName", "Café Mug")]), &cols),
+            "00007-caf-mug"
+        );
         assert_eq!(file_stem(123456, &fields(&[]), &cols), "123456");
         let long = "a".repeat(80);
-        assert_eq!(file_stem(1, &fields(&[("title", &long)]), &cols).len(), 6 + SLUG_MAX);
+        assert_eq!(
+            file_stem(1, &fields(&[("title", &long)]), &cols).len(),
+            6 + SLUG_MAX
+        );
     }
 
     #[test]
     fn emulator_urls_of_an_earlier_instance_point_at_the_running_one() {
         let base = Some("http://127.0.0.1:9000");
-        assert_eq!(download_url("http://127.0.0.1:4321/images/a.png", base), "http://127.0.0.1:9000/images/a.png");
-        assert_eq!(download_url("https://cdn.pictify.io/a.png", base), "https://cdn.pictify.io/a.png");
-        assert_eq!(download_url("http://127.0.0.1:4321/images/a.png", None), "http://127.0.0.1:4321/images/a.png");
+        assert_eq!(
+            download_url("http://127.0.0.1:4321/images/a.png", base),
+            "http://127.0.0.1:9000/images/a.png"
+        );
+        assert_eq!(
+            download_url("https://cdn.pictify.io/a.png", base),
+            "https://cdn.pictify.io/a.png"
+        );
+        assert_eq!(
+            download_url("http://127.0.0.1:4321/images/a.png", None),
+            "http://127.0.0.1:4321/images/a.png"
+        );
     }
 }

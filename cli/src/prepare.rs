@@ -48,10 +48,16 @@ pub fn parse_mapping(pairs: &[String]) -> Result<BTreeMap<String, String>, Failu
     let mut mapping = BTreeMap::new();
     for pair in pairs {
         match pair.split_once('=') {
-            Some((column, variable)) if !column.trim().is_empty() && !variable.trim().is_empty() => {
+            Some((column, variable))
+                if !column.trim().is_empty() && !variable.trim().is_empty() =>
+            {
                 mapping.insert(column.trim().to_owned(), variable.trim().to_owned());
             }
-            _ => return Err(Failure::usage(format!("--map `{pair}`: expected column=variable"))),
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--map `{pair}`: expected column=variable"
+                )));
+            }
         }
     }
     Ok(mapping)
@@ -74,12 +80,19 @@ pub fn check_dataset(path: &Path, options: &JobOptions) -> Result<CheckedDataset
         .filter(|n| !n.starts_with('.') && !n.contains('\\'))
         .ok_or_else(|| Failure::usage(format!("dataset {shown} has no usable file name")))?;
     let format = DatasetFormat::from_key(&file_name).ok_or_else(|| {
-        let ext = file_name.rsplit_once('.').map(|(_, e)| format!(".{e}")).unwrap_or_else(|| "no extension".into());
-        Failure::usage(format!("unknown dataset format ({ext}) for {shown}: expected .csv, .json, .jsonl or .ndjson"))
+        let ext = file_name
+            .rsplit_once('.')
+            .map(|(_, e)| format!(".{e}"))
+            .unwrap_or_else(|| "no extension".into());
+        Failure::usage(format!(
+            "unknown dataset format ({ext}) for {shown}: expected .csv, .json, .jsonl or .ndjson"
+        ))
     })?;
-    let absolute = std::fs::canonicalize(path).map_err(|e| Failure::usage(format!("cannot resolve {shown}: {e}")))?;
+    let absolute = std::fs::canonicalize(path)
+        .map_err(|e| Failure::usage(format!("cannot resolve {shown}: {e}")))?;
 
-    let file = File::open(path).map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
+    let file = File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
     // Column checks are ours (clearer messages); the rest of the rules are the pipeline's own.
     let mut reader = DatasetReader::new(BufReader::new(file), format, RowRules::default())
         .map_err(|e| Failure::usage(format!("dataset {shown}: {e}")))?;
@@ -93,10 +106,19 @@ pub fn check_dataset(path: &Path, options: &JobOptions) -> Result<CheckedDataset
         Some(columns) => columns,
         None => match first {
             Item::Valid(row) => row.fields.keys().cloned().collect(),
-            Item::Rejected(r) => return Err(Failure::usage(format!("dataset {shown}: the first row is unusable: {}", r.reason))),
+            Item::Rejected(r) => {
+                return Err(Failure::usage(format!(
+                    "dataset {shown}: the first row is unusable: {}",
+                    r.reason
+                )));
+            }
         },
     };
-    let kind = if format == DatasetFormat::Csv { "the CSV header" } else { "the first JSON object" };
+    let kind = if format == DatasetFormat::Csv {
+        "the CSV header"
+    } else {
+        "the first JSON object"
+    };
     let named = options
         .mapping
         .keys()
@@ -112,15 +134,29 @@ pub fn check_dataset(path: &Path, options: &JobOptions) -> Result<CheckedDataset
         }
     }
     // The pipeline's own dataset-level checks with the real rules (conflicting mappings, …).
-    let file = File::open(path).map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
-    let rules = RowRules { mapping: options.mapping.clone(), required: options.required.clone(), ..RowRules::default() };
-    DatasetReader::new(BufReader::new(file), format, rules).map_err(|e| Failure::usage(format!("dataset {shown}: {e}")))?;
-    Ok(CheckedDataset { path: absolute, format, file_name, columns })
+    let file = File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
+    let rules = RowRules {
+        mapping: options.mapping.clone(),
+        required: options.required.clone(),
+        ..RowRules::default()
+    };
+    DatasetReader::new(BufReader::new(file), format, rules)
+        .map_err(|e| Failure::usage(format!("dataset {shown}: {e}")))?;
+    Ok(CheckedDataset {
+        path: absolute,
+        format,
+        file_name,
+        columns,
+    })
 }
 
 /// Where the dataset lives in the local bucket.
 pub fn upload_ref(template_id: &str, dataset: &CheckedDataset) -> ObjectRef {
-    ObjectRef { bucket: BUCKET.into(), key: format!("uploads/{template_id}/{}", dataset.file_name) }
+    ObjectRef {
+        bucket: BUCKET.into(),
+        key: format!("uploads/{template_id}/{}", dataset.file_name),
+    }
 }
 
 /// Result of placing the upload.
@@ -146,30 +182,51 @@ pub async fn place(
         dataset.path.clone()
     } else {
         let rewritten = scratch.join("dataset.resolved");
-        let (input, output, columns) = (dataset.path.clone(), rewritten.clone(), options.file_columns.clone());
+        let (input, output, columns) = (
+            dataset.path.clone(),
+            rewritten.clone(),
+            options.file_columns.clone(),
+        );
         let format = dataset.format;
-        tokio::task::spawn_blocking(move || resolve_file_columns(&input, &output, format, &columns)).await??;
+        tokio::task::spawn_blocking(move || {
+            resolve_file_columns(&input, &output, format, &columns)
+        })
+        .await??;
         rewritten
     };
     let target = objects.path_of(&upload)?;
     if !same_contents(&source, &target)? {
-        objects.put_file(&upload, &source, "application/octet-stream").await?;
+        objects
+            .put_file(&upload, &source, "application/octet-stream")
+            .await?;
     }
     let sidecar = layout::sidecar_of(&upload);
     let bytes = serde_json::to_vec_pretty(&sidecar_json(options))?;
-    let sidecar_changed = objects.get_bytes(&sidecar).await?.is_some_and(|old| old != bytes);
+    let sidecar_changed = objects
+        .get_bytes(&sidecar)
+        .await?
+        .is_some_and(|old| old != bytes);
     if objects.get_bytes(&sidecar).await?.as_deref() != Some(bytes.as_slice()) {
-        objects.put_bytes(&sidecar, bytes, "application/json").await?;
+        objects
+            .put_bytes(&sidecar, bytes, "application/json")
+            .await?;
     }
     let version = shared::ports::ObjectStore::version(objects, &upload)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the placed dataset {upload} vanished"))?;
-    Ok(Placed { upload, version, sidecar_changed })
+    Ok(Placed {
+        upload,
+        version,
+        sidecar_changed,
+    })
 }
 
 fn sidecar_json(options: &JobOptions) -> Value {
     let mut sidecar = Map::new();
-    sidecar.insert("templateId".into(), Value::from(options.template_id.clone()));
+    sidecar.insert(
+        "templateId".into(),
+        Value::from(options.template_id.clone()),
+    );
     sidecar.insert("format".into(), Value::from(options.format.as_str()));
     if let Some(q) = options.quality {
         sidecar.insert("quality".into(), Value::from(q));
@@ -181,11 +238,16 @@ fn sidecar_json(options: &JobOptions) -> Value {
 
 /// Streams both files; `false` when the target is missing or differs.
 fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return Ok(false) };
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return Ok(false);
+    };
     if ma.len() != mb.len() {
         return Ok(false);
     }
-    let (mut fa, mut fb) = (BufReader::new(File::open(a)?), BufReader::new(File::open(b)?));
+    let (mut fa, mut fb) = (
+        BufReader::new(File::open(a)?),
+        BufReader::new(File::open(b)?),
+    );
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let n = fa.read(&mut ba)?;
@@ -209,26 +271,39 @@ fn resolve_value(base: &Path, value: &str) -> String {
     }
     let path = base.join(trimmed);
     let path = std::fs::canonicalize(&path).unwrap_or(path);
-    url::Url::from_file_path(&path).map(String::from).unwrap_or_else(|()| value.to_owned())
+    url::Url::from_file_path(&path)
+        .map(String::from)
+        .unwrap_or_else(|()| value.to_owned())
 }
 
 /// Copies the dataset to `output` with the file columns resolved (deterministic output, so an
 /// unchanged dataset is rewritten to identical bytes).
-fn resolve_file_columns(input: &Path, output: &Path, format: DatasetFormat, columns: &[String]) -> anyhow::Result<()> {
+fn resolve_file_columns(
+    input: &Path,
+    output: &Path,
+    format: DatasetFormat,
+    columns: &[String],
+) -> anyhow::Result<()> {
     let base = input.parent().map(Path::to_path_buf).unwrap_or_default();
     match format {
         DatasetFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(input)?;
             let mut writer = csv::WriterBuilder::new().flexible(true).from_path(output)?;
             let header = reader.headers()?.clone();
-            let wanted: Vec<bool> = header.iter().map(|h| columns.iter().any(|c| c == h.trim())).collect();
+            let wanted: Vec<bool> = header
+                .iter()
+                .map(|h| columns.iter().any(|c| c == h.trim()))
+                .collect();
             writer.write_record(&header)?;
             for record in reader.records() {
                 let record = record?;
-                let fields = record
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| if wanted.get(i).copied().unwrap_or(false) { resolve_value(&base, v) } else { v.to_owned() });
+                let fields = record.iter().enumerate().map(|(i, v)| {
+                    if wanted.get(i).copied().unwrap_or(false) {
+                        resolve_value(&base, v)
+                    } else {
+                        v.to_owned()
+                    }
+                });
                 writer.write_record(fields)?;
             }
             writer.flush()?;
@@ -277,14 +352,23 @@ mod tests {
     #[test]
     fn relative_paths_become_file_urls_and_urls_stay() {
         let base = Path::new("/data/set");
-        assert_eq!(resolve_value(base, "images/a.png"), "file:///data/set/images/a.png");
+        assert_eq!(
+            resolve_value(base, "images/a.png"),
+            "file:///data/set/images/a.png"
+        );
         assert_eq!(resolve_value(base, "https://x/a.png"), "https://x/a.png");
         assert_eq!(resolve_value(base, ""), "");
     }
 
     #[test]
     fn mapping_pairs_need_both_sides() {
-        assert_eq!(parse_mapping(&["Name=title".into()]).unwrap().get("Name").unwrap(), "title");
+        assert_eq!(
+            parse_mapping(&["Name=title".into()])
+                .unwrap()
+                .get("Name")
+                .unwrap(),
+            "title"
+        );
         assert!(parse_mapping(&["Name".into()]).is_err());
         assert!(parse_mapping(&["=title".into()]).is_err());
     }

@@ -19,20 +19,36 @@ impl Progress {
     pub fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Progress { bar, last_line: None, started: Instant::now() }
+        Progress {
+            bar,
+            last_line: None,
+            started: Instant::now(),
+        }
     }
 
     pub fn update(&mut self, job: &Job) {
         let c = job.counters;
         let done = c.rendered + c.failed + c.rejected;
         let ingesting = job.status == JobStatus::Ingesting;
-        let message = format!("rendered {} failed {} rejected {}{}", c.rendered, c.failed, c.rejected, if ingesting { " (reading the dataset)" } else { "" });
+        let message = format!(
+            "rendered {} failed {} rejected {}{}",
+            c.rendered,
+            c.failed,
+            c.rejected,
+            if ingesting {
+                " (reading the dataset)"
+            } else {
+                ""
+            }
+        );
         match &self.bar {
             Some(bar) => {
                 if !ingesting {
@@ -44,8 +60,15 @@ impl Progress {
             None => {
                 if self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
                     self.last_line = Some(Instant::now());
-                    let total = if ingesting { "?".to_owned() } else { c.rows.to_string() };
-                    eprintln!("[{:>6.1}s] {done}/{total} rows: {message}", self.started.elapsed().as_secs_f64());
+                    let total = if ingesting {
+                        "?".to_owned()
+                    } else {
+                        c.rows.to_string()
+                    };
+                    eprintln!(
+                        "[{:>6.1}s] {done}/{total} rows: {message}",
+                        self.started.elapsed().as_secs_f64()
+                    );
                 }
             }
         }

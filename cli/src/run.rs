@@ -97,7 +97,10 @@ pub struct RunArgs {
 /// Which Pictify this run talks to.
 enum Backend {
     Emulator(Box<pictify_emulator::RunningEmulator>),
-    Real { client: PictifyClient, subscriptions: Vec<String> },
+    Real {
+        client: PictifyClient,
+        subscriptions: Vec<String>,
+    },
 }
 
 impl Backend {
@@ -151,31 +154,46 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
 
     let out = OutDir::new(args.out.clone());
     prepare_out_dir(&out, args.resume)?;
-    let _log = init_logging(&out.root)?;
+    init_logging(&out.root)?;
     info!(dataset = %dataset.path.display(), template = %options.template_id, resume = args.resume, "run started");
 
     let objects = Arc::new(FsObjectStore::new(out.objects()));
     let placed = prepare::place(&objects, &dataset, &options, &out.state).await?;
     if placed.sidecar_changed && args.resume {
-        eprintln!("note: the options differ from the interrupted run; the resumed job keeps its original options");
+        eprintln!(
+            "note: the options differ from the interrupted run; the resumed job keeps its original options"
+        );
     }
-    let store = Arc::new(SqliteJobStore::open(&out.db()).with_context(|| format!("opening {}", out.db().display()))?);
+    let store = Arc::new(
+        SqliteJobStore::open(&out.db())
+            .with_context(|| format!("opening {}", out.db().display()))?,
+    );
     if args.resume {
         // The user is retrying on purpose (e.g. after fixing the key): lift an earlier pause.
-        store.resume_submissions().await.map_err(anyhow::Error::from)?;
+        store
+            .resume_submissions()
+            .await
+            .map_err(anyhow::Error::from)?;
     }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the webhook listener on {}", args.listen))?;
-    let local_hook = format!("http://{}{WEBHOOK_PATH}", listener.local_addr().context("listener address")?);
+    let local_hook = format!(
+        "http://{}{WEBHOOK_PATH}",
+        listener.local_addr().context("listener address")?
+    );
     let secret = format!("whsec_{}", random_hex(24));
-    let (backend, pictify, secrets) = start_backend(&args, &out, &local_hook, &secret, templates).await?;
+    let (backend, pictify, secrets) =
+        start_backend(&args, &out, &local_hook, &secret, templates).await?;
 
     let queue = Arc::new(MemoryQueue::new());
     let memory_alerts = Arc::new(MemoryAlerts::new());
     let alerts: Vec<Arc<dyn Alerts>> = vec![memory_alerts.clone(), Arc::new(LogAlerts)];
-    let settings = Settings { submit_grace: Duration::from_secs(15), ..Settings::default() };
+    let settings = Settings {
+        submit_grace: Duration::from_secs(15),
+        ..Settings::default()
+    };
     let pipeline = Pipeline {
         store: store.clone(),
         objects: objects.clone(),
@@ -189,29 +207,58 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let server = tokio::spawn(serve_webhooks(listener, pipeline.clone()));
 
     let job_id = JobId::for_upload(&placed.upload.bucket, &placed.upload.key, &placed.version);
-    let before = store.chunks_of_job(&job_id).await.map_err(anyhow::Error::from)?;
+    let before = store
+        .chunks_of_job(&job_id)
+        .await
+        .map_err(anyhow::Error::from)?;
     for chunk in before.iter().filter(|c| c.state == ChunkState::Submitting) {
         // The process that started this submit is gone; resend under the same idempotency key.
-        store.release_submit(&job_id, chunk.key).await.map_err(anyhow::Error::from)?;
+        store
+            .release_submit(&job_id, chunk.key)
+            .await
+            .map_err(anyhow::Error::from)?;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let submitters: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(submitter(pipeline.clone(), queue.clone(), stop.clone(), events_tx.clone())))
+        .map(|_| {
+            tokio::spawn(submitter(
+                pipeline.clone(),
+                queue.clone(),
+                stop.clone(),
+                events_tx.clone(),
+            ))
+        })
         .collect();
     drop(events_tx);
 
-    let ingest = pipeline.ingest(&placed.upload, Some(&placed.version)).await.map_err(step_error)?;
+    let ingest = pipeline
+        .ingest(&placed.upload, Some(&placed.version))
+        .await
+        .map_err(step_error)?;
     info!(?ingest, "ingest returned");
     let duplicate = matches!(ingest, IngestOutcome::Duplicate { .. });
-    recover(&pipeline, &store, &queue, &job_id, &before, duplicate, backend.emulator_base().is_some()).await?;
+    recover(
+        &pipeline,
+        &store,
+        &queue,
+        &job_id,
+        &before,
+        duplicate,
+        backend.emulator_base().is_some(),
+    )
+    .await?;
 
     let mut bar = progress::Progress::new();
     let mut last_reconcile = Instant::now();
     let mut submit_errors = Vec::new();
     let job = loop {
-        let job = store.job(&job_id).await.map_err(anyhow::Error::from)?.context("the job vanished from the store")?;
+        let job = store
+            .job(&job_id)
+            .await
+            .map_err(anyhow::Error::from)?
+            .context("the job vanished from the store")?;
         bar.update(&job);
         if job.status.is_terminal() {
             break job;
@@ -268,19 +315,31 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     })
     .await?;
     if let Backend::Emulator(emulator) = &backend {
-        let ledger = serde_json::to_vec_pretty(&emulator.ledger()).context("encoding the ledger")?;
+        let ledger =
+            serde_json::to_vec_pretty(&emulator.ledger()).context("encoding the ledger")?;
         std::fs::write(out.state.join("ledger.json"), ledger).context("writing the ledger")?;
     }
     shutdown(backend, server).await;
-    let summary = output::Summary { job: &job, report: &report, alerts: &memory_alerts.alerts(), elapsed: started.elapsed() };
+    let summary = output::Summary {
+        job: &job,
+        report: &report,
+        alerts: &memory_alerts.alerts(),
+        elapsed: started.elapsed(),
+    };
     eprint!("{}", summary.render(&out.root));
     info!(job_id = %job.id, status = job.status.as_str(), "run finished");
     summary.outcome()
 }
 
 fn check_options(args: &RunArgs) -> Result<(), Failure> {
-    if args.template.is_empty() || args.template.contains(['/', '\\']) || args.template.starts_with('.') {
-        return Err(Failure::usage(format!("--template `{}` is not a template id", args.template)));
+    if args.template.is_empty()
+        || args.template.contains(['/', '\\'])
+        || args.template.starts_with('.')
+    {
+        return Err(Failure::usage(format!(
+            "--template `{}` is not a template id",
+            args.template
+        )));
     }
     if let Some(q) = args.quality
         && !(0.1..=1.0).contains(&q)
@@ -312,19 +371,40 @@ fn emulator_templates(args: &RunArgs) -> Result<pictify_emulator::render::Templa
 }
 
 /// Unknown templates fail before anything renders: from the emulator's store, or real Pictify's answer.
-async fn check_template(args: &RunArgs, templates: &pictify_emulator::render::TemplateStore) -> Result<(), Failure> {
+async fn check_template(
+    args: &RunArgs,
+    templates: &pictify_emulator::render::TemplateStore,
+) -> Result<(), Failure> {
     let Some(key) = &args.api_key else {
         if templates.get(&args.template).is_none() {
             let known: Vec<&str> = templates.ids().collect();
-            return Err(Failure::usage(format!("unknown template `{}` (the emulator has: {})", args.template, known.join(", "))));
+            return Err(Failure::usage(format!(
+                "unknown template `{}` (the emulator has: {})",
+                args.template,
+                known.join(", ")
+            )));
         }
         return Ok(());
     };
-    let url = format!("{}/templates/{}/variables", args.base_url.trim_end_matches('/'), args.template);
-    let answer = reqwest::Client::new().get(&url).bearer_auth(key).timeout(Duration::from_secs(15)).send().await;
+    let url = format!(
+        "{}/templates/{}/variables",
+        args.base_url.trim_end_matches('/'),
+        args.template
+    );
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await;
     match answer {
-        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Failure::usage(format!("unknown template `{}` (Pictify answered 404)", args.template))),
-        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => Err(Failure::usage("Pictify refused the API key (401)")),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Failure::usage(format!(
+            "unknown template `{}` (Pictify answered 404)",
+            args.template
+        ))),
+        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            Err(Failure::usage("Pictify refused the API key (401)"))
+        }
         Ok(_) => Ok(()),
         Err(e) => {
             // Not conclusive: the submit will say it again if the template is really missing.
@@ -337,19 +417,32 @@ async fn check_template(args: &RunArgs, templates: &pictify_emulator::render::Te
 /// A fresh run starts from nothing; `--resume` keeps the state of the interrupted one.
 fn prepare_out_dir(out: &OutDir, resume: bool) -> Result<(), Failure> {
     if !resume && out.state.exists() {
-        std::fs::remove_dir_all(&out.state)
-            .map_err(|e| Failure::usage(format!("cannot clear the previous run's state {}: {e}", out.state.display())))?;
+        std::fs::remove_dir_all(&out.state).map_err(|e| {
+            Failure::usage(format!(
+                "cannot clear the previous run's state {}: {e}",
+                out.state.display()
+            ))
+        })?;
     }
-    std::fs::create_dir_all(out.objects()).map_err(|e| Failure::usage(format!("cannot create {}: {e}", out.state.display())))?;
+    std::fs::create_dir_all(out.objects())
+        .map_err(|e| Failure::usage(format!("cannot create {}: {e}", out.state.display())))?;
     Ok(())
 }
 
 /// Structured logs go to `DIR/run.log` (stderr is the user's: progress and the summary).
 fn init_logging(root: &Path) -> anyhow::Result<()> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(root.join("run.log")).context("opening run.log")?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("run.log"))
+        .context("opening run.log")?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PICTIFY_BATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
     Ok(())
 }
 
@@ -367,27 +460,57 @@ async fn start_backend(
     secret: &str,
     templates: pictify_emulator::render::TemplateStore,
 ) -> Result<(Backend, PictifyClient, Vec<Secret>), Failure> {
-    let events = [event_names::RENDER_COMPLETED, event_names::RENDER_FAILED, event_names::BATCH_COMPLETED];
+    let events = [
+        event_names::RENDER_COMPLETED,
+        event_names::RENDER_FAILED,
+        event_names::BATCH_COMPLETED,
+    ];
     if let Some(key) = &args.api_key {
-        let client = PictifyClient::new(PictifyConfig::new(Secret::new(key.clone())).with_base_url(args.base_url.clone()))
-            .map_err(|e| Failure::usage(format!("--base-url: {e}")))?;
-        let public = args.public_url.as_deref().unwrap_or_default().trim_end_matches('/');
+        let client = PictifyClient::new(
+            PictifyConfig::new(Secret::new(key.clone())).with_base_url(args.base_url.clone()),
+        )
+        .map_err(|e| Failure::usage(format!("--base-url: {e}")))?;
+        let public = args
+            .public_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
         let target = format!("{public}{WEBHOOK_PATH}");
         let (mut uids, mut secrets) = (Vec::new(), Vec::new());
         for event in events {
-            let request = CreateSubscription { event: event.into(), target_url: target.clone(), platform: None, filters: None };
-            let sub = client.create_subscription(&request).await.map_err(|e| match e {
-                PictifyError::Unauthorized { .. } => Failure::usage("Pictify refused the API key (401)"),
-                other => Failure::Internal(anyhow::anyhow!("creating the {event} webhook subscription: {other}")),
-            })?;
+            let request = CreateSubscription {
+                event: event.into(),
+                target_url: target.clone(),
+                platform: None,
+                filters: None,
+            };
+            let sub = client
+                .create_subscription(&request)
+                .await
+                .map_err(|e| match e {
+                    PictifyError::Unauthorized { .. } => {
+                        Failure::usage("Pictify refused the API key (401)")
+                    }
+                    other => Failure::Internal(anyhow::anyhow!(
+                        "creating the {event} webhook subscription: {other}"
+                    )),
+                })?;
             secrets.push(Secret::new(sub.secret.clone().unwrap_or_default()));
             uids.push(sub.uid);
         }
         info!(target = %target, "webhook subscriptions created");
-        return Ok((Backend::Real { client: client.clone(), subscriptions: uids }, client, secrets));
+        return Ok((
+            Backend::Real {
+                client: client.clone(),
+                subscriptions: uids,
+            },
+            client,
+            secrets,
+        ));
     }
     let faults = match &args.emulator_faults {
-        Some(json) => serde_json::from_str(json).map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?,
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?,
         None => pictify_emulator::Faults::default(),
     };
     let config = pictify_emulator::Config {
@@ -396,7 +519,10 @@ async fn start_backend(
         templates,
         data_dir: out.state.join("emulator"),
         faults,
-        render: pictify_emulator::render::RenderOptions { rasterize: !args.no_render, ..Default::default() },
+        render: pictify_emulator::render::RenderOptions {
+            rasterize: !args.no_render,
+            ..Default::default()
+        },
         webhook_retry_scale: 0.01,
         subscriptions: events
             .iter()
@@ -408,16 +534,27 @@ async fn start_backend(
             .collect(),
         ..pictify_emulator::Config::default()
     };
-    let emulator = pictify_emulator::start(config).await.context("starting the Pictify emulator")?;
-    let client = PictifyClient::new(PictifyConfig::new(Secret::new(EMULATOR_API_KEY)).with_base_url(emulator.base_url()))
-        .map_err(|e| anyhow::anyhow!("emulator client: {e}"))?;
-    Ok((Backend::Emulator(Box::new(emulator)), client, vec![Secret::new(secret)]))
+    let emulator = pictify_emulator::start(config)
+        .await
+        .context("starting the Pictify emulator")?;
+    let client = PictifyClient::new(
+        PictifyConfig::new(Secret::new(EMULATOR_API_KEY)).with_base_url(emulator.base_url()),
+    )
+    .map_err(|e| anyhow::anyhow!("emulator client: {e}"))?;
+    Ok((
+        Backend::Emulator(Box::new(emulator)),
+        client,
+        vec![Secret::new(secret)],
+    ))
 }
 
 async fn shutdown(backend: Backend, server: tokio::task::JoinHandle<()>) {
     match backend {
         Backend::Emulator(emulator) => emulator.shutdown().await,
-        Backend::Real { client, subscriptions } => {
+        Backend::Real {
+            client,
+            subscriptions,
+        } => {
             for uid in subscriptions {
                 if let Err(e) = client.delete_subscription(&uid).await {
                     warn!(uid = %uid, error = %e, "could not delete the webhook subscription");
@@ -430,7 +567,9 @@ async fn shutdown(backend: Backend, server: tokio::task::JoinHandle<()>) {
 
 /// The webhook endpoint: raw body and headers straight into the pipeline's webhook step.
 async fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
-    let app = axum::Router::new().route(WEBHOOK_PATH, axum::routing::post(webhook)).with_state(pipeline);
+    let app = axum::Router::new()
+        .route(WEBHOOK_PATH, axum::routing::post(webhook))
+        .with_state(pipeline);
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "webhook listener stopped");
     }
@@ -439,21 +578,34 @@ async fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
 async fn webhook(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let reply = pipeline
-        .handle_webhook(WebhookRequest { signature: header(headers::SIGNATURE), delivery_id: header(headers::DELIVERY_ID), body: &body })
+        .handle_webhook(WebhookRequest {
+            signature: header(headers::SIGNATURE),
+            delivery_id: header(headers::DELIVERY_ID),
+            body: &body,
+        })
         .await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
 /// One submitter: pops chunk messages and calls the pipeline's submit step.
-async fn submitter(pipeline: Pipeline, queue: Arc<MemoryQueue>, stop: Arc<AtomicBool>, events: mpsc::UnboundedSender<RunEvent>) {
+async fn submitter(
+    pipeline: Pipeline,
+    queue: Arc<MemoryQueue>,
+    stop: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<RunEvent>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let Some(message) = queue.pop() else {
             tokio::time::sleep(Duration::from_millis(25)).await;
             continue;
         };
         match pipeline.submit(&message).await {
-            Ok(SubmitOutcome::Submitted { .. } | SubmitOutcome::AlreadyDone | SubmitOutcome::Rejected { .. }) => {}
+            Ok(
+                SubmitOutcome::Submitted { .. }
+                | SubmitOutcome::AlreadyDone
+                | SubmitOutcome::Rejected { .. },
+            ) => {}
             Ok(SubmitOutcome::RetryLater(delay)) => redeliver_later(&queue, message, delay),
             Ok(SubmitOutcome::Paused { reason, .. }) => {
                 queue.push(message);
@@ -462,7 +614,10 @@ async fn submitter(pipeline: Pipeline, queue: Arc<MemoryQueue>, stop: Arc<Atomic
             }
             Err(e) => {
                 warn!(chunk = %message.key.label(), error = %e, "submit failed; retrying the chunk shortly");
-                let _ = events.send(RunEvent::SubmitError(format!("chunk {}: {e}", message.key.label())));
+                let _ = events.send(RunEvent::SubmitError(format!(
+                    "chunk {}: {e}",
+                    message.key.label()
+                )));
                 redeliver_later(&queue, message, Duration::from_secs(2));
             }
         }
@@ -480,7 +635,12 @@ fn redeliver_later(queue: &Arc<MemoryQueue>, message: ChunkMessage, delay: Durat
 
 fn message_for(pipeline: &Pipeline, job: &JobId, key: shared::domain::ChunkKey) -> ChunkMessage {
     let at = layout::chunk_payload_ref(prepare::BUCKET, job, &key.label(), &pipeline.settings);
-    ChunkMessage { job: job.clone(), key, payload: None, payload_ref: Some(at) }
+    ChunkMessage {
+        job: job.clone(),
+        key,
+        payload: None,
+        payload_ref: Some(at),
+    }
 }
 
 /// Resuming: re-queue chunks whose messages died with the interrupted process, and settle
@@ -503,16 +663,26 @@ async fn recover(
                 messages.push(message_for(pipeline, job, chunk.key));
             }
             ChunkState::Submitted => {
-                let Some(batch) = chunk.batch_id.as_deref() else { continue };
+                let Some(batch) = chunk.batch_id.as_deref() else {
+                    continue;
+                };
                 match pipeline.complete_batch(batch, None).await {
-                    Ok(applied) => info!(chunk = %chunk.key.label(), ?applied, "resumed chunk polled"),
+                    Ok(applied) => {
+                        info!(chunk = %chunk.key.label(), ?applied, "resumed chunk polled")
+                    }
                     Err(StepError::Pictify(PictifyError::NotFound { .. })) if emulator => {
                         // Its batch lived in the emulator of the interrupted run: submit it again.
-                        if store.forget_batch(job, chunk.key).await.map_err(anyhow::Error::from)? {
+                        if store
+                            .forget_batch(job, chunk.key)
+                            .await
+                            .map_err(anyhow::Error::from)?
+                        {
                             messages.push(message_for(pipeline, job, chunk.key));
                         }
                     }
-                    Err(e) => info!(chunk = %chunk.key.label(), error = %e, "resumed chunk not settled yet; the reconciler will poll it"),
+                    Err(e) => {
+                        info!(chunk = %chunk.key.label(), error = %e, "resumed chunk not settled yet; the reconciler will poll it")
+                    }
                 }
             }
             _ => {}
@@ -528,10 +698,14 @@ async fn recover(
 
 /// The local reconciler: polls chunks submitted long ago without an outcome (lost webhooks).
 async fn reconcile(pipeline: &Pipeline, store: &SqliteJobStore, job: &JobId) {
-    let Ok(chunks) = store.chunks_of_job(job).await else { return };
+    let Ok(chunks) = store.chunks_of_job(job).await else {
+        return;
+    };
     let now = chrono::Utc::now().timestamp();
     let due = chunks.iter().filter(|c| {
-        c.state == ChunkState::Submitted && c.submitted_at.is_some_and(|t| now - t >= RECONCILE_AFTER.as_secs() as i64)
+        c.state == ChunkState::Submitted
+            && c.submitted_at
+                .is_some_and(|t| now - t >= RECONCILE_AFTER.as_secs() as i64)
     });
     for chunk in due.take(10) {
         if let Some(batch) = &chunk.batch_id

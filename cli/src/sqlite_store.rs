@@ -15,8 +15,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::domain::{Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation};
-use shared::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord};
+use shared::domain::{
+    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation,
+};
+use shared::ports::{
+    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -45,7 +49,12 @@ enum StoreError {
     #[error("chunk {job}/{label} does not exist", label = key.label())]
     NoChunk { job: JobId, key: ChunkKey },
     #[error("chunk {job}/{label} is already submitted as batch {existing}, not {offered}", label = key.label())]
-    OtherBatch { job: JobId, key: ChunkKey, existing: String, offered: String },
+    OtherBatch {
+        job: JobId,
+        key: ChunkKey,
+        existing: String,
+        offered: String,
+    },
     #[error("a stored job id is invalid: {0}")]
     BadId(String),
     #[error("store task failed: {0}")]
@@ -78,7 +87,9 @@ impl SqliteJobStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteJobStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteJobStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Local-run recovery only: the in-process emulator that accepted this chunk's batch died with
@@ -87,7 +98,9 @@ impl SqliteJobStore {
     pub async fn forget_batch(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
         let job = job.clone();
         self.call("forget batch", move |tx| {
-            let Some(mut chunk) = load_chunk(tx, &job, key)? else { return Ok(false) };
+            let Some(mut chunk) = load_chunk(tx, &job, key)? else {
+                return Ok(false);
+            };
             if chunk.state != ChunkState::Submitted {
                 return Ok(false);
             }
@@ -107,8 +120,13 @@ impl SqliteJobStore {
     pub async fn jobs(&self) -> PortResult<Vec<Job>> {
         self.call("list jobs", |tx| {
             let mut stmt = tx.prepare("SELECT body FROM jobs")?;
-            let bodies = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
-            let mut jobs = bodies.iter().map(|b| serde_json::from_str::<Job>(b)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let bodies = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut jobs = bodies
+                .iter()
+                .map(|b| serde_json::from_str::<Job>(b))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             jobs.sort_by_key(|j| j.created_at);
             Ok(jobs)
         })
@@ -118,20 +136,32 @@ impl SqliteJobStore {
     #[cfg(test)]
     fn alerted_chunks(&self) -> Vec<(String, u32, u32)> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT job, seq, attempt FROM alerted ORDER BY job, seq, attempt").unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(|r| r.unwrap()).collect()
+        let mut stmt = conn
+            .prepare("SELECT job, seq, attempt FROM alerted ORDER BY job, seq, attempt")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     #[cfg(test)]
     fn orphan_ids(&self) -> Vec<String> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT ext_id FROM orphans ORDER BY id").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+        let mut stmt = conn
+            .prepare("SELECT ext_id FROM orphans ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic inside a transaction rolls it back when the transaction drops: still consistent.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `work` in one immediate transaction on a blocking thread; commits when it returns Ok.
@@ -163,7 +193,13 @@ fn from_json<T: DeserializeOwned>(text: &str) -> Result<T> {
 }
 
 fn load_job(tx: &Transaction<'_>, id: &JobId) -> Result<Option<Job>> {
-    let body: Option<String> = tx.query_row("SELECT body FROM jobs WHERE id = ?1", params![id.as_str()], |r| r.get(0)).optional()?;
+    let body: Option<String> = tx
+        .query_row(
+            "SELECT body FROM jobs WHERE id = ?1",
+            params![id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
     body.map(|b| from_json(&b)).transpose()
 }
 
@@ -190,7 +226,12 @@ fn save_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
     tx.execute(
         "INSERT INTO chunks (job, seq, attempt, body) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(job, seq, attempt) DO UPDATE SET body = excluded.body",
-        params![chunk.job.as_str(), chunk.key.seq, chunk.key.attempt, to_json(chunk)?],
+        params![
+            chunk.job.as_str(),
+            chunk.key.seq,
+            chunk.key.attempt,
+            to_json(chunk)?
+        ],
     )?;
     Ok(())
 }
@@ -199,7 +240,12 @@ fn save_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
 fn insert_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
     tx.execute(
         "INSERT OR IGNORE INTO chunks (job, seq, attempt, body) VALUES (?1, ?2, ?3, ?4)",
-        params![chunk.job.as_str(), chunk.key.seq, chunk.key.attempt, to_json(chunk)?],
+        params![
+            chunk.job.as_str(),
+            chunk.key.seq,
+            chunk.key.attempt,
+            to_json(chunk)?
+        ],
     )?;
     Ok(())
 }
@@ -215,12 +261,20 @@ fn add_counters(into: &mut Counters, delta: &Counters) {
 }
 
 /// Looks up records by fingerprint, in groups that stay under SQLite's parameter limit.
-fn records<T: DeserializeOwned>(tx: &Transaction<'_>, table: &str, fingerprints: &[String]) -> Result<HashMap<String, T>> {
+fn records<T: DeserializeOwned>(
+    tx: &Transaction<'_>,
+    table: &str,
+    fingerprints: &[String],
+) -> Result<HashMap<String, T>> {
     let mut found = HashMap::new();
     for group in fingerprints.chunks(500) {
         let marks = vec!["?"; group.len()].join(",");
-        let mut stmt = tx.prepare(&format!("SELECT fingerprint, body FROM {table} WHERE fingerprint IN ({marks})"))?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(group.iter()), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = tx.prepare(&format!(
+            "SELECT fingerprint, body FROM {table} WHERE fingerprint IN ({marks})"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(group.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         for row in rows {
             let (fp, body) = row?;
             found.insert(fp, from_json(&body)?);
@@ -270,32 +324,47 @@ impl JobStore for SqliteJobStore {
 
     async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
         let chunks = chunks.to_vec();
-        self.call("put chunks", move |tx| chunks.iter().try_for_each(|c| insert_chunk(tx, c))).await
+        self.call("put chunks", move |tx| {
+            chunks.iter().try_for_each(|c| insert_chunk(tx, c))
+        })
+        .await
     }
 
     async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
         let job = job.clone();
-        self.call("read chunk", move |tx| load_chunk(tx, &job, key)).await
+        self.call("read chunk", move |tx| load_chunk(tx, &job, key))
+            .await
     }
 
     async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
         let job = job.clone();
         self.call("list chunks", move |tx| {
-            let mut stmt = tx.prepare("SELECT body FROM chunks WHERE job = ?1 ORDER BY seq, attempt")?;
+            let mut stmt =
+                tx.prepare("SELECT body FROM chunks WHERE job = ?1 ORDER BY seq, attempt")?;
             let bodies = stmt.query_map(params![job.as_str()], |r| r.get::<_, String>(0))?;
             bodies.map(|b| from_json(&b?)).collect()
         })
         .await
     }
 
-    async fn begin_submit(&self, job: &JobId, key: ChunkKey, now: i64, grace: Duration) -> PortResult<BeginSubmit> {
+    async fn begin_submit(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        now: i64,
+        grace: Duration,
+    ) -> PortResult<BeginSubmit> {
         let job = job.clone();
         self.call("begin submit", move |tx| {
-            let Some(mut chunk) = load_chunk(tx, &job, key)? else { return Ok(BeginSubmit::Unknown) };
+            let Some(mut chunk) = load_chunk(tx, &job, key)? else {
+                return Ok(BeginSubmit::Unknown);
+            };
             match chunk.state {
                 ChunkState::Completed => return Ok(BeginSubmit::Completed),
                 ChunkState::Submitted => {
-                    return Ok(BeginSubmit::AlreadySubmitted { batch_id: chunk.batch_id.clone().unwrap_or_default() });
+                    return Ok(BeginSubmit::AlreadySubmitted {
+                        batch_id: chunk.batch_id.clone().unwrap_or_default(),
+                    });
                 }
                 ChunkState::Submitting => {
                     let since = chunk.submitting_since.unwrap_or(i64::MIN);
@@ -310,12 +379,20 @@ impl JobStore for SqliteJobStore {
             chunk.submitting_since = Some(now);
             chunk.submit_attempts += 1;
             save_chunk(tx, &chunk)?;
-            Ok(BeginSubmit::Proceed { attempt: chunk.submit_attempts })
+            Ok(BeginSubmit::Proceed {
+                attempt: chunk.submit_attempts,
+            })
         })
         .await
     }
 
-    async fn record_submitted(&self, job: &JobId, key: ChunkKey, batch_id: &str, now: i64) -> PortResult<()> {
+    async fn record_submitted(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        batch_id: &str,
+        now: i64,
+    ) -> PortResult<()> {
         let (job, batch_id) = (job.clone(), batch_id.to_owned());
         self.call("record submitted", move |tx| {
             let mut chunk = load_chunk(tx, &job, key)?.ok_or_else(|| StoreError::NoChunk { job: job.clone(), key })?;
@@ -363,12 +440,19 @@ impl JobStore for SqliteJobStore {
         let batch_id = batch_id.to_owned();
         self.call("find batch", move |tx| {
             let row: Option<(String, u32, u32)> = tx
-                .query_row("SELECT job, seq, attempt FROM batches WHERE batch_id = ?1", params![batch_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
+                .query_row(
+                    "SELECT job, seq, attempt FROM batches WHERE batch_id = ?1",
+                    params![batch_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
-            row.map(|(job, seq, attempt)| Ok((JobId::parse(&job).map_err(StoreError::BadId)?, ChunkKey { seq, attempt })))
-                .transpose()
+            row.map(|(job, seq, attempt)| {
+                Ok((
+                    JobId::parse(&job).map_err(StoreError::BadId)?,
+                    ChunkKey { seq, attempt },
+                ))
+            })
+            .transpose()
         })
         .await
     }
@@ -376,7 +460,10 @@ impl JobStore for SqliteJobStore {
     async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
         let c = completion.clone();
         self.call("complete chunk", move |tx| {
-            let mut chunk = load_chunk(tx, &c.job, c.key)?.ok_or_else(|| StoreError::NoChunk { job: c.job.clone(), key: c.key })?;
+            let mut chunk = load_chunk(tx, &c.job, c.key)?.ok_or_else(|| StoreError::NoChunk {
+                job: c.job.clone(),
+                key: c.key,
+            })?;
             if chunk.state == ChunkState::Completed {
                 return Ok(false);
             }
@@ -427,12 +514,17 @@ impl JobStore for SqliteJobStore {
 
     async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
         let fps = fingerprints.to_vec();
-        self.call("read renders", move |tx| records(tx, "renders", &fps)).await
+        self.call("read renders", move |tx| records(tx, "renders", &fps))
+            .await
     }
 
-    async fn failures(&self, fingerprints: &[String]) -> PortResult<HashMap<String, FailureRecord>> {
+    async fn failures(
+        &self,
+        fingerprints: &[String],
+    ) -> PortResult<HashMap<String, FailureRecord>> {
         let fps = fingerprints.to_vec();
-        self.call("read failures", move |tx| records(tx, "failures", &fps)).await
+        self.call("read failures", move |tx| records(tx, "failures", &fps))
+            .await
     }
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
@@ -448,7 +540,13 @@ impl JobStore for SqliteJobStore {
         .await
     }
 
-    async fn finish_job(&self, id: &JobId, status: JobStatus, manifest: &ManifestLocation, now: i64) -> PortResult<()> {
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
         let (id, manifest) = (id.clone(), manifest.clone());
         self.call("finish job", move |tx| {
             let mut job = load_job(tx, &id)?.ok_or_else(|| StoreError::NoJob(id.clone()))?;
@@ -463,7 +561,10 @@ impl JobStore for SqliteJobStore {
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let reason = reason.to_owned();
         self.call("pause submissions", move |tx| {
-            let changed = tx.execute("INSERT OR IGNORE INTO control (name, reason, at) VALUES (?1, ?2, ?3)", params![PAUSED, reason, now])?;
+            let changed = tx.execute(
+                "INSERT OR IGNORE INTO control (name, reason, at) VALUES (?1, ?2, ?3)",
+                params![PAUSED, reason, now],
+            )?;
             Ok(changed == 1)
         })
         .await
@@ -471,7 +572,13 @@ impl JobStore for SqliteJobStore {
 
     async fn submissions_paused(&self) -> PortResult<Option<String>> {
         self.call("read pause", |tx| {
-            Ok(tx.query_row("SELECT reason FROM control WHERE name = ?1", params![PAUSED], |r| r.get(0)).optional()?)
+            Ok(tx
+                .query_row(
+                    "SELECT reason FROM control WHERE name = ?1",
+                    params![PAUSED],
+                    |r| r.get(0),
+                )
+                .optional()?)
         })
         .await
     }
@@ -487,7 +594,10 @@ impl JobStore for SqliteJobStore {
     async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
         let (kind, id, body) = (kind.to_owned(), id.to_owned(), body.to_owned());
         self.call("record orphan", move |tx| {
-            tx.execute("INSERT INTO orphans (kind, ext_id, body, at) VALUES (?1, ?2, ?3, ?4)", params![kind, id, body, now])?;
+            tx.execute(
+                "INSERT INTO orphans (kind, ext_id, body, at) VALUES (?1, ?2, ?3, ?4)",
+                params![kind, id, body, now],
+            )?;
             Ok(())
         })
         .await
@@ -510,7 +620,10 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(60);
 
     fn job() -> Job {
-        let source = ObjectRef { bucket: "in".into(), key: "uploads/t/x.csv".into() };
+        let source = ObjectRef {
+            bucket: "in".into(),
+            key: "uploads/t/x.csv".into(),
+        };
         Job {
             id: JobId::for_upload(&source.bucket, &source.key, "v1"),
             source,
@@ -546,14 +659,23 @@ mod tests {
         let job = job();
         store.create_job(&job).await.unwrap();
         let key = ChunkKey::initial(0);
-        store.put_chunks(&[Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3])]).await.unwrap();
+        store
+            .put_chunks(&[Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3])])
+            .await
+            .unwrap();
         (store, job.id, key, dir)
     }
 
     fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
         let outcome = ChunkOutcome {
             rendered: rendered as u32,
-            failed: BTreeMap::from([(0, RowError { code: "INVALID_VARIABLE".into(), message: "bad".into() })]),
+            failed: BTreeMap::from([(
+                0,
+                RowError {
+                    code: "INVALID_VARIABLE".into(),
+                    message: "bad".into(),
+                },
+            )]),
             retried: if retry { vec![1] } else { vec![] },
             duration_ms: Some(250),
         };
@@ -566,7 +688,14 @@ mod tests {
             ..Default::default()
         };
         let retry = retry.then(|| Chunk::new(job.clone(), key.retry(), vec![1]));
-        ChunkCompletion { job: job.clone(), key, outcome, delta, retry, alert: true }
+        ChunkCompletion {
+            job: job.clone(),
+            key,
+            outcome,
+            delta,
+            retry,
+            alert: true,
+        }
     }
 
     #[tokio::test]
@@ -586,7 +715,10 @@ mod tests {
     async fn putting_chunks_again_does_not_reset_them() {
         let (store, job, key, _dir) = store_with_chunk().await;
         store.begin_submit(&job, key, 10, GRACE).await.unwrap();
-        store.put_chunks(&[Chunk::new(job.clone(), key, vec![0])]).await.unwrap();
+        store
+            .put_chunks(&[Chunk::new(job.clone(), key, vec![0])])
+            .await
+            .unwrap();
         let chunk = store.chunk(&job, key).await.unwrap().unwrap();
         assert_eq!((chunk.state, chunk.rows.len()), (ChunkState::Submitting, 4));
     }
@@ -594,10 +726,27 @@ mod tests {
     #[tokio::test]
     async fn begin_submit_proceeds_once_then_waits_out_the_grace_period() {
         let (store, job, key, _dir) = store_with_chunk().await;
-        assert_eq!(store.begin_submit(&job, key, 100, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 1 });
-        assert_eq!(store.begin_submit(&job, key, 159, GRACE).await.unwrap(), BeginSubmit::InProgress { since: 100 });
-        assert_eq!(store.begin_submit(&job, key, 160, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
-        assert_eq!(store.chunk(&job, key).await.unwrap().unwrap().submitting_since, Some(160));
+        assert_eq!(
+            store.begin_submit(&job, key, 100, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 1 }
+        );
+        assert_eq!(
+            store.begin_submit(&job, key, 159, GRACE).await.unwrap(),
+            BeginSubmit::InProgress { since: 100 }
+        );
+        assert_eq!(
+            store.begin_submit(&job, key, 160, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 2 }
+        );
+        assert_eq!(
+            store
+                .chunk(&job, key)
+                .await
+                .unwrap()
+                .unwrap()
+                .submitting_since,
+            Some(160)
+        );
     }
 
     #[tokio::test]
@@ -606,7 +755,12 @@ mod tests {
         store.begin_submit(&job, key, 100, GRACE).await.unwrap();
         store.record_submitted(&job, key, "b1", 101).await.unwrap();
         let again = store.begin_submit(&job, key, 500, GRACE).await.unwrap();
-        assert_eq!(again, BeginSubmit::AlreadySubmitted { batch_id: "b1".into() });
+        assert_eq!(
+            again,
+            BeginSubmit::AlreadySubmitted {
+                batch_id: "b1".into()
+            }
+        );
         assert_eq!(store.chunk_by_batch("b1").await.unwrap(), Some((job, key)));
     }
 
@@ -616,8 +770,14 @@ mod tests {
         store.begin_submit(&job, key, 100, GRACE).await.unwrap();
         store.record_submitted(&job, key, "b1", 101).await.unwrap();
         store.record_submitted(&job, key, "b1", 102).await.unwrap();
-        let error = store.record_submitted(&job, key, "b2", 103).await.unwrap_err();
-        assert!(!error.retryable && error.to_string().contains("b1"), "{error}");
+        let error = store
+            .record_submitted(&job, key, "b2", 103)
+            .await
+            .unwrap_err();
+        assert!(
+            !error.retryable && error.to_string().contains("b1"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -625,18 +785,36 @@ mod tests {
         let (store, job, key, _dir) = store_with_chunk().await;
         store.begin_submit(&job, key, 100, GRACE).await.unwrap();
         store.release_submit(&job, key).await.unwrap();
-        assert_eq!(store.begin_submit(&job, key, 101, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
+        assert_eq!(
+            store.begin_submit(&job, key, 101, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 2 }
+        );
         store.record_submitted(&job, key, "b1", 102).await.unwrap();
         store.release_submit(&job, key).await.unwrap();
-        assert_eq!(store.chunk(&job, key).await.unwrap().unwrap().state, ChunkState::Submitted);
+        assert_eq!(
+            store.chunk(&job, key).await.unwrap().unwrap().state,
+            ChunkState::Submitted
+        );
     }
 
     #[tokio::test]
     async fn begin_submit_reports_unknown_and_completed_chunks() {
         let (store, job, key, _dir) = store_with_chunk().await;
-        assert_eq!(store.begin_submit(&job, ChunkKey::initial(7), 1, GRACE).await.unwrap(), BeginSubmit::Unknown);
-        store.complete_chunk(&completion(&job, key, 3, false)).await.unwrap();
-        assert_eq!(store.begin_submit(&job, key, 1, GRACE).await.unwrap(), BeginSubmit::Completed);
+        assert_eq!(
+            store
+                .begin_submit(&job, ChunkKey::initial(7), 1, GRACE)
+                .await
+                .unwrap(),
+            BeginSubmit::Unknown
+        );
+        store
+            .complete_chunk(&completion(&job, key, 3, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.begin_submit(&job, key, 1, GRACE).await.unwrap(),
+            BeginSubmit::Completed
+        );
     }
 
     #[tokio::test]
@@ -647,7 +825,10 @@ mod tests {
         assert!(!store.complete_chunk(&done).await.unwrap());
         let stored = store.job(&job).await.unwrap().unwrap();
         let c = stored.counters;
-        assert_eq!((c.rendered, c.failed, c.chunks_done, c.chunks), (2, 1, 1, 1));
+        assert_eq!(
+            (c.rendered, c.failed, c.chunks_done, c.chunks),
+            (2, 1, 1, 1)
+        );
         assert_eq!(stored.render_ms_total, 250);
         assert_eq!(store.alerted_chunks(), vec![(job.to_string(), 0, 0)]);
     }
@@ -655,51 +836,115 @@ mod tests {
     #[tokio::test]
     async fn the_retry_chunk_is_created_once_and_queued() {
         let (store, job, key, _dir) = store_with_chunk().await;
-        store.complete_chunk(&completion(&job, key, 2, true)).await.unwrap();
-        store.complete_chunk(&completion(&job, key, 2, true)).await.unwrap();
-        let keys: Vec<_> = store.chunks_of_job(&job).await.unwrap().iter().map(|c| (c.key, c.state)).collect();
-        assert_eq!(keys, vec![(key, ChunkState::Completed), (key.retry(), ChunkState::Queued)]);
+        store
+            .complete_chunk(&completion(&job, key, 2, true))
+            .await
+            .unwrap();
+        store
+            .complete_chunk(&completion(&job, key, 2, true))
+            .await
+            .unwrap();
+        let keys: Vec<_> = store
+            .chunks_of_job(&job)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| (c.key, c.state))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (key, ChunkState::Completed),
+                (key.retry(), ChunkState::Queued)
+            ]
+        );
     }
 
     #[tokio::test]
     async fn completing_an_unknown_chunk_is_an_error() {
         let (store, job, _, _dir) = store_with_chunk().await;
-        let error = store.complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false)).await.unwrap_err();
+        let error = store
+            .complete_chunk(&completion(&job, ChunkKey::initial(9), 1, false))
+            .await
+            .unwrap_err();
         assert!(!error.retryable);
     }
 
     #[tokio::test]
     async fn finish_ingest_applies_once_and_keeps_batch_counters() {
         let (store, id, key, _dir) = store_with_chunk().await;
-        store.complete_chunk(&completion(&id, key, 2, true)).await.unwrap();
+        store
+            .complete_chunk(&completion(&id, key, 2, true))
+            .await
+            .unwrap();
         let mut ingested = job();
         ingested.status = JobStatus::Running;
-        ingested.counters = Counters { rows: 10, rejected: 1, chunks: 3, ..Default::default() };
+        ingested.counters = Counters {
+            rows: 10,
+            rejected: 1,
+            chunks: 3,
+            ..Default::default()
+        };
         store.finish_ingest(&ingested).await.unwrap();
         store.finish_ingest(&ingested).await.unwrap();
         let stored = store.job(&id).await.unwrap().unwrap();
         assert_eq!(stored.status, JobStatus::Running);
-        let expected = Counters { rows: 10, rejected: 1, rendered: 2, failed: 1, retried: 1, chunks: 4, chunks_done: 1 };
+        let expected = Counters {
+            rows: 10,
+            rejected: 1,
+            rendered: 2,
+            failed: 1,
+            retried: 1,
+            chunks: 4,
+            chunks_done: 1,
+        };
         assert_eq!(stored.counters, expected);
     }
 
     #[tokio::test]
     async fn a_job_transitions_only_from_the_expected_status() {
         let (store, id, _, _dir) = store_with_chunk().await;
-        assert!(store.transition_job(&id, JobStatus::Ingesting, JobStatus::Running).await.unwrap());
-        assert!(!store.transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing).await.unwrap());
+        assert!(
+            store
+                .transition_job(&id, JobStatus::Ingesting, JobStatus::Running)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing)
+                .await
+                .unwrap()
+        );
         let missing = JobId::parse("job_abc").unwrap();
-        assert!(!store.transition_job(&missing, JobStatus::Running, JobStatus::Finishing).await.unwrap());
+        assert!(
+            !store
+                .transition_job(&missing, JobStatus::Running, JobStatus::Finishing)
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
     async fn finishing_a_job_records_status_manifest_and_time() {
         let (store, id, _, _dir) = store_with_chunk().await;
-        let at = |key: &str| ObjectRef { bucket: "out".into(), key: key.into() };
-        let manifest = ManifestLocation { csv: at("m.csv"), jsonl: at("m.jsonl") };
-        store.finish_job(&id, JobStatus::Partial, &manifest, 77).await.unwrap();
+        let at = |key: &str| ObjectRef {
+            bucket: "out".into(),
+            key: key.into(),
+        };
+        let manifest = ManifestLocation {
+            csv: at("m.csv"),
+            jsonl: at("m.jsonl"),
+        };
+        store
+            .finish_job(&id, JobStatus::Partial, &manifest, 77)
+            .await
+            .unwrap();
         let stored = store.job(&id).await.unwrap().unwrap();
-        assert_eq!((stored.status, stored.manifest, stored.completed_at), (JobStatus::Partial, Some(manifest), Some(77)));
+        assert_eq!(
+            (stored.status, stored.manifest, stored.completed_at),
+            (JobStatus::Partial, Some(manifest), Some(77))
+        );
     }
 
     #[tokio::test]
@@ -708,7 +953,10 @@ mod tests {
         let store = open(&dir);
         assert!(store.pause_submissions("quota", 1).await.unwrap());
         assert!(!store.pause_submissions("auth", 2).await.unwrap());
-        assert_eq!(store.submissions_paused().await.unwrap().as_deref(), Some("quota"));
+        assert_eq!(
+            store.submissions_paused().await.unwrap().as_deref(),
+            Some("quota")
+        );
         store.resume_submissions().await.unwrap();
         assert_eq!(store.submissions_paused().await.unwrap(), None);
         assert!(store.pause_submissions("auth", 3).await.unwrap());
@@ -718,21 +966,39 @@ mod tests {
     async fn renders_and_failures_are_looked_up_by_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let render = RenderRecord { url: "https://img/1.png".into(), image_id: None, rendered_at: None, recorded_at: 5 };
+        let render = RenderRecord {
+            url: "https://img/1.png".into(),
+            image_id: None,
+            rendered_at: None,
+            recorded_at: 5,
+        };
         store.record_render("fp1", &render).await.unwrap();
         store.record_render("fp1", &render).await.unwrap();
-        let failure = FailureRecord { code: "RENDER_TIMEOUT".into(), message: "slow".into(), recorded_at: 6 };
+        let failure = FailureRecord {
+            code: "RENDER_TIMEOUT".into(),
+            message: "slow".into(),
+            recorded_at: 6,
+        };
         store.record_failure("fp2", &failure).await.unwrap();
         let wanted = vec!["fp1".to_owned(), "fp2".to_owned(), "fp3".to_owned()];
-        assert_eq!(store.renders(&wanted).await.unwrap(), HashMap::from([("fp1".to_owned(), render)]));
-        assert_eq!(store.failures(&wanted).await.unwrap(), HashMap::from([("fp2".to_owned(), failure)]));
+        assert_eq!(
+            store.renders(&wanted).await.unwrap(),
+            HashMap::from([("fp1".to_owned(), render)])
+        );
+        assert_eq!(
+            store.failures(&wanted).await.unwrap(),
+            HashMap::from([("fp2".to_owned(), failure)])
+        );
     }
 
     #[tokio::test]
     async fn orphans_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.record_orphan("batch.completed", "b9", "{}", 4).await.unwrap();
+        store
+            .record_orphan("batch.completed", "b9", "{}", 4)
+            .await
+            .unwrap();
         assert_eq!(store.orphan_ids(), vec!["b9".to_owned()]);
     }
 
@@ -743,7 +1009,10 @@ mod tests {
         store.record_submitted(&job, key, "b1", 101).await.unwrap();
         drop(store);
         let reopened = open(&dir);
-        assert_eq!(reopened.chunk_by_batch("b1").await.unwrap(), Some((job.clone(), key)));
+        assert_eq!(
+            reopened.chunk_by_batch("b1").await.unwrap(),
+            Some((job.clone(), key))
+        );
         assert_eq!(reopened.jobs().await.unwrap().len(), 1);
     }
 
@@ -754,6 +1023,9 @@ mod tests {
         store.record_submitted(&job, key, "b1", 101).await.unwrap();
         assert!(store.forget_batch(&job, key).await.unwrap());
         assert_eq!(store.chunk_by_batch("b1").await.unwrap(), None);
-        assert_eq!(store.begin_submit(&job, key, 102, GRACE).await.unwrap(), BeginSubmit::Proceed { attempt: 2 });
+        assert_eq!(
+            store.begin_submit(&job, key, 102, GRACE).await.unwrap(),
+            BeginSubmit::Proceed { attempt: 2 }
+        );
     }
 }

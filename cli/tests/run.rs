@@ -18,7 +18,10 @@ fn bin() -> Command {
 fn blog_csv(dir: &Path, rows: usize) -> PathBuf {
     let mut text = String::from("title,author,publishDate\n");
     for i in 0..rows {
-        text.push_str(&format!("Post number {i},Author {i},2026-01-{:02}\n", i % 28 + 1));
+        text.push_str(&format!(
+            "Post number {i},Author {i},2026-01-{:02}\n",
+            i % 28 + 1
+        ));
     }
     let path = dir.join("posts.csv");
     std::fs::write(&path, text).unwrap();
@@ -26,7 +29,14 @@ fn blog_csv(dir: &Path, rows: usize) -> PathBuf {
 }
 
 fn run(dataset: &Path, out: &Path, extra: &[&str]) -> Output {
-    bin().arg("run").arg(dataset).args(["--template", "tmpl_blog_card", "--out"]).arg(out).args(extra).output().unwrap()
+    bin()
+        .arg("run")
+        .arg(dataset)
+        .args(["--template", "tmpl_blog_card", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 fn stderr(output: &Output) -> String {
@@ -39,11 +49,20 @@ fn ledger(out: &Path) -> Value {
 
 /// Idempotency keys of the batches the emulator accepted, one entry per accepted batch.
 fn accepted_keys(ledger: &Value) -> Vec<String> {
-    ledger["batchesAccepted"].as_array().unwrap().iter().map(|b| b["idempotencyKey"].as_str().unwrap().to_owned()).collect()
+    ledger["batchesAccepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["idempotencyKey"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn results_lines(out: &Path) -> usize {
-    std::fs::read_to_string(out.join("results.csv")).unwrap().lines().count() - 1
+    std::fs::read_to_string(out.join("results.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1
 }
 
 #[test]
@@ -53,11 +72,19 @@ fn twelve_rows_become_twelve_images_of_the_template_size() {
     let output = run(&blog_csv(dir.path(), 12), &out, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 
-    let images: Vec<_> = std::fs::read_dir(out.join("images")).unwrap().map(|e| e.unwrap().path()).collect();
+    let images: Vec<_> = std::fs::read_dir(out.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(images.len(), 12);
     for image in &images {
         let decoded = image::open(image).unwrap();
-        assert_eq!((decoded.width(), decoded.height()), (1200, 630), "{}", image.display());
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (1200, 630),
+            "{}",
+            image.display()
+        );
     }
     assert!(out.join("images/00003-post-number-3.png").exists());
     assert_eq!(results_lines(&out), 12);
@@ -68,7 +95,11 @@ fn twelve_rows_become_twelve_images_of_the_template_size() {
 fn each_chunk_is_accepted_once() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let output = run(&blog_csv(dir.path(), 250), &out, &["--no-render", "--concurrency", "3"]);
+    let output = run(
+        &blog_csv(dir.path(), 250),
+        &out,
+        &["--no-render", "--concurrency", "3"],
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let mut keys = accepted_keys(&ledger(&out));
     let total = keys.len();
@@ -79,16 +110,31 @@ fn each_chunk_is_accepted_once() {
 
 /// Completed chunks' idempotency keys, read from the run's SQLite state.
 fn completed_chunk_keys(out: &Path) -> Vec<String> {
-    let Ok(db) = rusqlite::Connection::open(out.join(".state/jobs.db")) else { return Vec::new() };
-    let Ok(mut stmt) = db.prepare("SELECT body FROM chunks") else { return Vec::new() };
-    let bodies: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().filter_map(Result::ok).collect();
+    let Ok(db) = rusqlite::Connection::open(out.join(".state/jobs.db")) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = db.prepare("SELECT body FROM chunks") else {
+        return Vec::new();
+    };
+    let bodies: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
     bodies
         .iter()
         .map(|b| serde_json::from_str::<Value>(b).unwrap())
         .filter(|c| c["state"] == "completed")
         .map(|c| {
-            let (seq, attempt) = (c["key"]["seq"].as_u64().unwrap(), c["key"]["attempt"].as_u64().unwrap());
-            let label = if attempt == 0 { format!("c{seq:05}") } else { format!("c{seq:05}-r{attempt}") };
+            let (seq, attempt) = (
+                c["key"]["seq"].as_u64().unwrap(),
+                c["key"]["attempt"].as_u64().unwrap(),
+            );
+            let label = if attempt == 0 {
+                format!("c{seq:05}")
+            } else {
+                format!("c{seq:05}-r{attempt}")
+            };
             format!("{}-{label}", c["job"].as_str().unwrap())
         })
         .collect()
@@ -99,7 +145,13 @@ fn a_killed_run_resumes_without_rendering_finished_chunks_again() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let dataset = blog_csv(dir.path(), 250); // chunks of 100, 100 and 50 rows
-    let slow = ["--no-render", "--concurrency", "1", "--emulator-faults", r#"{"renderLatencyMs":100}"#];
+    let slow = [
+        "--no-render",
+        "--concurrency",
+        "1",
+        "--emulator-faults",
+        r#"{"renderLatencyMs":100}"#,
+    ];
     let mut child = bin()
         .arg("run")
         .arg(&dataset)
@@ -120,13 +172,20 @@ fn a_killed_run_resumes_without_rendering_finished_chunks_again() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(finished_before.len() < 3, "the run finished before it could be killed");
+    assert!(
+        finished_before.len() < 3,
+        "the run finished before it could be killed"
+    );
 
     let output = run(&dataset, &out, &["--no-render", "--resume"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let keys = accepted_keys(&ledger(&out));
     for key in &keys {
-        assert_eq!(keys.iter().filter(|k| *k == key).count(), 1, "{key} accepted twice");
+        assert_eq!(
+            keys.iter().filter(|k| *k == key).count(),
+            1,
+            "{key} accepted twice"
+        );
         assert!(!finished_before.contains(key), "{key} was rendered again");
     }
     assert_eq!(results_lines(&out), 250);
@@ -138,14 +197,21 @@ fn assert_usage_error(output: &Output, needle: &str, out: &Path) {
     assert_eq!(output.status.code(), Some(3), "{text}");
     assert_eq!(text.trim().lines().count(), 1, "one line expected: {text}");
     assert!(text.contains(needle), "{text}");
-    assert!(!out.join("images").exists(), "nothing may render on bad input");
+    assert!(
+        !out.join("images").exists(),
+        "nothing may render on bad input"
+    );
 }
 
 #[test]
 fn a_missing_dataset_is_named_and_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    assert_usage_error(&run(&dir.path().join("nope.csv"), &out, &[]), "dataset not found", &out);
+    assert_usage_error(
+        &run(&dir.path().join("nope.csv"), &out, &[]),
+        "dataset not found",
+        &out,
+    );
 }
 
 #[test]
@@ -154,14 +220,24 @@ fn an_unknown_format_is_named_and_exits_3() {
     let out = dir.path().join("out");
     let path = dir.path().join("posts.txt");
     std::fs::write(&path, "title\nx\n").unwrap();
-    assert_usage_error(&run(&path, &out, &[]), "unknown dataset format (.txt)", &out);
+    assert_usage_error(
+        &run(&path, &out, &[]),
+        "unknown dataset format (.txt)",
+        &out,
+    );
 }
 
 #[test]
 fn an_unknown_template_is_named_and_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let output = bin().arg("run").arg(blog_csv(dir.path(), 2)).args(["--template", "tmpl_nope", "--out"]).arg(&out).output().unwrap();
+    let output = bin()
+        .arg("run")
+        .arg(blog_csv(dir.path(), 2))
+        .args(["--template", "tmpl_nope", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_usage_error(&output, "unknown template `tmpl_nope`", &out);
 }
 
@@ -178,9 +254,17 @@ fn a_rejected_row_exits_2_and_is_listed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let path = dir.path().join("posts.csv");
-    std::fs::write(&path, "title,author,publishDate\nOne,Ann,2026-01-01\n,Bob,2026-01-02\n").unwrap();
+    std::fs::write(
+        &path,
+        "title,author,publishDate\nOne,Ann,2026-01-01\n,Bob,2026-01-02\n",
+    )
+    .unwrap();
     let output = run(&path, &out, &["--no-render", "--require", "title"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("row 1: rejected"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("row 1: rejected"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(results_lines(&out), 2);
 }

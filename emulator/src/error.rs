@@ -34,8 +34,12 @@ impl FieldError {
 }
 
 /// A JSON error answer: `{"message": …}` plus optional extra fields and headers.
+/// Boxed so `Result<_, ApiError>` stays small on every handler's happy path.
 #[derive(Debug)]
-pub(crate) struct ApiError {
+pub(crate) struct ApiError(Box<ErrorAnswer>);
+
+#[derive(Debug)]
+struct ErrorAnswer {
     status: StatusCode,
     body: Map<String, Value>,
     headers: HeaderMap,
@@ -45,11 +49,11 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         let mut body = Map::new();
         body.insert("message".into(), Value::String(message.into()));
-        Self {
+        Self(Box::new(ErrorAnswer {
             status,
             body,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     /// 400 whose `message` repeats the first problem (the SDK shows only `message`).
@@ -70,20 +74,25 @@ impl ApiError {
     }
 
     pub fn with_field(mut self, key: &str, value: Value) -> Self {
-        self.body.insert(key.into(), value);
+        self.0.body.insert(key.into(), value);
         self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.0.headers.insert(name, value);
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(Value::Object(self.body))).into_response();
-        response.headers_mut().extend(self.headers);
+        let ErrorAnswer {
+            status,
+            body,
+            headers,
+        } = *self.0;
+        let mut response = (status, axum::Json(Value::Object(body))).into_response();
+        response.headers_mut().extend(headers);
         response
     }
 }

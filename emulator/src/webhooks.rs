@@ -126,14 +126,11 @@ fn matches(record: &SubscriptionRecord, event: &str, template_id: &str) -> bool 
 }
 
 fn enqueue(state: &Arc<AppState>, inner: &mut Inner, target: &str, delivery: Delivery) {
-    let sender = inner
-        .queues
-        .entry(target.to_owned())
-        .or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            state.tasks.spawn(queue_worker(state.clone(), rx));
-            tx
-        });
+    let sender = inner.queues.entry(target.to_owned()).or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.tasks.spawn(queue_worker(state.clone(), rx));
+        tx
+    });
     if sender.send(delivery).is_err() {
         debug!("delivery queue closed; emulator is shutting down");
     }

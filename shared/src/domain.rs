@@ -30,8 +30,14 @@ impl JobId {
 
     /// Accepts an id given by an operator or read back from storage.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let ok = raw.starts_with("job_") && raw.len() <= 64 && raw[4..].bytes().all(|b| b.is_ascii_alphanumeric());
-        if ok { Ok(JobId(raw.to_owned())) } else { Err(format!("`{raw}` is not a job id (expected job_<hex>)")) }
+        let ok = raw.starts_with("job_")
+            && raw.len() <= 64
+            && raw[4..].bytes().all(|b| b.is_ascii_alphanumeric());
+        if ok {
+            Ok(JobId(raw.to_owned()))
+        } else {
+            Err(format!("`{raw}` is not a job id (expected job_<hex>)"))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -59,12 +65,19 @@ impl ChunkKey {
     }
 
     pub fn retry(self) -> Self {
-        ChunkKey { seq: self.seq, attempt: self.attempt + 1 }
+        ChunkKey {
+            seq: self.seq,
+            attempt: self.attempt + 1,
+        }
     }
 
     /// `c00012` or `c00012-r1`: sorts in submission order inside a job.
     pub fn label(self) -> String {
-        if self.attempt == 0 { format!("c{:05}", self.seq) } else { format!("c{:05}-r{}", self.seq, self.attempt) }
+        if self.attempt == 0 {
+            format!("c{:05}", self.seq)
+        } else {
+            format!("c{:05}-r{}", self.seq, self.attempt)
+        }
     }
 
     pub fn parse_label(label: &str) -> Option<Self> {
@@ -73,7 +86,10 @@ impl ChunkKey {
             Some((seq, attempt)) => (seq, attempt.parse().ok()?),
             None => (rest, 0),
         };
-        Some(ChunkKey { seq: seq.parse().ok()?, attempt })
+        Some(ChunkKey {
+            seq: seq.parse().ok()?,
+            attempt,
+        })
     }
 
     /// The idempotency key sent to Pictify: globally unique and stable across redeliveries.
@@ -139,7 +155,10 @@ impl JobStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Partial | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Partial | JobStatus::Failed
+        )
     }
 }
 
@@ -162,7 +181,8 @@ pub struct Counters {
 impl Counters {
     /// rows = rejected + rendered + failed + in flight.
     pub fn in_flight(&self) -> u64 {
-        self.rows.saturating_sub(self.rejected + self.rendered + self.failed)
+        self.rows
+            .saturating_sub(self.rejected + self.rendered + self.failed)
     }
 
     pub fn invariant_holds(&self) -> bool {
@@ -172,7 +192,11 @@ impl Counters {
     /// Rows that reached Pictify and failed, over rows that reached a terminal render state.
     pub fn failure_rate(&self) -> f64 {
         let done = self.rendered + self.failed;
-        if done == 0 { 0.0 } else { self.failed as f64 / done as f64 }
+        if done == 0 {
+            0.0
+        } else {
+            self.failed as f64 / done as f64
+        }
     }
 
     /// The job's final status once nothing is in flight.
@@ -320,7 +344,10 @@ pub mod own_codes {
 pub fn is_retryable(code: &str) -> bool {
     !matches!(
         code,
-        error_codes::INVALID_VARIABLE | error_codes::EXPRESSION_ERROR | error_codes::TEMPLATE_NOT_FOUND | own_codes::SUBMIT_REJECTED
+        error_codes::INVALID_VARIABLE
+            | error_codes::EXPRESSION_ERROR
+            | error_codes::TEMPLATE_NOT_FOUND
+            | own_codes::SUBMIT_REJECTED
     )
 }
 
@@ -371,11 +398,20 @@ pub struct ChunkMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum RowState {
-    Rejected { reason: String },
-    InFlight { chunk: String },
+    Rejected {
+        reason: String,
+    },
+    InFlight {
+        chunk: String,
+    },
     /// `url` is `None` when Pictify reported success but its `render.completed` never reached us.
-    Rendered { url: Option<String> },
-    Failed { code: String, message: String },
+    Rendered {
+        url: Option<String>,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 impl RowState {
@@ -415,8 +451,14 @@ mod tests {
 
     #[test]
     fn codes_are_found_in_poll_messages() {
-        assert_eq!(code_from_message("IMAGE_FETCH_FAILED: could not load x"), Some("IMAGE_FETCH_FAILED"));
-        assert_eq!(code_from_message("render failed (RENDER_TIMEOUT)"), Some("RENDER_TIMEOUT"));
+        assert_eq!(
+            code_from_message("IMAGE_FETCH_FAILED: could not load x"),
+            Some("IMAGE_FETCH_FAILED")
+        );
+        assert_eq!(
+            code_from_message("render failed (RENDER_TIMEOUT)"),
+            Some("RENDER_TIMEOUT")
+        );
         assert_eq!(code_from_message("something odd"), None);
         assert!(is_retryable("IMAGE_FETCH_FAILED") && is_retryable("UNKNOWN"));
         assert!(!is_retryable("INVALID_VARIABLE") && !is_retryable("EXPRESSION_ERROR"));
@@ -424,7 +466,13 @@ mod tests {
 
     #[test]
     fn counters_keep_the_invariant_and_pick_the_final_status() {
-        let c = Counters { rows: 10, rejected: 2, rendered: 6, failed: 1, ..Default::default() };
+        let c = Counters {
+            rows: 10,
+            rejected: 2,
+            rendered: 6,
+            failed: 1,
+            ..Default::default()
+        };
         assert_eq!(c.in_flight(), 1);
         assert!(c.invariant_holds());
         let done = Counters { failed: 2, ..c };

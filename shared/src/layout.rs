@@ -19,32 +19,50 @@ pub const SIDECAR_SUFFIX: &str = ".job.json";
 /// What an object key under the upload prefix turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UploadKind {
-    Dataset { template_id: String, format: DatasetFormat },
+    Dataset {
+        template_id: String,
+        format: DatasetFormat,
+    },
     /// Not ours to ingest, with the reason (logged).
     Ignored(String),
 }
 
 pub fn classify(key: &str, settings: &Settings) -> UploadKind {
     let Some(rest) = key.strip_prefix(&settings.upload_prefix) else {
-        return UploadKind::Ignored(format!("outside the upload prefix `{}`", settings.upload_prefix));
+        return UploadKind::Ignored(format!(
+            "outside the upload prefix `{}`",
+            settings.upload_prefix
+        ));
     };
     if key.ends_with(SIDECAR_SUFFIX) {
         return UploadKind::Ignored("a job sidecar, read when its dataset arrives".into());
     }
     let Some((template_id, name)) = rest.split_once('/') else {
-        return UploadKind::Ignored(format!("expected {}<templateId>/<file>", settings.upload_prefix));
+        return UploadKind::Ignored(format!(
+            "expected {}<templateId>/<file>",
+            settings.upload_prefix
+        ));
     };
     if template_id.is_empty() || name.is_empty() || name.ends_with('/') {
-        return UploadKind::Ignored(format!("expected {}<templateId>/<file>", settings.upload_prefix));
+        return UploadKind::Ignored(format!(
+            "expected {}<templateId>/<file>",
+            settings.upload_prefix
+        ));
     }
     match DatasetFormat::from_key(name) {
-        Some(format) => UploadKind::Dataset { template_id: template_id.to_owned(), format },
+        Some(format) => UploadKind::Dataset {
+            template_id: template_id.to_owned(),
+            format,
+        },
         None => UploadKind::Ignored("not a .csv, .json or .jsonl file".into()),
     }
 }
 
 pub fn sidecar_of(upload: &ObjectRef) -> ObjectRef {
-    ObjectRef { bucket: upload.bucket.clone(), key: format!("{}{SIDECAR_SUFFIX}", upload.key) }
+    ObjectRef {
+        bucket: upload.bucket.clone(),
+        key: format!("{}{SIDECAR_SUFFIX}", upload.key),
+    }
 }
 
 /// The sidecar's shape: every field optional.
@@ -62,9 +80,15 @@ pub struct Sidecar {
 }
 
 /// Builds the job spec from the key's template id, the sidecar (if any) and the defaults.
-pub fn job_spec(template_id: &str, sidecar: Option<&[u8]>, settings: &Settings) -> Result<JobSpec, String> {
+pub fn job_spec(
+    template_id: &str,
+    sidecar: Option<&[u8]>,
+    settings: &Settings,
+) -> Result<JobSpec, String> {
     let sidecar: Sidecar = match sidecar {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| format!("job sidecar is not valid: {e}"))?,
+        Some(bytes) => {
+            serde_json::from_slice(bytes).map_err(|e| format!("job sidecar is not valid: {e}"))?
+        }
         None => Sidecar::default(),
     };
     if let Some(q) = sidecar.quality
@@ -78,7 +102,9 @@ pub fn job_spec(template_id: &str, sidecar: Option<&[u8]>, settings: &Settings) 
         return Err(format!("job sidecar: concurrency {c} is outside 1..=10"));
     }
     Ok(JobSpec {
-        template_id: sidecar.template_id.unwrap_or_else(|| template_id.to_owned()),
+        template_id: sidecar
+            .template_id
+            .unwrap_or_else(|| template_id.to_owned()),
         format: sidecar.format.unwrap_or(settings.default_format),
         quality: sidecar.quality.or(settings.default_quality),
         concurrency: sidecar.concurrency,
@@ -88,16 +114,25 @@ pub fn job_spec(template_id: &str, sidecar: Option<&[u8]>, settings: &Settings) 
 }
 
 pub fn manifest_location(upload: &ObjectRef, settings: &Settings) -> ManifestLocation {
-    let relative = upload.key.strip_prefix(&settings.upload_prefix).unwrap_or(&upload.key);
+    let relative = upload
+        .key
+        .strip_prefix(&settings.upload_prefix)
+        .unwrap_or(&upload.key);
     let at = |suffix: &str| ObjectRef {
         bucket: upload.bucket.clone(),
         key: format!("{}{relative}.results.{suffix}", settings.results_prefix),
     };
-    ManifestLocation { csv: at("csv"), jsonl: at("jsonl") }
+    ManifestLocation {
+        csv: at("csv"),
+        jsonl: at("jsonl"),
+    }
 }
 
 pub fn chunk_payload_ref(bucket: &str, job: &JobId, label: &str, settings: &Settings) -> ObjectRef {
-    ObjectRef { bucket: bucket.to_owned(), key: format!("{}{job}/{label}.json", settings.work_prefix) }
+    ObjectRef {
+        bucket: bucket.to_owned(),
+        key: format!("{}{job}/{label}.json", settings.work_prefix),
+    }
 }
 
 #[cfg(test)]
@@ -109,14 +144,22 @@ mod tests {
         let s = Settings::default();
         assert_eq!(
             classify("uploads/tmpl_blog_card/my posts+more.csv", &s),
-            UploadKind::Dataset { template_id: "tmpl_blog_card".into(), format: DatasetFormat::Csv }
+            UploadKind::Dataset {
+                template_id: "tmpl_blog_card".into(),
+                format: DatasetFormat::Csv
+            }
         );
     }
 
     #[test]
     fn sidecars_results_and_stray_files_are_ignored() {
         let s = Settings::default();
-        for key in ["uploads/t/x.csv.job.json", "results/t/x.csv.results.csv", "uploads/x.csv", "uploads/t/readme.txt"] {
+        for key in [
+            "uploads/t/x.csv.job.json",
+            "results/t/x.csv.results.csv",
+            "uploads/x.csv",
+            "uploads/t/readme.txt",
+        ] {
             assert!(matches!(classify(key, &s), UploadKind::Ignored(_)), "{key}");
         }
     }
@@ -124,17 +167,36 @@ mod tests {
     #[test]
     fn the_sidecar_overrides_defaults_and_bad_values_are_named() {
         let s = Settings::default();
-        let spec = job_spec("t", Some(br#"{"format":"jpeg","quality":0.8,"mapping":{"Name":"title"}}"#), &s).unwrap();
+        let spec = job_spec(
+            "t",
+            Some(br#"{"format":"jpeg","quality":0.8,"mapping":{"Name":"title"}}"#),
+            &s,
+        )
+        .unwrap();
         assert_eq!(spec.format, Format::Jpeg);
         assert_eq!(spec.mapping.get("Name").map(String::as_str), Some("title"));
-        assert!(job_spec("t", Some(br#"{"quality":3}"#), &s).unwrap_err().contains("quality"));
-        assert!(job_spec("t", Some(br#"{"colour":"red"}"#), &s).unwrap_err().contains("colour"));
+        assert!(
+            job_spec("t", Some(br#"{"quality":3}"#), &s)
+                .unwrap_err()
+                .contains("quality")
+        );
+        assert!(
+            job_spec("t", Some(br#"{"colour":"red"}"#), &s)
+                .unwrap_err()
+                .contains("colour")
+        );
     }
 
     #[test]
     fn results_land_outside_the_upload_prefix() {
         let s = Settings::default();
-        let up = ObjectRef { bucket: "b".into(), key: "uploads/t/x.csv".into() };
-        assert_eq!(manifest_location(&up, &s).csv.key, "results/t/x.csv.results.csv");
+        let up = ObjectRef {
+            bucket: "b".into(),
+            key: "uploads/t/x.csv".into(),
+        };
+        assert_eq!(
+            manifest_location(&up, &s).csv.key,
+            "results/t/x.csv.results.csv"
+        );
     }
 }

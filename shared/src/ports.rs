@@ -8,9 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, Job, JobId, JobStatus, ManifestLocation, ObjectRef};
-use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
+use crate::domain::{
+    Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, Job, JobId, JobStatus, ManifestLocation,
+    ObjectRef,
+};
 use crate::pictify::PictifyError;
+use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
 
 /// An error from an adapter: what failed, and whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +26,26 @@ pub struct PortError {
 }
 
 impl PortError {
-    pub fn new(operation: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        PortError { operation: operation.into(), retryable: true, source: source.into() }
+    pub fn new(
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PortError {
+            operation: operation.into(),
+            retryable: true,
+            source: source.into(),
+        }
     }
 
-    pub fn permanent(operation: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        PortError { operation: operation.into(), retryable: false, source: source.into() }
+    pub fn permanent(
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PortError {
+            operation: operation.into(),
+            retryable: false,
+            source: source.into(),
+        }
     }
 }
 
@@ -50,8 +67,14 @@ pub trait ObjectStore: Send + Sync {
     /// is an error, never silently different rows). Read it from a blocking thread.
     async fn open(&self, object: &ObjectRef, version: Option<&str>) -> PortResult<ObjectBody>;
     async fn get_bytes(&self, object: &ObjectRef) -> PortResult<Option<Vec<u8>>>;
-    async fn put_bytes(&self, object: &ObjectRef, bytes: Vec<u8>, content_type: &str) -> PortResult<()>;
-    async fn put_file(&self, object: &ObjectRef, path: &Path, content_type: &str) -> PortResult<()>;
+    async fn put_bytes(
+        &self,
+        object: &ObjectRef,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> PortResult<()>;
+    async fn put_file(&self, object: &ObjectRef, path: &Path, content_type: &str)
+    -> PortResult<()>;
 }
 
 /// The work queue carrying chunks to the submitter.
@@ -129,9 +152,21 @@ pub trait JobStore: Send + Sync {
 
     /// Conditional intent write before calling Pictify (see `BeginSubmit`). A chunk stuck in
     /// `submitting` for longer than `grace` may be attempted again (with the same idempotency key).
-    async fn begin_submit(&self, job: &JobId, key: ChunkKey, now: i64, grace: Duration) -> PortResult<BeginSubmit>;
+    async fn begin_submit(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        now: i64,
+        grace: Duration,
+    ) -> PortResult<BeginSubmit>;
     /// Records the batch id (and the batch → chunk index) after Pictify accepted the chunk.
-    async fn record_submitted(&self, job: &JobId, key: ChunkKey, batch_id: &str, now: i64) -> PortResult<()>;
+    async fn record_submitted(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        batch_id: &str,
+        now: i64,
+    ) -> PortResult<()>;
     /// Pictify definitely did not create a batch (429, 5xx answer): back to `queued`.
     async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()>;
     async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>>;
@@ -142,11 +177,18 @@ pub trait JobStore: Send + Sync {
     async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()>;
     async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()>;
     async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>>;
-    async fn failures(&self, fingerprints: &[String]) -> PortResult<HashMap<String, FailureRecord>>;
+    async fn failures(&self, fingerprints: &[String])
+    -> PortResult<HashMap<String, FailureRecord>>;
 
     /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;
-    async fn finish_job(&self, id: &JobId, status: JobStatus, manifest: &ManifestLocation, now: i64) -> PortResult<()>;
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()>;
 
     /// Stops all submissions (401/402); `true` for the call that set it, so the alert fires once.
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool>;
@@ -216,7 +258,8 @@ impl PictifyApi for crate::pictify::PictifyClient {
         request: &BatchRenderRequest,
         idempotency_key: &str,
     ) -> Result<BatchAccepted, PictifyError> {
-        crate::pictify::PictifyClient::render_batch(self, template_id, request, idempotency_key).await
+        crate::pictify::PictifyClient::render_batch(self, template_id, request, idempotency_key)
+            .await
     }
 
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {

@@ -47,25 +47,45 @@ pub struct S3Object {
 /// What to do with one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    Ingest { upload: ObjectRef, version: Option<String> },
-    Skip { reason: String },
+    Ingest {
+        upload: ObjectRef,
+        version: Option<String>,
+    },
+    Skip {
+        reason: String,
+    },
 }
 
 /// Event keys are form-encoded: `+` is a space, then `%XX` escapes.
 pub fn decode_key(raw: &str) -> String {
     let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl S3Record {
     pub fn trigger(&self) -> Trigger {
-        if !self.event_name.starts_with("ObjectCreated") && !self.event_name.starts_with("s3:ObjectCreated") {
-            return Trigger::Skip { reason: format!("event type `{}` is not ObjectCreated", self.event_name) };
+        if !self.event_name.starts_with("ObjectCreated")
+            && !self.event_name.starts_with("s3:ObjectCreated")
+        {
+            return Trigger::Skip {
+                reason: format!("event type `{}` is not ObjectCreated", self.event_name),
+            };
         }
         // A version id pins the exact object; an ETag is the next best identity.
-        let version = self.s3.object.version_id.clone().or_else(|| self.s3.object.e_tag.clone()).filter(|v| !v.is_empty());
+        let version = self
+            .s3
+            .object
+            .version_id
+            .clone()
+            .or_else(|| self.s3.object.e_tag.clone())
+            .filter(|v| !v.is_empty());
         Trigger::Ingest {
-            upload: ObjectRef { bucket: self.s3.bucket.name.clone(), key: decode_key(&self.s3.object.key) },
+            upload: ObjectRef {
+                bucket: self.s3.bucket.name.clone(),
+                key: decode_key(&self.s3.object.key),
+            },
             version,
         }
     }
@@ -77,12 +97,17 @@ mod tests {
 
     #[test]
     fn keys_are_form_decoded() {
-        assert_eq!(decode_key("uploads/t/my+posts%2B2026.csv"), "uploads/t/my posts+2026.csv");
+        assert_eq!(
+            decode_key("uploads/t/my+posts%2B2026.csv"),
+            "uploads/t/my posts+2026.csv"
+        );
     }
 
     #[test]
     fn a_test_event_has_no_records() {
-        let n: S3Notification = serde_json::from_str(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#).unwrap();
+        let n: S3Notification =
+            serde_json::from_str(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#)
+                .unwrap();
         assert!(n.records.is_empty());
         assert_eq!(n.event.as_deref(), Some("s3:TestEvent"));
     }

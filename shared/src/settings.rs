@@ -67,9 +67,16 @@ impl Settings {
         let mut s = Settings::default();
         let prefix = |name: &'static str, value: String| -> Result<String, SettingError> {
             if value.is_empty() || value.starts_with('/') {
-                return Err(SettingError { name, problem: "must be a non-empty key prefix without a leading /".into() });
+                return Err(SettingError {
+                    name,
+                    problem: "must be a non-empty key prefix without a leading /".into(),
+                });
             }
-            Ok(if value.ends_with('/') { value } else { format!("{value}/") })
+            Ok(if value.ends_with('/') {
+                value
+            } else {
+                format!("{value}/")
+            })
         };
         if let Some(v) = get("UPLOAD_PREFIX") {
             s.upload_prefix = prefix("UPLOAD_PREFIX", v)?;
@@ -80,14 +87,19 @@ impl Settings {
         if let Some(v) = get("WORK_PREFIX") {
             s.work_prefix = prefix("WORK_PREFIX", v)?;
         }
-        if s.results_prefix.starts_with(&s.upload_prefix) || s.work_prefix.starts_with(&s.upload_prefix) {
+        if s.results_prefix.starts_with(&s.upload_prefix)
+            || s.work_prefix.starts_with(&s.upload_prefix)
+        {
             return Err(SettingError {
                 name: "RESULTS_PREFIX",
                 problem: "results and work prefixes must be outside UPLOAD_PREFIX, or our own writes would trigger ingest".into(),
             });
         }
         if let Some(v) = get("DEFAULT_FORMAT") {
-            s.default_format = v.parse().map_err(|problem| SettingError { name: "DEFAULT_FORMAT", problem })?;
+            s.default_format = v.parse().map_err(|problem| SettingError {
+                name: "DEFAULT_FORMAT",
+                problem,
+            })?;
         }
         if let Some(v) = get("DEFAULT_QUALITY") {
             s.default_quality = Some(parse_in("DEFAULT_QUALITY", &v, 0.1, 1.0)?);
@@ -99,25 +111,35 @@ impl Settings {
             s.max_attempts = parse_in("MAX_ATTEMPTS", &v, 1.0, 10.0)? as u32;
         }
         if let Some(v) = get("SUBMIT_GRACE_SECONDS") {
-            s.submit_grace = Duration::from_secs(parse_in("SUBMIT_GRACE_SECONDS", &v, 1.0, 86_400.0)? as u64);
+            s.submit_grace =
+                Duration::from_secs(parse_in("SUBMIT_GRACE_SECONDS", &v, 1.0, 86_400.0)? as u64);
         }
         if let Some(v) = get("RETRY_DELAY_SECONDS") {
-            s.retry_delay = Duration::from_secs(parse_in("RETRY_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
+            s.retry_delay =
+                Duration::from_secs(parse_in("RETRY_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
         }
         if let Some(v) = get("PAUSED_DELAY_SECONDS") {
-            s.paused_delay = Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
+            s.paused_delay =
+                Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
         }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
-            s.webhook_max_body_bytes = parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
+            s.webhook_max_body_bytes =
+                parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
         }
         Ok(s)
     }
 }
 
 fn parse_in(name: &'static str, raw: &str, min: f64, max: f64) -> Result<f64, SettingError> {
-    let value: f64 = raw.trim().parse().map_err(|_| SettingError { name, problem: format!("`{raw}` is not a number") })?;
+    let value: f64 = raw.trim().parse().map_err(|_| SettingError {
+        name,
+        problem: format!("`{raw}` is not a number"),
+    })?;
     if !(min..=max).contains(&value) {
-        return Err(SettingError { name, problem: format!("{value} is outside {min}..={max}") });
+        return Err(SettingError {
+            name,
+            problem: format!("{value} is outside {min}..={max}"),
+        });
     }
     Ok(value)
 }
@@ -127,7 +149,10 @@ pub fn required_env(name: &'static str) -> Result<String, SettingError> {
     std::env::var(name)
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .ok_or(SettingError { name, problem: "is not set".into() })
+        .ok_or(SettingError {
+            name,
+            problem: "is not set".into(),
+        })
 }
 
 #[cfg(test)]
@@ -143,13 +168,17 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        let err = Settings::from_lookup(|n| (n == "FAILURE_ALERT_THRESHOLD").then(|| "lots".into())).unwrap_err();
+        let err =
+            Settings::from_lookup(|n| (n == "FAILURE_ALERT_THRESHOLD").then(|| "lots".into()))
+                .unwrap_err();
         assert!(err.to_string().contains("FAILURE_ALERT_THRESHOLD"));
     }
 
     #[test]
     fn results_inside_the_upload_prefix_are_refused() {
-        let err = Settings::from_lookup(|n| (n == "RESULTS_PREFIX").then(|| "uploads/results".into())).unwrap_err();
+        let err =
+            Settings::from_lookup(|n| (n == "RESULTS_PREFIX").then(|| "uploads/results".into()))
+                .unwrap_err();
         assert!(err.to_string().contains("trigger ingest"));
     }
 }

@@ -29,24 +29,34 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
     let table = required_env("TABLE_NAME")?;
     let queue_url = required_env("QUEUE_URL")?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
 
     let mut sinks: Vec<Arc<dyn Alerts>> = vec![Arc::new(LogAlerts)];
     if let Some(topic) = optional_env("ALERT_TOPIC_ARN") {
-        sinks.push(Arc::new(SnsAlerts::new(aws_sdk_sns::Client::new(&config), topic)));
+        sinks.push(Arc::new(SnsAlerts::new(
+            aws_sdk_sns::Client::new(&config),
+            topic,
+        )));
     }
     if let Some(url) = optional_env("ALERT_WEBHOOK_URL") {
         sinks.push(Arc::new(HttpAlerts::new(url)));
     }
 
     let secrets = match optional_env("SECRET_ARN") {
-        Some(arn) => StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn).await?,
+        Some(arn) => {
+            StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn).await?
+        }
         None => StackSecrets::from_env(),
     };
     let pictify = PictifyClient::new(PictifyConfig {
-        base_url: optional_env("PICTIFY_BASE_URL").unwrap_or_else(|| "https://api.pictify.io".into()),
+        base_url: optional_env("PICTIFY_BASE_URL")
+            .unwrap_or_else(|| "https://api.pictify.io".into()),
         // Only the submitter and the webhook call Pictify; ingest runs without a key.
         api_key: secrets.pictify_api_key.unwrap_or_else(|| Secret::new("")),
         ..PictifyConfig::default()
@@ -88,7 +98,9 @@ impl StackSecrets {
             .send()
             .await
             .with_context(|| format!("reading secret {arn}"))?;
-        let text = out.secret_string().with_context(|| format!("secret {arn} has no string value"))?;
+        let text = out
+            .secret_string()
+            .with_context(|| format!("secret {arn} has no string value"))?;
         serde_json::from_str(text).with_context(|| {
             format!("secret {arn} is not JSON of the form {{\"pictifyApiKey\": \"…\", \"webhookSecrets\": [\"whsec_…\"]}}")
         })
@@ -99,7 +111,13 @@ impl StackSecrets {
         StackSecrets {
             pictify_api_key: optional_env("PICTIFY_API_KEY").map(Secret::new),
             webhook_secrets: optional_env("WEBHOOK_SECRETS")
-                .map(|all| all.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
+                .map(|all| {
+                    all.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }

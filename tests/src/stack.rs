@@ -21,7 +21,10 @@ use shared::ports::{Alerts, JobStore, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 
-use crate::aws::{SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, s3, sns, sqs, unique_name};
+use crate::aws::{
+    SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, s3, sns, sqs,
+    unique_name,
+};
 
 pub const TEST_API_KEY: &str = "pk_test_emulator";
 
@@ -73,7 +76,9 @@ impl Stack {
         let queue_url = fresh_queue(&sqsc, "work").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
         let table = unique_name("jobs");
-        create_table(&dyn_c, &table).await.context("creating the table")?;
+        create_table(&dyn_c, &table)
+            .await
+            .context("creating the table")?;
 
         let webhook_secret = format!("whsec_{}", unique_name("secret").replace('-', ""));
         let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -84,10 +89,17 @@ impl Stack {
             data_dir: data.path().join("emulator"),
             seed: options.seed,
             faults: options.faults,
-            render: pictify_emulator::render::RenderOptions { rasterize: options.rasterize, ..Default::default() },
+            render: pictify_emulator::render::RenderOptions {
+                rasterize: options.rasterize,
+                ..Default::default()
+            },
             webhook_retry_scale: 0.001,
             subscriptions: ["render.completed", "render.failed", "batch.completed"]
-                .map(|event| PresetSubscription { event: event.into(), target_url: target_url.clone(), secret: webhook_secret.clone() })
+                .map(|event| PresetSubscription {
+                    event: event.into(),
+                    target_url: target_url.clone(),
+                    secret: webhook_secret.clone(),
+                })
                 .to_vec(),
             ..EmulatorConfig::default()
         })
@@ -101,7 +113,8 @@ impl Stack {
             backoff_base: Duration::from_millis(50),
         })?;
         let memory_alerts = Arc::new(MemoryAlerts::new());
-        let sinks: Vec<Arc<dyn Alerts>> = vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
+        let sinks: Vec<Arc<dyn Alerts>> =
+            vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
         let queue = Arc::new(SqsWorkQueue::new(sqsc.clone(), queue_url.clone()));
         let store = Arc::new(DynamoJobStore::new(dyn_c, table.clone()));
         let pipeline = Pipeline {
@@ -132,7 +145,14 @@ impl Stack {
     }
 
     pub async fn upload(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-        self.s3.put_object().bucket(&self.bucket).key(key).body(bytes.into()).send().await.sdk_context("put upload")?;
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .sdk_context("put upload")?;
         Ok(())
     }
 
@@ -141,7 +161,10 @@ impl Stack {
         let mut event = load_event("s3-put.json")?;
         let encoded: String = key
             .split(' ')
-            .map(|part| percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC).to_string())
+            .map(|part| {
+                percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
             .collect::<Vec<_>>()
             .join("+")
             .replace("%2F", "/")
@@ -159,7 +182,9 @@ impl Stack {
     /// Invokes the ingest handler with an S3 put event for `key`.
     pub async fn ingest(&self, key: &str) -> anyhow::Result<Value> {
         let event = LambdaEvent::new(self.s3_event(key)?, Context::default());
-        ingest::function_handler(&self.pipeline, event).await.map_err(|e| anyhow::anyhow!("ingest: {e}"))
+        ingest::function_handler(&self.pipeline, event)
+            .await
+            .map_err(|e| anyhow::anyhow!("ingest: {e}"))
     }
 
     /// One poll of the queue into the submitter handler, acting like Lambda's event source
@@ -183,13 +208,26 @@ impl Stack {
             .map(|m| json!({ "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body, "eventSource": "aws:sqs" }))
             .collect();
         let event: SqsEvent = serde_json::from_value(json!({ "Records": records }))?;
-        let response = submitter::function_handler(&self.pipeline, &self.queue, LambdaEvent::new(event, Context::default()))
-            .await
-            .map_err(|e| anyhow::anyhow!("submitter: {e}"))?;
+        let response = submitter::function_handler(
+            &self.pipeline,
+            &self.queue,
+            LambdaEvent::new(event, Context::default()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("submitter: {e}"))?;
         for m in &messages {
-            let failed = response.batch_item_failures.iter().any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
+            let failed = response
+                .batch_item_failures
+                .iter()
+                .any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
             if !failed && let Some(receipt) = &m.receipt_handle {
-                self.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(receipt).send().await.sdk_context("delete")?;
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .sdk_context("delete")?;
             }
         }
         Ok(messages.len())
@@ -203,7 +241,10 @@ impl Stack {
             if current.status.is_terminal() {
                 return Ok(current);
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {job} not done in {limit:?}: {current:#?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} not done in {limit:?}: {current:#?}"
+            );
             if self.drain_once().await? == 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -211,11 +252,21 @@ impl Stack {
     }
 
     pub async fn job(&self, id: &JobId) -> anyhow::Result<Job> {
-        self.store.job(id).await?.with_context(|| format!("job {id} not found"))
+        self.store
+            .job(id)
+            .await?
+            .with_context(|| format!("job {id} not found"))
     }
 
     pub async fn get_text(&self, key: &str) -> anyhow::Result<String> {
-        let out = self.s3.get_object().bucket(&self.bucket).key(key).send().await.sdk_context("get object")?;
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .sdk_context("get object")?;
         let bytes = out.body.collect().await?.into_bytes();
         Ok(String::from_utf8(bytes.to_vec())?)
     }
@@ -223,8 +274,11 @@ impl Stack {
 
 /// Reads a file from the repository's `events/` directory.
 pub fn load_event(name: &str) -> anyhow::Result<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events").join(name);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
 
@@ -245,7 +299,8 @@ fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
             };
             match webhook::function_handler(&pipeline, request).await {
                 Ok(response) => {
-                    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let status = StatusCode::from_u16(response.status().as_u16())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     let body = match response.into_body() {
                         lambda_http::Body::Text(t) => t,
                         _ => String::new(),

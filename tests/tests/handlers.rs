@@ -5,7 +5,9 @@ use std::time::Duration;
 use integration_tests::stack::{Stack, StackOptions, load_event};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use shared::domain::{Chunk, ChunkKey, ChunkMessage, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef};
+use shared::domain::{
+    Chunk, ChunkKey, ChunkMessage, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef,
+};
 use shared::ports::JobStore;
 use shared::signing::signature_header;
 
@@ -26,17 +28,27 @@ fn webhook_request(file: &str, secret: &str, tamper: bool) -> anyhow::Result<lam
             request = request.header(name, value.as_str().unwrap_or_default());
         }
     }
-    Ok(request.header("x-pictify-signature", signature).body(lambda_http::Body::Text(body))?)
+    Ok(request
+        .header("x-pictify-signature", signature)
+        .body(lambda_http::Body::Text(body))?)
 }
 
 async fn stack_with_events_secret() -> anyhow::Result<Stack> {
     let mut stack = Stack::start(StackOptions::default()).await?;
-    stack.pipeline.webhook_secrets.push(shared::secret::Secret::new(EVENTS_SECRET));
+    stack
+        .pipeline
+        .webhook_secrets
+        .push(shared::secret::Secret::new(EVENTS_SECRET));
     Ok(stack)
 }
 
 async fn status_of(stack: &Stack, file: &str, tamper: bool) -> anyhow::Result<u16> {
-    let response = webhook::function_handler(&stack.pipeline, webhook_request(file, EVENTS_SECRET, tamper)?).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let response = webhook::function_handler(
+        &stack.pipeline,
+        webhook_request(file, EVENTS_SECRET, tamper)?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(response.status().as_u16())
 }
 
@@ -45,11 +57,19 @@ async fn ingest_handles_the_sample_put_event_with_an_encoded_key() -> anyhow::Re
     let stack = Stack::start(StackOptions::default()).await?;
     // The sample's key decodes to a space and a plus sign.
     let key = "uploads/tmpl_blog_card/blog posts + drafts.csv";
-    stack.upload(key, b"title,author,publishDate\nHello,Ann,2026-01-01\n".to_vec()).await?;
+    stack
+        .upload(
+            key,
+            b"title,author,publishDate\nHello,Ann,2026-01-01\n".to_vec(),
+        )
+        .await?;
     let mut event = load_event("s3-put.json")?;
     event["Records"][0]["s3"]["bucket"]["name"] = json!(stack.bucket);
     event["Records"][0]["s3"]["object"]["eTag"] = json!("");
-    let answer = ingest::function_handler(&stack.pipeline, LambdaEvent::new(event, Context::default())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let answer =
+        ingest::function_handler(&stack.pipeline, LambdaEvent::new(event, Context::default()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(answer["outcomes"][0]["counters"]["rows"], 1, "{answer}");
     Ok(())
 }
@@ -57,9 +77,12 @@ async fn ingest_handles_the_sample_put_event_with_an_encoded_key() -> anyhow::Re
 #[tokio::test]
 async fn ingest_skips_the_s3_test_event() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
-    let answer = ingest::function_handler(&stack.pipeline, LambdaEvent::new(load_event("s3-test-event.json")?, Context::default()))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let answer = ingest::function_handler(
+        &stack.pipeline,
+        LambdaEvent::new(load_event("s3-test-event.json")?, Context::default()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(answer["skipped"], 1);
     Ok(())
 }
@@ -68,17 +91,31 @@ async fn ingest_skips_the_s3_test_event() -> anyhow::Result<()> {
 async fn submitter_submits_the_sample_chunk_once_even_when_redelivered() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let event_json = load_event("sqs-chunk.json")?;
-    let message: ChunkMessage = serde_json::from_str(event_json["Records"][0]["body"].as_str().unwrap_or_default())?;
+    let message: ChunkMessage = serde_json::from_str(
+        event_json["Records"][0]["body"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
     seed_job(&stack, &message.job, message.key).await?;
 
     for _ in 0..2 {
         let event = serde_json::from_value(event_json.clone())?;
-        let response = submitter::function_handler(&stack.pipeline, &stack.queue, LambdaEvent::new(event, Context::default()))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let response = submitter::function_handler(
+            &stack.pipeline,
+            &stack.queue,
+            LambdaEvent::new(event, Context::default()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         assert!(response.batch_item_failures.is_empty());
     }
-    assert_eq!(stack.emulator.ledger().accepted_with_key(&message.key.idempotency_key(&message.job)), 1);
+    assert_eq!(
+        stack
+            .emulator
+            .ledger()
+            .accepted_with_key(&message.key.idempotency_key(&message.job)),
+        1
+    );
     Ok(())
 }
 
@@ -87,9 +124,13 @@ async fn submitter_reports_an_unreadable_message_as_a_failure_for_the_dlq() -> a
     let stack = Stack::start(StackOptions::default()).await?;
     let mut event_json = load_event("sqs-chunk.json")?;
     event_json["Records"][0]["body"] = json!("{not json");
-    let response = submitter::function_handler(&stack.pipeline, &stack.queue, LambdaEvent::new(serde_json::from_value(event_json)?, Context::default()))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let response = submitter::function_handler(
+        &stack.pipeline,
+        &stack.queue,
+        LambdaEvent::new(serde_json::from_value(event_json)?, Context::default()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(response.batch_item_failures.len(), 1);
     Ok(())
 }
@@ -97,24 +138,53 @@ async fn submitter_reports_an_unreadable_message_as_a_failure_for_the_dlq() -> a
 #[tokio::test]
 async fn webhook_accepts_the_signed_sample_events() -> anyhow::Result<()> {
     let stack = stack_with_events_secret().await?;
-    assert_eq!(status_of(&stack, "webhook-render-completed.json", false).await?, 200);
-    assert_eq!(status_of(&stack, "webhook-render-failed.json", false).await?, 200);
+    assert_eq!(
+        status_of(&stack, "webhook-render-completed.json", false).await?,
+        200
+    );
+    assert_eq!(
+        status_of(&stack, "webhook-render-failed.json", false).await?,
+        200
+    );
     // batch_0001 is no batch of ours: acknowledged and kept as an orphan.
-    assert_eq!(status_of(&stack, "webhook-batch-completed.json", false).await?, 200);
+    assert_eq!(
+        status_of(&stack, "webhook-batch-completed.json", false).await?,
+        200
+    );
 
-    let data: Value = serde_json::from_str(load_event("webhook-render-completed.json")?["body"].as_str().unwrap_or_default())?;
-    let fp = shared::dataset::fingerprint("tmpl_blog_card", data["data"]["variables"].as_object().unwrap());
-    let renders = stack.store.renders(&[fp.clone()]).await?;
-    assert_eq!(renders[&fp].url, "http://127.0.0.1:4010/images/img_0001.png");
+    let data: Value = serde_json::from_str(
+        load_event("webhook-render-completed.json")?["body"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let fp = shared::dataset::fingerprint(
+        "tmpl_blog_card",
+        data["data"]["variables"].as_object().unwrap(),
+    );
+    let renders = stack.store.renders(std::slice::from_ref(&fp)).await?;
+    assert_eq!(
+        renders[&fp].url,
+        "http://127.0.0.1:4010/images/img_0001.png"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn webhook_refuses_a_tampered_body_and_changes_nothing() -> anyhow::Result<()> {
     let stack = stack_with_events_secret().await?;
-    assert_eq!(status_of(&stack, "webhook-render-completed.json", true).await?, 401);
-    let data: Value = serde_json::from_str(load_event("webhook-render-completed.json")?["body"].as_str().unwrap_or_default())?;
-    let fp = shared::dataset::fingerprint("tmpl_blog_card", data["data"]["variables"].as_object().unwrap());
+    assert_eq!(
+        status_of(&stack, "webhook-render-completed.json", true).await?,
+        401
+    );
+    let data: Value = serde_json::from_str(
+        load_event("webhook-render-completed.json")?["body"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let fp = shared::dataset::fingerprint(
+        "tmpl_blog_card",
+        data["data"]["variables"].as_object().unwrap(),
+    );
     assert!(stack.store.renders(&[fp]).await?.is_empty());
     Ok(())
 }
@@ -123,7 +193,10 @@ async fn webhook_refuses_a_tampered_body_and_changes_nothing() -> anyhow::Result
 async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<()> {
     let job_item = Job {
         id: job.clone(),
-        source: ObjectRef { bucket: stack.bucket.clone(), key: "uploads/tmpl_blog_card/sample.csv".into() },
+        source: ObjectRef {
+            bucket: stack.bucket.clone(),
+            key: "uploads/tmpl_blog_card/sample.csv".into(),
+        },
         source_version: "v1".into(),
         spec: JobSpec {
             template_id: "tmpl_blog_card".into(),
@@ -134,7 +207,11 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
             required: vec![],
         },
         status: JobStatus::Running,
-        counters: Counters { rows: 2, chunks: 1, ..Default::default() },
+        counters: Counters {
+            rows: 2,
+            chunks: 1,
+            ..Default::default()
+        },
         error: None,
         rejected_sample: vec![],
         created_at: 0,
@@ -144,7 +221,10 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         manifest: None,
     };
     stack.store.create_job(&job_item).await?;
-    stack.store.put_chunks(&[Chunk::new(job.clone(), key, vec![0, 1])]).await?;
+    stack
+        .store
+        .put_chunks(&[Chunk::new(job.clone(), key, vec![0, 1])])
+        .await?;
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }

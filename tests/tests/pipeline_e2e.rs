@@ -12,13 +12,18 @@ use shared::ports::JobStore;
 fn blog_csv(rows: usize) -> Vec<u8> {
     let mut s = String::from("title,author,publishDate\n");
     for i in 0..rows {
-        s.push_str(&format!("\"Post {i}, a story\",Author {i},2026-01-{:02}\n", i % 28 + 1));
+        s.push_str(&format!(
+            "\"Post {i}, a story\",Author {i},2026-01-{:02}\n",
+            i % 28 + 1
+        ));
     }
     s.into_bytes()
 }
 
 fn job_id_of(ingest_answer: &serde_json::Value) -> JobId {
-    let raw = ingest_answer["outcomes"][0]["job"].as_str().expect("ingest names the job");
+    let raw = ingest_answer["outcomes"][0]["job"]
+        .as_str()
+        .expect("ingest names the job");
     JobId::parse(raw).expect("a job id")
 }
 
@@ -29,24 +34,52 @@ async fn a_250_row_csv_renders_in_three_batches_each_accepted_once() -> anyhow::
     stack.upload(key, blog_csv(250)).await?;
 
     let answer = stack.ingest(key).await?;
-    let job = stack.run_until_done(&job_id_of(&answer), Duration::from_secs(120)).await?;
+    let job = stack
+        .run_until_done(&job_id_of(&answer), Duration::from_secs(120))
+        .await?;
 
     assert_eq!(job.status, JobStatus::Completed);
     let c = job.counters;
-    assert_eq!((c.rows, c.rendered, c.failed, c.rejected, c.in_flight()), (250, 250, 0, 0, 0));
+    assert_eq!(
+        (c.rows, c.rendered, c.failed, c.rejected, c.in_flight()),
+        (250, 250, 0, 0, 0)
+    );
     let ledger = stack.emulator.ledger();
     assert_eq!(ledger.batches_accepted.len(), 3);
     for chunk in stack.store.chunks_of_job(&job.id).await? {
-        assert_eq!(ledger.accepted_with_key(&chunk.idempotency_key()), 1, "chunk {}", chunk.key.label());
+        assert_eq!(
+            ledger.accepted_with_key(&chunk.idempotency_key()),
+            1,
+            "chunk {}",
+            chunk.key.label()
+        );
     }
-    let manifest = stack.get_text("results/tmpl_blog_card/blog posts+1.csv.results.jsonl").await?;
-    let lines: Vec<serde_json::Value> = manifest.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/blog posts+1.csv.results.jsonl")
+        .await?;
+    let lines: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 250);
-    assert!(lines.iter().all(|l| l["status"] == "rendered" && l["url"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1"))));
+    assert!(lines.iter().all(|l| {
+        l["status"] == "rendered"
+            && l["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http://127.0.0.1"))
+    }));
     assert_eq!(lines[249]["fields"]["title"], "Post 249, a story");
-    let csv = stack.get_text("results/tmpl_blog_card/blog posts+1.csv.results.csv").await?;
+    let csv = stack
+        .get_text("results/tmpl_blog_card/blog posts+1.csv.results.csv")
+        .await?;
     assert_eq!(csv.lines().count(), 251, "header + one line per row");
-    assert!(stack.alerts.alerts().iter().any(|a| a.kind == "job_finished"));
+    assert!(
+        stack
+            .alerts
+            .alerts()
+            .iter()
+            .any(|a| a.kind == "job_finished")
+    );
     Ok(())
 }
 
@@ -63,44 +96,92 @@ async fn with_item_failures_duplicates_and_a_429_every_row_still_ends_once() -> 
         submit_429_rate: 0.3,
         ..Faults::default()
     };
-    let stack = Stack::start(StackOptions { faults, seed: 11, ..StackOptions::default() }).await?;
+    let stack = Stack::start(StackOptions {
+        faults,
+        seed: 11,
+        ..StackOptions::default()
+    })
+    .await?;
     let key = "uploads/tmpl_blog_card/faulty.csv";
     stack.upload(key, blog_csv(250)).await?;
 
     let answer = stack.ingest(key).await?;
-    let job = stack.run_until_done(&job_id_of(&answer), Duration::from_secs(180)).await?;
+    let job = stack
+        .run_until_done(&job_id_of(&answer), Duration::from_secs(180))
+        .await?;
 
     let c = job.counters;
     assert_eq!(c.in_flight(), 0);
-    assert_eq!(c.rows, c.rejected + c.rendered + c.failed, "the invariant holds");
+    assert_eq!(
+        c.rows,
+        c.rejected + c.rendered + c.failed,
+        "the invariant holds"
+    );
     assert!(c.failed > 0 && c.rendered > 200, "{c:?}");
     let ledger = stack.emulator.ledger();
-    assert!(ledger.rejected_with(429) >= 1, "a 429 was injected and survived");
-    assert!(ledger.deliveries.duplicated > 0, "duplicates were delivered");
+    assert!(
+        ledger.rejected_with(429) >= 1,
+        "a 429 was injected and survived"
+    );
+    assert!(
+        ledger.deliveries.duplicated > 0,
+        "duplicates were delivered"
+    );
     // Each chunk (initial or retry) reached Pictify exactly once.
     let chunks = stack.store.chunks_of_job(&job.id).await?;
     for chunk in &chunks {
-        assert_eq!(ledger.accepted_with_key(&chunk.idempotency_key()), 1, "chunk {}", chunk.key.label());
+        assert_eq!(
+            ledger.accepted_with_key(&chunk.idempotency_key()),
+            1,
+            "chunk {}",
+            chunk.key.label()
+        );
     }
-    assert!(chunks.iter().any(|c| c.key.attempt > 0), "retryable failures were retried in a new chunk");
+    assert!(
+        chunks.iter().any(|c| c.key.attempt > 0),
+        "retryable failures were retried in a new chunk"
+    );
     // Permanent failures are never retried.
     for chunk in chunks.iter().filter(|c| c.key.attempt > 0) {
-        let parent = chunks.iter().find(|p| p.key.seq == chunk.key.seq && p.key.attempt + 1 == chunk.key.attempt).unwrap();
+        let parent = chunks
+            .iter()
+            .find(|p| p.key.seq == chunk.key.seq && p.key.attempt + 1 == chunk.key.attempt)
+            .unwrap();
         let outcome = parent.outcome.as_ref().unwrap();
         assert_eq!(outcome.retried.len(), chunk.rows.len());
     }
     // One alert per batch whose failure rate was over 5%, none for the others.
-    let over: usize = ledger.batches_accepted.iter().filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05).count();
-    let alerts = stack.alerts.alerts().into_iter().filter(|a| a.kind == "batch_high_failure_rate").count();
+    let over: usize = ledger
+        .batches_accepted
+        .iter()
+        .filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05)
+        .count();
+    let alerts = stack
+        .alerts
+        .alerts()
+        .into_iter()
+        .filter(|a| a.kind == "batch_high_failure_rate")
+        .count();
     assert_eq!(alerts, over);
     // The manifest shows every row's final state once.
-    let manifest = stack.get_text("results/tmpl_blog_card/faulty.csv.results.jsonl").await?;
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/faulty.csv.results.jsonl")
+        .await?;
     let statuses: Vec<String> = manifest
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["status"].as_str().unwrap_or_default().to_owned()))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
+        })
         .collect::<Result<_, _>>()?;
     assert_eq!(statuses.len(), 250);
-    assert_eq!(statuses.iter().filter(|s| *s == "failed").count() as u64, c.failed);
-    assert!(statuses.iter().all(|s| s == "rendered" || s == "failed"), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "failed").count() as u64,
+        c.failed
+    );
+    assert!(
+        statuses.iter().all(|s| s == "rendered" || s == "failed"),
+        "{statuses:?}"
+    );
     Ok(())
 }

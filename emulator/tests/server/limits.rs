@@ -33,7 +33,7 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
         (body["retry_after"].as_u64(), body["retryAfter"].as_u64()),
         (Some(retry_after), Some(retry_after))
     );
-    assert!(retry_after >= 1 && retry_after <= 20, "{retry_after}");
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
 }
 
 #[tokio::test]

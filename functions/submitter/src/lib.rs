@@ -7,7 +7,11 @@ use shared::domain::ChunkMessage;
 use shared::pipeline::{Pipeline, SubmitOutcome};
 use tracing::{error, info, warn};
 
-pub async fn function_handler(pipeline: &Pipeline, queue: &SqsWorkQueue, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+pub async fn function_handler(
+    pipeline: &Pipeline,
+    queue: &SqsWorkQueue,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, Error> {
     let mut response = SqsBatchResponse::default();
     for message in &event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
@@ -32,7 +36,11 @@ async fn handle(pipeline: &Pipeline, queue: &SqsWorkQueue, message: &SqsMessage)
         }
     };
     let delay = match pipeline.submit(&chunk).await {
-        Ok(SubmitOutcome::Submitted { .. } | SubmitOutcome::AlreadyDone | SubmitOutcome::Rejected { .. }) => return true,
+        Ok(
+            SubmitOutcome::Submitted { .. }
+            | SubmitOutcome::AlreadyDone
+            | SubmitOutcome::Rejected { .. },
+        ) => return true,
         Ok(SubmitOutcome::RetryLater(delay)) => delay,
         Ok(SubmitOutcome::Paused { reason, delay }) => {
             warn!(job_id = %chunk.job, chunk = %chunk.key.label(), reason = %reason, "submissions paused; message kept");

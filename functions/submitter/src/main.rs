@@ -6,5 +6,8 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let wired = shared::wiring::pipeline_from_env().await?;
     let (pipeline, queue) = (&wired.pipeline, wired.queue.as_ref());
-    run(service_fn(|event| submitter::function_handler(pipeline, queue, event))).await
+    run(service_fn(|event| {
+        submitter::function_handler(pipeline, queue, event)
+    }))
+    .await
 }

@@ -4,7 +4,10 @@ use lambda_http::{Body, Error, Request, Response};
 use shared::pictify::wire::headers;
 use shared::pipeline::{Pipeline, WebhookRequest};
 
-pub async fn function_handler(pipeline: &Pipeline, request: Request) -> Result<Response<Body>, Error> {
+pub async fn function_handler(
+    pipeline: &Pipeline,
+    request: Request,
+) -> Result<Response<Body>, Error> {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
     // The signature covers the exact bytes Pictify sent: never re-serialise before verifying.
     let body: &[u8] = match request.body() {

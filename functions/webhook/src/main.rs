@@ -6,5 +6,8 @@ async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
     let wired = shared::wiring::pipeline_from_env().await?;
     let pipeline = &wired.pipeline;
-    run(service_fn(|request| webhook::function_handler(pipeline, request))).await
+    run(service_fn(|request| {
+        webhook::function_handler(pipeline, request)
+    }))
+    .await
 }

@@ -9,8 +9,8 @@ use tracing::{info, warn};
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{
-    ChunkKey, Job, ChunkOutcome, ChunkPayload, ChunkState, Counters, JobId, JobStatus, RowError, code_from_message, is_retryable,
-    own_codes,
+    ChunkKey, ChunkOutcome, ChunkPayload, ChunkState, Counters, Job, JobId, JobStatus, RowError,
+    code_from_message, is_retryable, own_codes,
 };
 use crate::layout;
 use crate::pictify::wire::BatchResults;
@@ -25,15 +25,20 @@ pub enum BatchApplied {
 
 impl Pipeline {
     /// Applies a finished batch. Safe to call any number of times for the same batch.
-    pub async fn complete_batch(&self, batch_id: &str, duration_ms: Option<u64>) -> Result<BatchApplied, StepError> {
+    pub async fn complete_batch(
+        &self,
+        batch_id: &str,
+        duration_ms: Option<u64>,
+    ) -> Result<BatchApplied, StepError> {
         let Some((job_id, key)) = self.store.chunk_by_batch(batch_id).await? else {
             return Ok(BatchApplied::UnknownBatch);
         };
-        let chunk = self
-            .store
-            .chunk(&job_id, key)
-            .await?
-            .ok_or_else(|| StepError::Other(format!("batch {batch_id} points at missing chunk {}", key.label())))?;
+        let chunk = self.store.chunk(&job_id, key).await?.ok_or_else(|| {
+            StepError::Other(format!(
+                "batch {batch_id} points at missing chunk {}",
+                key.label()
+            ))
+        })?;
         if chunk.state == ChunkState::Completed {
             self.finish_job_if_done(&job_id).await?;
             return Ok(BatchApplied::AlreadyApplied);
@@ -41,12 +46,25 @@ impl Pipeline {
         let results = self.pictify.get_batch_results(batch_id).await?;
         if !results.status.is_terminal() {
             // batch.completed raced ahead of the poll: fail so the delivery is retried later.
-            return Err(StepError::Other(format!("batch {batch_id} reported completed but polls as {:?}", results.status)));
+            return Err(StepError::Other(format!(
+                "batch {batch_id} reported completed but polls as {:?}",
+                results.status
+            )));
         }
-        let job = self.store.job(&job_id).await?.ok_or_else(|| StepError::Other(format!("job {job_id} is missing")))?;
-        let applied = self.apply_results(&job, key, chunk.rows.len(), &results, duration_ms).await?;
+        let job = self
+            .store
+            .job(&job_id)
+            .await?
+            .ok_or_else(|| StepError::Other(format!("job {job_id} is missing")))?;
+        let applied = self
+            .apply_results(&job, key, chunk.rows.len(), &results, duration_ms)
+            .await?;
         self.finish_job_if_done(&job_id).await?;
-        Ok(if applied { BatchApplied::Applied } else { BatchApplied::AlreadyApplied })
+        Ok(if applied {
+            BatchApplied::Applied
+        } else {
+            BatchApplied::AlreadyApplied
+        })
     }
 
     async fn apply_results(
@@ -80,7 +98,8 @@ impl Pipeline {
 
         let failed_items = errors.len();
         let payload = if failed_items > 0 {
-            let at = layout::chunk_payload_ref(&job.source.bucket, job_id, &key.label(), &self.settings);
+            let at =
+                layout::chunk_payload_ref(&job.source.bucket, job_id, &key.label(), &self.settings);
             Some(self.read_payload(&at).await?)
         } else {
             None
@@ -88,7 +107,11 @@ impl Pipeline {
         let classified = self.classify(&errors, payload.as_ref()).await?;
 
         let may_retry = key.attempt + 1 < self.settings.max_attempts;
-        let mut outcome = ChunkOutcome { rendered: (size - failed_items) as u32, duration_ms, ..Default::default() };
+        let mut outcome = ChunkOutcome {
+            rendered: (size - failed_items) as u32,
+            duration_ms,
+            ..Default::default()
+        };
         let mut code_counts: HashMap<String, u64> = HashMap::new();
         for (index, error) in classified {
             *code_counts.entry(error.code.clone()).or_default() += 1;
@@ -107,7 +130,11 @@ impl Pipeline {
             }
             _ => None,
         };
-        let failure_rate = if size == 0 { 0.0 } else { failed_items as f64 / size as f64 };
+        let failure_rate = if size == 0 {
+            0.0
+        } else {
+            failed_items as f64 / size as f64
+        };
         let alert = failure_rate > self.settings.failure_alert_threshold;
         let completion = ChunkCompletion {
             job: job_id.clone(),
@@ -121,7 +148,9 @@ impl Pipeline {
                 ..Default::default()
             },
             outcome,
-            retry: retry_chunk_and_message.as_ref().map(|(chunk, _)| chunk.clone()),
+            retry: retry_chunk_and_message
+                .as_ref()
+                .map(|(chunk, _)| chunk.clone()),
             alert,
         };
         if !self.store.complete_chunk(&completion).await? {
@@ -168,7 +197,11 @@ impl Pipeline {
             Some(p) => errors
                 .iter()
                 .filter(|(_, message)| code_from_message(message).is_none())
-                .filter_map(|(i, _)| p.variable_sets.get(*i as usize).map(|v| (*i, fingerprint(&p.template_id, v))))
+                .filter_map(|(i, _)| {
+                    p.variable_sets
+                        .get(*i as usize)
+                        .map(|v| (*i, fingerprint(&p.template_id, v)))
+                })
                 .collect(),
             None => Vec::new(),
         };
@@ -184,15 +217,31 @@ impl Pipeline {
             .map(|(index, message)| {
                 let code = code_from_message(message)
                     .map(str::to_owned)
-                    .or_else(|| by_index.get(index).and_then(|fp| recorded.get(*fp)).map(|r| r.code.clone()))
+                    .or_else(|| {
+                        by_index
+                            .get(index)
+                            .and_then(|fp| recorded.get(*fp))
+                            .map(|r| r.code.clone())
+                    })
                     .unwrap_or_else(|| own_codes::UNKNOWN.to_owned());
-                (*index, RowError { code, message: message.clone() })
+                (
+                    *index,
+                    RowError {
+                        code,
+                        message: message.clone(),
+                    },
+                )
             })
             .collect())
     }
 
     fn retry_payload(&self, payload: &ChunkPayload, indices: &[u32]) -> ChunkPayload {
-        let pick = |i: &u32| (payload.rows.get(*i as usize).copied(), payload.variable_sets.get(*i as usize).cloned());
+        let pick = |i: &u32| {
+            (
+                payload.rows.get(*i as usize).copied(),
+                payload.variable_sets.get(*i as usize).cloned(),
+            )
+        };
         let (rows, variable_sets) = indices
             .iter()
             .filter_map(|i| match pick(i) {
@@ -200,7 +249,12 @@ impl Pipeline {
                 _ => None,
             })
             .unzip();
-        ChunkPayload { key: payload.key.retry(), rows, variable_sets, ..payload.clone() }
+        ChunkPayload {
+            key: payload.key.retry(),
+            rows,
+            variable_sets,
+            ..payload.clone()
+        }
     }
 
     /// When every row is terminal: write the manifest, set the final status, notify. Idempotent:
@@ -213,7 +267,11 @@ impl Pipeline {
         if job.status != JobStatus::Running || c.in_flight() > 0 || c.chunks_done < c.chunks {
             return Ok(());
         }
-        if !self.store.transition_job(job_id, JobStatus::Running, JobStatus::Finishing).await? {
+        if !self
+            .store
+            .transition_job(job_id, JobStatus::Running, JobStatus::Finishing)
+            .await?
+        {
             return Ok(());
         }
         self.finish_job(job).await
@@ -229,7 +287,9 @@ impl Pipeline {
             (None, _) => c.final_status(),
         };
         let now = self.clock.now();
-        self.store.finish_job(&job.id, status, &summary.location, now).await?;
+        self.store
+            .finish_job(&job.id, status, &summary.location, now)
+            .await?;
         info!(
             job_id = %job.id, status = status.as_str(), rows = c.rows, rendered = c.rendered, failed = c.failed,
             rejected = c.rejected, manifest = %summary.location.csv, "job finished"

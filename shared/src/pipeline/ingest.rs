@@ -6,7 +6,10 @@ use tracing::{info, warn};
 
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
-use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef};
+use crate::domain::{
+    Chunk, ChunkKey, ChunkMessage, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus,
+    ObjectRef,
+};
 use crate::layout::{self, UploadKind};
 use crate::pictify::wire::VariableSet;
 
@@ -19,12 +22,22 @@ const REJECTED_SAMPLE: usize = 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
     /// The job already exists past ingest (a redelivered event).
-    Duplicate { job: JobId },
-    Ingested { job: JobId, counters: Counters },
+    Duplicate {
+        job: JobId,
+    },
+    Ingested {
+        job: JobId,
+        counters: Counters,
+    },
     /// The dataset could not be read; nothing (more) was queued.
-    Failed { job: JobId, reason: String },
+    Failed {
+        job: JobId,
+        reason: String,
+    },
 }
 
 /// What the blocking parser hands to the async side.
@@ -36,16 +49,27 @@ enum Parsed {
 
 impl Pipeline {
     /// Ingests one uploaded object. `version` is the event's ETag / version id when known.
-    pub async fn ingest(&self, upload: &ObjectRef, version: Option<&str>) -> Result<IngestOutcome, StepError> {
+    pub async fn ingest(
+        &self,
+        upload: &ObjectRef,
+        version: Option<&str>,
+    ) -> Result<IngestOutcome, StepError> {
         let (template_id, format) = match layout::classify(&upload.key, &self.settings) {
-            UploadKind::Dataset { template_id, format } => (template_id, format),
+            UploadKind::Dataset {
+                template_id,
+                format,
+            } => (template_id, format),
             UploadKind::Ignored(reason) => return Ok(IngestOutcome::Skipped { reason }),
         };
         let version = match version {
             Some(v) if !v.is_empty() => v.to_owned(),
             _ => match self.objects.version(upload).await? {
                 Some(v) => v,
-                None => return Ok(IngestOutcome::Skipped { reason: "the object no longer exists".into() }),
+                None => {
+                    return Ok(IngestOutcome::Skipped {
+                        reason: "the object no longer exists".into(),
+                    });
+                }
             },
         };
         let job_id = JobId::for_upload(&upload.bucket, &upload.key, &version);
@@ -56,7 +80,9 @@ impl Pipeline {
             id: job_id.clone(),
             source: upload.clone(),
             source_version: version.clone(),
-            spec: spec.clone().unwrap_or_else(|_| placeholder_spec(&template_id)),
+            spec: spec
+                .clone()
+                .unwrap_or_else(|_| placeholder_spec(&template_id)),
             status: JobStatus::Ingesting,
             counters: Counters::default(),
             error: None,
@@ -86,7 +112,11 @@ impl Pipeline {
 
         let body = match self.objects.open(upload, Some(&version)).await {
             Ok(body) => body,
-            Err(e) => return self.fail_ingest(job, format!("cannot read the upload: {e}")).await,
+            Err(e) => {
+                return self
+                    .fail_ingest(job, format!("cannot read the upload: {e}"))
+                    .await;
+            }
         };
         let (tx, mut rx) = mpsc::channel::<Parsed>(CHUNKS_PER_FLUSH * 2);
         let parser = tokio::task::spawn_blocking({
@@ -103,7 +133,9 @@ impl Pipeline {
                 Parsed::Chunk(payload) => {
                     pending.push(payload);
                     if pending.len() == CHUNKS_PER_FLUSH {
-                        counters.chunks += self.queue_chunks(&upload.bucket, std::mem::take(&mut pending)).await?;
+                        counters.chunks += self
+                            .queue_chunks(&upload.bucket, std::mem::take(&mut pending))
+                            .await?;
                         info!(job_id = %job_id, chunks = counters.chunks, "ingest progress");
                     }
                 }
@@ -120,7 +152,9 @@ impl Pipeline {
             }
         }
         counters.chunks += self.queue_chunks(&upload.bucket, pending).await?;
-        parser.await.map_err(|e| StepError::Other(format!("dataset parser crashed: {e}")))?;
+        parser
+            .await
+            .map_err(|e| StepError::Other(format!("dataset parser crashed: {e}")))?;
 
         if counters.rows == 0
             && let Some(reason) = dataset_error
@@ -138,11 +172,18 @@ impl Pipeline {
         );
         // A file with no valid rows is complete already.
         self.finish_job_if_done(&job_id).await?;
-        Ok(IngestOutcome::Ingested { job: job_id, counters })
+        Ok(IngestOutcome::Ingested {
+            job: job_id,
+            counters,
+        })
     }
 
     /// Stores each payload, records the chunks, then queues them. Returns how many were queued.
-    async fn queue_chunks(&self, bucket: &str, payloads: Vec<ChunkPayload>) -> Result<u64, StepError> {
+    async fn queue_chunks(
+        &self,
+        bucket: &str,
+        payloads: Vec<ChunkPayload>,
+    ) -> Result<u64, StepError> {
         if payloads.is_empty() {
             return Ok(0);
         }
@@ -160,13 +201,20 @@ impl Pipeline {
 
     /// Keeps the durable copy of a chunk's payload (retries and reconciliation read it) and builds
     /// its queue message: inline when it fits the queue, by reference otherwise.
-    pub(crate) async fn store_payload(&self, bucket: &str, payload: ChunkPayload) -> Result<(Chunk, ChunkMessage), StepError> {
+    pub(crate) async fn store_payload(
+        &self,
+        bucket: &str,
+        payload: ChunkPayload,
+    ) -> Result<(Chunk, ChunkMessage), StepError> {
         let label = payload.key.label();
         let at = layout::chunk_payload_ref(bucket, &payload.job, &label, &self.settings);
-        let bytes = serde_json::to_vec(&payload).map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
+        let bytes = serde_json::to_vec(&payload)
+            .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
         // Leave room for the envelope around the payload.
         let inline = bytes.len() + 512 <= self.queue.max_message_bytes();
-        self.objects.put_bytes(&at, bytes, "application/json").await?;
+        self.objects
+            .put_bytes(&at, bytes, "application/json")
+            .await?;
         let chunk = Chunk::new(payload.job.clone(), payload.key, payload.rows.clone());
         let message = ChunkMessage {
             job: payload.job.clone(),
@@ -184,7 +232,10 @@ impl Pipeline {
         job.ingested_at = Some(self.clock.now());
         self.store.finish_ingest(&job).await?;
         self.finish_job_if_done(&job.id).await?;
-        Ok(IngestOutcome::Failed { job: job.id, reason })
+        Ok(IngestOutcome::Failed {
+            job: job.id,
+            reason,
+        })
     }
 }
 
@@ -202,7 +253,11 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
 /// The rules the reader applies for a spec; the manifest re-reads the file with the same rules,
 /// so row numbers and rejection reasons come out identical.
 pub(crate) fn row_rules(spec: &JobSpec) -> RowRules {
-    RowRules { mapping: spec.mapping.clone(), required: spec.required.clone(), ..RowRules::default() }
+    RowRules {
+        mapping: spec.mapping.clone(),
+        required: spec.required.clone(),
+        ..RowRules::default()
+    }
 }
 
 /// Runs on a blocking thread: reads the whole file, sending chunks and rejections as they come.
@@ -251,7 +306,11 @@ fn parse_into_chunks(
             }
             Ok(Item::Rejected(rejected)) => {
                 rows += 1;
-                tx.blocking_send(Parsed::Rejected(rejected.number, rejected.reason.to_string())).is_ok()
+                tx.blocking_send(Parsed::Rejected(
+                    rejected.number,
+                    rejected.reason.to_string(),
+                ))
+                .is_ok()
             }
             Err(e) => {
                 if flush(&mut numbers, &mut sets, &mut seq) {

@@ -47,10 +47,17 @@ fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, (RowState, u32)> {
         for (index, row) in chunk.rows.iter().enumerate() {
             let index = index as u32;
             let state = match &chunk.outcome {
-                None => RowState::InFlight { chunk: chunk.key.label() },
+                None => RowState::InFlight {
+                    chunk: chunk.key.label(),
+                },
                 Some(o) => match o.failed.get(&index) {
-                    Some(e) => RowState::Failed { code: e.code.clone(), message: e.message.clone() },
-                    None if o.retried.contains(&index) => RowState::InFlight { chunk: chunk.key.retry().label() },
+                    Some(e) => RowState::Failed {
+                        code: e.code.clone(),
+                        message: e.message.clone(),
+                    },
+                    None if o.retried.contains(&index) => RowState::InFlight {
+                        chunk: chunk.key.retry().label(),
+                    },
                     None => RowState::Rendered { url: None },
                 },
             };
@@ -67,19 +74,34 @@ impl Pipeline {
         let outcomes = row_outcomes(self.store.chunks_of_job(&job.id).await?);
         let format = DatasetFormat::from_key(&job.source.key)
             .ok_or_else(|| StepError::Other(format!("{} is not a dataset", job.source)))?;
-        let dir = tempfile::tempdir().map_err(|e| StepError::Other(format!("temp dir for the manifest: {e}")))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| StepError::Other(format!("temp dir for the manifest: {e}")))?;
         let csv_path = dir.path().join("results.csv");
         let jsonl_path = dir.path().join("results.jsonl");
 
         // The upload may be unreadable (that can be why the job failed): then the manifest has no lines.
-        let body = if job.counters.rows > 0 { Some(self.objects.open(&job.source, Some(&job.source_version)).await?) } else { None };
+        let body = if job.counters.rows > 0 {
+            Some(
+                self.objects
+                    .open(&job.source, Some(&job.source_version))
+                    .await?,
+            )
+        } else {
+            None
+        };
         let (tx, mut rx) = mpsc::channel::<Vec<Line>>(4);
         let rules = super::ingest::row_rules(&job.spec);
         let template_id = job.spec.template_id.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
-            let Some(body) = body else { return Ok(Vec::new()) };
-            let dataset = DatasetReader::new(body.reader, format, rules).map_err(|e| e.to_string())?;
-            let columns = dataset.columns().map(<[String]>::to_vec).unwrap_or_default();
+            let Some(body) = body else {
+                return Ok(Vec::new());
+            };
+            let dataset =
+                DatasetReader::new(body.reader, format, rules).map_err(|e| e.to_string())?;
+            let columns = dataset
+                .columns()
+                .map(<[String]>::to_vec)
+                .unwrap_or_default();
             let mut group = Vec::with_capacity(LOOKUP_GROUP);
             for item in dataset {
                 let line = match item {
@@ -88,13 +110,22 @@ impl Pipeline {
                             .get(&row.number)
                             .cloned()
                             .unwrap_or((RowState::InFlight { chunk: "-".into() }, 0));
-                        let fp = matches!(state, RowState::Rendered { .. }).then(|| fingerprint(&template_id, &row.variables));
-                        Line { number: row.number, fields: row.fields, state, attempts, fingerprint: fp }
+                        let fp = matches!(state, RowState::Rendered { .. })
+                            .then(|| fingerprint(&template_id, &row.variables));
+                        Line {
+                            number: row.number,
+                            fields: row.fields,
+                            state,
+                            attempts,
+                            fingerprint: fp,
+                        }
                     }
                     Ok(Item::Rejected(r)) => Line {
                         number: r.number,
                         fields: Map::new(),
-                        state: RowState::Rejected { reason: r.reason.to_string() },
+                        state: RowState::Rejected {
+                            reason: r.reason.to_string(),
+                        },
                         attempts: 0,
                         fingerprint: None,
                     },
@@ -102,7 +133,9 @@ impl Pipeline {
                     Err(_) => break,
                 };
                 group.push(line);
-                if group.len() == LOOKUP_GROUP && tx.blocking_send(std::mem::take(&mut group)).is_err() {
+                if group.len() == LOOKUP_GROUP
+                    && tx.blocking_send(std::mem::take(&mut group)).is_err()
+                {
                     return Ok(columns);
                 }
             }
@@ -124,13 +157,19 @@ impl Pipeline {
         };
         let mut codes: HashMap<String, u64> = HashMap::new();
         let mut jsonl = std::io::BufWriter::new(
-            std::fs::File::create(&jsonl_path).map_err(|e| StepError::Other(format!("manifest file: {e}")))?,
+            std::fs::File::create(&jsonl_path)
+                .map_err(|e| StepError::Other(format!("manifest file: {e}")))?,
         );
         while let Some(mut group) = rx.recv().await {
             let fps: Vec<String> = group.iter().filter_map(|l| l.fingerprint.clone()).collect();
-            let renders = if fps.is_empty() { HashMap::new() } else { self.store.renders(&fps).await? };
+            let renders = if fps.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.renders(&fps).await?
+            };
             for line in &mut group {
-                if let (RowState::Rendered { url }, Some(fp)) = (&mut line.state, &line.fingerprint) {
+                if let (RowState::Rendered { url }, Some(fp)) = (&mut line.state, &line.fingerprint)
+                {
                     *url = renders.get(fp).map(|r| r.url.clone());
                 }
                 match &line.state {
@@ -147,22 +186,32 @@ impl Pipeline {
                     RowState::InFlight { .. } => summary.in_flight += 1,
                 }
                 summary.lines += 1;
-                serde_json::to_writer(&mut jsonl, &json_line(line)).map_err(|e| StepError::Other(format!("manifest line: {e}")))?;
-                jsonl.write_all(b"\n").map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
+                serde_json::to_writer(&mut jsonl, &json_line(line))
+                    .map_err(|e| StepError::Other(format!("manifest line: {e}")))?;
+                jsonl
+                    .write_all(b"\n")
+                    .map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
             }
         }
         // The CSV needs the header, known only once the reader started, so it is written from the
         // JSONL file afterwards rather than from lines kept in memory.
-        jsonl.flush().map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
+        jsonl
+            .flush()
+            .map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
         drop(jsonl);
         let columns = reader
             .await
             .map_err(|e| StepError::Other(format!("manifest reader crashed: {e}")))?
             .unwrap_or_default();
-        write_csv_from_jsonl(&jsonl_path, &csv_path, &columns).map_err(|e| StepError::Other(format!("manifest csv: {e}")))?;
+        write_csv_from_jsonl(&jsonl_path, &csv_path, &columns)
+            .map_err(|e| StepError::Other(format!("manifest csv: {e}")))?;
 
-        self.objects.put_file(&location.csv, &csv_path, "text/csv").await?;
-        self.objects.put_file(&location.jsonl, &jsonl_path, "application/x-ndjson").await?;
+        self.objects
+            .put_file(&location.csv, &csv_path, "text/csv")
+            .await?;
+        self.objects
+            .put_file(&location.jsonl, &jsonl_path, "application/x-ndjson")
+            .await?;
         let mut top: Vec<(String, u64)> = codes.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(5);
@@ -176,7 +225,11 @@ fn json_line(line: &Line) -> Value {
         RowState::Rendered { url } => (url.clone(), None, None),
         RowState::Failed { code, message } => (None, Some(code.clone()), Some(message.clone())),
         RowState::Rejected { reason } => (None, Some("REJECTED".to_owned()), Some(reason.clone())),
-        RowState::InFlight { chunk } => (None, None, Some(format!("still in flight in chunk {chunk}"))),
+        RowState::InFlight { chunk } => (
+            None,
+            None,
+            Some(format!("still in flight in chunk {chunk}")),
+        ),
     };
     json!({
         "row": line.number,
@@ -191,10 +244,23 @@ fn json_line(line: &Line) -> Value {
 
 /// CSV columns: row, status, url, error_code, error_message, attempts, then the input's columns
 /// (CSV uploads) or one `fields` column holding the row as JSON (JSON uploads, whose keys vary).
-fn write_csv_from_jsonl(jsonl: &std::path::Path, csv_path: &std::path::Path, columns: &[String]) -> std::io::Result<()> {
+fn write_csv_from_jsonl(
+    jsonl: &std::path::Path,
+    csv_path: &std::path::Path,
+    columns: &[String],
+) -> std::io::Result<()> {
     use std::io::BufRead;
     let mut out = csv::Writer::from_path(csv_path)?;
-    let mut header: Vec<String> = ["row", "status", "url", "error_code", "error_message", "attempts"].map(String::from).to_vec();
+    let mut header: Vec<String> = [
+        "row",
+        "status",
+        "url",
+        "error_code",
+        "error_message",
+        "attempts",
+    ]
+    .map(String::from)
+    .to_vec();
     if columns.is_empty() {
         header.push("fields".into());
     } else {
@@ -208,8 +274,17 @@ fn write_csv_from_jsonl(jsonl: &std::path::Path, csv_path: &std::path::Path, col
     };
     for line in std::io::BufReader::new(std::fs::File::open(jsonl)?).lines() {
         let v: Value = serde_json::from_str(&line?)?;
-        let mut record: Vec<String> =
-            ["row", "status", "url", "errorCode", "errorMessage", "attempts"].iter().map(|k| text(&v[*k])).collect();
+        let mut record: Vec<String> = [
+            "row",
+            "status",
+            "url",
+            "errorCode",
+            "errorMessage",
+            "attempts",
+        ]
+        .iter()
+        .map(|k| text(&v[*k]))
+        .collect();
         if columns.is_empty() {
             record.push(v["fields"].to_string());
         } else {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::{Pipeline, StepError};
-use crate::domain::{ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes};
+use crate::domain::{
+    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes,
+};
 use crate::pictify::PictifyError;
 use crate::pictify::wire::BatchRenderRequest;
 use crate::ports::{Alert, BeginSubmit, ChunkCompletion};
@@ -35,10 +37,17 @@ impl Pipeline {
     pub async fn submit(&self, message: &ChunkMessage) -> Result<SubmitOutcome, StepError> {
         let (job, key) = (&message.job, message.key);
         if let Some(reason) = self.store.submissions_paused().await? {
-            return Ok(SubmitOutcome::Paused { reason, delay: self.settings.paused_delay });
+            return Ok(SubmitOutcome::Paused {
+                reason,
+                delay: self.settings.paused_delay,
+            });
         }
         let now = self.clock.now();
-        let attempt = match self.store.begin_submit(job, key, now, self.settings.submit_grace).await? {
+        let attempt = match self
+            .store
+            .begin_submit(job, key, now, self.settings.submit_grace)
+            .await?
+        {
             BeginSubmit::Proceed { attempt } => attempt,
             BeginSubmit::AlreadySubmitted { batch_id } => {
                 info!(job_id = %job, chunk = %key.label(), batch_id = %batch_id, "redelivered chunk already submitted");
@@ -47,7 +56,12 @@ impl Pipeline {
             BeginSubmit::Completed => return Ok(SubmitOutcome::AlreadyDone),
             BeginSubmit::InProgress { since } => {
                 let waited = u64::try_from(now - since).unwrap_or(0);
-                let left = self.settings.submit_grace.as_secs().saturating_sub(waited).max(1);
+                let left = self
+                    .settings
+                    .submit_grace
+                    .as_secs()
+                    .saturating_sub(waited)
+                    .max(1);
                 info!(job_id = %job, chunk = %key.label(), left_s = left, "submit outcome unknown; waiting out the grace period");
                 return Ok(SubmitOutcome::RetryLater(Duration::from_secs(left)));
             }
@@ -67,20 +81,33 @@ impl Pipeline {
         };
         let idempotency_key = key.idempotency_key(job);
         let started = std::time::Instant::now();
-        let result = self.pictify.render_batch(&payload.template_id, &request, &idempotency_key).await;
+        let result = self
+            .pictify
+            .render_batch(&payload.template_id, &request, &idempotency_key)
+            .await;
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(accepted) => {
-                self.store.record_submitted(job, key, &accepted.batch_id, self.clock.now()).await?;
+                self.store
+                    .record_submitted(job, key, &accepted.batch_id, self.clock.now())
+                    .await?;
                 info!(job_id = %job, chunk = %key.label(), batch_id = %accepted.batch_id, attempt, latency_ms,
                     rows = payload.rows.len(), "chunk submitted");
-                Ok(SubmitOutcome::Submitted { batch_id: accepted.batch_id })
+                Ok(SubmitOutcome::Submitted {
+                    batch_id: accepted.batch_id,
+                })
             }
             Err(e) => self.submit_failed(job, key, &payload, e).await,
         }
     }
 
-    async fn submit_failed(&self, job: &JobId, key: ChunkKey, payload: &ChunkPayload, e: PictifyError) -> Result<SubmitOutcome, StepError> {
+    async fn submit_failed(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        payload: &ChunkPayload,
+        e: PictifyError,
+    ) -> Result<SubmitOutcome, StepError> {
         let chunk = key.label();
         match e {
             PictifyError::RateLimited { retry_after, .. } => {
@@ -95,15 +122,22 @@ impl Pipeline {
                 warn!(job_id = %job, chunk = %chunk, status, "pictify server error; retrying later");
                 Ok(SubmitOutcome::RetryLater(self.settings.retry_delay))
             }
-            PictifyError::Timeout { .. } | PictifyError::Network { .. } | PictifyError::Decode { .. } => {
+            PictifyError::Timeout { .. }
+            | PictifyError::Network { .. }
+            | PictifyError::Decode { .. } => {
                 // Pictify may have accepted it: leave the intent in place, resend only after the grace period.
                 warn!(job_id = %job, chunk = %chunk, error = %e, "submit outcome unknown");
                 Ok(SubmitOutcome::RetryLater(self.settings.submit_grace))
             }
-            PictifyError::Unauthorized { ref message } | PictifyError::Quota { ref message, .. } => {
+            PictifyError::Unauthorized { ref message }
+            | PictifyError::Quota { ref message, .. } => {
                 let reason = format!("{e}");
                 self.store.release_submit(job, key).await?;
-                if self.store.pause_submissions(&reason, self.clock.now()).await? {
+                if self
+                    .store
+                    .pause_submissions(&reason, self.clock.now())
+                    .await?
+                {
                     error!(job_id = %job, chunk = %chunk, reason = %message, "submissions paused");
                     self.alert(Alert {
                         kind: "submissions_paused".into(),
@@ -116,20 +150,41 @@ impl Pipeline {
                     })
                     .await;
                 }
-                Ok(SubmitOutcome::Paused { reason, delay: self.settings.paused_delay })
+                Ok(SubmitOutcome::Paused {
+                    reason,
+                    delay: self.settings.paused_delay,
+                })
             }
-            PictifyError::NotFound { ref message } | PictifyError::InvalidRequest { ref message, .. } => {
+            PictifyError::NotFound { ref message }
+            | PictifyError::InvalidRequest { ref message, .. } => {
                 let message = message.clone();
                 warn!(job_id = %job, chunk = %chunk, error = %e, "pictify rejected the chunk; failing its rows");
                 let failed: BTreeMap<u32, RowError> = (0..payload.rows.len() as u32)
-                    .map(|i| (i, RowError { code: own_codes::SUBMIT_REJECTED.into(), message: e.to_string() }))
+                    .map(|i| {
+                        (
+                            i,
+                            RowError {
+                                code: own_codes::SUBMIT_REJECTED.into(),
+                                message: e.to_string(),
+                            },
+                        )
+                    })
                     .collect();
                 let n = failed.len() as u64;
                 let completion = ChunkCompletion {
                     job: job.clone(),
                     key,
-                    outcome: ChunkOutcome { rendered: 0, failed, retried: Vec::new(), duration_ms: None },
-                    delta: Counters { failed: n, chunks_done: 1, ..Default::default() },
+                    outcome: ChunkOutcome {
+                        rendered: 0,
+                        failed,
+                        retried: Vec::new(),
+                        duration_ms: None,
+                    },
+                    delta: Counters {
+                        failed: n,
+                        chunks_done: 1,
+                        ..Default::default()
+                    },
                     retry: None,
                     alert: true,
                 };
@@ -151,24 +206,33 @@ impl Pipeline {
         }
     }
 
-    pub(crate) async fn load_payload(&self, message: &ChunkMessage) -> Result<ChunkPayload, StepError> {
+    pub(crate) async fn load_payload(
+        &self,
+        message: &ChunkMessage,
+    ) -> Result<ChunkPayload, StepError> {
         if let Some(payload) = &message.payload {
             return Ok(payload.clone());
         }
-        let at = message
-            .payload_ref
-            .as_ref()
-            .ok_or_else(|| StepError::Other(format!("message for chunk {} carries no payload", message.key.label())))?;
+        let at = message.payload_ref.as_ref().ok_or_else(|| {
+            StepError::Other(format!(
+                "message for chunk {} carries no payload",
+                message.key.label()
+            ))
+        })?;
         self.read_payload(at).await
     }
 
-    pub(crate) async fn read_payload(&self, at: &crate::domain::ObjectRef) -> Result<ChunkPayload, StepError> {
+    pub(crate) async fn read_payload(
+        &self,
+        at: &crate::domain::ObjectRef,
+    ) -> Result<ChunkPayload, StepError> {
         let bytes = self
             .objects
             .get_bytes(at)
             .await?
             .ok_or_else(|| StepError::Other(format!("chunk payload {at} is missing")))?;
-        serde_json::from_slice(&bytes).map_err(|e| StepError::Other(format!("chunk payload {at} is unreadable: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StepError::Other(format!("chunk payload {at} is unreadable: {e}")))
     }
 
     /// Alerts are best effort: a failed alert is logged, never allowed to undo the work it reports.

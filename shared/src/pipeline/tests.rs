@@ -9,7 +9,9 @@ use super::*;
 use crate::domain::{ChunkMessage, JobStatus, ObjectRef};
 use crate::local::{FsObjectStore, MemoryAlerts, MemoryJobStore, MemoryQueue};
 use crate::pictify::PictifyError;
-use crate::pictify::wire::{BatchAccepted, BatchItemStatus, BatchRenderRequest, BatchResults, BatchStatus};
+use crate::pictify::wire::{
+    BatchAccepted, BatchItemStatus, BatchRenderRequest, BatchResults, BatchStatus,
+};
 use crate::ports::{Clock, JobStore, ObjectStore};
 use crate::secret::Secret;
 use crate::signing::signature_header;
@@ -35,29 +37,63 @@ struct ScriptedPictify {
 
 #[async_trait]
 impl crate::ports::PictifyApi for ScriptedPictify {
-    async fn render_batch(&self, _t: &str, request: &BatchRenderRequest, key: &str) -> Result<BatchAccepted, PictifyError> {
+    async fn render_batch(
+        &self,
+        _t: &str,
+        request: &BatchRenderRequest,
+        key: &str,
+    ) -> Result<BatchAccepted, PictifyError> {
         if let Some(e) = self.next_error.lock().unwrap().take() {
             return Err(e);
         }
         let mut batches = self.batches.lock().unwrap();
         if let Some((id, _, _)) = batches.iter().find(|(_, k, _)| k == key) {
-            return Ok(BatchAccepted { batch_id: id.clone(), status: None, total_items: None, message: None });
+            return Ok(BatchAccepted {
+                batch_id: id.clone(),
+                status: None,
+                total_items: None,
+                message: None,
+            });
         }
         let id = format!("batch_{}", batches.len() + 1);
         batches.push((id.clone(), key.to_owned(), request.clone()));
-        Ok(BatchAccepted { batch_id: id, status: Some(BatchStatus::Pending), total_items: None, message: None })
+        Ok(BatchAccepted {
+            batch_id: id,
+            status: Some(BatchStatus::Pending),
+            total_items: None,
+            message: None,
+        })
     }
 
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         let batches = self.batches.lock().unwrap();
-        let (_, _, request) = batches.iter().find(|(id, _, _)| id == batch_id).ok_or(PictifyError::NotFound { message: "Batch not found".into() })?;
+        let (_, _, request) =
+            batches
+                .iter()
+                .find(|(id, _, _)| id == batch_id)
+                .ok_or(PictifyError::NotFound {
+                    message: "Batch not found".into(),
+                })?;
         let fail = self.fail.lock().unwrap();
         let (mut results, mut errors) = (Vec::new(), Vec::new());
         for (i, vars) in request.variable_sets.iter().enumerate() {
-            let title = vars.get("title").and_then(|v| v.as_str()).unwrap_or_default();
+            let title = vars
+                .get("title")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
             match fail.get(title) {
-                Some(code) => errors.push(BatchItemStatus { index: i as u32, success: false, variables: vec![], error: Some(format!("{code}: scripted")) }),
-                None => results.push(BatchItemStatus { index: i as u32, success: true, variables: vec![], error: None }),
+                Some(code) => errors.push(BatchItemStatus {
+                    index: i as u32,
+                    success: false,
+                    variables: vec![],
+                    error: Some(format!("{code}: scripted")),
+                }),
+                None => results.push(BatchItemStatus {
+                    index: i as u32,
+                    success: true,
+                    variables: vec![],
+                    error: None,
+                }),
             }
         }
         Ok(BatchResults {
@@ -103,11 +139,22 @@ fn harness() -> Harness {
         settings: crate::settings::Settings::default(),
         webhook_secrets: vec![Secret::new(SECRET)],
     };
-    Harness { pipeline, store, queue, alerts, pictify, objects, _dir: dir }
+    Harness {
+        pipeline,
+        store,
+        queue,
+        alerts,
+        pictify,
+        objects,
+        _dir: dir,
+    }
 }
 
 fn upload() -> ObjectRef {
-    ObjectRef { bucket: "bucket".into(), key: "uploads/tmpl_blog_card/posts.csv".into() }
+    ObjectRef {
+        bucket: "bucket".into(),
+        key: "uploads/tmpl_blog_card/posts.csv".into(),
+    }
 }
 
 fn csv(rows: usize) -> Vec<u8> {
@@ -120,7 +167,10 @@ fn csv(rows: usize) -> Vec<u8> {
 
 impl Harness {
     async fn put_upload(&self, bytes: Vec<u8>) {
-        self.objects.put_bytes(&upload(), bytes, "text/csv").await.unwrap();
+        self.objects
+            .put_bytes(&upload(), bytes, "text/csv")
+            .await
+            .unwrap();
     }
 
     async fn ingest(&self) -> IngestOutcome {
@@ -140,7 +190,11 @@ impl Harness {
         let body = serde_json::json!({ "event": event, "timestamp": "2026-11-28T12:00:00Z", "data": data }).to_string();
         let signature = signature_header(SECRET, NOW, body.as_bytes());
         self.pipeline
-            .handle_webhook(WebhookRequest { signature: Some(&signature), delivery_id: Some("del_1"), body: body.as_bytes() })
+            .handle_webhook(WebhookRequest {
+                signature: Some(&signature),
+                delivery_id: Some("del_1"),
+                body: body.as_bytes(),
+            })
             .await
     }
 
@@ -162,7 +216,11 @@ impl Harness {
     }
 
     async fn job(&self) -> crate::domain::Job {
-        let id = crate::domain::JobId::for_upload("bucket", &upload().key, &self.objects.version(&upload()).await.unwrap().unwrap());
+        let id = crate::domain::JobId::for_upload(
+            "bucket",
+            &upload().key,
+            &self.objects.version(&upload()).await.unwrap().unwrap(),
+        );
         self.store.job(&id).await.unwrap().unwrap()
     }
 
@@ -170,7 +228,11 @@ impl Harness {
         let job = self.job().await;
         let at = job.manifest.expect("manifest written").jsonl;
         let bytes = self.objects.get_bytes(&at).await.unwrap().unwrap();
-        String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -179,16 +241,29 @@ async fn a_250_row_upload_becomes_three_chunks_and_completes_with_a_full_manifes
     let h = harness();
     h.put_upload(csv(250)).await;
     let outcome = h.ingest().await;
-    assert!(matches!(outcome, IngestOutcome::Ingested { counters, .. } if counters.rows == 250 && counters.chunks == 3));
+    assert!(
+        matches!(outcome, IngestOutcome::Ingested { counters, .. } if counters.rows == 250 && counters.chunks == 3)
+    );
     assert_eq!(h.queue.len(), 3);
 
     let submitted = h.submit_all().await;
-    assert!(submitted.iter().all(|o| matches!(o, SubmitOutcome::Submitted { .. })));
+    assert!(
+        submitted
+            .iter()
+            .all(|o| matches!(o, SubmitOutcome::Submitted { .. }))
+    );
     h.play_webhooks(0).await;
 
     let job = h.job().await;
     assert_eq!(job.status, JobStatus::Completed);
-    assert_eq!((job.counters.rendered, job.counters.failed, job.counters.in_flight()), (250, 0, 0));
+    assert_eq!(
+        (
+            job.counters.rendered,
+            job.counters.failed,
+            job.counters.in_flight()
+        ),
+        (250, 0, 0)
+    );
     let lines = h.manifest_lines().await;
     assert_eq!(lines.len(), 250);
     assert_eq!(lines[7]["row"], 7);
@@ -202,8 +277,14 @@ async fn a_redelivered_chunk_message_is_not_submitted_again() {
     h.put_upload(csv(5)).await;
     h.ingest().await;
     let message: ChunkMessage = h.queue.pop().unwrap();
-    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Submitted { .. }));
-    assert_eq!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::AlreadyDone);
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::Submitted { .. }
+    ));
+    assert_eq!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::AlreadyDone
+    );
     assert_eq!(h.pictify.batches.lock().unwrap().len(), 1);
 }
 
@@ -220,7 +301,10 @@ async fn a_redelivered_upload_event_creates_no_second_job() {
 async fn retryable_failures_are_retried_in_a_new_chunk_and_permanent_ones_fail() {
     let h = harness();
     h.put_upload(csv(20)).await;
-    h.pictify.fail.lock().unwrap().extend([("Post 3".to_owned(), "IMAGE_FETCH_FAILED"), ("Post 4".to_owned(), "INVALID_VARIABLE")]);
+    h.pictify.fail.lock().unwrap().extend([
+        ("Post 3".to_owned(), "IMAGE_FETCH_FAILED"),
+        ("Post 4".to_owned(), "INVALID_VARIABLE"),
+    ]);
     h.ingest().await;
     h.submit_all().await;
     h.play_webhooks(0).await;
@@ -228,16 +312,35 @@ async fn retryable_failures_are_retried_in_a_new_chunk_and_permanent_ones_fail()
     h.pictify.fail.lock().unwrap().remove("Post 3");
     let retried = h.submit_all().await;
     assert_eq!(retried.len(), 1);
-    assert_eq!(h.pictify.batches.lock().unwrap()[1].2.variable_sets.len(), 1);
+    assert_eq!(
+        h.pictify.batches.lock().unwrap()[1].2.variable_sets.len(),
+        1
+    );
     h.play_webhooks(1).await;
 
     let job = h.job().await;
-    assert_eq!((job.status, job.counters.rendered, job.counters.failed), (JobStatus::Partial, 19, 1));
+    assert_eq!(
+        (job.status, job.counters.rendered, job.counters.failed),
+        (JobStatus::Partial, 19, 1)
+    );
     let lines = h.manifest_lines().await;
-    assert_eq!((lines[3]["status"].as_str(), lines[3]["attempts"].as_u64()), (Some("rendered"), Some(2)));
-    assert_eq!((lines[4]["status"].as_str(), lines[4]["errorCode"].as_str()), (Some("failed"), Some("INVALID_VARIABLE")));
+    assert_eq!(
+        (lines[3]["status"].as_str(), lines[3]["attempts"].as_u64()),
+        (Some("rendered"), Some(2))
+    );
+    assert_eq!(
+        (lines[4]["status"].as_str(), lines[4]["errorCode"].as_str()),
+        (Some("failed"), Some("INVALID_VARIABLE"))
+    );
     // 2 of 20 failed in the first batch: 10% > 5%, so one alert for that batch only.
-    assert_eq!(h.alerts.alerts().iter().filter(|a| a.kind == "batch_high_failure_rate").count(), 1);
+    assert_eq!(
+        h.alerts
+            .alerts()
+            .iter()
+            .filter(|a| a.kind == "batch_high_failure_rate")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -259,9 +362,18 @@ async fn rate_limits_put_the_chunk_back_with_the_servers_delay() {
     h.put_upload(csv(3)).await;
     h.ingest().await;
     let message = h.queue.pop().unwrap();
-    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::RateLimited { retry_after: Some(std::time::Duration::from_secs(7)), message: "slow down".into() });
-    assert_eq!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(std::time::Duration::from_secs(7)));
-    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Submitted { .. }));
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::RateLimited {
+        retry_after: Some(std::time::Duration::from_secs(7)),
+        message: "slow down".into(),
+    });
+    assert_eq!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::RetryLater(std::time::Duration::from_secs(7))
+    );
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::Submitted { .. }
+    ));
 }
 
 #[tokio::test]
@@ -270,12 +382,30 @@ async fn an_auth_failure_pauses_submissions_and_alerts_once() {
     h.put_upload(csv(150)).await;
     h.ingest().await;
     let (first, second) = (h.queue.pop().unwrap(), h.queue.pop().unwrap());
-    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Unauthorized { message: "Invalid Request".into() });
-    assert!(matches!(h.pipeline.submit(&first).await.unwrap(), SubmitOutcome::Paused { .. }));
-    assert!(matches!(h.pipeline.submit(&second).await.unwrap(), SubmitOutcome::Paused { .. }));
-    assert_eq!(h.alerts.alerts().iter().filter(|a| a.kind == "submissions_paused").count(), 1);
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Unauthorized {
+        message: "Invalid Request".into(),
+    });
+    assert!(matches!(
+        h.pipeline.submit(&first).await.unwrap(),
+        SubmitOutcome::Paused { .. }
+    ));
+    assert!(matches!(
+        h.pipeline.submit(&second).await.unwrap(),
+        SubmitOutcome::Paused { .. }
+    ));
+    assert_eq!(
+        h.alerts
+            .alerts()
+            .iter()
+            .filter(|a| a.kind == "submissions_paused")
+            .count(),
+        1
+    );
     h.store.resume_submissions().await.unwrap();
-    assert!(matches!(h.pipeline.submit(&first).await.unwrap(), SubmitOutcome::Submitted { .. }));
+    assert!(matches!(
+        h.pipeline.submit(&first).await.unwrap(),
+        SubmitOutcome::Submitted { .. }
+    ));
 }
 
 #[tokio::test]
@@ -284,11 +414,21 @@ async fn a_chunk_pictify_refuses_fails_its_rows_with_the_message() {
     h.put_upload(csv(3)).await;
     h.ingest().await;
     let message = h.queue.pop().unwrap();
-    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::NotFound { message: "Template not found".into() });
-    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::Rejected { .. }));
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::NotFound {
+        message: "Template not found".into(),
+    });
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::Rejected { .. }
+    ));
     let job = h.job().await;
     assert_eq!((job.status, job.counters.failed), (JobStatus::Failed, 3));
-    assert!(h.manifest_lines().await[0]["errorMessage"].as_str().unwrap().contains("Template not found"));
+    assert!(
+        h.manifest_lines().await[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Template not found")
+    );
 }
 
 #[tokio::test]
@@ -297,34 +437,71 @@ async fn a_timed_out_submit_waits_out_the_grace_period_instead_of_resending() {
     h.put_upload(csv(3)).await;
     h.ingest().await;
     let message = h.queue.pop().unwrap();
-    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Timeout { after: std::time::Duration::from_secs(30) });
-    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(_)));
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::Timeout {
+        after: std::time::Duration::from_secs(30),
+    });
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::RetryLater(_)
+    ));
     // Redelivered at once: still inside the grace period, so nothing is sent.
-    assert!(matches!(h.pipeline.submit(&message).await.unwrap(), SubmitOutcome::RetryLater(_)));
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::RetryLater(_)
+    ));
     assert!(h.pictify.batches.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_webhook_with_a_bad_signature_changes_nothing() {
     let h = harness();
-    let body = br#"{"event":"render.completed","data":{"url":"u","templateId":"t","variables":{}}}"#;
+    let body =
+        br#"{"event":"render.completed","data":{"url":"u","templateId":"t","variables":{}}}"#;
     let forged = signature_header("whsec_wrong", NOW, body);
-    let reply = h.pipeline.handle_webhook(WebhookRequest { signature: Some(&forged), delivery_id: None, body }).await;
+    let reply = h
+        .pipeline
+        .handle_webhook(WebhookRequest {
+            signature: Some(&forged),
+            delivery_id: None,
+            body,
+        })
+        .await;
     assert_eq!(reply.status, 401);
-    let missing = h.pipeline.handle_webhook(WebhookRequest { signature: None, delivery_id: None, body }).await;
+    let missing = h
+        .pipeline
+        .handle_webhook(WebhookRequest {
+            signature: None,
+            delivery_id: None,
+            body,
+        })
+        .await;
     assert_eq!(missing.status, 401);
-    assert!(h.store.renders(&[crate::dataset::fingerprint("t", &Default::default())]).await.unwrap().is_empty());
+    assert!(
+        h.store
+            .renders(&[crate::dataset::fingerprint("t", &Default::default())])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn rejected_rows_are_counted_and_listed_and_valid_rows_still_render() {
     let h = harness();
-    h.put_upload(b"title,author,publishDate\nA,x,1\nB,y\nC,z,3\n".to_vec()).await;
+    h.put_upload(b"title,author,publishDate\nA,x,1\nB,y\nC,z,3\n".to_vec())
+        .await;
     h.ingest().await;
     h.submit_all().await;
     h.play_webhooks(0).await;
     let job = h.job().await;
-    assert_eq!((job.counters.rows, job.counters.rejected, job.counters.rendered), (3, 1, 2));
+    assert_eq!(
+        (
+            job.counters.rows,
+            job.counters.rejected,
+            job.counters.rendered
+        ),
+        (3, 1, 2)
+    );
     let lines = h.manifest_lines().await;
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["status"], "rejected");
@@ -335,8 +512,37 @@ async fn rejected_rows_are_counted_and_listed_and_valid_rows_still_render() {
 async fn an_unreadable_dataset_fails_the_job_with_its_reason() {
     let h = harness();
     h.put_upload(b"title,title\nA,B\n".to_vec()).await;
-    assert!(matches!(h.ingest().await, IngestOutcome::Failed { reason, .. } if reason.contains("title")));
+    assert!(
+        matches!(h.ingest().await, IngestOutcome::Failed { reason, .. } if reason.contains("title"))
+    );
     let job = h.job().await;
     assert_eq!(job.status, JobStatus::Failed);
     assert!(h.queue.is_empty());
+}
+
+#[tokio::test]
+async fn a_chunk_too_large_for_one_message_travels_by_reference() {
+    let h = harness();
+    let long = "x".repeat(4_000);
+    let mut s = String::from("title,author,publishDate\n");
+    for i in 0..100 {
+        s.push_str(&format!("Post {i},{long},2026-01-01\n"));
+    }
+    h.put_upload(s.into_bytes()).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    assert!(message.payload.is_none());
+    let at = message
+        .payload_ref
+        .clone()
+        .expect("a reference to the stored payload");
+    assert!(h.objects.get_bytes(&at).await.unwrap().is_some());
+    assert!(matches!(
+        h.pipeline.submit(&message).await.unwrap(),
+        SubmitOutcome::Submitted { .. }
+    ));
+    assert_eq!(
+        h.pictify.batches.lock().unwrap()[0].2.variable_sets.len(),
+        100
+    );
 }

@@ -25,11 +25,17 @@ pub struct WebhookReply {
 
 impl WebhookReply {
     fn ok(note: &str) -> Self {
-        WebhookReply { status: 200, body: serde_json::json!({ "ok": true, "note": note }).to_string() }
+        WebhookReply {
+            status: 200,
+            body: serde_json::json!({ "ok": true, "note": note }).to_string(),
+        }
     }
 
     fn refuse(status: u16, error: &str) -> Self {
-        WebhookReply { status, body: serde_json::json!({ "ok": false, "error": error }).to_string() }
+        WebhookReply {
+            status,
+            body: serde_json::json!({ "ok": false, "error": error }).to_string(),
+        }
     }
 }
 
@@ -37,7 +43,11 @@ impl Pipeline {
     pub async fn handle_webhook(&self, request: WebhookRequest<'_>) -> WebhookReply {
         let delivery = request.delivery_id.unwrap_or("-");
         if request.body.len() > self.settings.webhook_max_body_bytes {
-            warn!(delivery_id = delivery, bytes = request.body.len(), "webhook body too large");
+            warn!(
+                delivery_id = delivery,
+                bytes = request.body.len(),
+                "webhook body too large"
+            );
             return WebhookReply::refuse(413, "body too large");
         }
         let now = self.clock.now();
@@ -71,11 +81,24 @@ impl Pipeline {
         }
     }
 
-    async fn apply_event(&self, event: WebhookEvent, raw: &[u8], now: i64) -> Result<&'static str, StepError> {
+    async fn apply_event(
+        &self,
+        event: WebhookEvent,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<&'static str, StepError> {
         match event {
             WebhookEvent::RenderCompleted(data) => {
-                let (Some(template_id), Some(variables)) = (data.template_id.as_deref(), data.variables.as_ref()) else {
-                    self.orphan("render.completed", data.image_id.as_deref().unwrap_or("-"), raw, now).await?;
+                let (Some(template_id), Some(variables)) =
+                    (data.template_id.as_deref(), data.variables.as_ref())
+                else {
+                    self.orphan(
+                        "render.completed",
+                        data.image_id.as_deref().unwrap_or("-"),
+                        raw,
+                        now,
+                    )
+                    .await?;
                     return Ok("render without template or variables: recorded as orphan");
                 };
                 let record = RenderRecord {
@@ -84,30 +107,42 @@ impl Pipeline {
                     rendered_at: data.rendered_at.clone(),
                     recorded_at: now,
                 };
-                self.store.record_render(&fingerprint(template_id, variables), &record).await?;
+                self.store
+                    .record_render(&fingerprint(template_id, variables), &record)
+                    .await?;
                 Ok("render recorded")
             }
             WebhookEvent::RenderFailed(data) => {
-                let (Some(template_id), Some(variables)) = (data.template_id.as_deref(), data.variables.as_ref()) else {
+                let (Some(template_id), Some(variables)) =
+                    (data.template_id.as_deref(), data.variables.as_ref())
+                else {
                     self.orphan("render.failed", "-", raw, now).await?;
                     return Ok("failure without template or variables: recorded as orphan");
                 };
                 let record = FailureRecord {
-                    code: data.error_code.clone().unwrap_or_else(|| crate::domain::own_codes::UNKNOWN.into()),
+                    code: data
+                        .error_code
+                        .clone()
+                        .unwrap_or_else(|| crate::domain::own_codes::UNKNOWN.into()),
                     message: data.error.clone().unwrap_or_default(),
                     recorded_at: now,
                 };
-                self.store.record_failure(&fingerprint(template_id, variables), &record).await?;
+                self.store
+                    .record_failure(&fingerprint(template_id, variables), &record)
+                    .await?;
                 Ok("failure recorded")
             }
-            WebhookEvent::BatchCompleted(data) => Ok(match self.complete_batch(&data.batch_id, data.duration).await? {
-                super::BatchApplied::Applied => "batch applied",
-                super::BatchApplied::AlreadyApplied => "batch already applied",
-                super::BatchApplied::UnknownBatch => {
-                    self.orphan("batch.completed", &data.batch_id, raw, now).await?;
-                    "unknown batch: recorded as orphan"
-                }
-            }),
+            WebhookEvent::BatchCompleted(data) => Ok(
+                match self.complete_batch(&data.batch_id, data.duration).await? {
+                    super::BatchApplied::Applied => "batch applied",
+                    super::BatchApplied::AlreadyApplied => "batch already applied",
+                    super::BatchApplied::UnknownBatch => {
+                        self.orphan("batch.completed", &data.batch_id, raw, now)
+                            .await?;
+                        "unknown batch: recorded as orphan"
+                    }
+                },
+            ),
             WebhookEvent::Unknown { event, .. } => {
                 info!(event = %event, "ignoring an event type we do not handle");
                 Ok("event type ignored")
