@@ -398,10 +398,15 @@ async fn check_template(
         .send()
         .await;
     match answer {
-        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(Failure::usage(format!(
-            "unknown template `{}` (Pictify answered 404)",
-            args.template
-        ))),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            // Only a 404 about the template is conclusive (a server without this route says otherwise).
+            let body = r.text().await.unwrap_or_default();
+            if body.to_ascii_lowercase().contains("template") {
+                return Err(Failure::usage(format!("unknown template `{}` (Pictify: {})", args.template, body.trim())));
+            }
+            warn!("template check inconclusive (404 without a template message); going on");
+            Ok(())
+        }
         Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
             Err(Failure::usage("Pictify refused the API key (401)"))
         }

@@ -71,10 +71,26 @@ async fn main() -> anyhow::Result<()> {
     println!("Pictify emulator listening on {}", emulator.base_url());
     println!("API key: {key}");
     println!("Ledger:  {}/_emulator/ledger", emulator.base_url());
+    stop_requested().await?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (how CI and process managers stop us).
+async fn stop_requested() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
-    emulator.shutdown().await;
     Ok(())
 }
 

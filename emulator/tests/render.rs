@@ -420,6 +420,50 @@ async fn text_in_generic_and_unknown_families_is_never_invisible() {
     }
 }
 
+/// Serves `/shot.png` (a sample image), `/missing.png` (404) and `/slow.png` (answers after 3 s) on 127.0.0.1.
+async fn image_server() -> String {
+    use axum::routing::get;
+    let png = sample_png(320, 200);
+    let app = axum::Router::new()
+        .route("/shot.png", get(move || std::future::ready(png.clone())))
+        .route("/missing.png", get(|| async { (http::StatusCode::NOT_FOUND, "nope") }))
+        .route(
+            "/slow.png",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "late"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn http_image_is_fetched_and_drawn() {
+    let base = image_server().await;
+    let mut v = sample_variables("tmpl_product_card");
+    v.insert("imageUrl".into(), json!(format!("{base}/shot.png")));
+    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap();
+    let img = image::load_from_memory(&out.bytes).unwrap();
+    let yellow = img.view(300, 150, 480, 400).pixels().filter(|(_, _, p)| p.0[..3] == [250, 204, 21]).count();
+    assert!(yellow > 10_000, "yellow pixels: {yellow}");
+}
+
+#[tokio::test]
+async fn http_404_and_slow_images_are_image_fetch_failed() {
+    let base = image_server().await;
+    let r = renderer_with(RenderOptions { fetch_timeout: Duration::from_millis(300), ..RenderOptions::default() });
+    for (path, why) in [("missing.png", "404"), ("slow.png", "timed out")] {
+        let mut v = sample_variables("tmpl_product_card");
+        v.insert("imageUrl".into(), json!(format!("{base}/{path}")));
+        let err = render(&r, "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap_err();
+        assert_eq!(err.code, error_codes::IMAGE_FETCH_FAILED, "{path}");
+        assert!(err.message.contains(path) && err.message.contains(why), "{}", err.message);
+    }
+}
+
 /// A temp template directory holding `t.json` (400×100, variable `title`) plus the given files.
 fn fixture_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

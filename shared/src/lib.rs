@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod domain;
 pub mod layout;
 pub mod local;
+pub mod metrics;
 pub mod pictify;
 pub mod pipeline;
 pub mod ports;

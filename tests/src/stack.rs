@@ -258,6 +258,15 @@ impl Stack {
             .with_context(|| format!("job {id} not found"))
     }
 
+    /// Every item in the table, as debug text: a cheap "nothing changed" check.
+    pub async fn table_snapshot(&self) -> anyhow::Result<Vec<String>> {
+        let client = dynamodb(&aws_config().await);
+        let out = client.scan().table_name(&self.table).consistent_read(true).send().await.sdk_context("scan")?;
+        let mut items: Vec<String> = out.items.unwrap_or_default().iter().map(|i| format!("{:?}", i.iter().collect::<std::collections::BTreeMap<_, _>>())).collect();
+        items.sort();
+        Ok(items)
+    }
+
     pub async fn get_text(&self, key: &str) -> anyhow::Result<String> {
         let out = self
             .s3

@@ -86,7 +86,8 @@ impl Renderer {
     pub fn new(options: RenderOptions) -> anyhow::Result<Self> {
         let engine = raster::Engine::new()?;
         let client = reqwest::Client::builder()
-            .timeout(options.fetch_timeout)
+            // The whole fetch is bounded by `fetch_timeout` in `images::load`, which words the error.
+            .connect_timeout(options.fetch_timeout)
             .user_agent(concat!("pictify-emulator/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {

@@ -13,6 +13,7 @@ use crate::domain::{
     code_from_message, is_retryable, own_codes,
 };
 use crate::layout;
+use crate::metrics::{self, Unit};
 use crate::pictify::wire::BatchResults;
 use crate::ports::{Alert, ChunkCompletion};
 
@@ -159,6 +160,15 @@ impl Pipeline {
         info!(
             job_id = %job_id, chunk = %key.label(), batch_id = %results.batch_id, rendered = completion.delta.rendered,
             failed = completion.delta.failed, retried = completion.delta.retried, "batch applied"
+        );
+        metrics::emit(
+            &[
+                ("RowsRendered", completion.delta.rendered as f64, Unit::Count),
+                ("RowsFailed", completion.delta.failed as f64, Unit::Count),
+                ("RowsRetried", completion.delta.retried as f64, Unit::Count),
+                ("FailureRate", failure_rate * 100.0, Unit::Percent),
+            ],
+            &[("jobId", job_id.as_str()), ("batchId", &results.batch_id)],
         );
         if let Some((_, message)) = retry_chunk_and_message {
             // If this send is lost, the reconciler re-queues chunks left in `queued`.

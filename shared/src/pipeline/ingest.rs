@@ -11,6 +11,7 @@ use crate::domain::{
     ObjectRef,
 };
 use crate::layout::{self, UploadKind};
+use crate::metrics::{self, Unit};
 use crate::pictify::wire::VariableSet;
 
 /// Pictify's per-batch maximum.
@@ -169,6 +170,10 @@ impl Pipeline {
         info!(
             job_id = %job_id, rows = counters.rows, rejected = counters.rejected, chunks = counters.chunks,
             dataset_error = job.error.as_deref().unwrap_or(""), "ingest finished"
+        );
+        metrics::emit(
+            &[("RowsIngested", counters.rows as f64, Unit::Count), ("RowsRejected", counters.rejected as f64, Unit::Count)],
+            &[("jobId", job_id.as_str())],
         );
         // A file with no valid rows is complete already.
         self.finish_job_if_done(&job_id).await?;

@@ -14,6 +14,7 @@ use super::{Pipeline, StepError};
 use crate::domain::{
     ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes,
 };
+use crate::metrics::{self, Unit};
 use crate::pictify::PictifyError;
 use crate::pictify::wire::BatchRenderRequest;
 use crate::ports::{Alert, BeginSubmit, ChunkCompletion};
@@ -93,6 +94,10 @@ impl Pipeline {
                     .await?;
                 info!(job_id = %job, chunk = %key.label(), batch_id = %accepted.batch_id, attempt, latency_ms,
                     rows = payload.rows.len(), "chunk submitted");
+                metrics::emit(
+                    &[("RowsSubmitted", payload.rows.len() as f64, Unit::Count), ("SubmitLatency", latency_ms as f64, Unit::Milliseconds)],
+                    &[("jobId", job.as_str()), ("batchId", &accepted.batch_id)],
+                );
                 Ok(SubmitOutcome::Submitted {
                     batch_id: accepted.batch_id,
                 })

@@ -5,6 +5,7 @@ use tracing::{info, warn};
 
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
+use crate::metrics::{self, Unit};
 use crate::pictify::events::{WebhookEvent, parse_webhook};
 use crate::ports::{FailureRecord, RenderRecord};
 use crate::signing;
@@ -110,6 +111,9 @@ impl Pipeline {
                 self.store
                     .record_render(&fingerprint(template_id, variables), &record)
                     .await?;
+                // A missing or unparseable renderedAt gives NaN, which emit drops.
+                let lag = data.rendered_at.as_deref().and_then(metrics::millis_since);
+                metrics::emit(&[("WebhookLag", lag.unwrap_or(f64::NAN), Unit::Milliseconds)], &[]);
                 Ok("render recorded")
             }
             WebhookEvent::RenderFailed(data) => {
