@@ -35,9 +35,11 @@ pub struct Config {
     pub correlation_fields: bool,
     /// Webhook subscriptions registered at start-up with a known secret.
     pub subscriptions: Vec<PresetSubscription>,
-    /// Per-key request limits; `None` = unlimited.
+    /// Per-key request limits on the authenticated routes (`X-RateLimit-*` on each of their
+    /// answers); `None` = unlimited.
     pub rate_limit: Option<RateLimit>,
-    /// Renders left on the account; `None` = unlimited.
+    /// Renders left on the account; `None` = unlimited. A submit whose item count exceeds what
+    /// is left is refused (402); each rendered item is metered when it renders.
     pub quota: Option<u64>,
     /// Answer an exhausted quota with 429 `{code:"quota_exceeded"}` instead of 402.
     pub quota_as_429: bool,
