@@ -386,9 +386,31 @@ async fn optional_product_fields_may_be_null() {
         v.insert(key.into(), Value::Null);
     }
     v.insert("price".into(), json!("$19.99"));
-    render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
         .await
         .unwrap();
+    std::fs::create_dir_all("/tmp/render-samples").unwrap();
+    std::fs::write(
+        "/tmp/render-samples/tmpl_product_card-minimal.png",
+        out.bytes,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn social_card_without_avatar_shows_an_initial() {
+    let v = vars(
+        json!({"title": "Ünïcode & <escaping> — “quotes” work", "author": "zoë", "readTime": 4}),
+    );
+    let out = render(&renderer(), "tmpl_social_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap();
+    std::fs::create_dir_all("/tmp/render-samples").unwrap();
+    std::fs::write(
+        "/tmp/render-samples/tmpl_social_card-minimal.png",
+        out.bytes,
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -426,7 +448,10 @@ async fn image_server() -> String {
     let png = sample_png(320, 200);
     let app = axum::Router::new()
         .route("/shot.png", get(move || std::future::ready(png.clone())))
-        .route("/missing.png", get(|| async { (http::StatusCode::NOT_FOUND, "nope") }))
+        .route(
+            "/missing.png",
+            get(|| async { (http::StatusCode::NOT_FOUND, "nope") }),
+        )
         .route(
             "/slow.png",
             get(|| async {
@@ -445,22 +470,37 @@ async fn http_image_is_fetched_and_drawn() {
     let base = image_server().await;
     let mut v = sample_variables("tmpl_product_card");
     v.insert("imageUrl".into(), json!(format!("{base}/shot.png")));
-    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap();
+    let out = render(&renderer(), "tmpl_product_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap();
     let img = image::load_from_memory(&out.bytes).unwrap();
-    let yellow = img.view(300, 150, 480, 400).pixels().filter(|(_, _, p)| p.0[..3] == [250, 204, 21]).count();
+    let yellow = img
+        .view(300, 150, 480, 400)
+        .pixels()
+        .filter(|(_, _, p)| p.0[..3] == [250, 204, 21])
+        .count();
     assert!(yellow > 10_000, "yellow pixels: {yellow}");
 }
 
 #[tokio::test]
 async fn http_404_and_slow_images_are_image_fetch_failed() {
     let base = image_server().await;
-    let r = renderer_with(RenderOptions { fetch_timeout: Duration::from_millis(300), ..RenderOptions::default() });
+    let r = renderer_with(RenderOptions {
+        fetch_timeout: Duration::from_millis(300),
+        ..RenderOptions::default()
+    });
     for (path, why) in [("missing.png", "404"), ("slow.png", "timed out")] {
         let mut v = sample_variables("tmpl_product_card");
         v.insert("imageUrl".into(), json!(format!("{base}/{path}")));
-        let err = render(&r, "tmpl_product_card", &v, Format::Png, 1.0).await.unwrap_err();
+        let err = render(&r, "tmpl_product_card", &v, Format::Png, 1.0)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, error_codes::IMAGE_FETCH_FAILED, "{path}");
-        assert!(err.message.contains(path) && err.message.contains(why), "{}", err.message);
+        assert!(
+            err.message.contains(path) && err.message.contains(why),
+            "{}",
+            err.message
+        );
     }
 }
 

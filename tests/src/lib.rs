@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests; each concern lives in its own module, re-exported here.
 
 pub mod aws;
+pub mod counting;
 pub mod stack;
 
 pub use aws::{

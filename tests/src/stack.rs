@@ -21,10 +21,8 @@ use shared::ports::{Alerts, JobStore, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 
-use crate::aws::{
-    SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, s3, sns, sqs,
-    unique_name,
-};
+use crate::aws::{SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, unique_name};
+use crate::counting::RequestCounter;
 
 pub const TEST_API_KEY: &str = "pk_test_emulator";
 
@@ -65,13 +63,22 @@ pub struct Stack {
     pub alerts: Arc<MemoryAlerts>,
     pub emulator: RunningEmulator,
     pub webhook_secret: String,
+    /// Every AWS request the pipeline's clients sent.
+    pub requests: RequestCounter,
     _data: tempfile::TempDir,
 }
 
 impl Stack {
     pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
         let cfg = aws_config().await;
-        let (s3c, sqsc, dyn_c, snsc) = (s3(&cfg), sqs(&cfg), dynamodb(&cfg), sns(&cfg));
+        let requests = RequestCounter::default();
+        let s3c = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).interceptor(requests.clone()).build(),
+        );
+        let sqsc = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&cfg).interceptor(requests.clone()).build());
+        let dyn_c =
+            aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&cfg).interceptor(requests.clone()).build());
+        let snsc = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&cfg).interceptor(requests.clone()).build());
         let bucket = fresh_bucket(&s3c, "uploads").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
@@ -140,6 +147,7 @@ impl Stack {
             alerts: memory_alerts,
             emulator,
             webhook_secret,
+            requests,
             _data: data,
         })
     }

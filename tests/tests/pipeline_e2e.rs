@@ -185,3 +185,29 @@ async fn with_item_failures_duplicates_and_a_429_every_row_still_ends_once() -> 
     );
     Ok(())
 }
+
+/// The cost basis: AWS requests for a 1,000-row job, by service and operation. `render.completed`
+/// must cost exactly one DynamoDB write and no read.
+#[tokio::test]
+async fn a_1000_row_job_costs_about_one_dynamodb_request_per_row() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = "uploads/tmpl_blog_card/thousand.csv";
+    stack.upload(key, blog_csv(1000)).await?;
+    stack.requests.reset();
+
+    let answer = stack.ingest(key).await?;
+    let job = stack.run_until_done(&job_id_of(&answer), Duration::from_secs(300)).await?;
+    assert_eq!((job.status, job.counters.rendered), (JobStatus::Completed, 1000));
+
+    let counts = stack.requests.snapshot();
+    println!("AWS requests for a 1,000-row job (service, operation, count):");
+    for ((service, operation), n) in &counts {
+        println!("  {service:10} {operation:28} {n:6}");
+    }
+    let puts = counts.get(&("DynamoDB".to_owned(), "PutItem".to_owned())).copied().unwrap_or(0);
+    // 1,000 render records + 10 chunks + 10 batch index items + the job.
+    assert!((1000..=1030).contains(&puts), "PutItem {puts}");
+    let dynamo = stack.requests.total_for("DynamoDB");
+    assert!(dynamo <= 1200, "DynamoDB requests {dynamo} for 1,000 rows");
+    Ok(())
+}

@@ -24,6 +24,9 @@ struct Args {
     /// Template to render.
     #[arg(long, default_value = "tmpl_blog_card")]
     template: String,
+    /// Skip rasterisation (measures substitution + placeholder overhead only).
+    #[arg(long)]
+    no_rasterize: bool,
 }
 
 fn variables(i: usize) -> VariableSet {
@@ -49,7 +52,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let store = TemplateStore::bundled();
         let template = store.get(&args.template).context("unknown --template")?;
-        let renderer = Arc::new(Renderer::new(RenderOptions::default())?);
+        let options = RenderOptions { rasterize: !args.no_rasterize, ..RenderOptions::default() };
+        let renderer = Arc::new(Renderer::new(options)?);
 
         // Warm-up: first-use glyph caches and the lazily built thread pools.
         renderer.render(&template, &variables(0), format, 0.9).await?;
@@ -65,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         times.sort();
         let median = times.get(times.len() / 2).copied().unwrap_or_default();
         println!(
-            "sequential: {} × {} {}  median {:.1} ms/image  (min {:.1}, max {:.1}; mean size {} KiB)",
+            "sequential: {} × {} {}  median {:.2} ms/image  (min {:.1}, max {:.1}; mean size {} KiB)",
             args.n,
             args.template,
             format.as_str(),
