@@ -602,6 +602,19 @@ impl JobStore for SqliteJobStore {
         })
         .await
     }
+
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
+        let batch_id = batch_id.to_owned();
+        self.call("batch completed early", move |tx| {
+            let n: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM orphans WHERE kind = 'batch.completed' AND ext_id = ?1",
+                params![batch_id],
+                |row| row.get(0),
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

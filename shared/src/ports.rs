@@ -197,6 +197,9 @@ pub trait JobStore: Send + Sync {
 
     /// A webhook that matched nothing we know (kept for the operator).
     async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()>;
+    /// Whether a `batch.completed` for this batch arrived before its id was recorded (so it was
+    /// kept as an orphan): the submitter then applies the batch itself.
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool>;
 }
 
 /// The slice of Pictify the pipeline uses.

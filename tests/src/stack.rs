@@ -33,6 +33,8 @@ pub struct StackOptions {
     /// Real images are slow in debug builds; the pipeline does not look at pixels.
     pub rasterize: bool,
     pub settings: Settings,
+    /// Per-attempt timeout of the Pictify client.
+    pub client_timeout: Duration,
 }
 
 impl Default for StackOptions {
@@ -47,6 +49,7 @@ impl Default for StackOptions {
                 paused_delay: Duration::from_secs(2),
                 ..Settings::default()
             },
+            client_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -115,7 +118,7 @@ impl Stack {
         let pictify = PictifyClient::new(PictifyConfig {
             base_url: emulator.base_url(),
             api_key: Secret::new(TEST_API_KEY),
-            timeout: Duration::from_secs(10),
+            timeout: options.client_timeout,
             max_retries: 2,
             backoff_base: Duration::from_millis(50),
         })?;

@@ -928,6 +928,23 @@ impl JobStore for DynamoJobStore {
         self.put_record(&format!("record_orphan {kind} {id}"), item)
             .await
     }
+
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
+        let operation = format!("batch_completed_early {batch_id}");
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("ORPHAN#batch.completed#{batch_id}")))
+            .limit(1)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(out.count() > 0),
+            Err(e) => Err(sdk_error(operation, e)),
+        }
+    }
 }
 
 // ---- keys and encoding -------------------------------------------------------------------------

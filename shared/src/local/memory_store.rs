@@ -399,6 +399,10 @@ impl JobStore for MemoryJobStore {
         self.lock().orphans.push(orphan);
         Ok(())
     }
+
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
+        Ok(self.lock().orphans.iter().any(|o| o.kind == "batch.completed" && o.id == batch_id))
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,12 @@ impl Pipeline {
                     .await?;
                 info!(job_id = %job, chunk = %key.label(), batch_id = %accepted.batch_id, attempt, latency_ms,
                     rows = payload.rows.len(), "chunk submitted");
+                // Pictify may finish a batch before we learn its id (a fast batch, or a timed-out call
+                // resolved by its idempotency key); its batch.completed was then kept as an orphan.
+                if self.store.batch_completed_early(&accepted.batch_id).await? {
+                    info!(job_id = %job, batch_id = %accepted.batch_id, "batch.completed came before its id was recorded; applying it now");
+                    self.complete_batch(&accepted.batch_id, None).await?;
+                }
                 metrics::emit(
                     &[("RowsSubmitted", payload.rows.len() as f64, Unit::Count), ("SubmitLatency", latency_ms as f64, Unit::Milliseconds)],
                     &[("jobId", job.as_str()), ("batchId", &accepted.batch_id)],
@@ -225,6 +231,28 @@ impl Pipeline {
             ))
         })?;
         self.read_payload(at).await
+    }
+
+    /// A chunk's stored payload (the variable sets it was cut with).
+    pub async fn chunk_payload(&self, job: &JobId, key: ChunkKey) -> Result<ChunkPayload, StepError> {
+        let stored = self.store.job(job).await?.ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
+        let at = crate::layout::chunk_payload_ref(&stored.source.bucket, job, &key.label(), &self.settings);
+        self.read_payload(&at).await
+    }
+
+    /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
+    /// it again is always safe: the submitter ignores chunks already submitted.
+    pub async fn chunk_message(&self, job: &JobId, key: ChunkKey) -> Result<ChunkMessage, StepError> {
+        let payload = self.chunk_payload(job, key).await?;
+        let fits = serde_json::to_vec(&payload).map(|b| b.len() + 512 <= self.queue.max_message_bytes()).unwrap_or(false);
+        let stored = self.store.job(job).await?.ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
+        let at = crate::layout::chunk_payload_ref(&stored.source.bucket, job, &key.label(), &self.settings);
+        Ok(ChunkMessage {
+            job: job.clone(),
+            key,
+            payload: fits.then_some(payload),
+            payload_ref: (!fits).then_some(at),
+        })
     }
 
     pub(crate) async fn read_payload(
