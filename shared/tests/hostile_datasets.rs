@@ -59,8 +59,6 @@ struct Case {
     first_variables: Option<Map<String, Value>>,
     #[serde(default)]
     generator: Option<String>,
-    #[serde(default)]
-    bug: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -402,15 +400,7 @@ async fn run_table(select: impl Fn(&Case) -> bool) {
 
 #[tokio::test]
 async fn every_hostile_dataset_reaches_its_named_outcome() {
-    run_table(|case| case.bug.is_none()).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: an unterminated CSV quote swallows the rest of the file into one field — rows \
-            after it vanish (silently when the quote is in the last column: the merged row is \
-            VALID); see the `bug` cases in tests/data/hostile/expected.json"]
-async fn known_bugs_reach_their_correct_outcome() {
-    run_table(|case| case.bug.is_some()).await;
+    run_table(|_| true).await;
 }
 
 #[test]

@@ -48,6 +48,9 @@ impl<R: Read> CsvSource<R> {
             return Ok(None);
         }
         let (mut out_len, mut ends_len, mut raw, mut oversize) = (0usize, 0usize, 0u64, false);
+        // Quote characters seen in this record's raw bytes, and where it started: a record cut
+        // short by the end of input with an odd count has a quoted field that never closed.
+        let (mut quotes, start) = (0u64, self.input.offset());
         loop {
             if !oversize && out_len == self.out.len() {
                 oversize = !grow(&mut self.out, self.limit.saturating_add(1));
@@ -61,9 +64,11 @@ impl<R: Read> CsvSource<R> {
                 ends_len = 0;
             }
             let buf = self.input.fill()?;
+            let at_end = buf.is_empty();
             let (result, nin, nout, nend) =
                 self.parser
                     .read_record(buf, &mut self.out[out_len..], &mut self.ends[ends_len..]);
+            quotes += buf[..nin].iter().filter(|b| **b == b'"').count() as u64;
             self.input.consume(nin);
             raw += nin as u64;
             out_len += nout;
@@ -75,6 +80,15 @@ impl<R: Read> CsvSource<R> {
                 ReadRecordResult::InputEmpty
                 | ReadRecordResult::OutputFull
                 | ReadRecordResult::OutputEndsFull => continue,
+                // csv-core ends an open quoted field silently at end of input, which would
+                // swallow every later row into one field: refuse the rest of the file instead.
+                ReadRecordResult::Record if at_end && quotes % 2 == 1 => {
+                    self.done = true;
+                    return Err(DatasetError::Malformed {
+                        message: "a quoted field is never closed: the quote opened in this row runs to the end of the file".into(),
+                        offset: start,
+                    });
+                }
                 ReadRecordResult::Record if oversize => {
                     return Ok(Some(CsvRecord::TooLarge { bytes: raw }));
                 }
