@@ -302,6 +302,22 @@ impl JobStore for SqliteJobStore {
         self.call("read job", move |tx| load_job(tx, &id)).await
     }
 
+    async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
+        self.call("active jobs", move |tx| {
+            let mut statement = tx.prepare("SELECT body FROM jobs")?;
+            let bodies = statement.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut active = Vec::new();
+            for body in bodies {
+                let job: Job = from_json(&body)?;
+                if !job.status.is_terminal() {
+                    active.push(job.id);
+                }
+            }
+            Ok(active)
+        })
+        .await
+    }
+
     async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
         let job = job.clone();
         self.call("finish ingest", move |tx| {

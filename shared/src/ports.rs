@@ -142,6 +142,9 @@ pub trait JobStore: Send + Sync {
     /// Creates the job unless it exists; returns the stored job either way and whether it was new.
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)>;
     async fn job(&self, id: &JobId) -> PortResult<Option<Job>>;
+    /// Jobs that may still need work (for the reconciler). May include jobs that have just
+    /// finished; callers check each job's status.
+    async fn active_jobs(&self) -> PortResult<Vec<JobId>>;
     /// Ingest finished: status `running` (or terminal), counters and samples set.
     async fn finish_ingest(&self, job: &Job) -> PortResult<()>;
 

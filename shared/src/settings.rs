@@ -28,6 +28,8 @@ pub struct Settings {
     pub paused_delay: Duration,
     pub webhook_max_body_bytes: usize,
     pub signature_tolerance: Duration,
+    /// A submitted batch with no `batch.completed` after this long is polled by the reconciler.
+    pub stuck_after: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             paused_delay: Duration::from_secs(900),
             webhook_max_body_bytes: 256 * 1024,
             signature_tolerance: Duration::from_secs(300),
+            stuck_after: Duration::from_secs(900),
         }
     }
 }
@@ -121,6 +124,9 @@ impl Settings {
         if let Some(v) = get("PAUSED_DELAY_SECONDS") {
             s.paused_delay =
                 Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
+        }
+        if let Some(v) = get("STUCK_AFTER_SECONDS") {
+            s.stuck_after = Duration::from_secs(parse_in("STUCK_AFTER_SECONDS", &v, 0.0, 604_800.0)? as u64);
         }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =

@@ -632,6 +632,9 @@ impl JobStore for SlimStore {
     async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
         self.inner.record_orphan(kind, id, body, now).await
     }
+    async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
+        self.inner.active_jobs().await
+    }
     async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
         self.inner.batch_completed_early(batch_id).await
     }

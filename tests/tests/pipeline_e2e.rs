@@ -211,3 +211,37 @@ async fn a_1000_row_job_costs_about_one_dynamodb_request_per_row() -> anyhow::Re
     assert!(dynamo <= 1200, "DynamoDB requests {dynamo} for 1,000 rows");
     Ok(())
 }
+
+/// Webhooks lost in transit: the scheduled reconciler polls the batches left `submitted` and the
+/// job still completes; rows whose `render.completed` never came are visible as such.
+#[tokio::test]
+async fn with_lost_webhooks_the_reconciler_still_finishes_the_job() -> anyhow::Result<()> {
+    let faults = Faults { webhook_drop_rate: 0.3, ..Faults::default() };
+    let stack = Stack::start(StackOptions { faults, seed: 3, ..StackOptions::default() }).await?;
+    let key = "uploads/tmpl_blog_card/lossy.csv";
+    stack.upload(key, blog_csv(300)).await?;
+    let job = job_id_of(&stack.ingest(key).await?);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let current = stack.job(&job).await?;
+        if current.status.is_terminal() {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not done: {current:?}");
+        if stack.drain_once().await? == 0 {
+            // The scheduled function, with "stuck" meaning anything already submitted.
+            let event = lambda_runtime::LambdaEvent::new(serde_json::json!({ "source": "aws.events" }), lambda_runtime::Context::default());
+            let mut pipeline = stack.pipeline.clone();
+            pipeline.settings.stuck_after = Duration::ZERO;
+            reconciler::function_handler(&pipeline, event).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let done = stack.job(&job).await?;
+    assert_eq!(done.counters.in_flight(), 0);
+    assert_eq!(done.counters.rows, done.counters.rendered + done.counters.failed);
+    assert!(stack.emulator.ledger().deliveries.dropped > 0);
+    let manifest = stack.get_text("results/tmpl_blog_card/lossy.csv.results.jsonl").await?;
+    assert_eq!(manifest.lines().count(), 300);
+    Ok(())
+}

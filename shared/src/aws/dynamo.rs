@@ -37,6 +37,8 @@ use crate::ports::{
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
 
+/// Partition of the active-job markers (`sk = JOB#<id>`), read by the reconciler.
+const ACTIVE_PK: &str = "ACTIVE";
 const PK: &str = "pk";
 const SK: &str = "sk";
 const JOB_SK: &str = "#JOB";
@@ -387,6 +389,9 @@ pub async fn create_table(client: &Client, name: &str) -> PortResult<()> {
 impl JobStore for DynamoJobStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         let operation = format!("create_job {}", job.id);
+        // The active-job marker first: if we die before the job exists, the reconciler finds a
+        // marker without a job and removes it; the other order could hide a job from it.
+        self.put_record(&operation, key(ACTIVE_PK.to_owned(), &job_pk(&job.id))).await?;
         let result = self
             .client
             .put_item()
@@ -414,6 +419,37 @@ impl JobStore for DynamoJobStore {
             })?;
         let stored = job_from_item(&item).map_err(|e| PortError::permanent(&operation, e))?;
         Ok((stored, false))
+    }
+
+    async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
+        let operation = "active_jobs";
+        let mut jobs = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":pk", s(ACTIVE_PK))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error(operation, e))?;
+            for item in out.items.unwrap_or_default() {
+                let id = item.get(SK).and_then(|v| v.as_s().ok()).and_then(|sk| sk.strip_prefix("JOB#"));
+                match id.map(JobId::parse) {
+                    Some(Ok(id)) => jobs.push(id),
+                    _ => warn!(item = %describe(&item), "ignoring a malformed active-job marker"),
+                }
+            }
+            match out.last_evaluated_key {
+                Some(last) if !last.is_empty() => start = Some(last),
+                _ => break,
+            }
+        }
+        Ok(jobs)
     }
 
     async fn job(&self, id: &JobId) -> PortResult<Option<Job>> {
@@ -862,7 +898,16 @@ impl JobStore for DynamoJobStore {
             .send()
             .await;
         match checked(&operation, result)? {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(ACTIVE_PK.to_owned(), &job_pk(id))))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(&operation, e))?;
+                Ok(())
+            }
             Err(_) => Err(PortError::permanent(
                 operation,
                 StoreError::NotFound {

@@ -4,6 +4,7 @@
 mod batch;
 mod ingest;
 mod manifest;
+mod reconcile;
 mod submit;
 mod webhook;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub use batch::BatchApplied;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
+pub use reconcile::ReconcileReport;
 pub use submit::SubmitOutcome;
 pub use webhook::{WebhookReply, WebhookRequest};
 

@@ -546,3 +546,43 @@ async fn a_chunk_too_large_for_one_message_travels_by_reference() {
         100
     );
 }
+
+#[tokio::test]
+async fn a_lost_batch_completed_is_repaired_by_the_reconciler() {
+    let h = harness();
+    h.put_upload(csv(30)).await;
+    h.ingest().await;
+    h.submit_all().await;
+    // Every render event arrives, but batch.completed is lost.
+    let batches = h.pictify.batches.lock().unwrap().clone();
+    for vars in &batches[0].2.variable_sets {
+        let data = serde_json::json!({ "url": "https://cdn/x.png", "templateId": "tmpl_blog_card", "variables": vars });
+        h.deliver("render.completed", data).await;
+    }
+    assert_eq!(h.job().await.status, JobStatus::Running);
+
+    let report = h.pipeline.reconcile(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.applied), (1, 1));
+    let job = h.job().await;
+    assert_eq!((job.status, job.counters.rendered), (JobStatus::Completed, 30));
+    // A second pass finds nothing to do.
+    let again = h.pipeline.reconcile(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!((again.jobs, again.polled), (0, 0));
+}
+
+#[tokio::test]
+async fn a_submit_left_unknown_is_requeued_after_the_grace_period() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    // A submitter recorded its intent and died; the message is gone.
+    let job = h.job().await;
+    let grace = std::time::Duration::ZERO;
+    h.store.begin_submit(&job.id, message.key, NOW - 1, grace).await.unwrap();
+    let mut pipeline = h.pipeline.clone();
+    pipeline.settings.submit_grace = grace;
+    let report = pipeline.reconcile(std::time::Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.resent, 1);
+    assert_eq!(h.queue.pop().map(|m| m.key), Some(message.key));
+}

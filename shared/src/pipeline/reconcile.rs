@@ -1,0 +1,87 @@
+//! The reconciler: finishes what lost webhooks and crashes left behind. Pictify's webhooks are
+//! at-least-once and may be lost; Lambdas die between two writes. Run on a schedule (and from the
+//! CLI); every action it takes is one the normal path could have taken, so running it twice, or
+//! alongside the webhooks, changes nothing.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{BatchApplied, Pipeline, StepError};
+use crate::domain::{ChunkState, Job, JobStatus};
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileReport {
+    pub jobs: u64,
+    /// Stuck batches polled, and how many of them were finished that way.
+    pub polled: u64,
+    pub applied: u64,
+    /// Chunks whose submit outcome stayed unknown past the grace period, re-queued.
+    pub resent: u64,
+    /// Jobs whose manifest had to be (re)written.
+    pub finished: u64,
+    pub errors: u64,
+}
+
+impl Pipeline {
+    /// One pass over every active job. `stuck_after`: how long a submitted batch may go without
+    /// its `batch.completed` before it is polled.
+    pub async fn reconcile(&self, stuck_after: Duration) -> Result<ReconcileReport, StepError> {
+        let mut report = ReconcileReport::default();
+        for id in self.store.active_jobs().await? {
+            report.jobs += 1;
+            let Some(job) = self.store.job(&id).await? else { continue };
+            if let Err(e) = self.reconcile_job(job, stuck_after, &mut report).await {
+                report.errors += 1;
+                warn!(job_id = %id, error = %e, "reconciling the job failed; the next pass retries");
+            }
+        }
+        info!(jobs = report.jobs, polled = report.polled, applied = report.applied, resent = report.resent,
+            finished = report.finished, errors = report.errors, "reconcile pass done");
+        Ok(report)
+    }
+
+    async fn reconcile_job(&self, job: Job, stuck_after: Duration, report: &mut ReconcileReport) -> Result<(), StepError> {
+        match job.status {
+            // A finisher died mid-manifest: writing the manifest again gives the same files.
+            JobStatus::Finishing => {
+                report.finished += 1;
+                return self.finish_job(job).await;
+            }
+            JobStatus::Running => {}
+            // Ingest is retried by S3's own redelivery; finished jobs need nothing.
+            _ => return Ok(()),
+        }
+        let now = self.clock.now();
+        let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
+        let grace_before = now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
+        for chunk in self.store.chunks_of_job(&job.id).await? {
+            match (chunk.state, &chunk.batch_id) {
+                (ChunkState::Submitted, Some(batch_id)) if chunk.submitted_at.is_some_and(|t| t <= stuck_before) => {
+                    report.polled += 1;
+                    // Not finished yet at Pictify is an error here: it is simply polled again next pass.
+                    match self.complete_batch(batch_id, None).await {
+                        Ok(BatchApplied::Applied) => {
+                            report.applied += 1;
+                            info!(job_id = %job.id, chunk = %chunk.key.label(), batch_id = %batch_id, "stuck batch finished by polling");
+                        }
+                        Ok(_) => {}
+                        Err(e) => info!(job_id = %job.id, batch_id = %batch_id, reason = %e, "stuck batch not finished yet"),
+                    }
+                }
+                (ChunkState::Submitting, _) if chunk.submitting_since.is_some_and(|t| t <= grace_before) => {
+                    // The submitter resends it with the same idempotency key: a replay, never a second batch.
+                    let message = self.chunk_message(&job.id, chunk.key).await?;
+                    self.queue.send(std::slice::from_ref(&message)).await?;
+                    report.resent += 1;
+                    info!(job_id = %job.id, chunk = %chunk.key.label(), "unknown submit outcome re-queued");
+                }
+                _ => {}
+            }
+        }
+        self.finish_job_if_done(&job.id).await
+    }
+}
