@@ -6,6 +6,17 @@
 //! - `Template { id, name, width, height, variables, html }`, `VariableDef { name, required, default }`
 //! - `Renderer::new(RenderOptions)`, `Renderer::render(&Template, &VariableSet, Format, quality)`
 //! - `RenderedImage { bytes, width, height, format }`, `ItemError { code, message }`
+//!
+//! Choices worth knowing:
+//! - Output: PNG, JPEG and lossy WebP honour `quality` (0.1–1, or 1–100; mapped to encoder 1–100;
+//!   PNG ignores it). GIF is a single-frame GIF from takumi's palette-quantising writer.
+//! - Images: every `<img src>` and CSS `url()` after substitution is loaded (http(s) with
+//!   `fetch_timeout`, `file://`, `data:`) and decoded up front; any failure is `IMAGE_FETCH_FAILED`
+//!   naming the src. SVG images are not supported (the build has no SVG feature). Decoded http(s)
+//!   images are cached (bounded) across renders.
+//! - `time_budget` covers image loading and rasterisation; on expiry the item fails with
+//!   `RENDER_TIMEOUT` while the blocking raster task runs to completion in the background.
+//! - Engine failures (encoder/layout errors) use [`RENDER_FAILED`], which Pictify does not document.
 
 pub mod expr;
 pub mod functions;
