@@ -1,9 +1,11 @@
 //! pictify-batch core: everything the Lambda functions, the CLI and the tests share.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod dataset;
 pub mod domain;
 pub mod layout;
+#[cfg(feature = "aws")]
 pub mod local;
 pub mod metrics;
 pub mod pictify;
@@ -13,4 +15,5 @@ pub mod s3_event;
 pub mod secret;
 pub mod settings;
 pub mod signing;
+#[cfg(feature = "aws")]
 pub mod wiring;
