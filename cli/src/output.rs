@@ -335,6 +335,9 @@ impl Summary<'_> {
             for alert in fired.iter().take(PROBLEMS_SHOWN) {
                 s.push_str(&format!("  - {}: {}\n", alert.kind, alert.message));
             }
+            if fired.len() > PROBLEMS_SHOWN {
+                s.push_str(&format!("  … and {} more\n", fired.len() - PROBLEMS_SHOWN));
+            }
         }
         let problems = &self.report.problems;
         if !problems.is_empty() {

@@ -65,7 +65,7 @@ pub struct RunArgs {
     /// as file:// URLs, which the local emulator can read (real Pictify needs public http(s) URLs).
     #[arg(long = "file-column", value_name = "COLUMN")]
     pub file_column: Vec<String>,
-    /// Chunks (of up to 100 rows) submitted in parallel.
+    /// Chunks (of up to 100 rows) in flight at Pictify at once (submitted, not yet completed).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
     /// Continue the interrupted run in --out instead of starting over; finished rows are not rendered again.
@@ -221,11 +221,18 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        store: store.clone(),
+        job: job_id.clone(),
+        limit: args.concurrency as usize,
+        turn: tokio::sync::Mutex::new(()),
+    });
     let submitters: Vec<_> = (0..args.concurrency)
         .map(|_| {
             tokio::spawn(submitter(
                 pipeline.clone(),
                 queue.clone(),
+                gate.clone(),
                 stop.clone(),
                 events_tx.clone(),
             ))
@@ -402,7 +409,11 @@ async fn check_template(
             // Only a 404 about the template is conclusive (a server without this route says otherwise).
             let body = r.text().await.unwrap_or_default();
             if body.to_ascii_lowercase().contains("template") {
-                return Err(Failure::usage(format!("unknown template `{}` (Pictify: {})", args.template, body.trim())));
+                return Err(Failure::usage(format!(
+                    "unknown template `{}` (Pictify: {})",
+                    args.template,
+                    body.trim()
+                )));
             }
             warn!("template check inconclusive (404 without a template message); going on");
             Ok(())
@@ -593,15 +604,38 @@ async fn webhook(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Byt
     (status, [(CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
-/// One submitter: pops chunk messages and calls the pipeline's submit step.
+/// Keeps at most `limit` chunks of the job in flight at Pictify (submitting or submitted, not
+/// completed): submitting is quick, so without it every chunk would be handed over at once and
+/// the local emulator would render thousands of items in parallel and time out.
+struct Gate {
+    store: Arc<SqliteJobStore>,
+    job: JobId,
+    limit: usize,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// One submitter: waits for a free slot, pops a chunk message and calls the pipeline's submit step.
 async fn submitter(
     pipeline: Pipeline,
     queue: Arc<MemoryQueue>,
+    gate: Arc<Gate>,
     stop: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<RunEvent>,
 ) {
     while !stop.load(Ordering::Relaxed) {
+        // One submitter at a time checks for a slot and submits, so the limit holds exactly.
+        let turn = gate.turn.lock().await;
+        match gate.store.chunks_in_flight(&gate.job).await {
+            Ok(n) if n >= gate.limit => {
+                drop(turn);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot count chunks in flight; submitting anyway"),
+        }
         let Some(message) = queue.pop() else {
+            drop(turn);
             tokio::time::sleep(Duration::from_millis(25)).await;
             continue;
         };
@@ -626,6 +660,7 @@ async fn submitter(
                 redeliver_later(&queue, message, Duration::from_secs(2));
             }
         }
+        drop(turn);
     }
 }
 

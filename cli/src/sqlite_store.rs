@@ -116,6 +116,21 @@ impl SqliteJobStore {
         .await
     }
 
+    /// Chunks of a job handed to Pictify and not yet completed (`submitting` or `submitted`):
+    /// the local run keeps at most `--concurrency` of them in flight.
+    pub async fn chunks_in_flight(&self, job: &JobId) -> PortResult<usize> {
+        let job = job.clone();
+        self.call("count chunks in flight", move |tx| {
+            let n: i64 = tx.query_row(
+                "SELECT count(*) FROM chunks WHERE job = ?1 AND json_extract(body, '$.state') IN ('submitting', 'submitted')",
+                params![job.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Every job, oldest first (a local state dir normally holds one).
     pub async fn jobs(&self) -> PortResult<Vec<Job>> {
         self.call("list jobs", |tx| {
@@ -305,7 +320,9 @@ impl JobStore for SqliteJobStore {
     async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
         self.call("active jobs", move |tx| {
             let mut statement = tx.prepare("SELECT body FROM jobs")?;
-            let bodies = statement.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let bodies = statement
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let mut active = Vec::new();
             for body in bodies {
                 let job: Job = from_json(&body)?;
@@ -1043,6 +1060,25 @@ mod tests {
             Some((job.clone(), key))
         );
         assert_eq!(reopened.jobs().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn chunks_in_flight_counts_submitting_and_submitted() {
+        let (store, job, key, _dir) = store_with_chunk().await;
+        store
+            .put_chunks(&[Chunk::new(job.clone(), ChunkKey::initial(1), vec![4])])
+            .await
+            .unwrap();
+        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 0);
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
+        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 1);
+        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 1);
+        store
+            .complete_chunk(&completion(&job, key, 3, false))
+            .await
+            .unwrap();
+        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 0);
     }
 
     #[tokio::test]

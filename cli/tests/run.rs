@@ -278,17 +278,40 @@ async fn api_key_mode_subscribes_its_webhooks_and_renders() {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("emulator"),
         webhook_retry_scale: 0.01,
-        render: pictify_emulator::render::RenderOptions { rasterize: false, ..Default::default() },
+        render: pictify_emulator::render::RenderOptions {
+            rasterize: false,
+            ..Default::default()
+        },
         ..pictify_emulator::Config::default()
     };
     let emulator = pictify_emulator::start(config).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (dataset, out) = (blog_csv(dir.path(), 5), dir.path().join("out"));
     let mut command = bin();
-    command.arg("run").arg(&dataset).args(["--template", "tmpl_blog_card", "--out"]).arg(&out);
-    command.args(["--api-key", "pk_test_emulator", "--base-url", &emulator.base_url()]);
-    command.args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &format!("http://127.0.0.1:{port}")]);
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    command
+        .arg("run")
+        .arg(&dataset)
+        .args(["--template", "tmpl_blog_card", "--out"])
+        .arg(&out);
+    command.args([
+        "--api-key",
+        "pk_test_emulator",
+        "--base-url",
+        &emulator.base_url(),
+    ]);
+    command.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--public-url",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(results_lines(&out), 5);
     assert_eq!(emulator.ledger().deliveries.failed, 0);
