@@ -44,7 +44,13 @@ pub fn emit(metrics: &[Metric<'_>], properties: &[(&str, &str)]) {
     let Some(function) = function_name() else {
         return;
     };
-    let line = render(now_ms(), NAMESPACE, Some((FUNCTION_DIMENSION, function)), metrics, properties);
+    let line = render(
+        now_ms(),
+        NAMESPACE,
+        Some((FUNCTION_DIMENSION, function)),
+        metrics,
+        properties,
+    );
     if line.is_empty() {
         return;
     }
@@ -56,7 +62,9 @@ pub fn emit(metrics: &[Metric<'_>], properties: &[(&str, &str)]) {
 /// Milliseconds from an RFC 3339 instant (e.g. a webhook's `renderedAt`) until now; `None` when it
 /// does not parse.
 pub fn millis_since(rfc3339: &str) -> Option<f64> {
-    let then = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?.timestamp_millis();
+    let then = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()?
+        .timestamp_millis();
     Some(now_ms().saturating_sub(then).max(0) as f64)
 }
 
@@ -104,7 +112,9 @@ pub fn render(
         push_number(&mut out, *value);
     }
     let taken = |key: &str| {
-        key == "_aws" || dimension.is_some_and(|(d, _)| d == key) || metrics.iter().any(|(m, _, _)| *m == key)
+        key == "_aws"
+            || dimension.is_some_and(|(d, _)| d == key)
+            || metrics.iter().any(|(m, _, _)| *m == key)
     };
     for (key, value) in properties.iter().filter(|(key, _)| !taken(key)) {
         push_field(&mut out, key);
@@ -116,8 +126,12 @@ pub fn render(
 
 fn function_name() -> Option<&'static str> {
     static NAME: OnceLock<Option<String>> = OnceLock::new();
-    NAME.get_or_init(|| std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().filter(|n| !n.is_empty()))
-        .as_deref()
+    NAME.get_or_init(|| {
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+    })
+    .as_deref()
 }
 
 fn now_ms() -> i64 {
@@ -165,7 +179,10 @@ mod tests {
     const T: i64 = 1_764_331_200_000;
 
     fn parsed(line: &str) -> Value {
-        assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "one line: {line:?}");
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "one line: {line:?}"
+        );
         serde_json::from_str(line).unwrap()
     }
 
@@ -175,7 +192,10 @@ mod tests {
             T,
             NAMESPACE,
             Some(("Function", "ingest")),
-            &[("RowsIngested", 250.0, Unit::Count), ("RowsRejected", 3.0, Unit::Count)],
+            &[
+                ("RowsIngested", 250.0, Unit::Count),
+                ("RowsRejected", 3.0, Unit::Count),
+            ],
             &[("jobId", "job_0123")],
         );
         let expected = json!({
@@ -197,33 +217,72 @@ mod tests {
 
     #[test]
     fn whole_numbers_print_without_a_fraction() {
-        let line = render(T, NAMESPACE, None, &[("RowsIngested", 250.0, Unit::Count)], &[]);
+        let line = render(
+            T,
+            NAMESPACE,
+            None,
+            &[("RowsIngested", 250.0, Unit::Count)],
+            &[],
+        );
         assert!(line.contains("\"RowsIngested\":250}"), "{line}");
     }
 
     #[test]
     fn fractions_keep_their_digits() {
-        let line = render(T, NAMESPACE, None, &[("FailureRate", 12.5, Unit::Percent)], &[]);
+        let line = render(
+            T,
+            NAMESPACE,
+            None,
+            &[("FailureRate", 12.5, Unit::Percent)],
+            &[],
+        );
         assert_eq!(parsed(&line)["FailureRate"], json!(12.5));
     }
 
     #[test]
     fn no_dimension_publishes_an_empty_dimension_set() {
-        let line = render(T, NAMESPACE, None, &[("WebhookLag", 40.0, Unit::Milliseconds)], &[]);
-        assert_eq!(parsed(&line)["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
+        let line = render(
+            T,
+            NAMESPACE,
+            None,
+            &[("WebhookLag", 40.0, Unit::Milliseconds)],
+            &[],
+        );
+        assert_eq!(
+            parsed(&line)["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([[]])
+        );
     }
 
     #[test]
     fn non_finite_values_are_dropped() {
-        let line = render(T, NAMESPACE, None, &[("A", f64::NAN, Unit::None), ("B", 1.0, Unit::None)], &[]);
+        let line = render(
+            T,
+            NAMESPACE,
+            None,
+            &[("A", f64::NAN, Unit::None), ("B", 1.0, Unit::None)],
+            &[],
+        );
         let doc = parsed(&line);
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"], json!([{"Name": "B", "Unit": "None"}]));
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Metrics"],
+            json!([{"Name": "B", "Unit": "None"}])
+        );
         assert!(doc.get("A").is_none());
     }
 
     #[test]
     fn nothing_to_report_renders_nothing() {
-        assert_eq!(render(T, NAMESPACE, None, &[("A", f64::INFINITY, Unit::None)], &[("jobId", "j")]), "");
+        assert_eq!(
+            render(
+                T,
+                NAMESPACE,
+                None,
+                &[("A", f64::INFINITY, Unit::None)],
+                &[("jobId", "j")]
+            ),
+            ""
+        );
     }
 
     #[test]
@@ -233,17 +292,31 @@ mod tests {
             NAMESPACE,
             Some(("Function", "webhook")),
             &[("RowsFailed", 2.0, Unit::Count)],
-            &[("RowsFailed", "x"), ("_aws", "x"), ("Function", "x"), ("batchId", "batch_1")],
+            &[
+                ("RowsFailed", "x"),
+                ("_aws", "x"),
+                ("Function", "x"),
+                ("batchId", "batch_1"),
+            ],
         );
         let doc = parsed(&line);
-        assert_eq!((doc["RowsFailed"].clone(), doc["Function"].clone()), (json!(2), json!("webhook")));
+        assert_eq!(
+            (doc["RowsFailed"].clone(), doc["Function"].clone()),
+            (json!(2), json!("webhook"))
+        );
         assert_eq!(doc["batchId"], json!("batch_1"));
         assert_eq!(line.matches("\"RowsFailed\":").count(), 1);
     }
 
     #[test]
     fn strings_are_escaped() {
-        let line = render(T, NAMESPACE, None, &[("A", 1.0, Unit::Count)], &[("note", "a\"b\\c\nd\u{1}")]);
+        let line = render(
+            T,
+            NAMESPACE,
+            None,
+            &[("A", 1.0, Unit::Count)],
+            &[("note", "a\"b\\c\nd\u{1}")],
+        );
         assert_eq!(parsed(&line)["note"], json!("a\"b\\c\nd\u{1}"));
     }
 

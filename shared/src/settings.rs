@@ -126,7 +126,8 @@ impl Settings {
                 Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
         }
         if let Some(v) = get("STUCK_AFTER_SECONDS") {
-            s.stuck_after = Duration::from_secs(parse_in("STUCK_AFTER_SECONDS", &v, 0.0, 604_800.0)? as u64);
+            s.stuck_after =
+                Duration::from_secs(parse_in("STUCK_AFTER_SECONDS", &v, 0.0, 604_800.0)? as u64);
         }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =

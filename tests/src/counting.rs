@@ -27,7 +27,11 @@ impl RequestCounter {
     }
 
     pub fn total_for(&self, service: &str) -> u64 {
-        self.snapshot().iter().filter(|((s, _), _)| s == service).map(|(_, n)| n).sum()
+        self.snapshot()
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -43,7 +47,9 @@ impl Intercept for RequestCounter {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let (Some(meta), Ok(mut counts)) = (cfg.load::<Metadata>(), self.0.lock()) {
-            *counts.entry((meta.service().to_owned(), meta.name().to_owned())).or_default() += 1;
+            *counts
+                .entry((meta.service().to_owned(), meta.name().to_owned()))
+                .or_default() += 1;
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ use shared::ports::{Alerts, JobStore, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 
-use crate::aws::{SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, unique_name};
+use crate::aws::{
+    SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, unique_name,
+};
 use crate::counting::RequestCounter;
 
 pub const TEST_API_KEY: &str = "pk_test_emulator";
@@ -76,12 +78,26 @@ impl Stack {
         let cfg = aws_config().await;
         let requests = RequestCounter::default();
         let s3c = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).interceptor(requests.clone()).build(),
+            aws_sdk_s3::config::Builder::from(&cfg)
+                .force_path_style(true)
+                .interceptor(requests.clone())
+                .build(),
         );
-        let sqsc = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&cfg).interceptor(requests.clone()).build());
-        let dyn_c =
-            aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&cfg).interceptor(requests.clone()).build());
-        let snsc = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&cfg).interceptor(requests.clone()).build());
+        let sqsc = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&cfg)
+                .interceptor(requests.clone())
+                .build(),
+        );
+        let dyn_c = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&cfg)
+                .interceptor(requests.clone())
+                .build(),
+        );
+        let snsc = aws_sdk_sns::Client::from_conf(
+            aws_sdk_sns::config::Builder::from(&cfg)
+                .interceptor(requests.clone())
+                .build(),
+        );
         let bucket = fresh_bucket(&s3c, "uploads").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
@@ -272,8 +288,24 @@ impl Stack {
     /// Every item in the table, as debug text: a cheap "nothing changed" check.
     pub async fn table_snapshot(&self) -> anyhow::Result<Vec<String>> {
         let client = dynamodb(&aws_config().await);
-        let out = client.scan().table_name(&self.table).consistent_read(true).send().await.sdk_context("scan")?;
-        let mut items: Vec<String> = out.items.unwrap_or_default().iter().map(|i| format!("{:?}", i.iter().collect::<std::collections::BTreeMap<_, _>>())).collect();
+        let out = client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .send()
+            .await
+            .sdk_context("scan")?;
+        let mut items: Vec<String> = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{:?}",
+                    i.iter().collect::<std::collections::BTreeMap<_, _>>()
+                )
+            })
+            .collect();
         items.sort();
         Ok(items)
     }

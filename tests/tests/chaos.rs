@@ -13,14 +13,22 @@ use shared::ports::JobStore;
 fn dataset(rows: usize) -> Vec<u8> {
     let mut s = String::from("title,author,publishDate\n");
     for i in 0..rows {
-        s.push_str(&format!("Chaos {i},Writer {},2026-03-{:02}\n", i % 97, i % 28 + 1));
+        s.push_str(&format!(
+            "Chaos {i},Writer {},2026-03-{:02}\n",
+            i % 97,
+            i % 28 + 1
+        ));
     }
     s.into_bytes()
 }
 
 #[tokio::test]
-async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_billed() -> anyhow::Result<()> {
-    let rows: usize = std::env::var("CHAOS_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_billed()
+-> anyhow::Result<()> {
+    let rows: usize = std::env::var("CHAOS_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     let faults = Faults {
         item_failures: BTreeMap::from([
             ("IMAGE_FETCH_FAILED".into(), 0.03),
@@ -37,25 +45,36 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
         late_answer_delay_ms: 2_500,
         ..Faults::default()
     };
-    let options = StackOptions { faults, seed: 2026, client_timeout: Duration::from_secs(2), ..StackOptions::default() };
+    let options = StackOptions {
+        faults,
+        seed: 2026,
+        client_timeout: Duration::from_secs(2),
+        ..StackOptions::default()
+    };
     let stack = Stack::start(options).await?;
     let key = "uploads/tmpl_blog_card/chaos.csv";
     stack.upload(key, dataset(rows)).await?;
     let answer = stack.ingest(key).await?;
-    let job = JobId::parse(answer["outcomes"][0]["job"].as_str().unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    let job = JobId::parse(answer["outcomes"][0]["job"].as_str().unwrap_or_default())
+        .map_err(anyhow::Error::msg)?;
 
     // Redeliver every initial chunk message once more, as SQS may.
     let mut redelivered = 0;
     for chunk in stack.store.chunks_of_job(&job).await? {
         let message = stack.pipeline.chunk_message(&job, chunk.key).await?;
-        shared::ports::WorkQueue::send(stack.queue.as_ref(), std::slice::from_ref(&message)).await?;
+        shared::ports::WorkQueue::send(stack.queue.as_ref(), std::slice::from_ref(&message))
+            .await?;
         redelivered += 1;
     }
 
     let mut reconcile_passes = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     while !stack.job(&job).await?.status.is_terminal() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "chaos job not done: {:?}", stack.job(&job).await?);
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "chaos job not done: {:?}",
+            stack.job(&job).await?
+        );
         if stack.drain_once().await? == 0 {
             let mut pipeline = stack.pipeline.clone();
             pipeline.settings.stuck_after = Duration::from_secs(2);
@@ -69,34 +88,82 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
     let c = done.counters;
     let ledger = stack.emulator.ledger();
     let chunks = stack.store.chunks_of_job(&job).await?;
-    let manifest = stack.get_text("results/tmpl_blog_card/chaos.csv.results.jsonl").await?;
-    let lines: Vec<serde_json::Value> = manifest.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/chaos.csv.results.jsonl")
+        .await?;
+    let lines: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     for line in &lines {
-        *statuses.entry(line["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        *statuses
+            .entry(line["status"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
     }
-    let double_billed = chunks.iter().filter(|ch| ledger.accepted_with_key(&ch.idempotency_key()) != 1).count();
-    let over_threshold = ledger.batches_accepted.iter().filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05).count();
-    let alerts = stack.alerts.alerts().into_iter().filter(|a| a.kind == "batch_high_failure_rate").count();
-    let rows_seen: std::collections::BTreeSet<u64> = lines.iter().filter_map(|l| l["row"].as_u64()).collect();
+    let double_billed = chunks
+        .iter()
+        .filter(|ch| ledger.accepted_with_key(&ch.idempotency_key()) != 1)
+        .count();
+    let over_threshold = ledger
+        .batches_accepted
+        .iter()
+        .filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05)
+        .count();
+    let alerts = stack
+        .alerts
+        .alerts()
+        .into_iter()
+        .filter(|a| a.kind == "batch_high_failure_rate")
+        .count();
+    let rows_seen: std::collections::BTreeSet<u64> =
+        lines.iter().filter_map(|l| l["row"].as_u64()).collect();
 
     println!("chaos summary ({rows} rows, seed 2026)");
-    println!("  faults injected: submits answered 429 {}, 5xx {}, late answers (replays) {}, chunk messages redelivered {redelivered}",
-        ledger.rejected_with(429), ledger.rejected_with(500) + ledger.rejected_with(502) + ledger.rejected_with(503), ledger.replays);
-    println!("                   webhooks duplicated {}, dropped {}, items failed {}; reconcile passes {reconcile_passes}",
-        ledger.deliveries.duplicated, ledger.deliveries.dropped, ledger.items_failed);
-    println!("  outcome: status {:?}, rows {}, rendered {}, failed {}, rejected {}, in flight {}", done.status, c.rows, c.rendered, c.failed, c.rejected, c.in_flight());
+    println!(
+        "  faults injected: submits answered 429 {}, 5xx {}, late answers (replays) {}, chunk messages redelivered {redelivered}",
+        ledger.rejected_with(429),
+        ledger.rejected_with(500) + ledger.rejected_with(502) + ledger.rejected_with(503),
+        ledger.replays
+    );
+    println!(
+        "                   webhooks duplicated {}, dropped {}, items failed {}; reconcile passes {reconcile_passes}",
+        ledger.deliveries.duplicated, ledger.deliveries.dropped, ledger.items_failed
+    );
+    println!(
+        "  outcome: status {:?}, rows {}, rendered {}, failed {}, rejected {}, in flight {}",
+        done.status,
+        c.rows,
+        c.rendered,
+        c.failed,
+        c.rejected,
+        c.in_flight()
+    );
     println!("           manifest lines {} {statuses:?}", lines.len());
-    println!("           chunks {} ({} retries), batches accepted {}, chunks billed != once {double_billed}",
-        chunks.len(), chunks.iter().filter(|c| c.key.attempt > 0).count(), ledger.batches_accepted.len());
+    println!(
+        "           chunks {} ({} retries), batches accepted {}, chunks billed != once {double_billed}",
+        chunks.len(),
+        chunks.iter().filter(|c| c.key.attempt > 0).count(),
+        ledger.batches_accepted.len()
+    );
     println!("           alerts {alerts} for {over_threshold} batches over 5%");
-    println!("  rows lost {}, double-counted {}, double-billed {double_billed}",
-        rows as u64 - rows_seen.len() as u64, (lines.len() as u64).saturating_sub(rows as u64));
+    println!(
+        "  rows lost {}, double-counted {}, double-billed {double_billed}",
+        rows as u64 - rows_seen.len() as u64,
+        (lines.len() as u64).saturating_sub(rows as u64)
+    );
 
-    assert!(matches!(done.status, JobStatus::Completed | JobStatus::Partial));
+    assert!(matches!(
+        done.status,
+        JobStatus::Completed | JobStatus::Partial
+    ));
     assert_eq!(c.in_flight(), 0);
     assert_eq!(c.rows, rows as u64);
-    assert_eq!(c.rows, c.rejected + c.rendered + c.failed, "rows read = rejected + rendered + failed");
+    assert_eq!(
+        c.rows,
+        c.rejected + c.rendered + c.failed,
+        "rows read = rejected + rendered + failed"
+    );
     assert_eq!(lines.len(), rows, "one manifest line per input row");
     assert_eq!(rows_seen.len(), rows, "every row exactly once");
     assert_eq!(statuses.get("failed").copied().unwrap_or(0), c.failed);
@@ -104,15 +171,27 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
     assert_eq!(ledger.batches_accepted.len(), chunks.len());
     // Retry chunks exist only for retryable failures.
     for retry in chunks.iter().filter(|ch| ch.key.attempt > 0) {
-        let parent = chunks.iter().find(|p| p.key.seq == retry.key.seq && p.key.attempt + 1 == retry.key.attempt).expect("parent");
-        assert_eq!(parent.outcome.as_ref().map(|o| o.retried.len()), Some(retry.rows.len()));
+        let parent = chunks
+            .iter()
+            .find(|p| p.key.seq == retry.key.seq && p.key.attempt + 1 == retry.key.attempt)
+            .expect("parent");
+        assert_eq!(
+            parent.outcome.as_ref().map(|o| o.retried.len()),
+            Some(retry.rows.len())
+        );
     }
     for chunk in &chunks {
         for error in chunk.outcome.iter().flat_map(|o| o.failed.values()) {
             let retryable = shared::domain::is_retryable(&error.code);
-            assert!(!retryable || chunk.key.attempt + 1 >= stack.pipeline.settings.max_attempts, "{error:?} was retryable but not retried");
+            assert!(
+                !retryable || chunk.key.attempt + 1 >= stack.pipeline.settings.max_attempts,
+                "{error:?} was retryable but not retried"
+            );
         }
     }
-    assert_eq!(alerts, over_threshold, "exactly one alert per batch over the threshold");
+    assert_eq!(
+        alerts, over_threshold,
+        "exactly one alert per batch over the threshold"
+    );
     Ok(())
 }

@@ -6,5 +6,8 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let wired = shared::wiring::pipeline_from_env().await?;
     let pipeline = &wired.pipeline;
-    run(service_fn(|event| reconciler::function_handler(pipeline, event))).await
+    run(service_fn(|event| {
+        reconciler::function_handler(pipeline, event)
+    }))
+    .await
 }

@@ -391,7 +391,8 @@ impl JobStore for DynamoJobStore {
         let operation = format!("create_job {}", job.id);
         // The active-job marker first: if we die before the job exists, the reconciler finds a
         // marker without a job and removes it; the other order could hide a job from it.
-        self.put_record(&operation, key(ACTIVE_PK.to_owned(), &job_pk(&job.id))).await?;
+        self.put_record(&operation, key(ACTIVE_PK.to_owned(), &job_pk(&job.id)))
+            .await?;
         let result = self
             .client
             .put_item()
@@ -438,7 +439,10 @@ impl JobStore for DynamoJobStore {
                 .await
                 .map_err(|e| sdk_error(operation, e))?;
             for item in out.items.unwrap_or_default() {
-                let id = item.get(SK).and_then(|v| v.as_s().ok()).and_then(|sk| sk.strip_prefix("JOB#"));
+                let id = item
+                    .get(SK)
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|sk| sk.strip_prefix("JOB#"));
                 match id.map(JobId::parse) {
                     Some(Ok(id)) => jobs.push(id),
                     _ => warn!(item = %describe(&item), "ignoring a malformed active-job marker"),

@@ -401,11 +401,21 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
-        Ok(self.lock().jobs.values().filter(|j| !j.status.is_terminal()).map(|j| j.id.clone()).collect())
+        Ok(self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| !j.status.is_terminal())
+            .map(|j| j.id.clone())
+            .collect())
     }
 
     async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
-        Ok(self.lock().orphans.iter().any(|o| o.kind == "batch.completed" && o.id == batch_id))
+        Ok(self
+            .lock()
+            .orphans
+            .iter()
+            .any(|o| o.kind == "batch.completed" && o.id == batch_id))
     }
 }
 

@@ -163,7 +163,11 @@ impl Pipeline {
         );
         metrics::emit(
             &[
-                ("RowsRendered", completion.delta.rendered as f64, Unit::Count),
+                (
+                    "RowsRendered",
+                    completion.delta.rendered as f64,
+                    Unit::Count,
+                ),
                 ("RowsFailed", completion.delta.failed as f64, Unit::Count),
                 ("RowsRetried", completion.delta.retried as f64, Unit::Count),
                 ("FailureRate", failure_rate * 100.0, Unit::Percent),

@@ -172,7 +172,10 @@ impl Pipeline {
             dataset_error = job.error.as_deref().unwrap_or(""), "ingest finished"
         );
         metrics::emit(
-            &[("RowsIngested", counters.rows as f64, Unit::Count), ("RowsRejected", counters.rejected as f64, Unit::Count)],
+            &[
+                ("RowsIngested", counters.rows as f64, Unit::Count),
+                ("RowsRejected", counters.rejected as f64, Unit::Count),
+            ],
             &[("jobId", job_id.as_str())],
         );
         // A file with no valid rows is complete already.

@@ -33,18 +33,32 @@ impl Pipeline {
         let mut report = ReconcileReport::default();
         for id in self.store.active_jobs().await? {
             report.jobs += 1;
-            let Some(job) = self.store.job(&id).await? else { continue };
+            let Some(job) = self.store.job(&id).await? else {
+                continue;
+            };
             if let Err(e) = self.reconcile_job(job, stuck_after, &mut report).await {
                 report.errors += 1;
                 warn!(job_id = %id, error = %e, "reconciling the job failed; the next pass retries");
             }
         }
-        info!(jobs = report.jobs, polled = report.polled, applied = report.applied, resent = report.resent,
-            finished = report.finished, errors = report.errors, "reconcile pass done");
+        info!(
+            jobs = report.jobs,
+            polled = report.polled,
+            applied = report.applied,
+            resent = report.resent,
+            finished = report.finished,
+            errors = report.errors,
+            "reconcile pass done"
+        );
         Ok(report)
     }
 
-    async fn reconcile_job(&self, job: Job, stuck_after: Duration, report: &mut ReconcileReport) -> Result<(), StepError> {
+    async fn reconcile_job(
+        &self,
+        job: Job,
+        stuck_after: Duration,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StepError> {
         match job.status {
             // A finisher died mid-manifest: writing the manifest again gives the same files.
             JobStatus::Finishing => {
@@ -57,10 +71,13 @@ impl Pipeline {
         }
         let now = self.clock.now();
         let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
-        let grace_before = now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
+        let grace_before =
+            now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
         for chunk in self.store.chunks_of_job(&job.id).await? {
             match (chunk.state, &chunk.batch_id) {
-                (ChunkState::Submitted, Some(batch_id)) if chunk.submitted_at.is_some_and(|t| t <= stuck_before) => {
+                (ChunkState::Submitted, Some(batch_id))
+                    if chunk.submitted_at.is_some_and(|t| t <= stuck_before) =>
+                {
                     report.polled += 1;
                     // Not finished yet at Pictify is an error here: it is simply polled again next pass.
                     match self.complete_batch(batch_id, None).await {
@@ -69,10 +86,14 @@ impl Pipeline {
                             info!(job_id = %job.id, chunk = %chunk.key.label(), batch_id = %batch_id, "stuck batch finished by polling");
                         }
                         Ok(_) => {}
-                        Err(e) => info!(job_id = %job.id, batch_id = %batch_id, reason = %e, "stuck batch not finished yet"),
+                        Err(e) => {
+                            info!(job_id = %job.id, batch_id = %batch_id, reason = %e, "stuck batch not finished yet")
+                        }
                     }
                 }
-                (ChunkState::Submitting, _) if chunk.submitting_since.is_some_and(|t| t <= grace_before) => {
+                (ChunkState::Submitting, _)
+                    if chunk.submitting_since.is_some_and(|t| t <= grace_before) =>
+                {
                     // The submitter resends it with the same idempotency key: a replay, never a second batch.
                     let message = self.chunk_message(&job.id, chunk.key).await?;
                     self.queue.send(std::slice::from_ref(&message)).await?;

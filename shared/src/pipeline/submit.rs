@@ -101,7 +101,10 @@ impl Pipeline {
                     self.complete_batch(&accepted.batch_id, None).await?;
                 }
                 metrics::emit(
-                    &[("RowsSubmitted", payload.rows.len() as f64, Unit::Count), ("SubmitLatency", latency_ms as f64, Unit::Milliseconds)],
+                    &[
+                        ("RowsSubmitted", payload.rows.len() as f64, Unit::Count),
+                        ("SubmitLatency", latency_ms as f64, Unit::Milliseconds),
+                    ],
                     &[("jobId", job.as_str()), ("batchId", &accepted.batch_id)],
                 );
                 Ok(SubmitOutcome::Submitted {
@@ -234,19 +237,47 @@ impl Pipeline {
     }
 
     /// A chunk's stored payload (the variable sets it was cut with).
-    pub async fn chunk_payload(&self, job: &JobId, key: ChunkKey) -> Result<ChunkPayload, StepError> {
-        let stored = self.store.job(job).await?.ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
-        let at = crate::layout::chunk_payload_ref(&stored.source.bucket, job, &key.label(), &self.settings);
+    pub async fn chunk_payload(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<ChunkPayload, StepError> {
+        let stored = self
+            .store
+            .job(job)
+            .await?
+            .ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
+        let at = crate::layout::chunk_payload_ref(
+            &stored.source.bucket,
+            job,
+            &key.label(),
+            &self.settings,
+        );
         self.read_payload(&at).await
     }
 
     /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
     /// it again is always safe: the submitter ignores chunks already submitted.
-    pub async fn chunk_message(&self, job: &JobId, key: ChunkKey) -> Result<ChunkMessage, StepError> {
+    pub async fn chunk_message(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<ChunkMessage, StepError> {
         let payload = self.chunk_payload(job, key).await?;
-        let fits = serde_json::to_vec(&payload).map(|b| b.len() + 512 <= self.queue.max_message_bytes()).unwrap_or(false);
-        let stored = self.store.job(job).await?.ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
-        let at = crate::layout::chunk_payload_ref(&stored.source.bucket, job, &key.label(), &self.settings);
+        let fits = serde_json::to_vec(&payload)
+            .map(|b| b.len() + 512 <= self.queue.max_message_bytes())
+            .unwrap_or(false);
+        let stored = self
+            .store
+            .job(job)
+            .await?
+            .ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
+        let at = crate::layout::chunk_payload_ref(
+            &stored.source.bucket,
+            job,
+            &key.label(),
+            &self.settings,
+        );
         Ok(ChunkMessage {
             job: job.clone(),
             key,

@@ -561,12 +561,23 @@ async fn a_lost_batch_completed_is_repaired_by_the_reconciler() {
     }
     assert_eq!(h.job().await.status, JobStatus::Running);
 
-    let report = h.pipeline.reconcile(std::time::Duration::ZERO).await.unwrap();
+    let report = h
+        .pipeline
+        .reconcile(std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!((report.polled, report.applied), (1, 1));
     let job = h.job().await;
-    assert_eq!((job.status, job.counters.rendered), (JobStatus::Completed, 30));
+    assert_eq!(
+        (job.status, job.counters.rendered),
+        (JobStatus::Completed, 30)
+    );
     // A second pass finds nothing to do.
-    let again = h.pipeline.reconcile(std::time::Duration::ZERO).await.unwrap();
+    let again = h
+        .pipeline
+        .reconcile(std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!((again.jobs, again.polled), (0, 0));
 }
 
@@ -579,10 +590,16 @@ async fn a_submit_left_unknown_is_requeued_after_the_grace_period() {
     // A submitter recorded its intent and died; the message is gone.
     let job = h.job().await;
     let grace = std::time::Duration::ZERO;
-    h.store.begin_submit(&job.id, message.key, NOW - 1, grace).await.unwrap();
+    h.store
+        .begin_submit(&job.id, message.key, NOW - 1, grace)
+        .await
+        .unwrap();
     let mut pipeline = h.pipeline.clone();
     pipeline.settings.submit_grace = grace;
-    let report = pipeline.reconcile(std::time::Duration::from_secs(3600)).await.unwrap();
+    let report = pipeline
+        .reconcile(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert_eq!(report.resent, 1);
     assert_eq!(h.queue.pop().map(|m| m.key), Some(message.key));
 }

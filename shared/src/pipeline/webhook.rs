@@ -113,7 +113,10 @@ impl Pipeline {
                     .await?;
                 // A missing or unparseable renderedAt gives NaN, which emit drops.
                 let lag = data.rendered_at.as_deref().and_then(metrics::millis_since);
-                metrics::emit(&[("WebhookLag", lag.unwrap_or(f64::NAN), Unit::Milliseconds)], &[]);
+                metrics::emit(
+                    &[("WebhookLag", lag.unwrap_or(f64::NAN), Unit::Milliseconds)],
+                    &[],
+                );
                 Ok("render recorded")
             }
             WebhookEvent::RenderFailed(data) => {
