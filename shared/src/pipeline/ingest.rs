@@ -219,7 +219,7 @@ impl Pipeline {
         let bytes = serde_json::to_vec(&payload)
             .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
         // Leave room for the envelope around the payload.
-        let inline = bytes.len() + 512 <= self.queue.max_message_bytes();
+        let inline = self.fits_inline(bytes.len());
         self.objects
             .put_bytes(&at, bytes, "application/json")
             .await?;
@@ -231,6 +231,12 @@ impl Pipeline {
             payload: if inline { Some(payload) } else { None },
         };
         Ok((chunk, message))
+    }
+
+    /// Whether a payload of this size travels inside its queue message (room is left for the
+    /// envelope around it); bigger ones go by reference to their stored copy.
+    pub(crate) fn fits_inline(&self, payload_bytes: usize) -> bool {
+        payload_bytes + 512 <= self.queue.max_message_bytes()
     }
 
     async fn fail_ingest(&self, mut job: Job, reason: String) -> Result<IngestOutcome, StepError> {

@@ -242,18 +242,26 @@ impl Pipeline {
         job: &JobId,
         key: ChunkKey,
     ) -> Result<ChunkPayload, StepError> {
+        self.read_payload(&self.payload_ref(job, key).await?).await
+    }
+
+    /// Where a chunk's payload is stored (it lives in the job's bucket).
+    async fn payload_ref(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<crate::domain::ObjectRef, StepError> {
         let stored = self
             .store
             .job(job)
             .await?
             .ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
-        let at = crate::layout::chunk_payload_ref(
+        Ok(crate::layout::chunk_payload_ref(
             &stored.source.bucket,
             job,
             &key.label(),
             &self.settings,
-        );
-        self.read_payload(&at).await
+        ))
     }
 
     /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
@@ -263,21 +271,11 @@ impl Pipeline {
         job: &JobId,
         key: ChunkKey,
     ) -> Result<ChunkMessage, StepError> {
-        let payload = self.chunk_payload(job, key).await?;
+        let at = self.payload_ref(job, key).await?;
+        let payload = self.read_payload(&at).await?;
         let fits = serde_json::to_vec(&payload)
-            .map(|b| b.len() + 512 <= self.queue.max_message_bytes())
+            .map(|b| self.fits_inline(b.len()))
             .unwrap_or(false);
-        let stored = self
-            .store
-            .job(job)
-            .await?
-            .ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
-        let at = crate::layout::chunk_payload_ref(
-            &stored.source.bucket,
-            job,
-            &key.label(),
-            &self.settings,
-        );
         Ok(ChunkMessage {
             job: job.clone(),
             key,
