@@ -1,10 +1,12 @@
 //! `pictify-batch`: render a dataset to images on this machine with the pipeline's own steps
-//! (`run`), and inspect or unblock a deployed stack (`status`, `results`, `resume-submissions`).
+//! (`run`), and operate a deployed stack (`status`, `results`, `retry-failed`, `reconcile`,
+//! `resume-submissions`, `register-webhooks`).
 
 mod ops;
 mod output;
 mod prepare;
 mod progress;
+mod register;
 mod run;
 mod sqlite_store;
 
@@ -36,8 +38,16 @@ enum Command {
     Status(ops::JobArgs),
     /// Where a job's results manifest is (or print it with --print).
     Results(ops::ResultsArgs),
+    /// Re-queue a finished job's retryable failed rows (or, with --missing-urls, its rows whose
+    /// URL never arrived) as new chunks; the job then finishes again with a new manifest.
+    RetryFailed(ops::RetryArgs),
+    /// Run one reconciler pass against the deployed stack now (the Lambda environment variables:
+    /// TABLE_NAME, QUEUE_URL, SECRET_ARN, ALERT_TOPIC_ARN, …).
+    Reconcile,
     /// Clear the pause flag set when Pictify refused the API key or quota.
     ResumeSubmissions(ops::StateArgs),
+    /// Subscribe the stack's webhook URL to Pictify's events and store the signing secrets in the stack secret.
+    RegisterWebhooks(register::RegisterArgs),
 }
 
 /// How a command ended, mapped to the documented exit codes.
@@ -88,6 +98,9 @@ fn main() -> ExitCode {
             Command::Status(args) => ops::status(args).await,
             Command::Results(args) => ops::results(args).await,
             Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,
+            Command::RetryFailed(args) => ops::retry_failed(args).await,
+            Command::Reconcile => ops::reconcile().await,
+            Command::RegisterWebhooks(args) => register::register_webhooks(args).await,
         }
     });
     // Background tasks (webhook retries, sleeping re-deliveries) must not hold the exit.

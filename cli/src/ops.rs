@@ -7,8 +7,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use shared::domain::{ChunkState, Job, JobId};
-use shared::local::FsObjectStore;
-use shared::ports::{JobStore, ObjectStore};
+use shared::local::{FsObjectStore, LogAlerts, MemoryQueue};
+use shared::pictify::{PictifyClient, PictifyConfig};
+use shared::pipeline::{Pipeline, ReopenOutcome, Selection};
+use shared::ports::{JobStore, ObjectStore, SystemClock};
+use shared::secret::Secret;
+use shared::settings::Settings;
 
 use crate::run::OutDir;
 use crate::sqlite_store::SqliteJobStore;
@@ -216,4 +220,136 @@ pub async fn resume_submissions(args: StateArgs) -> Result<Outcome, Failure> {
         None => println!("submissions were not paused"),
     }
     Ok(Outcome::AllRendered)
+}
+
+#[derive(Args, Debug)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Re-render rows Pictify reported rendered but whose image URL never arrived, instead of
+    /// the retryable failed rows.
+    #[arg(long)]
+    pub missing_urls: bool,
+}
+
+/// Reopens a finished job for another attempt at its retryable failed rows (or its rows without
+/// a URL): new chunks go to the work queue, and the job finishes again with a new manifest.
+pub async fn retry_failed(args: RetryArgs) -> Result<Outcome, Failure> {
+    let selection = if args.missing_urls {
+        Selection::MissingUrls
+    } else {
+        Selection::RetryableFailures
+    };
+    let local = args.job.target.state.clone();
+    let pipeline = match &local {
+        Some(dir) => local_pipeline(dir)?,
+        None => {
+            shared::wiring::pipeline_from_env()
+                .await
+                .map_err(|e| Failure::usage(format!("{e:#}")))?
+                .pipeline
+        }
+    };
+    let stack = Stack {
+        store: pipeline.store.clone(),
+        objects: pipeline.objects.clone(),
+        local: match &local {
+            Some(dir) => Some(SqliteJobStore::open(&OutDir::new(dir.clone()).db())?),
+            None => None,
+        },
+    };
+    let job = load_job(&stack, args.job.job.as_deref()).await?;
+    let outcome = pipeline
+        .reopen(&job.id, selection)
+        .await
+        .map_err(|e| Failure::Internal(e.into()))?;
+    match outcome {
+        ReopenOutcome::Reopened { rows, chunks, left } => {
+            println!(
+                "job {} reopened: {rows} rows re-queued in {chunks} new chunks",
+                job.id
+            );
+            if left > 0 {
+                println!(
+                    "{left} more rows did not fit this round; run retry-failed again once the job has finished"
+                );
+            }
+            match &local {
+                Some(dir) => println!(
+                    "render them with: pictify-batch run <the same dataset> --out {} --resume",
+                    dir.display()
+                ),
+                None => println!("follow it with: pictify-batch status {}", job.id),
+            }
+            Ok(Outcome::AllRendered)
+        }
+        ReopenOutcome::NothingToDo => {
+            let what = if args.missing_urls {
+                "no rendered row lacks its URL".to_owned()
+            } else {
+                format!(
+                    "none of the {} failed rows can be helped by retrying (their codes are permanent: fix the data and upload again)",
+                    job.counters.failed
+                )
+            };
+            println!("job {}: {what}; nothing re-queued", job.id);
+            Ok(Outcome::AllRendered)
+        }
+        ReopenOutcome::NotFinished { status } => Err(Failure::usage(format!(
+            "job {} is {}: retry-failed works on finished jobs (see `pictify-batch status {}`)",
+            job.id,
+            status.as_str(),
+            job.id
+        ))),
+    }
+}
+
+/// One reconciler pass against the deployed stack, now (the scheduled function does the same):
+/// polls stuck batches, re-sends lost chunks, finishes stalled manifests, alerts overdue jobs.
+pub async fn reconcile() -> Result<Outcome, Failure> {
+    let pipeline = shared::wiring::pipeline_from_env()
+        .await
+        .map_err(|e| Failure::usage(format!("{e:#}")))?
+        .pipeline;
+    let report = pipeline
+        .reconcile(pipeline.settings.stuck_after)
+        .await
+        .map_err(|e| Failure::Internal(e.into()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).context("encoding the report")?
+    );
+    Ok(if report.errors == 0 {
+        Outcome::AllRendered
+    } else {
+        Outcome::SomeProblems
+    })
+}
+
+/// The pipeline over a local run's state, for steps that only touch the store, the objects and
+/// the queue. Chunks it queues stay `queued` in the store; `run --resume` sends them.
+fn local_pipeline(dir: &std::path::Path) -> Result<Pipeline, Failure> {
+    let out = OutDir::new(dir.to_path_buf());
+    if !out.db().exists() {
+        return Err(Failure::usage(format!(
+            "{} holds no local run state",
+            dir.display()
+        )));
+    }
+    let unused_pictify = PictifyClient::new(PictifyConfig {
+        base_url: "http://127.0.0.1:9".into(),
+        api_key: Secret::new(""),
+        ..PictifyConfig::default()
+    })
+    .context("building the Pictify client")?;
+    Ok(Pipeline {
+        store: Arc::new(SqliteJobStore::open(&out.db())?),
+        objects: Arc::new(FsObjectStore::new(out.objects())),
+        queue: Arc::new(MemoryQueue::new()),
+        pictify: Arc::new(unused_pictify),
+        alerts: Arc::new(LogAlerts),
+        clock: Arc::new(SystemClock),
+        settings: Settings::default(),
+        webhook_secrets: Vec::new(),
+    })
 }

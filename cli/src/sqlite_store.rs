@@ -20,6 +20,7 @@ use shared::domain::{
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+    Reopen,
 };
 
 const SCHEMA: &str = "
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, job TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS renders (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerted (job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, PRIMARY KEY (job, seq, attempt));
+CREATE TABLE IF NOT EXISTS job_alerts (job TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (job, kind));
 CREATE TABLE IF NOT EXISTS control (name TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ext_id TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL);
 ";
@@ -48,6 +50,8 @@ enum StoreError {
     NoJob(JobId),
     #[error("chunk {job}/{label} does not exist", label = key.label())]
     NoChunk { job: JobId, key: ChunkKey },
+    #[error("chunk {job}/{label} exists already", label = key.label())]
+    ChunkExists { job: JobId, key: ChunkKey },
     #[error("chunk {job}/{label} is already submitted as batch {existing}, not {offered}", label = key.label())]
     OtherBatch {
         job: JobId,
@@ -591,6 +595,41 @@ impl JobStore for SqliteJobStore {
         .await
     }
 
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let reopen = reopen.clone();
+        self.call("reopen job", move |tx| {
+            let Some(mut job) = load_job(tx, &reopen.job)?.filter(|j| j.status == reopen.from)
+            else {
+                return Ok(false);
+            };
+            for chunk in &reopen.chunks {
+                if load_chunk(tx, &chunk.job, chunk.key)?.is_some() {
+                    return Err(StoreError::ChunkExists {
+                        job: chunk.job.clone(),
+                        key: chunk.key,
+                    });
+                }
+                save_chunk(tx, chunk)?;
+            }
+            reopen.apply_to(&mut job);
+            save_job(tx, &job)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
+        let (job, kind) = (job.clone(), kind.to_owned());
+        self.call("claim alert", move |tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO job_alerts (job, kind, at) VALUES (?1, ?2, ?3)",
+                params![job.as_str(), kind, now],
+            )?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let reason = reason.to_owned();
         self.call("pause submissions", move |tx| {
@@ -691,6 +730,7 @@ mod tests {
             completed_at: None,
             render_ms_total: 0,
             manifest: None,
+            reopened: 0,
         }
     }
 
@@ -742,6 +782,52 @@ mod tests {
             retry,
             alert: true,
         }
+    }
+
+    #[tokio::test]
+    async fn reopening_applies_once_and_only_from_the_expected_status() {
+        let (store, job, _key, _dir) = store_with_chunk().await;
+        let fresh = Chunk::new(job.clone(), ChunkKey::initial(1), vec![0]);
+        let reopen = Reopen {
+            job: job.clone(),
+            from: JobStatus::Partial,
+            chunks: vec![fresh.clone()],
+            unfailed: 1,
+            unrendered: 0,
+        };
+        assert!(
+            !store.reopen_job(&reopen).await.unwrap(),
+            "job is still ingesting"
+        );
+        store
+            .transition_job(&job, JobStatus::Ingesting, JobStatus::Partial)
+            .await
+            .unwrap();
+        assert!(store.reopen_job(&reopen).await.unwrap());
+        assert!(!store.reopen_job(&reopen).await.unwrap());
+        let stored = store.job(&job).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.counters.chunks, stored.reopened),
+            (JobStatus::Running, 1, 1)
+        );
+        assert_eq!(store.chunk(&job, fresh.key).await.unwrap(), Some(fresh));
+    }
+
+    #[tokio::test]
+    async fn a_job_alert_is_claimed_once() {
+        let (store, job, _key, _dir) = store_with_chunk().await;
+        assert!(
+            store
+                .claim_alert(&job, "job_deadline_exceeded", 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_alert(&job, "job_deadline_exceeded", 2)
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

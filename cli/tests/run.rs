@@ -317,3 +317,85 @@ async fn api_key_mode_subscribes_its_webhooks_and_renders() {
     assert_eq!(emulator.ledger().deliveries.failed, 0);
     emulator.shutdown().await;
 }
+
+/// A product whose image is missing fails (IMAGE_FETCH_FAILED, retryable); once the file is
+/// there, `retry-failed` reopens the job and `run --resume` renders just that row.
+#[test]
+fn retry_failed_then_resume_renders_a_row_whose_image_came_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/images/product-00.png");
+    std::fs::copy(&sample, images.join("here.png")).unwrap();
+    let dataset = dir.path().join("products.csv");
+    std::fs::write(
+        &dataset,
+        "productName,price,imageUrl\nLamp,10.00,images/here.png\nChair,20.00,images/late.png\n",
+    )
+    .unwrap();
+    let run_products = |extra: &[&str]| {
+        bin()
+            .arg("run")
+            .arg(&dataset)
+            .args([
+                "--template",
+                "tmpl_product_card",
+                "--file-column",
+                "imageUrl",
+                "--out",
+            ])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run_products(&[]);
+    assert_eq!(first.status.code(), Some(2), "{}", stderr(&first));
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(results.contains("IMAGE_FETCH_FAILED"), "{results}");
+
+    std::fs::copy(&sample, images.join("late.png")).unwrap();
+    let retry = bin()
+        .arg("retry-failed")
+        .arg("--state")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
+    let said = String::from_utf8_lossy(&retry.stdout);
+    assert!(said.contains("1 rows re-queued in 1 new chunks"), "{said}");
+
+    let resumed = run_products(&["--resume"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(
+        results.lines().filter(|l| l.contains(",rendered,")).count(),
+        2,
+        "{results}"
+    );
+    // The resumed run submitted only the reopened chunk.
+    assert_eq!(accepted_keys(&ledger(&out)).len(), 1);
+
+    // Nothing is left to retry.
+    let again = bin()
+        .arg("retry-failed")
+        .arg("--state")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing re-queued"));
+}
+
+#[test]
+fn retry_failed_on_a_missing_state_dir_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bin()
+        .arg("retry-failed")
+        .arg("--state")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(stderr(&output).contains("holds no local run state"));
+}

@@ -238,6 +238,10 @@ pub struct Job {
     pub render_ms_total: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<ManifestLocation>,
+    /// Times the finished job was reopened for more attempts (`retry-failed`, the re-render
+    /// policy for rows whose URL never arrived).
+    #[serde(default)]
+    pub reopened: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +281,10 @@ pub struct Chunk {
     /// Data row numbers, in payload order: `rows[i]` is batch index `i`.
     pub rows: Vec<u64>,
     pub state: ChunkState,
+    /// When the chunk was created and its message sent: a chunk still `queued` long after is
+    /// re-sent by the reconciler (the send may have been lost with a crashed Lambda).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
     /// When the current submit attempt started (for the unknown-outcome grace period).
@@ -297,11 +305,19 @@ impl Chunk {
             key,
             rows,
             state: ChunkState::Queued,
+            queued_at: None,
             batch_id: None,
             submitting_since: None,
             submitted_at: None,
             submit_attempts: 0,
             outcome: None,
+        }
+    }
+
+    pub fn queued_at(self, now: i64) -> Self {
+        Chunk {
+            queued_at: Some(now),
+            ..self
         }
     }
 

@@ -102,6 +102,9 @@ pub enum BeginSubmit {
     Unknown,
 }
 
+/// Chunks one `reopen_job` may create: DynamoDB transactions hold 100 items, two are the job's.
+pub const MAX_REOPEN_CHUNKS: usize = 98;
+
 /// Applying one batch's outcome: the chunk, the job's counters and any retry chunk, atomically.
 #[derive(Debug, Clone)]
 pub struct ChunkCompletion {
@@ -113,6 +116,34 @@ pub struct ChunkCompletion {
     pub retry: Option<Chunk>,
     /// Record that this batch's alert fired (so it fires once).
     pub alert: bool,
+}
+
+/// Reopening a finished job for another attempt at some of its rows: the new chunks, the moves
+/// out of the `failed` / `rendered` counters and the status change to `running`, atomically.
+#[derive(Debug, Clone)]
+pub struct Reopen {
+    pub job: JobId,
+    /// The status the job must still be in (someone else may have reopened it meanwhile).
+    pub from: JobStatus,
+    pub chunks: Vec<Chunk>,
+    /// Rows leaving `failed` (operator retry) and `rendered` (re-render of rows whose URL never
+    /// arrived); together they are every row of `chunks`.
+    pub unfailed: u64,
+    pub unrendered: u64,
+}
+
+impl Reopen {
+    /// What reopening does to the stored job (stores that hold the job as one document use it).
+    pub fn apply_to(&self, job: &mut Job) {
+        let c = &mut job.counters;
+        c.failed = c.failed.saturating_sub(self.unfailed);
+        c.rendered = c.rendered.saturating_sub(self.unrendered);
+        c.retried += self.unfailed + self.unrendered;
+        c.chunks += self.chunks.len() as u64;
+        job.status = JobStatus::Running;
+        job.completed_at = None;
+        job.reopened += 1;
+    }
 }
 
 /// A `render.completed` remembered by fingerprint: one write, no reads, on the webhook hot path.
@@ -182,6 +213,13 @@ pub trait JobStore: Send + Sync {
     async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>>;
     async fn failures(&self, fingerprints: &[String])
     -> PortResult<HashMap<String, FailureRecord>>;
+
+    /// Applies a `Reopen` exactly once; `false` when the job was no longer in `reopen.from`.
+    /// At most `MAX_REOPEN_CHUNKS` chunks at a time (one DynamoDB transaction).
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool>;
+    /// Records that a job-level alert of this kind fired; `true` only for the first call, so the
+    /// alert goes out once (deadline alerts are checked on every reconciler pass).
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool>;
 
     /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;

@@ -28,8 +28,36 @@ pub struct Settings {
     pub paused_delay: Duration,
     pub webhook_max_body_bytes: usize,
     pub signature_tolerance: Duration,
-    /// A submitted batch with no `batch.completed` after this long is polled by the reconciler.
+    /// A submitted batch with no `batch.completed` after this long is polled by the reconciler
+    /// (and a chunk still queued this long is sent again).
     pub stuck_after: Duration,
+    /// A job not finished this long after its upload raises one `job_deadline_exceeded` alert.
+    pub job_deadline: Duration,
+    /// What happens to rows Pictify rendered whose `render.completed` (their URL) never came.
+    pub missing_url_policy: MissingUrlPolicy,
+}
+
+/// Rows reported successful by the batch poll but without a recorded URL (a lost webhook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingUrlPolicy {
+    /// Finish the job; the rows show as `rendered_url_missing` in status and the manifest.
+    #[default]
+    Leave,
+    /// Once no URL has arrived for `stuck_after` since the job's last submit, render those rows
+    /// again (once per job), then finish with whatever arrived.
+    Rerender,
+}
+
+impl std::str::FromStr for MissingUrlPolicy {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "leave" => Ok(MissingUrlPolicy::Leave),
+            "rerender" => Ok(MissingUrlPolicy::Rerender),
+            other => Err(format!("`{other}` is not a policy (leave or rerender)")),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -48,6 +76,8 @@ impl Default for Settings {
             webhook_max_body_bytes: 256 * 1024,
             signature_tolerance: Duration::from_secs(300),
             stuck_after: Duration::from_secs(900),
+            job_deadline: Duration::from_secs(6 * 3600),
+            missing_url_policy: MissingUrlPolicy::Leave,
         }
     }
 }
@@ -129,6 +159,20 @@ impl Settings {
             s.stuck_after =
                 Duration::from_secs(parse_in("STUCK_AFTER_SECONDS", &v, 0.0, 604_800.0)? as u64);
         }
+        if let Some(v) = get("JOB_DEADLINE_SECONDS") {
+            s.job_deadline = Duration::from_secs(parse_in(
+                "JOB_DEADLINE_SECONDS",
+                &v,
+                60.0,
+                2_592_000.0,
+            )? as u64);
+        }
+        if let Some(v) = get("MISSING_URL_POLICY") {
+            s.missing_url_policy = v.parse().map_err(|problem| SettingError {
+                name: "MISSING_URL_POLICY",
+                problem,
+            })?;
+        }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =
                 parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
@@ -179,6 +223,16 @@ mod tests {
             Settings::from_lookup(|n| (n == "FAILURE_ALERT_THRESHOLD").then(|| "lots".into()))
                 .unwrap_err();
         assert!(err.to_string().contains("FAILURE_ALERT_THRESHOLD"));
+    }
+
+    #[test]
+    fn the_missing_url_policy_is_read_and_checked() {
+        let s = Settings::from_lookup(|n| (n == "MISSING_URL_POLICY").then(|| "Rerender".into()))
+            .unwrap();
+        assert_eq!(s.missing_url_policy, MissingUrlPolicy::Rerender);
+        let err = Settings::from_lookup(|n| (n == "MISSING_URL_POLICY").then(|| "retry".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MISSING_URL_POLICY"));
     }
 
     #[test]

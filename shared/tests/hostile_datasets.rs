@@ -25,7 +25,7 @@ use shared::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, Bat
 use shared::pipeline::{IngestOutcome, Pipeline};
 use shared::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, ObjectBody, ObjectStore, PictifyApi,
-    PortResult, RenderRecord, SystemClock, WorkQueue,
+    PortResult, RenderRecord, Reopen, SystemClock, WorkQueue,
 };
 use shared::secret::Secret;
 use shared::settings::Settings;
@@ -619,6 +619,12 @@ impl JobStore for SlimStore {
         now: i64,
     ) -> PortResult<()> {
         self.inner.finish_job(id, status, manifest, now).await
+    }
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        self.inner.reopen_job(reopen).await
+    }
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
+        self.inner.claim_alert(job, kind, now).await
     }
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         self.inner.pause_submissions(reason, now).await

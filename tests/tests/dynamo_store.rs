@@ -47,6 +47,7 @@ fn job(key: &str) -> Job {
         completed_at: None,
         render_ms_total: 0,
         manifest: None,
+        reopened: 0,
     }
 }
 
@@ -435,5 +436,70 @@ async fn an_orphan_webhook_is_kept() -> anyhow::Result<()> {
     store
         .record_orphan("batch.completed", "batch_zzz", &"x".repeat(100_000), 50)
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reopening_a_finished_job_moves_its_counts_adds_its_chunks_and_makes_it_active_again_once()
+-> anyhow::Result<()> {
+    let store = fresh_store().await?;
+    let (job, key) = job_with_chunk(&store).await?;
+    store.begin_submit(&job, key, 100, GRACE).await?;
+    store.record_submitted(&job, key, "batch_1", 101).await?;
+    store.complete_chunk(&completion(&job, key)).await?;
+    let manifest = ManifestLocation {
+        csv: ObjectRef {
+            bucket: "b".into(),
+            key: "r.csv".into(),
+        },
+        jsonl: ObjectRef {
+            bucket: "b".into(),
+            key: "r.jsonl".into(),
+        },
+    };
+    store
+        .finish_job(&job, JobStatus::Partial, &manifest, 200)
+        .await?;
+    assert!(!store.active_jobs().await?.contains(&job));
+
+    let fresh = Chunk::new(job.clone(), ChunkKey::initial(1), vec![1]).queued_at(300);
+    let reopen = shared::ports::Reopen {
+        job: job.clone(),
+        from: JobStatus::Partial,
+        chunks: vec![fresh.clone()],
+        unfailed: 1,
+        unrendered: 0,
+    };
+    assert!(store.reopen_job(&reopen).await?);
+    assert!(
+        !store.reopen_job(&reopen).await?,
+        "only the first reopen applies"
+    );
+
+    let stored = store.job(&job).await?.expect("job");
+    assert_eq!(
+        (
+            stored.status,
+            stored.counters.failed,
+            stored.counters.chunks,
+            stored.reopened
+        ),
+        (JobStatus::Running, 0, 2, 1)
+    );
+    assert_eq!(stored.completed_at, None);
+    assert!(store.active_jobs().await?.contains(&job));
+    assert_eq!(store.chunk(&job, fresh.key).await?, Some(fresh));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_alert_is_claimed_once() -> anyhow::Result<()> {
+    let store = fresh_store().await?;
+    let (job, _) = job_with_chunk(&store).await?;
+    assert!(store.claim_alert(&job, "job_deadline_exceeded", 10).await?);
+    assert!(!store.claim_alert(&job, "job_deadline_exceeded", 20).await?);
+    assert!(store.claim_alert(&job, "another_kind", 20).await?);
+    // The alert marker lives beside the chunks without being mistaken for one.
+    assert_eq!(store.chunks_of_job(&job).await?.len(), 1);
     Ok(())
 }

@@ -219,6 +219,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         completed_at: None,
         render_ms_total: 0,
         manifest: None,
+        reopened: 0,
     };
     stack.store.create_job(&job_item).await?;
     stack

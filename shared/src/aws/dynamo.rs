@@ -31,7 +31,8 @@ use crate::domain::{
     ObjectRef,
 };
 use crate::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, MAX_REOPEN_CHUNKS, PortError,
+    PortResult, RenderRecord, Reopen,
 };
 
 /// A DynamoDB item.
@@ -47,6 +48,8 @@ const BATCH_SK: &str = "#BATCH";
 const RENDER_SK: &str = "#RENDER";
 const FAILURE_SK: &str = "#FAILURE";
 const CONTROL_PK: &str = "CONTROL";
+/// Job-level alerts that fired (`JOB#<id>` / `#ALERT#<kind>`), so each fires once.
+const ALERT_PREFIX: &str = "#ALERT#";
 const SUBMISSIONS_SK: &str = "#SUBMISSIONS";
 const TTL: &str = "ttl";
 
@@ -922,6 +925,99 @@ impl JobStore for DynamoJobStore {
         }
     }
 
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let r = reopen;
+        let operation = format!("reopen_job {}", r.job);
+        if r.chunks.len() > MAX_REOPEN_CHUNKS {
+            return Err(PortError::permanent(
+                &operation,
+                format!(
+                    "{} chunks in one reopen; at most {MAX_REOPEN_CHUNKS}",
+                    r.chunks.len()
+                ),
+            ));
+        }
+        let build = |e: aws_sdk_dynamodb::error::BuildError| PortError::permanent(&operation, e);
+        let job = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&r.job), JOB_SK)))
+            .update_expression(
+                "SET #status = :running \
+                 ADD #failed :unfailed, #rendered :unrendered, #retried :retried, #chunks :chunks, \
+                 #reopened :one REMOVE #completedAt",
+            )
+            .condition_expression("#status = :from")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#rendered", "rendered")
+            .expression_attribute_names("#retried", "retried")
+            .expression_attribute_names("#chunks", "chunks")
+            .expression_attribute_names("#reopened", "reopened")
+            .expression_attribute_names("#completedAt", "completedAt")
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
+            .expression_attribute_values(":from", s(r.from.as_str()))
+            .expression_attribute_values(":unfailed", n(-i128::from(r.unfailed)))
+            .expression_attribute_values(":unrendered", n(-i128::from(r.unrendered)))
+            .expression_attribute_values(":retried", n(r.unfailed + r.unrendered))
+            .expression_attribute_values(":chunks", n(r.chunks.len()))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build)?;
+        // Finishing removed the job from the reconciler's list: put it back.
+        let active = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(key(ACTIVE_PK.to_owned(), &job_pk(&r.job))))
+            .build()
+            .map_err(build)?;
+        let mut items = vec![
+            TransactWriteItem::builder().update(job).build(),
+            TransactWriteItem::builder().put(active).build(),
+        ];
+        for chunk in &r.chunks {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(chunk_item(chunk)?))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        let Err(err) = result else { return Ok(true) };
+        let job_condition_failed = match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+                e.cancellation_reasons().first().and_then(|r| r.code())
+                    == Some("ConditionalCheckFailed")
+            }
+            _ => false,
+        };
+        if job_condition_failed {
+            return Ok(false);
+        }
+        Err(sdk_error(&operation, err))
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
+        let mut item = key(job_pk(job), &format!("{ALERT_PREFIX}{kind}"));
+        item.insert("sentAt".into(), n(now));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        Ok(checked(&format!("claim_alert {job} {kind}"), result)?.is_ok())
+    }
+
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let mut item = key(CONTROL_PK.to_owned(), SUBMISSIONS_SK);
         item.insert("reason".into(), s(reason));
@@ -1080,6 +1176,7 @@ fn job_item(job: &Job) -> PortResult<Item> {
     if let Some(manifest) = &job.manifest {
         put("manifest", json("manifest location", manifest)?);
     }
+    put("reopened", n(job.reopened));
     Ok(item)
 }
 
@@ -1112,6 +1209,7 @@ fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         completed_at: r.opt_n("completedAt")?,
         render_ms_total: r.n_or_zero("renderMsTotal")?,
         manifest: r.opt_json("manifest")?,
+        reopened: r.n_or_zero("reopened")?,
     })
 }
 
@@ -1121,6 +1219,9 @@ fn chunk_item(chunk: &Chunk) -> PortResult<Item> {
     // A JSON string keeps row order (a DynamoDB number set would not) and stays compact.
     item.insert("rows".into(), json("chunk rows", &chunk.rows)?);
     item.insert("submitAttempts".into(), n(chunk.submit_attempts));
+    if let Some(at) = chunk.queued_at {
+        item.insert("queuedAt".into(), n(at));
+    }
     if let Some(batch_id) = &chunk.batch_id {
         item.insert("batchId".into(), s(batch_id));
     }
@@ -1155,6 +1256,7 @@ fn chunk_from_item(item: &Item) -> Result<Chunk, ItemError> {
         rows: r.json("rows")?,
         state: parse_chunk_state(state)
             .ok_or_else(|| r.invalid("state", format!("unknown chunk state `{state}`")))?,
+        queued_at: r.opt_n("queuedAt")?,
         batch_id: r.opt_s("batchId")?.map(str::to_owned),
         submitting_since: r.opt_n("submittingSince")?,
         submitted_at: r.opt_n("submittedAt")?,

@@ -33,6 +33,7 @@ use crate::domain::{
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
+    Reopen,
 };
 
 /// A webhook that matched nothing (kept for assertions and operators).
@@ -53,6 +54,7 @@ struct State {
     renders: HashMap<String, RenderRecord>,
     failures: HashMap<String, FailureRecord>,
     alerted: BTreeSet<(JobId, ChunkKey)>,
+    job_alerts: BTreeSet<(JobId, String)>,
     paused: Option<(String, i64)>,
     orphans: Vec<Orphan>,
 }
@@ -69,6 +71,8 @@ enum StoreError {
     NoJob(JobId),
     #[error("chunk {job}/{label} does not exist", label = key.label())]
     NoChunk { job: JobId, key: ChunkKey },
+    #[error("chunk {job}/{label} exists already", label = key.label())]
+    ChunkExists { job: JobId, key: ChunkKey },
 }
 
 impl MemoryJobStore {
@@ -367,6 +371,42 @@ impl JobStore for MemoryJobStore {
         Ok(())
     }
 
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let mut state = self.lock();
+        if state.jobs.get(&reopen.job).map(|j| j.status) != Some(reopen.from) {
+            return Ok(false);
+        }
+        if let Some(c) = reopen
+            .chunks
+            .iter()
+            .find(|c| state.chunks.contains_key(&(c.job.clone(), c.key)))
+        {
+            return Err(PortError::permanent(
+                "reopen job",
+                StoreError::ChunkExists {
+                    job: c.job.clone(),
+                    key: c.key,
+                },
+            ));
+        }
+        for chunk in &reopen.chunks {
+            state
+                .chunks
+                .insert((chunk.job.clone(), chunk.key), chunk.clone());
+        }
+        if let Some(job) = state.jobs.get_mut(&reopen.job) {
+            reopen.apply_to(job);
+        }
+        Ok(true)
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, _now: i64) -> PortResult<bool> {
+        Ok(self
+            .lock()
+            .job_alerts
+            .insert((job.clone(), kind.to_owned())))
+    }
+
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let mut state = self.lock();
         if state.paused.is_some() {
@@ -456,6 +496,7 @@ mod tests {
             completed_at: None,
             render_ms_total: 0,
             manifest: None,
+            reopened: 0,
         }
     }
 

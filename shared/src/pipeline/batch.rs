@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tracing::{info, warn};
 
-use super::{Pipeline, StepError};
+use super::{Pipeline, ReopenOutcome, Selection, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{
     ChunkKey, ChunkOutcome, ChunkPayload, ChunkState, Counters, Job, JobId, JobStatus, RowError,
@@ -16,6 +16,7 @@ use crate::layout;
 use crate::metrics::{self, Unit};
 use crate::pictify::wire::BatchResults;
 use crate::ports::{Alert, ChunkCompletion};
+use crate::settings::MissingUrlPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchApplied {
@@ -175,7 +176,7 @@ impl Pipeline {
             &[("jobId", job_id.as_str()), ("batchId", &results.batch_id)],
         );
         if let Some((_, message)) = retry_chunk_and_message {
-            // If this send is lost, the reconciler re-queues chunks left in `queued`.
+            // If this send is lost, the reconciler re-sends chunks left `queued` past `stuck_after`.
             self.queue.send(std::slice::from_ref(&message)).await?;
         }
         if alert {
@@ -291,9 +292,36 @@ impl Pipeline {
         self.finish_job(job).await
     }
 
+    /// Under the re-render policy: `None` while the job's last submit is more recent than
+    /// `stuck_after` (late `render.completed` may still come; the job stays `finishing` and the
+    /// reconciler calls `finish_job` again), else the rows still without a URL are reopened.
+    async fn rerender_missing_urls(&self, job: &Job) -> Result<Option<ReopenOutcome>, StepError> {
+        let chunks = self.store.chunks_of_job(&job.id).await?;
+        let last_submit = chunks.iter().filter_map(|c| c.submitted_at).max();
+        let quiet_for = self.clock.now() - last_submit.unwrap_or(job.created_at);
+        if quiet_for < i64::try_from(self.settings.stuck_after.as_secs()).unwrap_or(i64::MAX) {
+            info!(job_id = %job.id, quiet_for, "rows without a URL; waiting for late render.completed before re-rendering them");
+            return Ok(None);
+        }
+        Ok(Some(self.reopen(&job.id, Selection::MissingUrls).await?))
+    }
+
     /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
     pub async fn finish_job(&self, job: Job) -> Result<(), StepError> {
-        let summary = self.write_manifest(&job).await?;
+        let mut summary = self.write_manifest(&job).await?;
+        if summary.url_missing > 0
+            && self.settings.missing_url_policy == MissingUrlPolicy::Rerender
+            && job.reopened == 0
+        {
+            match self.rerender_missing_urls(&job).await? {
+                // Still waiting for late webhooks (the reconciler comes back), or re-rendering.
+                Some(ReopenOutcome::NotFinished { .. } | ReopenOutcome::Reopened { .. }) | None => {
+                    return Ok(());
+                }
+                // The URLs arrived meanwhile: the manifest must say so.
+                Some(ReopenOutcome::NothingToDo) => summary = self.write_manifest(&job).await?,
+            }
+        }
         let c = job.counters;
         let status = match (&job.error, c.rendered) {
             (Some(_), 0) => JobStatus::Failed,

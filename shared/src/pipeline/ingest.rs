@@ -93,6 +93,7 @@ impl Pipeline {
             completed_at: None,
             render_ms_total: 0,
             manifest: None,
+            reopened: 0,
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {
@@ -223,7 +224,8 @@ impl Pipeline {
         self.objects
             .put_bytes(&at, bytes, "application/json")
             .await?;
-        let chunk = Chunk::new(payload.job.clone(), payload.key, payload.rows.clone());
+        let chunk = Chunk::new(payload.job.clone(), payload.key, payload.rows.clone())
+            .queued_at(self.clock.now());
         let message = ChunkMessage {
             job: payload.job.clone(),
             key: payload.key,

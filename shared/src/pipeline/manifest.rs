@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, fingerprint};
-use crate::domain::{Chunk, Job, ManifestLocation, RowState};
+use crate::domain::{Chunk, ChunkKey, Job, ManifestLocation, RowState};
 use crate::layout;
 
 /// Rows looked up together (one BatchGetItem holds 100 keys).
@@ -39,10 +39,22 @@ struct Line {
     fingerprint: Option<String>,
 }
 
-/// Where each submitted row ended, from the chunks (later attempts override earlier ones).
-fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, (RowState, u32)> {
+/// Where a submitted row ended: the state from the last chunk that carried it.
+#[derive(Debug, Clone)]
+pub(super) struct RowOutcome {
+    pub state: RowState,
+    /// Chunks that carried the row (its render attempts).
+    pub attempts: u32,
+    /// The last chunk that carried it, and the row's index in that chunk's batch.
+    pub chunk: ChunkKey,
+    pub index: u32,
+}
+
+/// Where each submitted row ended, from the chunks: later chunks (retries, and the chunks of a
+/// reopened job, numbered after all others) override earlier ones.
+pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
     chunks.sort_by_key(|c| c.key);
-    let mut rows = HashMap::new();
+    let mut rows: HashMap<u64, RowOutcome> = HashMap::new();
     for chunk in chunks {
         for (index, row) in chunk.rows.iter().enumerate() {
             let index = index as u32;
@@ -61,7 +73,16 @@ fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, (RowState, u32)> {
                     None => RowState::Rendered { url: None },
                 },
             };
-            rows.insert(*row, (state, chunk.key.attempt + 1));
+            let attempts = rows.get(row).map_or(0, |r| r.attempts) + 1;
+            rows.insert(
+                *row,
+                RowOutcome {
+                    state,
+                    attempts,
+                    chunk: chunk.key,
+                    index,
+                },
+            );
         }
     }
     rows
@@ -108,8 +129,9 @@ impl Pipeline {
                     Ok(Item::Valid(row)) => {
                         let (state, attempts) = outcomes
                             .get(&row.number)
-                            .cloned()
-                            .unwrap_or((RowState::InFlight { chunk: "-".into() }, 0));
+                            .map_or((RowState::InFlight { chunk: "-".into() }, 0), |o| {
+                                (o.state.clone(), o.attempts)
+                            });
                         let fp = matches!(state, RowState::Rendered { .. })
                             .then(|| fingerprint(&template_id, &row.variables));
                         Line {

@@ -5,6 +5,7 @@ mod batch;
 mod ingest;
 mod manifest;
 mod reconcile;
+mod reopen;
 mod submit;
 mod webhook;
 
@@ -14,6 +15,7 @@ pub use batch::BatchApplied;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
 pub use reconcile::ReconcileReport;
+pub use reopen::{ReopenOutcome, Selection};
 pub use submit::SubmitOutcome;
 pub use webhook::{WebhookReply, WebhookRequest};
 

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::{BatchApplied, Pipeline, StepError};
 use crate::domain::{ChunkState, Job, JobStatus};
+use crate::ports::Alert;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -23,6 +24,8 @@ pub struct ReconcileReport {
     pub resent: u64,
     /// Jobs whose manifest had to be (re)written.
     pub finished: u64,
+    /// Jobs past their deadline, alerted now (each job is alerted once).
+    pub overdue: u64,
     pub errors: u64,
 }
 
@@ -47,6 +50,7 @@ impl Pipeline {
             applied = report.applied,
             resent = report.resent,
             finished = report.finished,
+            overdue = report.overdue,
             errors = report.errors,
             "reconcile pass done"
         );
@@ -59,21 +63,32 @@ impl Pipeline {
         stuck_after: Duration,
         report: &mut ReconcileReport,
     ) -> Result<(), StepError> {
+        if job.status.is_terminal() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        self.alert_if_overdue(&job, now, report).await?;
         match job.status {
-            // A finisher died mid-manifest: writing the manifest again gives the same files.
+            // A finisher died mid-manifest (writing it again gives the same files), or the job
+            // waits for URLs under the re-render policy.
             JobStatus::Finishing => {
                 report.finished += 1;
                 return self.finish_job(job).await;
             }
             JobStatus::Running => {}
-            // Ingest is retried by S3's own redelivery; finished jobs need nothing.
+            // Ingest is retried by S3's own redelivery.
             _ => return Ok(()),
         }
-        let now = self.clock.now();
         let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
         let grace_before =
             now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
-        for chunk in self.store.chunks_of_job(&job.id).await? {
+        let chunks = self.store.chunks_of_job(&job.id).await?;
+        // Queued chunks of a job with work at Pictify are most likely waiting their turn behind
+        // the concurrency cap, not lost: they are re-sent only once nothing else is moving.
+        let busy = chunks
+            .iter()
+            .any(|c| matches!(c.state, ChunkState::Submitting | ChunkState::Submitted));
+        for chunk in chunks {
             match (chunk.state, &chunk.batch_id) {
                 (ChunkState::Submitted, Some(batch_id))
                     if chunk.submitted_at.is_some_and(|t| t <= stuck_before) =>
@@ -100,9 +115,59 @@ impl Pipeline {
                     report.resent += 1;
                     info!(job_id = %job.id, chunk = %chunk.key.label(), "unknown submit outcome re-queued");
                 }
+                (ChunkState::Queued, _)
+                    if !busy && chunk.queued_at.is_some_and(|t| t <= stuck_before) =>
+                {
+                    // Its message may have died with a Lambda; a duplicate is harmless (begin_submit).
+                    let message = self.chunk_message(&job.id, chunk.key).await?;
+                    self.queue.send(std::slice::from_ref(&message)).await?;
+                    report.resent += 1;
+                    info!(job_id = %job.id, chunk = %chunk.key.label(), "chunk still queued; message sent again");
+                }
                 _ => {}
             }
         }
         self.finish_job_if_done(&job.id).await
     }
+
+    /// One `job_deadline_exceeded` alert for a job still unfinished past the deadline.
+    async fn alert_if_overdue(
+        &self,
+        job: &Job,
+        now: i64,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StepError> {
+        let deadline = i64::try_from(self.settings.job_deadline.as_secs()).unwrap_or(i64::MAX);
+        let age = now.saturating_sub(job.created_at);
+        if age <= deadline || !self.store.claim_alert(&job.id, DEADLINE_ALERT, now).await? {
+            return Ok(());
+        }
+        report.overdue += 1;
+        let c = job.counters;
+        warn!(job_id = %job.id, age_seconds = age, in_flight = c.in_flight(), "job past its deadline");
+        self.alert(Alert {
+            kind: DEADLINE_ALERT.into(),
+            message: format!(
+                "Job {} ({}) is still {} after {} minutes (deadline {} minutes): {} of {} rows in flight, {} rendered, {} failed",
+                job.id,
+                job.source,
+                job.status.as_str(),
+                age / 60,
+                deadline / 60,
+                c.in_flight(),
+                c.rows,
+                c.rendered,
+                c.failed
+            ),
+            job: Some(job.id.to_string()),
+            batch_id: None,
+            failure_rate: Some(c.failure_rate()),
+            top_errors: Vec::new(),
+            counters: Some(c),
+        })
+        .await;
+        Ok(())
+    }
 }
+
+const DEADLINE_ALERT: &str = "job_deadline_exceeded";

@@ -19,10 +19,11 @@ use crate::signing::signature_header;
 const SECRET: &str = "whsec_unit";
 const NOW: i64 = 1_800_000_000;
 
-struct FixedClock;
-impl Clock for FixedClock {
+/// Starts at `NOW`; tests move it forward to pass grace periods and deadlines.
+struct TestClock(std::sync::atomic::AtomicI64);
+impl Clock for TestClock {
     fn now(&self) -> i64 {
-        NOW
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -119,24 +120,30 @@ struct Harness {
     alerts: Arc<MemoryAlerts>,
     pictify: Arc<ScriptedPictify>,
     objects: Arc<FsObjectStore>,
+    clock: Arc<TestClock>,
     _dir: tempfile::TempDir,
 }
 
 fn harness() -> Harness {
+    harness_with(crate::settings::Settings::default())
+}
+
+fn harness_with(settings: crate::settings::Settings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryJobStore::new());
     let queue = Arc::new(MemoryQueue::new());
     let alerts = Arc::new(MemoryAlerts::new());
     let pictify = Arc::new(ScriptedPictify::default());
     let objects = Arc::new(FsObjectStore::new(dir.path().to_path_buf()));
+    let clock = Arc::new(TestClock(NOW.into()));
     let pipeline = Pipeline {
         store: store.clone(),
         objects: objects.clone(),
         queue: queue.clone(),
         pictify: pictify.clone(),
         alerts: alerts.clone(),
-        clock: Arc::new(FixedClock),
-        settings: crate::settings::Settings::default(),
+        clock: clock.clone(),
+        settings,
         webhook_secrets: vec![Secret::new(SECRET)],
     };
     Harness {
@@ -146,6 +153,7 @@ fn harness() -> Harness {
         alerts,
         pictify,
         objects,
+        clock,
         _dir: dir,
     }
 }
@@ -188,7 +196,7 @@ impl Harness {
 
     async fn deliver(&self, event: &str, data: serde_json::Value) -> WebhookReply {
         let body = serde_json::json!({ "event": event, "timestamp": "2026-11-28T12:00:00Z", "data": data }).to_string();
-        let signature = signature_header(SECRET, NOW, body.as_bytes());
+        let signature = signature_header(SECRET, self.clock.now(), body.as_bytes());
         self.pipeline
             .handle_webhook(WebhookRequest {
                 signature: Some(&signature),
@@ -213,6 +221,12 @@ impl Harness {
             let data = serde_json::json!({ "batchId": id, "status": "completed", "totalCount": request.variable_sets.len(), "completedCount": 0, "failedCount": 0, "duration": 1000 });
             assert_eq!(self.deliver("batch.completed", data).await.status, 200);
         }
+    }
+
+    fn advance(&self, by: std::time::Duration) {
+        self.clock
+            .0
+            .fetch_add(by.as_secs() as i64, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn job(&self) -> crate::domain::Job {
@@ -602,4 +616,170 @@ async fn a_submit_left_unknown_is_requeued_after_the_grace_period() {
         .unwrap();
     assert_eq!(report.resent, 1);
     assert_eq!(h.queue.pop().map(|m| m.key), Some(message.key));
+}
+
+#[tokio::test]
+async fn retry_failed_renders_the_retryable_failures_again_and_the_counts_still_add_up() {
+    let h = harness_with(crate::settings::Settings {
+        max_attempts: 1,
+        ..Default::default()
+    });
+    h.put_upload(csv(20)).await;
+    h.pictify.fail.lock().unwrap().extend([
+        ("Post 3".to_owned(), "IMAGE_FETCH_FAILED"),
+        ("Post 4".to_owned(), "INVALID_VARIABLE"),
+    ]);
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+    let job = h.job().await;
+    assert_eq!((job.status, job.counters.failed), (JobStatus::Partial, 2));
+
+    // The image host is back: only the retryable row goes out again.
+    h.pictify.fail.lock().unwrap().remove("Post 3");
+    let outcome = h
+        .pipeline
+        .reopen(&job.id, Selection::RetryableFailures)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ReopenOutcome::Reopened {
+            rows: 1,
+            chunks: 1,
+            left: 0
+        }
+    );
+    let reopened = h.job().await;
+    assert_eq!(
+        (
+            reopened.status,
+            reopened.counters.failed,
+            reopened.counters.in_flight()
+        ),
+        (JobStatus::Running, 1, 1)
+    );
+    assert!(matches!(
+        h.pipeline
+            .reopen(&job.id, Selection::RetryableFailures)
+            .await
+            .unwrap(),
+        ReopenOutcome::NotFinished {
+            status: JobStatus::Running
+        }
+    ));
+    h.submit_all().await;
+    h.play_webhooks(1).await;
+
+    let done = h.job().await;
+    assert_eq!(
+        (
+            done.status,
+            done.counters.rendered,
+            done.counters.failed,
+            done.reopened
+        ),
+        (JobStatus::Partial, 19, 1, 1)
+    );
+    let lines = h.manifest_lines().await;
+    assert_eq!(lines.len(), 20);
+    assert_eq!(
+        (lines[3]["status"].as_str(), lines[3]["attempts"].as_u64()),
+        (Some("rendered"), Some(2))
+    );
+    assert_eq!(lines[4]["errorCode"].as_str(), Some("INVALID_VARIABLE"));
+    // What is left cannot be helped by retrying.
+    assert_eq!(
+        h.pipeline
+            .reopen(&job.id, Selection::RetryableFailures)
+            .await
+            .unwrap(),
+        ReopenOutcome::NothingToDo
+    );
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_raises_one_alert() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    h.advance(h.pipeline.settings.job_deadline + std::time::Duration::from_secs(1));
+    for _ in 0..2 {
+        h.pipeline
+            .reconcile(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    let overdue: Vec<_> = h
+        .alerts
+        .alerts()
+        .into_iter()
+        .filter(|a| a.kind == "job_deadline_exceeded")
+        .collect();
+    assert_eq!(overdue.len(), 1);
+    assert!(overdue[0].message.contains("3 of 3 rows in flight"));
+}
+
+#[tokio::test]
+async fn a_queued_chunk_whose_message_was_lost_is_sent_again() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let lost = h.queue.pop().unwrap();
+    let stuck_after = std::time::Duration::from_secs(900);
+    assert_eq!(h.pipeline.reconcile(stuck_after).await.unwrap().resent, 0);
+    h.advance(stuck_after);
+    assert_eq!(h.pipeline.reconcile(stuck_after).await.unwrap().resent, 1);
+    assert_eq!(h.queue.pop().map(|m| m.key), Some(lost.key));
+}
+
+#[tokio::test]
+async fn rows_whose_url_never_came_are_rendered_again_under_the_rerender_policy() {
+    let h = harness_with(crate::settings::Settings {
+        missing_url_policy: crate::settings::MissingUrlPolicy::Rerender,
+        ..Default::default()
+    });
+    h.put_upload(csv(5)).await;
+    h.ingest().await;
+    h.submit_all().await;
+    // Every render.completed but Post 2's arrives, then batch.completed.
+    let batch = h.pictify.batches.lock().unwrap()[0].clone();
+    for vars in batch
+        .2
+        .variable_sets
+        .iter()
+        .filter(|v| v["title"] != "Post 2")
+    {
+        let data = serde_json::json!({ "url": "https://cdn/x.png", "templateId": "tmpl_blog_card", "variables": vars });
+        h.deliver("render.completed", data).await;
+    }
+    let data = serde_json::json!({ "batchId": batch.0, "status": "completed", "totalCount": 5, "completedCount": 5, "failedCount": 0 });
+    h.deliver("batch.completed", data).await;
+    // Late webhooks may still come: the job waits.
+    assert_eq!(h.job().await.status, JobStatus::Finishing);
+
+    h.advance(h.pipeline.settings.stuck_after);
+    h.pipeline
+        .reconcile(h.pipeline.settings.stuck_after)
+        .await
+        .unwrap();
+    let job = h.job().await;
+    assert_eq!(
+        (job.status, job.counters.in_flight()),
+        (JobStatus::Running, 1)
+    );
+    h.submit_all().await;
+    h.play_webhooks(1).await;
+
+    let job = h.job().await;
+    assert_eq!(
+        (job.status, job.counters.rendered, job.reopened),
+        (JobStatus::Completed, 5, 1)
+    );
+    let lines = h.manifest_lines().await;
+    assert_eq!(lines[2]["status"].as_str(), Some("rendered"));
+    assert_eq!(
+        h.pictify.batches.lock().unwrap()[1].2.variable_sets.len(),
+        1
+    );
 }
