@@ -7,7 +7,9 @@ use std::time::Duration;
 use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::Faults;
 use shared::domain::{JobId, JobStatus};
+use shared::pipeline::{ReopenOutcome, Selection};
 use shared::ports::JobStore;
+use shared::settings::Settings;
 
 fn blog_csv(rows: usize) -> Vec<u8> {
     let mut s = String::from("title,author,publishDate\n");
@@ -272,5 +274,79 @@ async fn with_lost_webhooks_the_reconciler_still_finishes_the_job() -> anyhow::R
         .get_text("results/tmpl_blog_card/lossy.csv.results.jsonl")
         .await?;
     assert_eq!(manifest.lines().count(), 300);
+    Ok(())
+}
+
+/// `retry-failed` on AWS: a finished job's retryable failures go out again as new chunks (one
+/// transaction reopens the job), permanent ones stay, and the job finishes again with a manifest
+/// that still has one line per row.
+#[tokio::test]
+async fn retry_failed_reopens_a_finished_job_for_its_retryable_failures_only() -> anyhow::Result<()>
+{
+    let faults = Faults {
+        item_failures: BTreeMap::from([
+            ("IMAGE_FETCH_FAILED".into(), 0.10),
+            ("INVALID_VARIABLE".into(), 0.05),
+        ]),
+        ..Faults::default()
+    };
+    let stack = Stack::start(StackOptions {
+        faults,
+        seed: 5,
+        settings: Settings {
+            max_attempts: 1,
+            ..StackOptions::default().settings
+        },
+        ..StackOptions::default()
+    })
+    .await?;
+    let key = "uploads/tmpl_blog_card/retry.csv";
+    stack.upload(key, blog_csv(300)).await?;
+    let id = job_id_of(&stack.ingest(key).await?)?;
+    let first = stack.run_until_done(&id, Duration::from_secs(120)).await?;
+    let permanent = stack
+        .get_text("results/tmpl_blog_card/retry.csv.results.jsonl")
+        .await?
+        .lines()
+        .filter(|l| l.contains("\"errorCode\":\"INVALID_VARIABLE\""))
+        .count() as u64;
+    assert!(
+        first.counters.failed > permanent && permanent > 0,
+        "{:?}",
+        first.counters
+    );
+
+    // The image host is back.
+    stack.emulator.set_faults(Faults::default());
+    let outcome = stack
+        .pipeline
+        .reopen(&id, Selection::RetryableFailures)
+        .await?;
+    let retried = first.counters.failed - permanent;
+    assert!(
+        matches!(outcome, ReopenOutcome::Reopened { rows, left: 0, .. } if rows == retried),
+        "{outcome:?}"
+    );
+    let again = stack.run_until_done(&id, Duration::from_secs(120)).await?;
+
+    let c = again.counters;
+    assert_eq!(
+        (c.failed, c.rendered, c.in_flight()),
+        (permanent, 300 - permanent, 0)
+    );
+    assert_eq!(again.reopened, 1);
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/retry.csv.results.jsonl")
+        .await?;
+    assert_eq!(manifest.lines().count(), 300);
+    assert_eq!(
+        manifest.matches("\"status\":\"failed\"").count() as u64,
+        permanent
+    );
+    // Every chunk, old and new, reached Pictify once.
+    let ledger = stack.emulator.ledger();
+    for chunk in stack.store.chunks_of_job(&id).await? {
+        assert_eq!(ledger.accepted_with_key(&chunk.idempotency_key()), 1);
+    }
     Ok(())
 }
