@@ -141,18 +141,23 @@ impl DynamoJobStore {
         Ok(out.item)
     }
 
-    async fn put_chunk_if_absent(&self, chunk: &Chunk) -> PortResult<()> {
-        let operation = format!("put_chunks {} {}", chunk.job, chunk.key.label());
+    /// A conditional put: `false` when an item with that key exists already (left as it is).
+    async fn put_if_absent(&self, operation: &str, item: Item) -> PortResult<bool> {
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(chunk_item(chunk)?))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .send()
             .await;
-        if checked(&operation, result)?.is_err() {
+        Ok(checked(operation, result)?.is_ok())
+    }
+
+    async fn put_chunk_if_absent(&self, chunk: &Chunk) -> PortResult<()> {
+        let operation = format!("put_chunks {} {}", chunk.job, chunk.key.label());
+        if !self.put_if_absent(&operation, chunk_item(chunk)?).await? {
             debug!(job_id = %chunk.job, chunk = %chunk.key.label(), "chunk exists already; left as is");
         }
         Ok(())
@@ -396,16 +401,7 @@ impl JobStore for DynamoJobStore {
         // marker without a job and removes it; the other order could hide a job from it.
         self.put_record(&operation, key(ACTIVE_PK.to_owned(), &job_pk(&job.id)))
             .await?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(job_item(job)?))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await;
-        if checked(&operation, result)?.is_ok() {
+        if self.put_if_absent(&operation, job_item(job)?).await? {
             return Ok((job.clone(), true));
         }
         // A redelivered S3 event: the job exists, hand back what is stored.
@@ -1006,32 +1002,15 @@ impl JobStore for DynamoJobStore {
     async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
         let mut item = key(job_pk(job), &format!("{ALERT_PREFIX}{kind}"));
         item.insert("sentAt".into(), n(now));
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await;
-        Ok(checked(&format!("claim_alert {job} {kind}"), result)?.is_ok())
+        self.put_if_absent(&format!("claim_alert {job} {kind}"), item)
+            .await
     }
 
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let mut item = key(CONTROL_PK.to_owned(), SUBMISSIONS_SK);
         item.insert("reason".into(), s(reason));
         item.insert("since".into(), n(now));
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await;
-        Ok(checked("pause_submissions", result)?.is_ok())
+        self.put_if_absent("pause_submissions", item).await
     }
 
     async fn submissions_paused(&self) -> PortResult<Option<String>> {

@@ -223,6 +223,20 @@ impl Harness {
         }
     }
 
+    /// Ingests `rows` rows, with the named titles failing with their codes, and plays the first
+    /// round of submits and webhooks.
+    async fn run_failing(&self, rows: usize, failing: &[(&str, &'static str)]) {
+        self.put_upload(csv(rows)).await;
+        self.pictify.fail.lock().unwrap().extend(
+            failing
+                .iter()
+                .map(|(title, code)| (title.to_string(), *code)),
+        );
+        self.ingest().await;
+        self.submit_all().await;
+        self.play_webhooks(0).await;
+    }
+
     fn advance(&self, by: std::time::Duration) {
         self.clock
             .0
@@ -314,14 +328,14 @@ async fn a_redelivered_upload_event_creates_no_second_job() {
 #[tokio::test]
 async fn retryable_failures_are_retried_in_a_new_chunk_and_permanent_ones_fail() {
     let h = harness();
-    h.put_upload(csv(20)).await;
-    h.pictify.fail.lock().unwrap().extend([
-        ("Post 3".to_owned(), "IMAGE_FETCH_FAILED"),
-        ("Post 4".to_owned(), "INVALID_VARIABLE"),
-    ]);
-    h.ingest().await;
-    h.submit_all().await;
-    h.play_webhooks(0).await;
+    h.run_failing(
+        20,
+        &[
+            ("Post 3", "IMAGE_FETCH_FAILED"),
+            ("Post 4", "INVALID_VARIABLE"),
+        ],
+    )
+    .await;
     // The retry chunk carries only the retryable row; let it succeed.
     h.pictify.fail.lock().unwrap().remove("Post 3");
     let retried = h.submit_all().await;
@@ -624,14 +638,14 @@ async fn retry_failed_renders_the_retryable_failures_again_and_the_counts_still_
         max_attempts: 1,
         ..Default::default()
     });
-    h.put_upload(csv(20)).await;
-    h.pictify.fail.lock().unwrap().extend([
-        ("Post 3".to_owned(), "IMAGE_FETCH_FAILED"),
-        ("Post 4".to_owned(), "INVALID_VARIABLE"),
-    ]);
-    h.ingest().await;
-    h.submit_all().await;
-    h.play_webhooks(0).await;
+    h.run_failing(
+        20,
+        &[
+            ("Post 3", "IMAGE_FETCH_FAILED"),
+            ("Post 4", "INVALID_VARIABLE"),
+        ],
+    )
+    .await;
     let job = h.job().await;
     assert_eq!((job.status, job.counters.failed), (JobStatus::Partial, 2));
 
