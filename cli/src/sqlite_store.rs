@@ -347,13 +347,23 @@ impl JobStore for SqliteJobStore {
                 tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
                 return Ok(());
             }
+            // As the reference store: counters a batch may already have moved are added to.
             stored.status = job.status;
-            stored.error = job.error.clone();
             stored.rejected_sample = job.rejected_sample.clone();
-            stored.ingested_at = job.ingested_at;
+            if job.error.is_some() {
+                stored.error = job.error.clone();
+            }
+            if job.ingested_at.is_some() {
+                stored.ingested_at = job.ingested_at;
+            }
+            let batch_owned = Counters {
+                rows: 0,
+                rejected: 0,
+                ..job.counters
+            };
             stored.counters.rows = job.counters.rows;
             stored.counters.rejected = job.counters.rejected;
-            stored.counters.chunks += job.counters.chunks;
+            add_counters(&mut stored.counters, &batch_owned);
             save_job(tx, &stored)
         })
         .await
@@ -501,7 +511,13 @@ impl JobStore for SqliteJobStore {
                 job: c.job.clone(),
                 key: c.key,
             })?;
+            // Only a chunk handed to Pictify can complete (the reference store's rule).
             if chunk.state == ChunkState::Completed {
+                return Ok(false);
+            }
+            if chunk.state == ChunkState::Queued {
+                tracing::warn!(job_id = %c.job, chunk = %c.key.label(),
+                    "completion for a chunk that was never submitted; ignored");
                 return Ok(false);
             }
             let mut job = load_job(tx, &c.job)?.ok_or_else(|| StoreError::NoJob(c.job.clone()))?;
@@ -692,208 +708,50 @@ impl JobStore for SqliteJobStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    //! The reference store's contract (shared::local::memory_store tests), run against SQLite,
-    //! plus durability across a reopen.
+    //! The shared `JobStore` contract (`shared::store_contract`), run against SQLite, plus what
+    //! only this store does: refusing another batch id, durability across a reopen, the in-flight
+    //! count and forgetting a batch of a dead local run.
 
-    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use shared::domain::{ChunkOutcome, JobSpec, ObjectRef, RowError};
-    use shared::pictify::wire::Format;
+    use shared::store_contract::{
+        GRACE, check_job_store, completion, with_chunk, with_submitted_chunk,
+    };
 
     use super::*;
-
-    const GRACE: Duration = Duration::from_secs(60);
-
-    fn job() -> Job {
-        let source = ObjectRef {
-            bucket: "in".into(),
-            key: "uploads/t/x.csv".into(),
-        };
-        Job {
-            id: JobId::for_upload(&source.bucket, &source.key, "v1"),
-            source,
-            source_version: "v1".into(),
-            spec: JobSpec {
-                template_id: "tmpl".into(),
-                format: Format::default(),
-                quality: None,
-                concurrency: None,
-                mapping: BTreeMap::new(),
-                required: vec![],
-            },
-            status: JobStatus::Ingesting,
-            counters: Counters::default(),
-            error: None,
-            rejected_sample: vec![],
-            created_at: 1,
-            ingested_at: None,
-            completed_at: None,
-            render_ms_total: 0,
-            manifest: None,
-            reopened: 0,
-        }
-    }
 
     fn open(dir: &tempfile::TempDir) -> SqliteJobStore {
         SqliteJobStore::open(&dir.path().join("jobs.db")).unwrap()
     }
 
-    /// A store holding `job()` and its chunk 0 (rows 0..4), queued.
+    /// A store in its own directory, holding `job()` and its queued chunk 0.
     async fn store_with_chunk() -> (SqliteJobStore, JobId, ChunkKey, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let job = job();
-        store.create_job(&job).await.unwrap();
-        let key = ChunkKey::initial(0);
-        store
-            .put_chunks(&[Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3])])
-            .await
-            .unwrap();
-        (store, job.id, key, dir)
-    }
-
-    fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
-        let outcome = ChunkOutcome {
-            rendered: rendered as u32,
-            failed: BTreeMap::from([(
-                0,
-                RowError {
-                    code: "INVALID_VARIABLE".into(),
-                    message: "bad".into(),
-                },
-            )]),
-            retried: if retry { vec![1] } else { vec![] },
-            duration_ms: Some(250),
-        };
-        let delta = Counters {
-            rendered,
-            failed: 1,
-            retried: u64::from(retry),
-            chunks: u64::from(retry),
-            chunks_done: 1,
-            ..Default::default()
-        };
-        let retry = retry.then(|| Chunk::new(job.clone(), key.retry(), vec![1]));
-        ChunkCompletion {
-            job: job.clone(),
-            key,
-            outcome,
-            delta,
-            retry,
-            alert: true,
-        }
+        let (job, key) = with_chunk(&store).await;
+        (store, job, key, dir)
     }
 
     #[tokio::test]
-    async fn reopening_applies_once_and_only_from_the_expected_status() {
-        let (store, job, _key, _dir) = store_with_chunk().await;
-        let fresh = Chunk::new(job.clone(), ChunkKey::initial(1), vec![0]);
-        let reopen = Reopen {
-            job: job.clone(),
-            from: JobStatus::Partial,
-            chunks: vec![fresh.clone()],
-            unfailed: 1,
-            unrendered: 0,
-        };
-        assert!(
-            !store.reopen_job(&reopen).await.unwrap(),
-            "job is still ingesting"
-        );
-        store
-            .transition_job(&job, JobStatus::Ingesting, JobStatus::Partial)
-            .await
-            .unwrap();
-        assert!(store.reopen_job(&reopen).await.unwrap());
-        assert!(!store.reopen_job(&reopen).await.unwrap());
-        let stored = store.job(&job).await.unwrap().unwrap();
-        assert_eq!(
-            (stored.status, stored.counters.chunks, stored.reopened),
-            (JobStatus::Running, 1, 1)
-        );
-        assert_eq!(store.chunk(&job, fresh.key).await.unwrap(), Some(fresh));
-    }
-
-    #[tokio::test]
-    async fn a_job_alert_is_claimed_once() {
-        let (store, job, _key, _dir) = store_with_chunk().await;
-        assert!(
-            store
-                .claim_alert(&job, "job_deadline_exceeded", 1)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .claim_alert(&job, "job_deadline_exceeded", 2)
-                .await
-                .unwrap()
-        );
-    }
-
-    #[tokio::test]
-    async fn creating_a_job_twice_keeps_the_first() {
+    async fn the_sqlite_store_keeps_the_job_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let first = job();
-        let mut second = job();
-        second.created_at = 99;
-        assert!(store.create_job(&first).await.unwrap().1);
-        let (stored, new) = store.create_job(&second).await.unwrap();
-        assert!(!new);
-        assert_eq!(stored, first);
+        let opened = AtomicUsize::new(0);
+        check_job_store(|| {
+            let n = opened.fetch_add(1, Ordering::Relaxed);
+            let path = dir.path().join(format!("jobs-{n}.db"));
+            async move { Arc::new(SqliteJobStore::open(&path).unwrap()) as Arc<dyn JobStore> }
+        })
+        .await;
     }
 
     #[tokio::test]
-    async fn putting_chunks_again_does_not_reset_them() {
+    async fn a_submit_is_taken_over_exactly_when_the_grace_period_ends() {
         let (store, job, key, _dir) = store_with_chunk().await;
-        store.begin_submit(&job, key, 10, GRACE).await.unwrap();
-        store
-            .put_chunks(&[Chunk::new(job.clone(), key, vec![0])])
-            .await
-            .unwrap();
-        let chunk = store.chunk(&job, key).await.unwrap().unwrap();
-        assert_eq!((chunk.state, chunk.rows.len()), (ChunkState::Submitting, 4));
-    }
-
-    #[tokio::test]
-    async fn begin_submit_proceeds_once_then_waits_out_the_grace_period() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        assert_eq!(
-            store.begin_submit(&job, key, 100, GRACE).await.unwrap(),
-            BeginSubmit::Proceed { attempt: 1 }
-        );
-        assert_eq!(
-            store.begin_submit(&job, key, 159, GRACE).await.unwrap(),
-            BeginSubmit::InProgress { since: 100 }
-        );
+        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
         assert_eq!(
             store.begin_submit(&job, key, 160, GRACE).await.unwrap(),
             BeginSubmit::Proceed { attempt: 2 }
         );
-        assert_eq!(
-            store
-                .chunk(&job, key)
-                .await
-                .unwrap()
-                .unwrap()
-                .submitting_since,
-            Some(160)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_redelivered_message_finds_the_batch_id() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
-        store.record_submitted(&job, key, "b1", 101).await.unwrap();
-        let again = store.begin_submit(&job, key, 500, GRACE).await.unwrap();
-        assert_eq!(
-            again,
-            BeginSubmit::AlreadySubmitted {
-                batch_id: "b1".into()
-            }
-        );
-        assert_eq!(store.chunk_by_batch("b1").await.unwrap(), Some((job, key)));
     }
 
     #[tokio::test]
@@ -913,86 +771,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn releasing_a_submit_requeues_only_a_submitting_chunk() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
-        store.release_submit(&job, key).await.unwrap();
-        assert_eq!(
-            store.begin_submit(&job, key, 101, GRACE).await.unwrap(),
-            BeginSubmit::Proceed { attempt: 2 }
-        );
-        store.record_submitted(&job, key, "b1", 102).await.unwrap();
-        store.release_submit(&job, key).await.unwrap();
-        assert_eq!(
-            store.chunk(&job, key).await.unwrap().unwrap().state,
-            ChunkState::Submitted
-        );
-    }
-
-    #[tokio::test]
-    async fn begin_submit_reports_unknown_and_completed_chunks() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        assert_eq!(
-            store
-                .begin_submit(&job, ChunkKey::initial(7), 1, GRACE)
-                .await
-                .unwrap(),
-            BeginSubmit::Unknown
-        );
-        store
-            .complete_chunk(&completion(&job, key, 3, false))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.begin_submit(&job, key, 1, GRACE).await.unwrap(),
-            BeginSubmit::Completed
-        );
-    }
-
-    #[tokio::test]
-    async fn a_chunk_completes_exactly_once() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        let done = completion(&job, key, 2, true);
-        assert!(store.complete_chunk(&done).await.unwrap());
-        assert!(!store.complete_chunk(&done).await.unwrap());
-        let stored = store.job(&job).await.unwrap().unwrap();
-        let c = stored.counters;
-        assert_eq!(
-            (c.rendered, c.failed, c.chunks_done, c.chunks),
-            (2, 1, 1, 1)
-        );
-        assert_eq!(stored.render_ms_total, 250);
-        assert_eq!(store.alerted_chunks(), vec![(job.to_string(), 0, 0)]);
-    }
-
-    #[tokio::test]
-    async fn the_retry_chunk_is_created_once_and_queued() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        store
-            .complete_chunk(&completion(&job, key, 2, true))
-            .await
-            .unwrap();
-        store
-            .complete_chunk(&completion(&job, key, 2, true))
-            .await
-            .unwrap();
-        let keys: Vec<_> = store
-            .chunks_of_job(&job)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| (c.key, c.state))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                (key, ChunkState::Completed),
-                (key.retry(), ChunkState::Queued)
-            ]
-        );
-    }
-
-    #[tokio::test]
     async fn completing_an_unknown_chunk_is_an_error() {
         let (store, job, _, _dir) = store_with_chunk().await;
         let error = store
@@ -1003,124 +781,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finish_ingest_applies_once_and_keeps_batch_counters() {
-        let (store, id, key, _dir) = store_with_chunk().await;
-        store
-            .complete_chunk(&completion(&id, key, 2, true))
-            .await
-            .unwrap();
-        let mut ingested = job();
-        ingested.status = JobStatus::Running;
-        ingested.counters = Counters {
-            rows: 10,
-            rejected: 1,
-            chunks: 3,
-            ..Default::default()
-        };
-        store.finish_ingest(&ingested).await.unwrap();
-        store.finish_ingest(&ingested).await.unwrap();
-        let stored = store.job(&id).await.unwrap().unwrap();
-        assert_eq!(stored.status, JobStatus::Running);
-        let expected = Counters {
-            rows: 10,
-            rejected: 1,
-            rendered: 2,
-            failed: 1,
-            retried: 1,
-            chunks: 4,
-            chunks_done: 1,
-        };
-        assert_eq!(stored.counters, expected);
-    }
-
-    #[tokio::test]
-    async fn a_job_transitions_only_from_the_expected_status() {
-        let (store, id, _, _dir) = store_with_chunk().await;
-        assert!(
-            store
-                .transition_job(&id, JobStatus::Ingesting, JobStatus::Running)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing)
-                .await
-                .unwrap()
-        );
-        let missing = JobId::parse("job_abc").unwrap();
-        assert!(
-            !store
-                .transition_job(&missing, JobStatus::Running, JobStatus::Finishing)
-                .await
-                .unwrap()
-        );
-    }
-
-    #[tokio::test]
-    async fn finishing_a_job_records_status_manifest_and_time() {
-        let (store, id, _, _dir) = store_with_chunk().await;
-        let at = |key: &str| ObjectRef {
-            bucket: "out".into(),
-            key: key.into(),
-        };
-        let manifest = ManifestLocation {
-            csv: at("m.csv"),
-            jsonl: at("m.jsonl"),
-        };
-        store
-            .finish_job(&id, JobStatus::Partial, &manifest, 77)
-            .await
-            .unwrap();
-        let stored = store.job(&id).await.unwrap().unwrap();
-        assert_eq!(
-            (stored.status, stored.manifest, stored.completed_at),
-            (JobStatus::Partial, Some(manifest), Some(77))
-        );
-    }
-
-    #[tokio::test]
-    async fn pausing_reports_true_only_to_the_first_caller() {
+    async fn a_completion_marks_its_alert() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        assert!(store.pause_submissions("quota", 1).await.unwrap());
-        assert!(!store.pause_submissions("auth", 2).await.unwrap());
-        assert_eq!(
-            store.submissions_paused().await.unwrap().as_deref(),
-            Some("quota")
-        );
-        store.resume_submissions().await.unwrap();
-        assert_eq!(store.submissions_paused().await.unwrap(), None);
-        assert!(store.pause_submissions("auth", 3).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn renders_and_failures_are_looked_up_by_fingerprint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let render = RenderRecord {
-            url: "https://img/1.png".into(),
-            image_id: None,
-            rendered_at: None,
-            recorded_at: 5,
-        };
-        store.record_render("fp1", &render).await.unwrap();
-        store.record_render("fp1", &render).await.unwrap();
-        let failure = FailureRecord {
-            code: "RENDER_TIMEOUT".into(),
-            message: "slow".into(),
-            recorded_at: 6,
-        };
-        store.record_failure("fp2", &failure).await.unwrap();
-        let wanted = vec!["fp1".to_owned(), "fp2".to_owned(), "fp3".to_owned()];
-        assert_eq!(
-            store.renders(&wanted).await.unwrap(),
-            HashMap::from([("fp1".to_owned(), render)])
-        );
-        assert_eq!(
-            store.failures(&wanted).await.unwrap(),
-            HashMap::from([("fp2".to_owned(), failure)])
-        );
+        let (job, key) = with_submitted_chunk(&store).await;
+        let done = completion(&job, key, 2, true);
+        store.complete_chunk(&done).await.unwrap();
+        store.complete_chunk(&done).await.unwrap();
+        assert_eq!(store.alerted_chunks(), vec![(job.to_string(), 0, 0)]);
     }
 
     #[tokio::test]
@@ -1136,9 +804,9 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_reopening_the_file() {
-        let (store, job, key, dir) = store_with_chunk().await;
-        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
-        store.record_submitted(&job, key, "b1", 101).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (job, key) = with_submitted_chunk(&store).await;
         drop(store);
         let reopened = open(&dir);
         assert_eq!(

@@ -15,5 +15,7 @@ pub mod s3_event;
 pub mod secret;
 pub mod settings;
 pub mod signing;
+#[cfg(any(test, feature = "contract"))]
+pub mod store_contract;
 #[cfg(feature = "aws")]
 pub mod wiring;

@@ -1,0 +1,832 @@
+//! The `JobStore` contract as one executable suite: every adapter's tests call
+//! `check_job_store` with a factory of fresh, empty stores, so the in-memory reference, SQLite
+//! and DynamoDB are held to the same behaviour by the same code. Test code, compiled only for
+//! this crate's tests or with the `contract` feature (adapter crates enable it in
+//! dev-dependencies).
+//!
+//! Behaviours where the adapters differ today (for example an unknown chunk's completion: an
+//! error in SQLite, `Ok(false)` elsewhere) are not part of `check_job_store`; the `check_*`
+//! functions below it cover the ones two adapters share, the rest stay in each adapter's tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+
+use crate::domain::{
+    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, Job, JobId, JobSpec, JobStatus,
+    ManifestLocation, ObjectRef, RowError,
+};
+use crate::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, RenderRecord, Reopen};
+
+/// The submit grace period every check uses.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+type Store = Arc<dyn JobStore>;
+type Check = fn(Store) -> BoxFuture<'static, ()>;
+
+/// `[(name, check)]` for each named check function.
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        [$((
+            stringify!($name),
+            (|store: Store| -> BoxFuture<'static, ()> { Box::pin($name(store)) }) as Check,
+        )),*]
+    };
+}
+
+/// Runs every contract check, each on a store fresh from `fresh`, and panics listing the checks
+/// that failed (all of them run, so one failure does not hide another).
+pub async fn check_job_store<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let all = checks![
+        creating_a_job_twice_keeps_the_first,
+        putting_chunks_again_does_not_reset_them,
+        begin_submit_proceeds_once_then_waits_out_the_grace_period,
+        a_redelivered_message_finds_the_batch_id,
+        recording_a_batch_for_an_unknown_chunk_is_an_error,
+        releasing_a_submit_requeues_only_a_submitting_chunk,
+        begin_submit_reports_unknown_and_completed_chunks,
+        a_chunk_completes_exactly_once,
+        a_queued_chunk_does_not_complete,
+        the_retry_chunk_is_created_once_and_queued,
+        a_completion_applies_when_its_retry_chunk_exists_already,
+        completing_a_chunk_of_a_missing_job_changes_nothing,
+        finish_ingest_applies_once_and_keeps_batch_counters,
+        finishing_needs_the_job,
+        a_job_transitions_only_from_the_expected_status,
+        finishing_a_job_records_status_manifest_and_time_and_deactivates_it,
+        pausing_reports_true_only_to_the_first_caller_until_resumed,
+        renders_and_failures_are_looked_up_by_fingerprint,
+        orphans_are_kept_and_reveal_an_early_batch_completion,
+        chunks_of_job_lists_one_jobs_chunks_in_key_order,
+        reopening_applies_once_only_from_the_expected_status,
+        reopening_refuses_an_existing_chunk_and_changes_nothing,
+        a_job_alert_is_claimed_once_per_job_and_kind,
+    ];
+    let mut failed = Vec::new();
+    for (name, check) in all {
+        let store = fresh().await;
+        if let Err(panic) = AssertUnwindSafe(check(store)).catch_unwind().await {
+            failed.push(format!("{name}: {}", panic_message(&*panic)));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} JobStore contract checks failed:\n{}",
+        failed.len(),
+        all.len(),
+        failed.join("\n")
+    );
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(non-text panic)".to_owned())
+}
+
+/// Unwrapping for checks: the panic names the step that failed.
+pub trait Must<T> {
+    fn must(self, step: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> Must<T> for Result<T, E> {
+    fn must(self, step: &str) -> T {
+        self.unwrap_or_else(|e| panic!("{step}: {e}"))
+    }
+}
+
+impl<T> Must<T> for Option<T> {
+    fn must(self, step: &str) -> T {
+        self.unwrap_or_else(|| panic!("{step}: nothing stored"))
+    }
+}
+
+// ---- fixtures (public: adapter-specific tests use them too) ------------------------------------
+
+/// A job still ingesting, for the upload `uploads/<key>`.
+pub fn job_for(key: &str) -> Job {
+    let source = ObjectRef {
+        bucket: "uploads".into(),
+        key: key.into(),
+    };
+    Job {
+        id: JobId::for_upload(&source.bucket, &source.key, "etag-1"),
+        source,
+        source_version: "etag-1".into(),
+        spec: JobSpec {
+            template_id: "tmpl_1".into(),
+            format: Default::default(),
+            quality: None,
+            concurrency: Some(4),
+            mapping: BTreeMap::from([("Title".into(), "title".into())]),
+            required: vec!["title".into()],
+        },
+        status: JobStatus::Ingesting,
+        counters: Counters::default(),
+        error: None,
+        rejected_sample: vec![],
+        created_at: 1_000,
+        ingested_at: None,
+        completed_at: None,
+        render_ms_total: 0,
+        manifest: None,
+        reopened: 0,
+    }
+}
+
+/// The job most checks use.
+pub fn job() -> Job {
+    job_for("in/data.csv")
+}
+
+/// Stores `job()` and its chunk 0 (rows 0..4), queued.
+pub async fn with_chunk(store: &dyn JobStore) -> (JobId, ChunkKey) {
+    let job = job();
+    store.create_job(&job).await.must("create job");
+    let key = ChunkKey::initial(0);
+    let chunk = Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3]);
+    store.put_chunks(&[chunk]).await.must("put chunk");
+    (job.id, key)
+}
+
+/// `with_chunk`, with the chunk submitted as batch `b1` (intent at 100, recorded at 101).
+pub async fn with_submitted_chunk(store: &dyn JobStore) -> (JobId, ChunkKey) {
+    let (job, key) = with_chunk(store).await;
+    store
+        .begin_submit(&job, key, 100, GRACE)
+        .await
+        .must("begin submit");
+    store
+        .record_submitted(&job, key, "b1", 101)
+        .await
+        .must("record submitted");
+    (job, key)
+}
+
+/// A batch's outcome: `rendered` rows, one failed for good and, with `retry`, one row (row 1)
+/// handed to a retry chunk; 250 ms of render time; asks for the alert.
+pub fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
+    let outcome = ChunkOutcome {
+        rendered: u32::try_from(rendered).unwrap_or(u32::MAX),
+        failed: BTreeMap::from([(
+            0,
+            RowError {
+                code: "INVALID_VARIABLE".into(),
+                message: "bad".into(),
+            },
+        )]),
+        retried: if retry { vec![1] } else { vec![] },
+        duration_ms: Some(250),
+    };
+    let delta = Counters {
+        rendered,
+        failed: 1,
+        retried: u64::from(retry),
+        chunks: u64::from(retry),
+        chunks_done: 1,
+        ..Default::default()
+    };
+    ChunkCompletion {
+        job: job.clone(),
+        key,
+        outcome,
+        delta,
+        retry: retry.then(|| Chunk::new(job.clone(), key.retry(), vec![1])),
+        alert: true,
+    }
+}
+
+pub fn manifest() -> ManifestLocation {
+    let at = |key: &str| ObjectRef {
+        bucket: "out".into(),
+        key: key.into(),
+    };
+    ManifestLocation {
+        csv: at("m.csv"),
+        jsonl: at("m.jsonl"),
+    }
+}
+
+async fn stored_job(store: &dyn JobStore, id: &JobId) -> Job {
+    store.job(id).await.must("read job").must("job")
+}
+
+async fn stored_chunk(store: &dyn JobStore, job: &JobId, key: ChunkKey) -> Chunk {
+    store
+        .chunk(job, key)
+        .await
+        .must("read chunk")
+        .must(&format!("chunk {}", key.label()))
+}
+
+async fn is_active(store: &dyn JobStore, id: &JobId) -> bool {
+    store.active_jobs().await.must("active jobs").contains(id)
+}
+
+// ---- the contract ------------------------------------------------------------------------------
+
+async fn creating_a_job_twice_keeps_the_first(store: Store) {
+    let first = job();
+    let again = Job {
+        created_at: 2_000,
+        ..first.clone()
+    };
+    let created = store.create_job(&first).await.must("create");
+    assert_eq!(created, (first.clone(), true), "the first create is new");
+    let repeated = store.create_job(&again).await.must("create again");
+    assert_eq!(
+        repeated,
+        (first.clone(), false),
+        "a repeat returns the stored job"
+    );
+    assert_eq!(store.job(&first.id).await.must("read"), Some(first.clone()));
+    assert!(is_active(&*store, &first.id).await, "a new job is active");
+    let other = job_for("in/other.csv").id;
+    assert_eq!(store.job(&other).await.must("read unknown"), None);
+}
+
+async fn putting_chunks_again_does_not_reset_them(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    let again = |rows| vec![Chunk::new(job.clone(), key, rows)];
+    store.begin_submit(&job, key, 10, GRACE).await.must("begin");
+    store.put_chunks(&again(vec![0])).await.must("put again");
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.rows.len(), chunk.submitting_since),
+        (ChunkState::Submitting, 4, Some(10)),
+        "a submitting chunk is left as it was"
+    );
+    store
+        .record_submitted(&job, key, "b1", 11)
+        .await
+        .must("record");
+    let new = Chunk::new(job.clone(), ChunkKey::initial(1), vec![4]);
+    let mut reingested = again(vec![0, 1, 2, 3]);
+    reingested.push(new.clone());
+    store.put_chunks(&reingested).await.must("re-ingest");
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.batch_id.as_deref()),
+        (ChunkState::Submitted, Some("b1")),
+        "a submitted chunk is left as it was"
+    );
+    assert_eq!(
+        stored_chunk(&*store, &job, new.key).await,
+        new,
+        "a new chunk is created"
+    );
+}
+
+async fn begin_submit_proceeds_once_then_waits_out_the_grace_period(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    let begin = |now| store.begin_submit(&job, key, now, GRACE);
+    assert_eq!(
+        begin(100).await.must("begin"),
+        BeginSubmit::Proceed { attempt: 1 }
+    );
+    assert_eq!(
+        begin(159).await.must("begin"),
+        BeginSubmit::InProgress { since: 100 },
+        "within the grace period"
+    );
+    // Exactly at the end of the grace period the adapters differ (see their own tests).
+    assert_eq!(
+        begin(161).await.must("begin"),
+        BeginSubmit::Proceed { attempt: 2 },
+        "after the grace period the attempt is taken over"
+    );
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.submitting_since, chunk.submit_attempts),
+        (ChunkState::Submitting, Some(161), 2)
+    );
+}
+
+async fn a_redelivered_message_finds_the_batch_id(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    store
+        .record_submitted(&job, key, "b1", 102)
+        .await
+        .must("record the same batch again");
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.batch_id.as_deref(), chunk.submitted_at),
+        (ChunkState::Submitted, Some("b1"), Some(101)),
+        "a repeated record_submitted changes nothing"
+    );
+    assert_eq!(
+        store
+            .begin_submit(&job, key, 500, GRACE)
+            .await
+            .must("begin"),
+        BeginSubmit::AlreadySubmitted {
+            batch_id: "b1".into()
+        }
+    );
+    let found = store.chunk_by_batch("b1").await.must("chunk by batch");
+    assert_eq!(found, Some((job, key)));
+    let unknown = store
+        .chunk_by_batch("b_unknown")
+        .await
+        .must("unknown batch");
+    assert_eq!(unknown, None);
+}
+
+async fn recording_a_batch_for_an_unknown_chunk_is_an_error(store: Store) {
+    let (job, _) = with_chunk(&*store).await;
+    let result = store
+        .record_submitted(&job, ChunkKey::initial(7), "b7", 101)
+        .await;
+    let error = result.err().must("an error");
+    assert!(
+        !error.retryable,
+        "a missing chunk does not come back: {error}"
+    );
+}
+
+async fn releasing_a_submit_requeues_only_a_submitting_chunk(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    store.release_submit(&job, key).await.must("release queued");
+    let unknown = ChunkKey::initial(7);
+    store
+        .release_submit(&job, unknown)
+        .await
+        .must("release unknown");
+    store
+        .begin_submit(&job, key, 100, GRACE)
+        .await
+        .must("begin");
+    store.release_submit(&job, key).await.must("release");
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.submitting_since),
+        (ChunkState::Queued, None)
+    );
+    assert_eq!(
+        store
+            .begin_submit(&job, key, 101, GRACE)
+            .await
+            .must("begin"),
+        BeginSubmit::Proceed { attempt: 2 },
+        "a released chunk may be submitted at once"
+    );
+    store
+        .record_submitted(&job, key, "b1", 102)
+        .await
+        .must("record");
+    store
+        .release_submit(&job, key)
+        .await
+        .must("release submitted");
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        chunk.state,
+        ChunkState::Submitted,
+        "a submitted chunk stays"
+    );
+}
+
+async fn begin_submit_reports_unknown_and_completed_chunks(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    let other = ChunkKey::initial(7);
+    assert_eq!(store.chunk(&job, other).await.must("read"), None);
+    assert_eq!(
+        store
+            .begin_submit(&job, other, 1, GRACE)
+            .await
+            .must("begin"),
+        BeginSubmit::Unknown
+    );
+    let done = completion(&job, key, 3, false);
+    assert!(store.complete_chunk(&done).await.must("complete"));
+    assert_eq!(
+        store
+            .begin_submit(&job, key, 200, GRACE)
+            .await
+            .must("begin"),
+        BeginSubmit::Completed
+    );
+}
+
+async fn a_queued_chunk_does_not_complete(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    let queued = store.complete_chunk(&completion(&job, key, 3, false)).await;
+    assert!(
+        !queued.must("complete queued"),
+        "a queued chunk does not complete"
+    );
+    assert_eq!(stored_job(&*store, &job).await.counters.rendered, 0);
+}
+
+async fn a_chunk_completes_exactly_once(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    let done = completion(&job, key, 2, true);
+    assert!(
+        store.complete_chunk(&done).await.must("complete"),
+        "applied"
+    );
+    let again = store.complete_chunk(&done).await.must("complete again");
+    assert!(!again, "a second completion is not applied");
+    let stored = stored_job(&*store, &job).await;
+    let expected = Counters {
+        rendered: 2,
+        failed: 1,
+        retried: 1,
+        chunks: 1,
+        chunks_done: 1,
+        ..Default::default()
+    };
+    assert_eq!((stored.counters, stored.render_ms_total), (expected, 250));
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.outcome),
+        (ChunkState::Completed, Some(done.outcome))
+    );
+}
+
+async fn the_retry_chunk_is_created_once_and_queued(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    let done = completion(&job, key, 2, true);
+    store.complete_chunk(&done).await.must("complete");
+    store.complete_chunk(&done).await.must("complete again");
+    let chunks = store.chunks_of_job(&job).await.must("chunks of job");
+    let states: Vec<_> = chunks.iter().map(|c| (c.key, c.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (key, ChunkState::Completed),
+            (key.retry(), ChunkState::Queued)
+        ]
+    );
+    assert_eq!(
+        chunks[1].rows,
+        vec![1],
+        "the retry chunk holds the retried rows"
+    );
+}
+
+async fn a_completion_applies_when_its_retry_chunk_exists_already(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    let existing = Chunk::new(job.clone(), key.retry(), vec![1, 2]);
+    store
+        .put_chunks(std::slice::from_ref(&existing))
+        .await
+        .must("put retry");
+    let done = completion(&job, key, 2, true);
+    assert!(store.complete_chunk(&done).await.must("complete"));
+    let stored = stored_job(&*store, &job).await;
+    let counters = (stored.counters.chunks_done, stored.render_ms_total);
+    assert_eq!(counters, (1, 250));
+    let retry = stored_chunk(&*store, &job, key.retry()).await;
+    assert_eq!(retry, existing, "the existing retry chunk is left as it is");
+}
+
+async fn completing_a_chunk_of_a_missing_job_changes_nothing(store: Store) {
+    let orphan = job_for("in/never-created.csv").id;
+    let key = ChunkKey::initial(0);
+    let chunk = Chunk::new(orphan.clone(), key, vec![0, 1]);
+    store.put_chunks(&[chunk]).await.must("put chunk");
+    store
+        .begin_submit(&orphan, key, 100, GRACE)
+        .await
+        .must("begin");
+    store
+        .record_submitted(&orphan, key, "b1", 101)
+        .await
+        .must("record");
+    let result = store
+        .complete_chunk(&completion(&orphan, key, 1, true))
+        .await;
+    let error = result.err().must("an error");
+    assert!(!error.retryable, "the job will not appear: {error}");
+    let chunk = stored_chunk(&*store, &orphan, key).await;
+    assert_eq!(chunk.state, ChunkState::Submitted, "the chunk is unchanged");
+    let retry = store.chunk(&orphan, key.retry()).await.must("read retry");
+    assert_eq!(retry, None, "no retry chunk");
+}
+
+async fn finish_ingest_applies_once_and_keeps_batch_counters(store: Store) {
+    let (id, key) = with_submitted_chunk(&*store).await;
+    let done = completion(&id, key, 2, true);
+    store.complete_chunk(&done).await.must("complete");
+    let mut ingested = job();
+    ingested.status = JobStatus::Running;
+    ingested.counters = Counters {
+        rows: 10,
+        rejected: 1,
+        chunks: 3,
+        ..Default::default()
+    };
+    ingested.rejected_sample = vec![(4, "missing title".into())];
+    ingested.ingested_at = Some(120);
+    store.finish_ingest(&ingested).await.must("finish ingest");
+    store
+        .finish_ingest(&ingested)
+        .await
+        .must("finish ingest again");
+    let stored = stored_job(&*store, &id).await;
+    let expected = Counters {
+        rows: 10,
+        rejected: 1,
+        rendered: 2,
+        failed: 1,
+        retried: 1,
+        chunks: 4,
+        chunks_done: 1,
+    };
+    assert_eq!(
+        (stored.status, stored.counters, stored.ingested_at),
+        (JobStatus::Running, expected, Some(120))
+    );
+    assert_eq!(stored.rejected_sample, ingested.rejected_sample);
+}
+
+async fn finishing_needs_the_job(store: Store) {
+    let missing = job();
+    let error = store.finish_ingest(&missing).await.err().must("ingest");
+    assert!(!error.retryable, "finish_ingest: {error}");
+    let result = store
+        .finish_job(&missing.id, JobStatus::Completed, &manifest(), 9)
+        .await;
+    let error = result.err().must("finish_job of a missing job fails");
+    assert!(!error.retryable, "finish_job: {error}");
+    assert_eq!(store.job(&missing.id).await.must("read"), None);
+}
+
+async fn a_job_transitions_only_from_the_expected_status(store: Store) {
+    let (id, _) = with_chunk(&*store).await;
+    let moved = store
+        .transition_job(&id, JobStatus::Ingesting, JobStatus::Running)
+        .await
+        .must("transition");
+    assert!(moved);
+    let stale = store
+        .transition_job(&id, JobStatus::Ingesting, JobStatus::Finishing)
+        .await
+        .must("stale transition");
+    assert!(!stale, "the job is no longer ingesting");
+    assert_eq!(stored_job(&*store, &id).await.status, JobStatus::Running);
+    let missing = JobId::parse("job_abc").must("job id");
+    let moved = store
+        .transition_job(&missing, JobStatus::Running, JobStatus::Finishing)
+        .await
+        .must("transition missing");
+    assert!(!moved, "a missing job does not transition");
+}
+
+async fn finishing_a_job_records_status_manifest_and_time_and_deactivates_it(store: Store) {
+    let (id, _) = with_chunk(&*store).await;
+    assert!(is_active(&*store, &id).await, "active before");
+    store
+        .finish_job(&id, JobStatus::Partial, &manifest(), 77)
+        .await
+        .must("finish job");
+    let stored = stored_job(&*store, &id).await;
+    assert_eq!(
+        (stored.status, stored.manifest, stored.completed_at),
+        (JobStatus::Partial, Some(manifest()), Some(77))
+    );
+    assert!(
+        !is_active(&*store, &id).await,
+        "a finished job is not active"
+    );
+}
+
+async fn pausing_reports_true_only_to_the_first_caller_until_resumed(store: Store) {
+    assert_eq!(store.submissions_paused().await.must("read"), None);
+    assert!(store.pause_submissions("quota", 1).await.must("pause"));
+    assert!(!store.pause_submissions("auth", 2).await.must("pause again"));
+    let reason = store.submissions_paused().await.must("read");
+    assert_eq!(reason.as_deref(), Some("quota"), "the first reason stays");
+    store.resume_submissions().await.must("resume");
+    assert_eq!(store.submissions_paused().await.must("read"), None);
+    assert!(
+        store
+            .pause_submissions("auth", 3)
+            .await
+            .must("pause after resume")
+    );
+}
+
+async fn renders_and_failures_are_looked_up_by_fingerprint(store: Store) {
+    let render = RenderRecord {
+        url: "https://img/1.png".into(),
+        image_id: Some("img_1".into()),
+        rendered_at: Some("2024-05-01T10:00:00Z".into()),
+        recorded_at: 5,
+    };
+    store
+        .record_render("fp1", &render)
+        .await
+        .must("record render");
+    store
+        .record_render("fp1", &render)
+        .await
+        .must("record again");
+    let failure = FailureRecord {
+        code: "RENDER_TIMEOUT".into(),
+        message: "slow".into(),
+        recorded_at: 6,
+    };
+    store
+        .record_failure("fp2", &failure)
+        .await
+        .must("record failure");
+    let wanted = ["fp1", "fp2", "fp3", "fp1"].map(String::from);
+    let renders = store.renders(&wanted).await.must("renders");
+    assert_eq!(renders, HashMap::from([("fp1".to_owned(), render)]));
+    let failures = store.failures(&wanted).await.must("failures");
+    assert_eq!(failures, HashMap::from([("fp2".to_owned(), failure)]));
+    assert!(store.renders(&[]).await.must("no renders").is_empty());
+}
+
+async fn orphans_are_kept_and_reveal_an_early_batch_completion(store: Store) {
+    let big = "x".repeat(100_000);
+    let recorded = store.record_orphan("batch.completed", "b9", &big, 4).await;
+    recorded.must("a large orphan body is kept (truncated if need be)");
+    let other_kind = store.record_orphan("render.completed", "b7", "{}", 5).await;
+    other_kind.must("record another kind");
+    assert!(store.batch_completed_early("b9").await.must("early b9"));
+    assert!(!store.batch_completed_early("b8").await.must("early b8"));
+    let b7 = store.batch_completed_early("b7").await.must("early b7");
+    assert!(!b7, "only a batch.completed orphan counts");
+}
+
+async fn chunks_of_job_lists_one_jobs_chunks_in_key_order(store: Store) {
+    let job = job();
+    store.create_job(&job).await.must("create");
+    // Labels stop sorting like keys past seq 99 999 and attempt 9; the order must not.
+    let key = |seq, attempt| ChunkKey { seq, attempt };
+    let keys = [
+        key(2, 0),
+        key(100_000, 0),
+        key(0, 1),
+        key(1, 10),
+        key(1, 0),
+        key(99_999, 0),
+        key(0, 0),
+        key(1, 2),
+    ];
+    let chunks: Vec<Chunk> = keys
+        .iter()
+        .map(|&k| Chunk::new(job.id.clone(), k, vec![u64::from(k.seq)]))
+        .collect();
+    store.put_chunks(&chunks).await.must("put chunks");
+    let other = job_for("in/other.csv").id;
+    let stranger = Chunk::new(other, key(0, 0), vec![0]);
+    store
+        .put_chunks(&[stranger])
+        .await
+        .must("put other job's chunk");
+    let listed: Vec<ChunkKey> = store
+        .chunks_of_job(&job.id)
+        .await
+        .must("chunks of job")
+        .iter()
+        .map(|c| c.key)
+        .collect();
+    let mut expected = keys.to_vec();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+async fn reopening_applies_once_only_from_the_expected_status(store: Store) {
+    let (job, key) = with_submitted_chunk(&*store).await;
+    store
+        .complete_chunk(&completion(&job, key, 2, false))
+        .await
+        .must("complete");
+    let fresh = Chunk::new(job.clone(), ChunkKey::initial(1), vec![0, 2]).queued_at(300);
+    let reopen = Reopen {
+        job: job.clone(),
+        from: JobStatus::Partial,
+        chunks: vec![fresh.clone()],
+        unfailed: 1,
+        unrendered: 1,
+    };
+    let early = store.reopen_job(&reopen).await.must("reopen ingesting");
+    assert!(!early, "the job is still ingesting");
+    store
+        .finish_job(&job, JobStatus::Partial, &manifest(), 200)
+        .await
+        .must("finish");
+    assert!(!is_active(&*store, &job).await, "finished");
+    assert!(store.reopen_job(&reopen).await.must("reopen"), "applied");
+    let again = store.reopen_job(&reopen).await.must("reopen again");
+    assert!(!again, "only the first reopen applies");
+    let stored = stored_job(&*store, &job).await;
+    let expected = Counters {
+        rendered: 1,
+        failed: 0,
+        retried: 2,
+        chunks: 1,
+        chunks_done: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        (stored.status, stored.counters, stored.reopened),
+        (JobStatus::Running, expected, 1)
+    );
+    assert_eq!(stored.completed_at, None, "no longer finished");
+    assert!(is_active(&*store, &job).await, "active again");
+    assert_eq!(stored_chunk(&*store, &job, fresh.key).await, fresh);
+}
+
+async fn reopening_refuses_an_existing_chunk_and_changes_nothing(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    store
+        .finish_job(&job, JobStatus::Failed, &manifest(), 200)
+        .await
+        .must("finish");
+    let before = stored_job(&*store, &job).await;
+    let new = Chunk::new(job.clone(), ChunkKey::initial(1), vec![9]);
+    let clash = Chunk::new(job.clone(), key, vec![0]);
+    let reopen = Reopen {
+        job: job.clone(),
+        from: JobStatus::Failed,
+        chunks: vec![new.clone(), clash],
+        unfailed: 2,
+        unrendered: 0,
+    };
+    let result = store.reopen_job(&reopen).await;
+    assert!(result.is_err(), "an existing chunk is refused: {result:?}");
+    assert_eq!(stored_job(&*store, &job).await, before, "job unchanged");
+    assert!(!is_active(&*store, &job).await, "still not active");
+    assert_eq!(store.chunk(&job, new.key).await.must("read"), None);
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(chunk.rows.len(), 4, "the existing chunk is unchanged");
+}
+
+async fn a_job_alert_is_claimed_once_per_job_and_kind(store: Store) {
+    let (job, _) = with_chunk(&*store).await;
+    let other = job_for("in/other.csv").id;
+    let claims = [
+        (&job, "job_deadline_exceeded", true),
+        (&job, "job_deadline_exceeded", false),
+        (&job, "another_kind", true),
+        (&other, "job_deadline_exceeded", true),
+    ];
+    for (n, (job, kind, first)) in claims.into_iter().enumerate() {
+        let now = i64::try_from(n).unwrap_or(0);
+        let claimed = store.claim_alert(job, kind, now).await.must(kind);
+        assert_eq!(claimed, first, "claim #{n}: {kind}");
+    }
+    let chunks = store.chunks_of_job(&job).await.must("chunks of job");
+    assert_eq!(chunks.len(), 1, "an alert mark is not a chunk");
+}
+
+// ---- behaviours not every adapter shares -------------------------------------------------------
+
+/// Memory and DynamoDB: a `record_submitted` with another batch id for a chunk already submitted
+/// is ignored, the first batch id stays (SQLite refuses it with an error instead).
+pub async fn check_a_late_record_submitted_keeps_the_first_batch_id(store: &dyn JobStore) {
+    let (job, key) = with_submitted_chunk(store).await;
+    store
+        .record_submitted(&job, key, "b2", 103)
+        .await
+        .must("late record_submitted");
+    let chunk = stored_chunk(store, &job, key).await;
+    assert_eq!(
+        (chunk.state, chunk.batch_id.as_deref(), chunk.submitted_at),
+        (ChunkState::Submitted, Some("b1"), Some(101)),
+        "a late record_submitted keeps the first batch id"
+    );
+}
+
+/// Memory and DynamoDB: a completion applies only to a submitting/submitted chunk; a queued or
+/// unknown chunk answers `false` (SQLite errors on an unknown one).
+pub async fn check_only_a_submitted_chunk_can_complete(store: &dyn JobStore) {
+    let (job, key) = with_chunk(store).await;
+    let queued = store.complete_chunk(&completion(&job, key, 3, false)).await;
+    assert!(
+        !queued.must("complete queued"),
+        "a queued chunk does not complete"
+    );
+    let unknown = completion(&job, ChunkKey::initial(9), 1, false);
+    let unknown = store
+        .complete_chunk(&unknown)
+        .await
+        .must("complete unknown");
+    assert!(!unknown, "an unknown chunk does not complete");
+    store
+        .begin_submit(&job, key, 100, GRACE)
+        .await
+        .must("begin");
+    let submitting = store.complete_chunk(&completion(&job, key, 3, false)).await;
+    assert!(
+        submitting.must("complete submitting"),
+        "a submitting chunk completes"
+    );
+    assert_eq!(stored_job(store, &job).await.counters.rendered, 3);
+}
