@@ -84,10 +84,12 @@ impl Pipeline {
             now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
         let chunks = self.store.chunks_of_job(&job.id).await?;
         // Queued chunks of a job with work at Pictify are most likely waiting their turn behind
-        // the concurrency cap, not lost: they are re-sent only once nothing else is moving.
+        // the concurrency cap, and while submissions are paused their messages wait on purpose:
+        // they are re-sent only when nothing else is moving.
         let busy = chunks
             .iter()
-            .any(|c| matches!(c.state, ChunkState::Submitting | ChunkState::Submitted));
+            .any(|c| matches!(c.state, ChunkState::Submitting | ChunkState::Submitted))
+            || self.store.submissions_paused().await?.is_some();
         for chunk in chunks {
             match (chunk.state, &chunk.batch_id) {
                 (ChunkState::Submitted, Some(batch_id))

@@ -743,6 +743,13 @@ async fn a_queued_chunk_whose_message_was_lost_is_sent_again() {
     let stuck_after = std::time::Duration::from_secs(900);
     assert_eq!(h.pipeline.reconcile(stuck_after).await.unwrap().resent, 0);
     h.advance(stuck_after);
+    h.store.pause_submissions("quota", NOW).await.unwrap();
+    assert_eq!(
+        h.pipeline.reconcile(stuck_after).await.unwrap().resent,
+        0,
+        "paused: the messages wait on purpose"
+    );
+    h.store.resume_submissions().await.unwrap();
     assert_eq!(h.pipeline.reconcile(stuck_after).await.unwrap().resent, 1);
     assert_eq!(h.queue.pop().map(|m| m.key), Some(lost.key));
 }
