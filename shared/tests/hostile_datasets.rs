@@ -233,7 +233,7 @@ impl Harness {
         let mut rows = Vec::new();
         for message in self.queue.drain() {
             let payload = match (message.payload, message.payload_ref) {
-                (Some(payload), _) => payload,
+                (Some(payload), _) => payload.decode().unwrap(),
                 (None, Some(at)) => {
                     let bytes = self.objects.get_bytes(&at).await.unwrap().unwrap();
                     serde_json::from_slice::<ChunkPayload>(&bytes).unwrap()
@@ -485,8 +485,8 @@ impl WorkQueue for CountingQueue {
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()> {
         for message in messages {
             self.messages.fetch_add(1, Ordering::Relaxed);
-            let rows = message.payload.as_ref().map(|p| p.rows.as_slice());
-            for &row in rows.unwrap_or_default() {
+            let rows = message.payload.as_ref().map(|p| p.decode().unwrap().rows);
+            for row in rows.unwrap_or_default() {
                 let expected = self.next_row.fetch_add(1, Ordering::Relaxed);
                 if row != expected {
                     self.gaps

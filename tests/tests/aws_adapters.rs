@@ -20,7 +20,7 @@ use serde_json::Value;
 use shared::aws::s3::S3ObjectStore;
 use shared::aws::sns::SnsAlerts;
 use shared::aws::sqs::SqsWorkQueue;
-use shared::domain::{ChunkKey, ChunkMessage, ChunkPayload, JobId, ObjectRef};
+use shared::domain::{ChunkKey, ChunkMessage, ChunkPayload, InlinePayload, JobId, ObjectRef};
 use shared::local::HttpAlerts;
 use shared::pictify::wire::Format;
 use shared::ports::{Alert, Alerts, ObjectBody, ObjectStore, WorkQueue};
@@ -112,7 +112,7 @@ fn chunk_message(seq: u32, padding: usize) -> ChunkMessage {
     ChunkMessage {
         job,
         key: ChunkKey::initial(seq),
-        payload: Some(payload),
+        payload: Some(InlinePayload::encode(&payload).unwrap()),
         payload_ref: None,
     }
 }

@@ -292,7 +292,7 @@ mod tests {
         ChunkMessage {
             job,
             key: ChunkKey::initial(seq),
-            payload: Some(payload),
+            payload: Some(crate::domain::InlinePayload::encode(&payload).unwrap()),
             payload_ref: None,
         }
     }

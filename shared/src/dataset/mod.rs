@@ -80,6 +80,9 @@ pub struct RowRules {
     pub max_row_bytes: usize,
     /// More data rows than this fail the dataset. Default: no limit.
     pub max_rows: Option<u64>,
+    /// Keep `Row.fields` (the manifest shows them). Ingest needs only the variables: without
+    /// the copy, each cell is moved instead of cloned (half the allocations per row).
+    pub keep_fields: bool,
 }
 
 impl Default for RowRules {
@@ -90,6 +93,7 @@ impl Default for RowRules {
             max_field_bytes: 64 * 1024,
             max_row_bytes: 256 * 1024,
             max_rows: None,
+            keep_fields: true,
         }
     }
 }
@@ -395,7 +399,7 @@ fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<Strin
 /// Applies the `required` checks and the mapping.
 fn finish_row(
     number: u64,
-    fields: Map<String, Value>,
+    mut fields: Map<String, Value>,
     rules: &RowRules,
     targets: &BTreeSet<String>,
     empty_as_null: bool,
@@ -416,19 +420,28 @@ fn finish_row(
         return reject(number, reason);
     }
     let mut variables = Map::new();
-    for (column, value) in &fields {
+    let mut place = |column: String, value: Value| {
         let value = match value {
             Value::String(s) if empty_as_null && s.is_empty() => Value::Null,
-            other => other.clone(),
+            other => other,
         };
-        match rules.mapping.get(column) {
+        match rules.mapping.get(&column) {
             Some(variable) => {
                 variables.insert(variable.clone(), value);
             }
-            None if targets.contains(column) => {}
+            None if targets.contains(&column) => {}
             None => {
-                variables.insert(column.clone(), value);
+                variables.insert(column, value);
             }
+        }
+    };
+    if rules.keep_fields {
+        for (column, value) in &fields {
+            place(column.clone(), value.clone());
+        }
+    } else {
+        for (column, value) in std::mem::take(&mut fields) {
+            place(column, value);
         }
     }
     Item::Valid(Row {

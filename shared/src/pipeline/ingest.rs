@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
 use crate::domain::{
-    Chunk, ChunkKey, ChunkMessage, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus,
-    ObjectRef,
+    Chunk, ChunkKey, ChunkMessage, ChunkPayload, Counters, InlinePayload, Job, JobId, JobSpec,
+    JobStatus, ObjectRef,
 };
 use crate::layout::{self, UploadKind};
 use crate::metrics::{self, Unit};
@@ -219,18 +219,27 @@ impl Pipeline {
         let at = layout::chunk_payload_ref(bucket, &payload.job, &label, &self.settings);
         let bytes = serde_json::to_vec(&payload)
             .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
-        // Leave room for the envelope around the payload.
-        let inline = self.fits_inline(bytes.len());
+        // The same JSON travels inline when it fits the queue: encoded once.
+        let inline = if self.fits_inline(bytes.len()) {
+            let json = String::from_utf8(bytes.clone())
+                .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
+            Some(
+                InlinePayload::from_json(json)
+                    .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?,
+            )
+        } else {
+            None
+        };
         self.objects
             .put_bytes(&at, bytes, "application/json")
             .await?;
-        let chunk = Chunk::new(payload.job.clone(), payload.key, payload.rows.clone())
-            .queued_at(self.clock.now());
+        let chunk =
+            Chunk::new(payload.job.clone(), payload.key, payload.rows).queued_at(self.clock.now());
         let message = ChunkMessage {
-            job: payload.job.clone(),
+            job: payload.job,
             key: payload.key,
-            payload_ref: if inline { None } else { Some(at) },
-            payload: if inline { Some(payload) } else { None },
+            payload_ref: if inline.is_none() { Some(at) } else { None },
+            payload: inline,
         };
         Ok((chunk, message))
     }
@@ -287,7 +296,12 @@ fn parse_into_chunks(
     let done = |rows, error| {
         let _ = tx.blocking_send(Parsed::Done { rows, error });
     };
-    let dataset = match DatasetReader::new(reader, format, row_rules(spec)) {
+    // Ingest sends only the variables; the manifest, which shows the input columns, keeps them.
+    let rules = RowRules {
+        keep_fields: false,
+        ..row_rules(spec)
+    };
+    let dataset = match DatasetReader::new(reader, format, rules) {
         Ok(d) => d,
         Err(e) => return done(0, Some(e.to_string())),
     };

@@ -12,7 +12,8 @@ use tracing::{error, info, warn};
 
 use super::{Pipeline, StepError};
 use crate::domain::{
-    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes,
+    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, InlinePayload, JobId, RowError,
+    own_codes,
 };
 use crate::metrics::{self, Unit};
 use crate::pictify::PictifyError;
@@ -225,7 +226,12 @@ impl Pipeline {
         message: &ChunkMessage,
     ) -> Result<ChunkPayload, StepError> {
         if let Some(payload) = &message.payload {
-            return Ok(payload.clone());
+            return payload.decode().map_err(|e| {
+                StepError::Other(format!(
+                    "the inline payload of chunk {} is unreadable: {e}",
+                    message.key.label()
+                ))
+            });
         }
         let at = message.payload_ref.as_ref().ok_or_else(|| {
             StepError::Other(format!(
@@ -272,15 +278,23 @@ impl Pipeline {
         key: ChunkKey,
     ) -> Result<ChunkMessage, StepError> {
         let at = self.payload_ref(job, key).await?;
-        let payload = self.read_payload(&at).await?;
-        let fits = serde_json::to_vec(&payload)
-            .map(|b| self.fits_inline(b.len()))
-            .unwrap_or(false);
+        let bytes = self
+            .objects
+            .get_bytes(&at)
+            .await?
+            .ok_or_else(|| StepError::Other(format!("chunk payload {at} is missing")))?;
+        let inline = if self.fits_inline(bytes.len()) {
+            String::from_utf8(bytes)
+                .ok()
+                .and_then(|json| InlinePayload::from_json(json).ok())
+        } else {
+            None
+        };
         Ok(ChunkMessage {
             job: job.clone(),
             key,
-            payload: fits.then_some(payload),
-            payload_ref: (!fits).then_some(at),
+            payload_ref: inline.is_none().then_some(at),
+            payload: inline,
         })
     }
 
