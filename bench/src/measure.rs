@@ -178,14 +178,15 @@ pub fn ingest_phase(path: &Path, encode: bool) -> anyhow::Result<Figures> {
             rows: std::mem::take(numbers),
             variable_sets: std::mem::take(sets),
         };
-        let stored = serde_json::to_vec(&payload)?;
+        let (job, key) = (payload.job.clone(), payload.key);
+        let json = InlinePayload::encode(&payload)?;
+        drop(payload);
+        let stored = json.json().as_bytes().to_vec();
         let message = ChunkMessage {
-            job: payload.job.clone(),
-            key: payload.key,
+            job,
+            key,
             payload_ref: None,
-            payload: Some(InlinePayload::from_json(String::from_utf8(
-                stored.clone(),
-            )?)?),
+            payload: Some(json),
         };
         Ok((stored.len() + serde_json::to_string(&message)?.len()) as u64)
     };

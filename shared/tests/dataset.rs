@@ -611,3 +611,32 @@ fn fingerprint_treats_integral_floats_like_integers() {
         fingerprint("t", &vars(json!({"n": 1})))
     );
 }
+
+#[test]
+fn without_fields_a_csv_reads_to_the_same_variables_and_rejections() {
+    let mut data = b"Title,author,title,blank\n\
+        One,Ann,one,\n\
+        ,Bob,two,x\n\
+        Three,Cy\n\
+        Four,Di,four,\"\"\n"
+        .to_vec();
+    data.extend_from_slice(b"Five,\xff\xfe,five,y\n");
+    data.extend_from_slice(format!("Six,{},six,z\n", "e".repeat(70_000)).as_bytes());
+    let rules = |keep_fields| RowRules {
+        mapping: [("Title".to_owned(), "title".to_owned())].into(),
+        required: vec!["Title".into()],
+        keep_fields,
+        ..RowRules::default()
+    };
+    let with = read_with(DatasetFormat::Csv, &data, rules(true)).expect("reads");
+    let without = read_with(DatasetFormat::Csv, &data, rules(false)).expect("reads");
+
+    assert_eq!(rejections(&with), rejections(&without));
+    let variables = |items: &[Item]| -> Vec<Map<String, Value>> {
+        valid(items).iter().map(|r| r.variables.clone()).collect()
+    };
+    assert_eq!(variables(&with), variables(&without));
+    assert_eq!(rejections(&with).len(), 4, "{:?}", rejections(&with));
+    assert_eq!(valid(&without).len(), 2);
+    assert!(valid(&without).iter().all(|r| r.fields.is_empty()));
+}

@@ -342,6 +342,7 @@ fn csv_item<'a>(
         return reject(number, reason);
     }
     let mut fields = Map::new();
+    let mut cells: Vec<&str> = Vec::with_capacity(columns.len());
     for (column, raw) in columns.iter().zip(values) {
         if raw.len() > rules.max_field_bytes {
             let reason = RejectReason::FieldTooLarge {
@@ -355,9 +356,62 @@ fn csv_item<'a>(
             let column = Some(column.clone());
             return reject(number, RejectReason::InvalidUtf8 { column });
         };
-        fields.insert(column.clone(), Value::String(text.to_owned()));
+        if rules.keep_fields {
+            fields.insert(column.clone(), Value::String(text.to_owned()));
+        } else {
+            cells.push(text);
+        }
     }
-    finish_row(number, fields, rules, targets, true)
+    if rules.keep_fields {
+        return finish_row(number, fields, rules, targets, true);
+    }
+    csv_variables(number, columns, &cells, rules, targets)
+}
+
+/// Ingest's path for a CSV row (`keep_fields: false`): the same checks and mapping as
+/// `finish_row`, building the variables straight from the cells, with no map of the columns.
+fn csv_variables(
+    number: u64,
+    columns: &[String],
+    cells: &[&str],
+    rules: &RowRules,
+    targets: &BTreeSet<String>,
+) -> Item {
+    for column in &rules.required {
+        // The last of duplicate columns wins, as in the map `finish_row` checks.
+        let reason = match columns.iter().rposition(|c| c == column) {
+            None => RejectReason::MissingColumn {
+                column: column.clone(),
+            },
+            Some(i) if cells[i].trim().is_empty() => RejectReason::EmptyValue {
+                column: column.clone(),
+            },
+            Some(_) => continue,
+        };
+        return reject(number, reason);
+    }
+    let mut variables = Map::new();
+    for (column, cell) in columns.iter().zip(cells) {
+        let value = if cell.is_empty() {
+            Value::Null
+        } else {
+            Value::String((*cell).to_owned())
+        };
+        match rules.mapping.get(column) {
+            Some(variable) => {
+                variables.insert(variable.clone(), value);
+            }
+            None if targets.contains(column) => {}
+            None => {
+                variables.insert(column.clone(), value);
+            }
+        }
+    }
+    Item::Valid(Row {
+        number,
+        fields: Map::new(),
+        variables,
+    })
 }
 
 fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<String>) -> Item {

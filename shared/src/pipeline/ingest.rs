@@ -43,9 +43,32 @@ pub enum IngestOutcome {
 
 /// What the blocking parser hands to the async side.
 enum Parsed {
-    Chunk(ChunkPayload),
+    Chunk(EncodedChunk),
     Rejected(u64, String),
     Done { rows: u64, error: Option<String> },
+}
+
+/// A chunk payload already encoded: ingest encodes on the parser thread, where the rows were
+/// built (freeing them there is cheap) and off the async side, which only does I/O.
+pub(crate) struct EncodedChunk {
+    job: JobId,
+    key: ChunkKey,
+    rows: Vec<u64>,
+    json: InlinePayload,
+}
+
+impl EncodedChunk {
+    fn encode(payload: ChunkPayload) -> Result<Self, StepError> {
+        let json = InlinePayload::encode(&payload).map_err(|e| {
+            StepError::Other(format!("encoding chunk {}: {e}", payload.key.label()))
+        })?;
+        Ok(EncodedChunk {
+            job: payload.job,
+            key: payload.key,
+            rows: payload.rows,
+            json,
+        })
+    }
 }
 
 impl Pipeline {
@@ -127,7 +150,7 @@ impl Pipeline {
             move || parse_into_chunks(body.reader, format, &spec, &job_id, &tx)
         });
 
-        let mut pending: Vec<ChunkPayload> = Vec::with_capacity(CHUNKS_PER_FLUSH);
+        let mut pending: Vec<EncodedChunk> = Vec::with_capacity(CHUNKS_PER_FLUSH);
         let mut counters = Counters::default();
         let mut dataset_error = None;
         while let Some(parsed) = rx.recv().await {
@@ -191,7 +214,7 @@ impl Pipeline {
     async fn queue_chunks(
         &self,
         bucket: &str,
-        payloads: Vec<ChunkPayload>,
+        payloads: Vec<EncodedChunk>,
     ) -> Result<u64, StepError> {
         if payloads.is_empty() {
             return Ok(0);
@@ -199,7 +222,7 @@ impl Pipeline {
         let mut chunks = Vec::with_capacity(payloads.len());
         let mut messages = Vec::with_capacity(payloads.len());
         for payload in payloads {
-            let (chunk, message) = self.store_payload(bucket, payload).await?;
+            let (chunk, message) = self.store_encoded(bucket, payload).await?;
             chunks.push(chunk);
             messages.push(message);
         }
@@ -215,29 +238,32 @@ impl Pipeline {
         bucket: &str,
         payload: ChunkPayload,
     ) -> Result<(Chunk, ChunkMessage), StepError> {
-        let label = payload.key.label();
-        let at = layout::chunk_payload_ref(bucket, &payload.job, &label, &self.settings);
-        let bytes = serde_json::to_vec(&payload)
-            .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
+        self.store_encoded(bucket, EncodedChunk::encode(payload)?)
+            .await
+    }
+
+    async fn store_encoded(
+        &self,
+        bucket: &str,
+        encoded: EncodedChunk,
+    ) -> Result<(Chunk, ChunkMessage), StepError> {
+        let EncodedChunk {
+            job,
+            key,
+            rows,
+            json,
+        } = encoded;
+        let at = layout::chunk_payload_ref(bucket, &job, &key.label(), &self.settings);
+        let bytes = json.json().as_bytes().to_vec();
         // The same JSON travels inline when it fits the queue: encoded once.
-        let inline = if self.fits_inline(bytes.len()) {
-            let json = String::from_utf8(bytes.clone())
-                .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?;
-            Some(
-                InlinePayload::from_json(json)
-                    .map_err(|e| StepError::Other(format!("encoding chunk {label}: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let inline = self.fits_inline(bytes.len()).then_some(json);
         self.objects
             .put_bytes(&at, bytes, "application/json")
             .await?;
-        let chunk =
-            Chunk::new(payload.job.clone(), payload.key, payload.rows).queued_at(self.clock.now());
+        let chunk = Chunk::new(job.clone(), key, rows).queued_at(self.clock.now());
         let message = ChunkMessage {
-            job: payload.job,
-            key: payload.key,
+            job,
+            key,
             payload_ref: if inline.is_none() { Some(at) } else { None },
             payload: inline,
         };
@@ -309,30 +335,38 @@ fn parse_into_chunks(
     let mut seq = 0u32;
     let mut numbers = Vec::with_capacity(CHUNK_ROWS);
     let mut sets: Vec<VariableSet> = Vec::with_capacity(CHUNK_ROWS);
-    let flush = |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, seq: &mut u32| -> bool {
-        if numbers.is_empty() {
-            return true;
-        }
-        *seq += 1;
-        let payload = ChunkPayload {
-            job: job.clone(),
-            key: ChunkKey::initial(*seq),
-            template_id: spec.template_id.clone(),
-            format: spec.format,
-            quality: spec.quality,
-            concurrency: spec.concurrency,
-            rows: std::mem::take(numbers),
-            variable_sets: std::mem::take(sets),
+    // `rows` so far, for the report of an encoding failure (not expected: the maps are JSON).
+    let flush =
+        |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, seq: &mut u32, rows: u64| -> bool {
+            if numbers.is_empty() {
+                return true;
+            }
+            *seq += 1;
+            let payload = ChunkPayload {
+                job: job.clone(),
+                key: ChunkKey::initial(*seq),
+                template_id: spec.template_id.clone(),
+                format: spec.format,
+                quality: spec.quality,
+                concurrency: spec.concurrency,
+                rows: std::mem::take(numbers),
+                variable_sets: std::mem::take(sets),
+            };
+            match EncodedChunk::encode(payload) {
+                Ok(encoded) => tx.blocking_send(Parsed::Chunk(encoded)).is_ok(),
+                Err(e) => {
+                    done(rows, Some(e.to_string()));
+                    false
+                }
+            }
         };
-        tx.blocking_send(Parsed::Chunk(payload)).is_ok()
-    };
     for item in dataset {
         let sent = match item {
             Ok(Item::Valid(row)) => {
                 rows += 1;
                 numbers.push(row.number);
                 sets.push(row.variables);
-                numbers.len() < CHUNK_ROWS || flush(&mut numbers, &mut sets, &mut seq)
+                numbers.len() < CHUNK_ROWS || flush(&mut numbers, &mut sets, &mut seq, rows)
             }
             Ok(Item::Rejected(rejected)) => {
                 rows += 1;
@@ -343,7 +377,7 @@ fn parse_into_chunks(
                 .is_ok()
             }
             Err(e) => {
-                if flush(&mut numbers, &mut sets, &mut seq) {
+                if flush(&mut numbers, &mut sets, &mut seq, rows) {
                     done(rows, Some(format!("after {rows} rows: {e}")));
                 }
                 return;
@@ -353,7 +387,7 @@ fn parse_into_chunks(
             return; // the receiver is gone: the async side failed and reports why
         }
     }
-    if flush(&mut numbers, &mut sets, &mut seq) {
+    if flush(&mut numbers, &mut sets, &mut seq, rows) {
         done(rows, None);
     }
 }
