@@ -278,16 +278,18 @@ fn submit_faults(
     fingerprint: &[u8; 32],
 ) -> Result<Option<Duration>, ApiError> {
     let identity = idempotency_key.map_or_else(|| hex::encode(fingerprint), |k| format!("key:{k}"));
-    let (faults, attempt) = {
+    let (faults, attempt, seen) = {
         let mut inner = state.lock();
         let counter = inner.submit_attempts.entry(identity.clone()).or_default();
         let attempt = *counter;
         *counter += 1;
-        (inner.faults.clone(), attempt)
+        let seen = inner.submits_seen;
+        inner.submits_seen += 1;
+        (inner.faults.clone(), attempt, seen)
     };
     let attempt = attempt.to_le_bytes();
     let roll = |kind: &str| dice(state.config.seed, &[identity.as_bytes(), &attempt], kind);
-    if roll("submit-429") < faults.submit_429_rate {
+    if seen < u64::from(faults.submit_429_first) || roll("submit-429") < faults.submit_429_rate {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests (injected fault)",

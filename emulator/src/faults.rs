@@ -16,6 +16,10 @@ pub struct Faults {
     pub item_failures: BTreeMap<String, f64>,
     #[serde(rename = "submit429Rate")]
     pub submit_429_rate: f64,
+    /// The first N submit attempts answer 429 whatever their keys: a deterministic burst, for
+    /// tests that must see one (rates roll per key, and keys change with every job).
+    #[serde(rename = "submit429First")]
+    pub submit_429_first: u32,
     #[serde(rename = "submit5xxRate")]
     pub submit_5xx_rate: f64,
     /// The batch is created and billed, but the answer comes `late_answer_delay_ms` later.

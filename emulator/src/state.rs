@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub idempotency: HashMap<(String, String), StoredAnswer>,
     /// Submit attempts per request identity, so a retry rolls fresh submit-fault dice.
     pub submit_attempts: HashMap<String, u64>,
+    /// Submit attempts of any identity (for `submit429First`).
+    pub submits_seen: u64,
     pub subscriptions: BTreeMap<String, SubscriptionRecord>,
     pub subscription_seq: u64,
     /// Ordered delivery queues by target URL (see `webhooks`).

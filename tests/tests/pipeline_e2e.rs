@@ -96,6 +96,8 @@ async fn with_item_failures_duplicates_and_a_429_every_row_still_ends_once() -> 
         ]),
         webhook_duplicate_rate: 0.3,
         submit_429_rate: 0.3,
+        // Rates roll per idempotency key, which changes with every (randomly named) bucket.
+        submit_429_first: 1,
         ..Faults::default()
     };
     let stack = Stack::start(StackOptions {
