@@ -1,5 +1,6 @@
 //! Operator commands against a deployed stack (DynamoDB table + S3 bucket through the standard
-//! AWS configuration; env TABLE_NAME) — or, with `--state DIR`, against a local run's state.
+//! AWS configuration; env TABLE_NAME, and QUEUE_URL for the commands that queue work:
+//! `retry-failed`, `reconcile`) — or, with `--state DIR`, against a local run's state.
 
 use std::path::PathBuf;
 use std::sync::Arc;
