@@ -15,9 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::domain::{
-    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation,
-};
+use shared::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
 use shared::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
     Reopen,
@@ -269,16 +267,6 @@ fn insert_chunk(tx: &Transaction<'_>, chunk: &Chunk) -> Result<()> {
     Ok(())
 }
 
-fn add_counters(into: &mut Counters, delta: &Counters) {
-    into.rows += delta.rows;
-    into.rejected += delta.rejected;
-    into.rendered += delta.rendered;
-    into.failed += delta.failed;
-    into.retried += delta.retried;
-    into.chunks += delta.chunks;
-    into.chunks_done += delta.chunks_done;
-}
-
 /// Looks up records by fingerprint, in groups that stay under SQLite's parameter limit.
 fn records<T: DeserializeOwned>(
     tx: &Transaction<'_>,
@@ -347,23 +335,7 @@ impl JobStore for SqliteJobStore {
                 tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
                 return Ok(());
             }
-            // As the reference store: counters a batch may already have moved are added to.
-            stored.status = job.status;
-            stored.rejected_sample = job.rejected_sample.clone();
-            if job.error.is_some() {
-                stored.error = job.error.clone();
-            }
-            if job.ingested_at.is_some() {
-                stored.ingested_at = job.ingested_at;
-            }
-            let batch_owned = Counters {
-                rows: 0,
-                rejected: 0,
-                ..job.counters
-            };
-            stored.counters.rows = job.counters.rows;
-            stored.counters.rejected = job.counters.rejected;
-            add_counters(&mut stored.counters, &batch_owned);
+            stored.apply_ingest(&job);
             save_job(tx, &stored)
         })
         .await
@@ -524,7 +496,7 @@ impl JobStore for SqliteJobStore {
             chunk.state = ChunkState::Completed;
             chunk.outcome = Some(c.outcome.clone());
             save_chunk(tx, &chunk)?;
-            add_counters(&mut job.counters, &c.delta);
+            job.counters.add(&c.delta);
             job.render_ms_total += c.outcome.duration_ms.unwrap_or(0);
             save_job(tx, &job)?;
             if let Some(retry) = &c.retry {

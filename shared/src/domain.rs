@@ -185,6 +185,17 @@ impl Counters {
             .saturating_sub(self.rejected + self.rendered + self.failed)
     }
 
+    /// Adds a delta (a batch's outcome) to these counters.
+    pub fn add(&mut self, delta: &Counters) {
+        self.rows += delta.rows;
+        self.rejected += delta.rejected;
+        self.rendered += delta.rendered;
+        self.failed += delta.failed;
+        self.retried += delta.retried;
+        self.chunks += delta.chunks;
+        self.chunks_done += delta.chunks_done;
+    }
+
     pub fn invariant_holds(&self) -> bool {
         self.rejected + self.rendered + self.failed <= self.rows
     }
@@ -242,6 +253,29 @@ pub struct Job {
     /// policy for rows whose URL never arrived).
     #[serde(default)]
     pub reopened: u32,
+}
+
+impl Job {
+    /// Applies ingest's result to the stored job (stores that keep the job as one document use
+    /// it). Rows and rejections are ingest's alone; the other counters are added to, because a
+    /// batch may complete before ingest finishes and has moved them already.
+    pub fn apply_ingest(&mut self, ingested: &Job) {
+        self.status = ingested.status;
+        self.rejected_sample = ingested.rejected_sample.clone();
+        if ingested.error.is_some() {
+            self.error = ingested.error.clone();
+        }
+        if ingested.ingested_at.is_some() {
+            self.ingested_at = ingested.ingested_at;
+        }
+        self.counters.rows = ingested.counters.rows;
+        self.counters.rejected = ingested.counters.rejected;
+        self.counters.add(&Counters {
+            rows: 0,
+            rejected: 0,
+            ..ingested.counters
+        });
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

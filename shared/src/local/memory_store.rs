@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{
-    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation,
-};
+use crate::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
 use crate::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
     Reopen,
@@ -98,16 +96,6 @@ impl MemoryJobStore {
     }
 }
 
-fn add_counters(into: &mut Counters, delta: &Counters) {
-    into.rows += delta.rows;
-    into.rejected += delta.rejected;
-    into.rendered += delta.rendered;
-    into.failed += delta.failed;
-    into.retried += delta.retried;
-    into.chunks += delta.chunks;
-    into.chunks_done += delta.chunks_done;
-}
-
 #[async_trait]
 impl JobStore for MemoryJobStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
@@ -132,22 +120,7 @@ impl JobStore for MemoryJobStore {
             tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
             return Ok(());
         }
-        stored.status = job.status;
-        stored.rejected_sample = job.rejected_sample.clone();
-        if job.error.is_some() {
-            stored.error = job.error.clone();
-        }
-        if job.ingested_at.is_some() {
-            stored.ingested_at = job.ingested_at;
-        }
-        let batch_owned = Counters {
-            rows: 0,
-            rejected: 0,
-            ..job.counters
-        };
-        stored.counters.rows = job.counters.rows;
-        stored.counters.rejected = job.counters.rejected;
-        add_counters(&mut stored.counters, &batch_owned);
+        stored.apply_ingest(job);
         Ok(())
     }
 
@@ -294,7 +267,7 @@ impl JobStore for MemoryJobStore {
             chunk.outcome = Some(completion.outcome.clone());
         }
         if let Some(job) = state.jobs.get_mut(&completion.job) {
-            add_counters(&mut job.counters, &completion.delta);
+            job.counters.add(&completion.delta);
             job.render_ms_total += completion.outcome.duration_ms.unwrap_or(0);
         }
         if let Some(retry) = &completion.retry {
