@@ -37,6 +37,10 @@ pub struct StackOptions {
     pub settings: Settings,
     /// Per-attempt timeout of the Pictify client.
     pub client_timeout: Duration,
+    /// A fixed bucket name. The job id derives from the bucket, and the emulator's submit faults
+    /// roll per idempotency key (job id + chunk), so a run is only repeatable with a fixed name;
+    /// `None`: a fresh unique bucket (tests that share a moto server must not collide).
+    pub bucket: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -52,6 +56,7 @@ impl Default for StackOptions {
                 ..Settings::default()
             },
             client_timeout: Duration::from_secs(10),
+            bucket: None,
         }
     }
 }
@@ -98,7 +103,17 @@ impl Stack {
                 .interceptor(requests.clone())
                 .build(),
         );
-        let bucket = fresh_bucket(&s3c, "uploads").await?;
+        let bucket = match &options.bucket {
+            Some(name) => {
+                s3c.create_bucket()
+                    .bucket(name)
+                    .send()
+                    .await
+                    .sdk_context(format!("create bucket {name}"))?;
+                name.clone()
+            }
+            None => fresh_bucket(&s3c, "uploads").await?,
+        };
         let queue_url = fresh_queue(&sqsc, "work").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
         let table = unique_name("jobs");

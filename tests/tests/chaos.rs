@@ -49,6 +49,8 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
         faults,
         seed: 2026,
         client_timeout: Duration::from_secs(2),
+        // The same job id every run, so the seed fixes the submit faults too.
+        bucket: Some(format!("chaos-{rows}")),
         ..StackOptions::default()
     };
     let stack = Stack::start(options).await?;
