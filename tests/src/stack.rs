@@ -293,6 +293,26 @@ impl Stack {
         }
     }
 
+    /// Batches the emulator accepted whose failed/total is over the alert threshold.
+    pub fn batches_over_threshold(&self) -> usize {
+        let threshold = self.pipeline.settings.failure_alert_threshold;
+        self.emulator
+            .ledger()
+            .batches_accepted
+            .iter()
+            .filter(|b| f64::from(b.failed) / f64::from(b.total_items) > threshold)
+            .count()
+    }
+
+    /// Alerts of one kind raised so far.
+    pub fn alerts_of_kind(&self, kind: &str) -> usize {
+        self.alerts
+            .alerts()
+            .into_iter()
+            .filter(|a| a.kind == kind)
+            .count()
+    }
+
     pub async fn job(&self, id: &JobId) -> anyhow::Result<Job> {
         self.store
             .job(id)

@@ -107,17 +107,8 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
         .iter()
         .filter(|ch| ledger.accepted_with_key(&ch.idempotency_key()) != 1)
         .count();
-    let over_threshold = ledger
-        .batches_accepted
-        .iter()
-        .filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05)
-        .count();
-    let alerts = stack
-        .alerts
-        .alerts()
-        .into_iter()
-        .filter(|a| a.kind == "batch_high_failure_rate")
-        .count();
+    let over_threshold = stack.batches_over_threshold();
+    let alerts = stack.alerts_of_kind("batch_high_failure_rate");
     let rows_seen: std::collections::BTreeSet<u64> =
         lines.iter().filter_map(|l| l["row"].as_u64()).collect();
 

@@ -155,18 +155,10 @@ async fn with_item_failures_duplicates_and_a_429_every_row_still_ends_once() -> 
         assert_eq!(outcome.retried.len(), chunk.rows.len());
     }
     // One alert per batch whose failure rate was over 5%, none for the others.
-    let over: usize = ledger
-        .batches_accepted
-        .iter()
-        .filter(|b| f64::from(b.failed) / f64::from(b.total_items) > 0.05)
-        .count();
-    let alerts = stack
-        .alerts
-        .alerts()
-        .into_iter()
-        .filter(|a| a.kind == "batch_high_failure_rate")
-        .count();
-    assert_eq!(alerts, over);
+    assert_eq!(
+        stack.alerts_of_kind("batch_high_failure_rate"),
+        stack.batches_over_threshold()
+    );
     // The manifest shows every row's final state once.
     let manifest = stack
         .get_text("results/tmpl_blog_card/faulty.csv.results.jsonl")
