@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # Start/stop a throwaway moto server (local AWS) on a free 127.0.0.1 port.
+# moto_server.py, not the plain moto_server: DynamoDB transactions must be isolated.
 # Requires scripts/lib/common.sh and a venv from scripts/lib/venv.sh.
 #
 # After start_moto: MOTO_PID (also its process-group id), MOTO_PORT,
@@ -10,6 +11,8 @@ MOTO_PORT=""
 MOTO_ENDPOINT=""
 MOTO_LOG="${MOTO_LOG:-}"
 MOTO_START_TIMEOUT="${MOTO_START_TIMEOUT:-30}"
+# moto_server.py (beside this file) is moto_server with DynamoDB calls serialised: see its doc.
+_MOTO_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 _free_port() {
     "$VENV_DIR/bin/python" -c 'import socket
@@ -70,7 +73,7 @@ start_moto() {
         MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
         # setsid: own process group, so stop_moto can take down anything it
         # spawns and a terminal Ctrl-C reaches us (and our trap) rather than it.
-        setsid "$VENV_DIR/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \
+        setsid "$VENV_DIR/bin/python" "$_MOTO_LIB_DIR/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" \
             >"$MOTO_LOG" 2>&1 </dev/null &
         MOTO_PID=$!
         status=0
