@@ -123,6 +123,22 @@ impl Emu {
         answer["batchId"].as_str().unwrap().to_owned()
     }
 
+    /// The ledger once `settled` holds (the emulator counts a delivery's answer after the
+    /// receiver has seen the request, so a test must not read it the moment the request lands).
+    pub async fn ledger_when(
+        &self,
+        settled: impl Fn(&pictify_emulator::Ledger) -> bool,
+    ) -> pictify_emulator::Ledger {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ledger = self.emu.ledger();
+            if settled(&ledger) || Instant::now() >= deadline {
+                return ledger;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls until the batch is terminal and returns the results body.
     pub async fn finished(&self, batch_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -30,7 +30,10 @@ async fn a_refused_delivery_is_retried_under_the_same_id() {
         let (t, v1) = parse_signature(&hit.signature);
         assert_eq!(v1, compute_v1(SECRET, t, &hit.body));
     }
-    let deliveries = emu.emu.ledger().deliveries;
+    let deliveries = emu
+        .ledger_when(|l| l.deliveries.acknowledged + l.deliveries.failed > 0)
+        .await
+        .deliveries;
     assert_eq!(
         (
             deliveries.attempted,
@@ -51,14 +54,15 @@ async fn exhausted_retries_mark_the_subscription_failed() {
     .await;
     emu.accepted(cards(1)).await;
     assert_eq!(hook.wait_for(6).await.len(), 6);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The emulator marks the subscription in the same step that counts the failed delivery.
+    let ledger = emu.ledger_when(|l| l.deliveries.failed > 0).await;
+    assert_eq!(ledger.deliveries.failed, 1);
     let (_, list) = emu.get("/webhook-subscriptions").await;
     let sub = &list["subscriptions"][0];
     assert_eq!(
         (sub["status"].as_str(), sub["failureCount"].as_u64()),
         (Some("failed"), Some(1))
     );
-    assert_eq!(emu.emu.ledger().deliveries.failed, 1);
 }
 
 #[tokio::test]
