@@ -6,8 +6,9 @@ restores that copy. A conditional transaction that loses a race therefore
 rolls back the winner's write that landed in between - after the winner was
 told it succeeded. Real DynamoDB never does that, and our exactly-once steps
 (a chunk completed once, an alert raised once) rely on it. Measured: two
-threads racing the same conditional transaction 200 times lost 2
-acknowledged writes. Serialising DynamoDB calls gives the atomicity and
+threads racing the same conditional transaction 400 times on a 1,000-item
+table - plain moto let both win 8 times and lost 13 acknowledged writes;
+with this lock, 0 of 400 went wrong. Serialising DynamoDB calls gives the atomicity and
 isolation DynamoDB documents; every other service stays concurrent (SQS
 long polls must not queue behind each other).
 

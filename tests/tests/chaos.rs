@@ -1,6 +1,7 @@
 //! Chaos end to end: every fault at once, a fixed seed, ~2,000 rows (CHAOS_ROWS and CHAOS_SEED
-//! to change; `scripts/chaos` runs 10,000). The promise under test: every row ends in exactly one terminal
-//! state, no chunk is billed twice, the counts add up, and alerts fire once per bad batch.
+//! to change; `scripts/chaos` runs 10,000). The promise under test: every row ends in exactly
+//! one terminal state, no chunk is billed twice, the counts add up, and alerts fire once per bad
+//! batch.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -118,11 +119,13 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
     let rows_seen: std::collections::BTreeSet<u64> =
         lines.iter().filter_map(|l| l["row"].as_u64()).collect();
 
+    let server_errors =
+        ledger.rejected_with(500) + ledger.rejected_with(502) + ledger.rejected_with(503);
+
     println!("chaos summary ({rows} rows, seed {seed})");
     println!(
-        "  faults injected: submits answered 429 {}, 5xx {}, late answers (replays) {}, chunk messages redelivered {redelivered}",
+        "  faults injected: submits answered 429 {}, 5xx {server_errors}, late answers (replays) {}, chunk messages redelivered {redelivered}",
         ledger.rejected_with(429),
-        ledger.rejected_with(500) + ledger.rejected_with(502) + ledger.rejected_with(503),
         ledger.replays
     );
     println!(
@@ -155,10 +158,7 @@ async fn under_every_fault_at_once_no_row_is_lost_double_counted_or_double_bille
     // The scenario must exercise every fault, or its passing proves less than it says.
     let injected = [
         ("429 on submit", ledger.rejected_with(429)),
-        (
-            "5xx on submit",
-            ledger.rejected_with(500) + ledger.rejected_with(502) + ledger.rejected_with(503),
-        ),
+        ("5xx on submit", server_errors),
         ("late submit answer", ledger.replays),
         ("duplicated webhook", ledger.deliveries.duplicated),
         ("dropped webhook", ledger.deliveries.dropped),
