@@ -30,3 +30,16 @@ fmt_ms() {
     local ms=$1
     printf '%d.%01ds' $((ms / 1000)) $(((ms % 1000) / 100))
 }
+
+# debug_build_bins [CARGO ARGS…] — the debug build of every Lambda function and the emulator.
+# scripts/sdk-smoke and scripts/local-invoke both build through here on purpose: cargo resolves
+# dependency features per package selection, so a different `-p` set recompiles ~45 crates
+# (~5 min on 2 cores) that the other script has just built. (scripts/bench's selection still
+# differs and pays that once: CI's three steps went from 847 s to 734 s, not further.)
+debug_build_bins() {
+    local packages=() manifest
+    for manifest in "$REPO_ROOT"/functions/*/Cargo.toml; do
+        packages+=(-p "$(basename "$(dirname "$manifest")")")
+    done
+    (cd "$REPO_ROOT" && cargo build "${packages[@]}" -p pictify-emulator "$@" </dev/null)
+}
