@@ -152,12 +152,18 @@ impl<T, E: Error> SdkResultExt<T> for Result<T, E> {
 /// Creates an empty bucket named `unique_name(prefix)` and returns its name.
 pub async fn fresh_bucket(s3: &aws_sdk_s3::Client, prefix: &str) -> anyhow::Result<String> {
     let bucket = unique_name(prefix);
+    create_bucket(s3, &bucket).await?;
+    Ok(bucket)
+}
+
+/// Creates the bucket `name`.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, name: &str) -> anyhow::Result<()> {
     s3.create_bucket()
-        .bucket(&bucket)
+        .bucket(name)
         .send()
         .await
-        .sdk_context(format!("create bucket {bucket}"))?;
-    Ok(bucket)
+        .sdk_context(format!("create bucket {name}"))?;
+    Ok(())
 }
 
 /// Creates a standard queue named `unique_name(prefix)` and returns its URL.

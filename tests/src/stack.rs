@@ -22,7 +22,8 @@ use shared::secret::Secret;
 use shared::settings::Settings;
 
 use crate::aws::{
-    SdkResultExt, aws_config, dynamodb, fresh_bucket, fresh_queue, fresh_topic, unique_name,
+    SdkResultExt, aws_config, create_bucket, dynamodb, fresh_bucket, fresh_queue, fresh_topic,
+    unique_name,
 };
 use crate::counting::RequestCounter;
 
@@ -105,11 +106,7 @@ impl Stack {
         );
         let bucket = match &options.bucket {
             Some(name) => {
-                s3c.create_bucket()
-                    .bucket(name)
-                    .send()
-                    .await
-                    .sdk_context(format!("create bucket {name}"))?;
+                create_bucket(&s3c, name).await?;
                 name.clone()
             }
             None => fresh_bucket(&s3c, "uploads").await?,
