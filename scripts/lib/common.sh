@@ -31,15 +31,21 @@ fmt_ms() {
     printf '%d.%01ds' $((ms / 1000)) $(((ms % 1000) / 100))
 }
 
+# FUNCTIONS — every crate under functions/ is one Lambda function; its package name is its
+# directory name.
+FUNCTIONS=()
+for _manifest in "$REPO_ROOT"/functions/*/Cargo.toml; do
+    [[ -f "$_manifest" ]] && FUNCTIONS+=("$(basename "$(dirname "$_manifest")")")
+done
+unset _manifest
+
 # debug_build_bins [CARGO ARGS…] — the debug build of every Lambda function and the emulator.
 # scripts/sdk-smoke and scripts/local-invoke both build through here on purpose: cargo resolves
 # dependency features per package selection, so a different `-p` set recompiles ~45 crates
 # (~5 min on 2 cores) that the other script has just built. (scripts/bench's selection still
 # differs and pays that once: CI's three steps went from 847 s to 734 s, not further.)
 debug_build_bins() {
-    local packages=() manifest
-    for manifest in "$REPO_ROOT"/functions/*/Cargo.toml; do
-        packages+=(-p "$(basename "$(dirname "$manifest")")")
-    done
+    local packages=() fn
+    for fn in "${FUNCTIONS[@]}"; do packages+=(-p "$fn"); done
     (cd "$REPO_ROOT" && cargo build "${packages[@]}" -p pictify-emulator "$@" </dev/null)
 }
