@@ -17,12 +17,13 @@ use axum::response::{IntoResponse, Response};
 use clap::Args;
 use rand::{RngCore, SeedableRng};
 use shared::domain::{ChunkMessage, ChunkState, Job, JobId, JobStatus};
-use shared::layout;
 use shared::local::{FanoutAlerts, FsObjectStore, LogAlerts, MemoryAlerts, MemoryQueue};
 use shared::pictify::wire::{CreateSubscription, Format, event_names, headers};
 use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
-use shared::pipeline::{IngestOutcome, Pipeline, StepError, SubmitOutcome, WebhookRequest};
-use shared::ports::{Alerts, JobStore, SystemClock, WorkQueue};
+use shared::pipeline::{
+    IngestOutcome, KeepReason, MessageFate, Pipeline, StepError, WebhookRequest,
+};
+use shared::ports::{Alerts, JobStore, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 use tokio::sync::mpsc;
@@ -39,6 +40,9 @@ const RECONCILE_AFTER: Duration = Duration::from_secs(60);
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// Submit errors the run tolerates (each re-queues its chunk) before giving up.
 const MAX_SUBMIT_ERRORS: usize = 50;
+/// When a kept message comes back if the pipeline names no delay (SQS would wait out its
+/// visibility timeout).
+const REDELIVER_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -139,6 +143,32 @@ enum RunEvent {
 
 pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let started = Instant::now();
+    let prepared = prepare_run(&args).await?;
+    let services = start_services(&args, &prepared).await?;
+    let job = match drive(&args, &prepared, &services).await {
+        Ok(job) => job,
+        Err(failure) => {
+            services.shutdown().await;
+            return Err(failure);
+        }
+    };
+    let job = settle_manifest(&services.pipeline, job).await?;
+    report(&args, &prepared, services, job, started).await
+}
+
+/// Everything known before a service starts: the checked options and dataset, the output
+/// directory and its logs, the upload placed in the local object store, and the job store.
+struct Prepared {
+    options: JobOptions,
+    dataset: prepare::CheckedDataset,
+    templates: pictify_emulator::render::TemplateStore,
+    out: OutDir,
+    objects: Arc<FsObjectStore>,
+    placed: prepare::Placed,
+    store: Arc<SqliteJobStore>,
+}
+
+async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
     let options = JobOptions {
         template_id: args.template.clone(),
         format: args.format.parse::<Format>().map_err(Failure::usage)?,
@@ -147,10 +177,10 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         required: args.require.clone(),
         file_columns: args.file_column.clone(),
     };
-    check_options(&args)?;
+    check_options(args)?;
     let dataset = prepare::check_dataset(&args.dataset, &options)?;
-    let templates = emulator_templates(&args)?;
-    check_template(&args, &templates).await?;
+    let templates = emulator_templates(args)?;
+    check_template(args, &templates).await?;
 
     let out = OutDir::new(args.out.clone());
     prepare_out_dir(&out, args.resume)?;
@@ -175,7 +205,34 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
             .await
             .map_err(anyhow::Error::from)?;
     }
+    Ok(Prepared {
+        options,
+        dataset,
+        templates,
+        out,
+        objects,
+        placed,
+        store,
+    })
+}
 
+/// What runs while the job does: Pictify (the emulator, or real Pictify's subscriptions), the
+/// webhook listener, and the pipeline wired to the local parts.
+struct Services {
+    backend: Backend,
+    server: tokio::task::JoinHandle<()>,
+    pipeline: Pipeline,
+    queue: Arc<MemoryQueue>,
+    alerts: Arc<MemoryAlerts>,
+}
+
+impl Services {
+    async fn shutdown(self) {
+        shutdown(self.backend, self.server).await;
+    }
+}
+
+async fn start_services(args: &RunArgs, prepared: &Prepared) -> Result<Services, Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the webhook listener on {}", args.listen))?;
@@ -184,8 +241,14 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         listener.local_addr().context("listener address")?
     );
     let secret = format!("whsec_{}", random_hex(24));
-    let (backend, pictify, secrets) =
-        start_backend(&args, &out, &local_hook, &secret, templates).await?;
+    let (backend, pictify, secrets) = start_backend(
+        args,
+        &prepared.out,
+        &local_hook,
+        &secret,
+        prepared.templates.clone(),
+    )
+    .await?;
 
     let queue = Arc::new(MemoryQueue::new());
     let memory_alerts = Arc::new(MemoryAlerts::new());
@@ -195,8 +258,8 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         ..Settings::default()
     };
     let pipeline = Pipeline {
-        store: store.clone(),
-        objects: objects.clone(),
+        store: prepared.store.clone(),
+        objects: prepared.objects.clone(),
         queue: queue.clone(),
         pictify: Arc::new(pictify),
         alerts: Arc::new(FanoutAlerts::new(alerts)),
@@ -205,8 +268,21 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         webhook_secrets: secrets,
     };
     let server = tokio::spawn(serve_webhooks(listener, pipeline.clone()));
+    Ok(Services {
+        backend,
+        server,
+        pipeline,
+        queue,
+        alerts: memory_alerts,
+    })
+}
 
-    let job_id = JobId::for_upload(&placed.upload.bucket, &placed.upload.key, &placed.version);
+/// Runs the job to a terminal status: submitter tasks, ingest, recovery of an interrupted run,
+/// then a wait with progress, the local reconciler, and the stop conditions.
+async fn drive(args: &RunArgs, prepared: &Prepared, services: &Services) -> Result<Job, Failure> {
+    let (store, pipeline) = (&prepared.store, &services.pipeline);
+    let upload = &prepared.placed.upload;
+    let job_id = JobId::for_upload(&upload.bucket, &upload.key, &prepared.placed.version);
     let before = store
         .chunks_of_job(&job_id)
         .await
@@ -227,40 +303,38 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         limit: args.concurrency as usize,
         turn: tokio::sync::Mutex::new(()),
     });
-    let submitters: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            tokio::spawn(submitter(
-                pipeline.clone(),
-                queue.clone(),
-                gate.clone(),
-                stop.clone(),
-                events_tx.clone(),
-            ))
-        })
-        .collect();
+    let submitters = Submitters(
+        (0..args.concurrency)
+            .map(|_| {
+                tokio::spawn(submitter(
+                    pipeline.clone(),
+                    services.queue.clone(),
+                    gate.clone(),
+                    stop.clone(),
+                    events_tx.clone(),
+                ))
+            })
+            .collect(),
+    );
     drop(events_tx);
 
     let ingest = pipeline
-        .ingest(&placed.upload, Some(&placed.version))
+        .ingest(upload, Some(&prepared.placed.version))
         .await
         .map_err(step_error)?;
     info!(?ingest, "ingest returned");
     let duplicate = matches!(ingest, IngestOutcome::Duplicate { .. });
-    recover(
-        &pipeline,
-        &store,
-        &queue,
-        &job_id,
-        &before,
-        duplicate,
-        backend.emulator_base().is_some(),
-    )
-    .await?;
+    let emulator = services.backend.emulator_base().is_some();
+    recover(pipeline, store, &job_id, &before, duplicate, emulator).await?;
 
     let mut bar = progress::Progress::new();
     let mut last_reconcile = Instant::now();
     let mut submit_errors = Vec::new();
-    let job = loop {
+    let stopped = |bar: &mut progress::Progress| {
+        stop.store(true, Ordering::Relaxed);
+        bar.finish();
+    };
+    loop {
         let job = store
             .job(&job_id)
             .await
@@ -268,7 +342,9 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
             .context("the job vanished from the store")?;
         bar.update(&job);
         if job.status.is_terminal() {
-            break job;
+            stopped(&mut bar);
+            drop(submitters);
+            return Ok(job);
         }
         if job.status == JobStatus::Finishing && duplicate {
             // Interrupted while writing the manifest: finish it (idempotent).
@@ -278,9 +354,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
         while let Ok(event) = events.try_recv() {
             match event {
                 RunEvent::Paused(reason) => {
-                    stop.store(true, Ordering::Relaxed);
-                    bar.finish();
-                    shutdown(backend, server).await;
+                    stopped(&mut bar);
                     return Err(Failure::usage(format!(
                         "Pictify refused the submission: {reason}. Nothing more is submitted; fix the API key or quota and run again with --resume"
                     )));
@@ -289,51 +363,75 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
             }
         }
         if submit_errors.len() > MAX_SUBMIT_ERRORS {
-            stop.store(true, Ordering::Relaxed);
-            bar.finish();
-            shutdown(backend, server).await;
+            stopped(&mut bar);
             return Err(Failure::Internal(anyhow::anyhow!(
                 "{} submit errors; last: {} (state kept: run again with --resume)",
                 submit_errors.len(),
                 submit_errors.last().map(String::as_str).unwrap_or("-")
             )));
         }
-        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+        // A job being finished is left to its finisher: a second one would write twice.
+        if last_reconcile.elapsed() >= RECONCILE_EVERY && job.status == JobStatus::Running {
             last_reconcile = Instant::now();
-            reconcile(&pipeline, &store, &job_id).await;
+            if let Err(e) = pipeline.reconcile_one(&job_id, RECONCILE_AFTER).await {
+                tracing::debug!(error = %e, "reconcile pass: not settled");
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    stop.store(true, Ordering::Relaxed);
-    bar.finish();
-    for task in submitters {
-        task.abort();
     }
-    let job = settle_manifest(&pipeline, job).await?;
+}
 
-    let report = output::write_outputs(&output::OutputInput {
-        out: &out.root,
-        objects: objects.as_ref(),
+/// The submitter tasks, stopped when the run is done with them (or gives up).
+struct Submitters(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Submitters {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Writes the outputs and the summary, and shuts the services down.
+async fn report(
+    args: &RunArgs,
+    prepared: &Prepared,
+    services: Services,
+    job: Job,
+    started: Instant,
+) -> Result<Outcome, Failure> {
+    let written = output::write_outputs(&output::OutputInput {
+        out: &prepared.out.root,
+        objects: prepared.objects.as_ref(),
         job: &job,
-        dataset: &dataset,
-        format: options.format,
-        emulator_base: backend.emulator_base(),
+        dataset: &prepared.dataset,
+        format: prepared.options.format,
+        emulator_base: services.backend.emulator_base(),
         resume: args.resume,
     })
-    .await?;
-    if let Backend::Emulator(emulator) = &backend {
+    .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(failure) => {
+            services.shutdown().await;
+            return Err(failure);
+        }
+    };
+    if let Backend::Emulator(emulator) = &services.backend {
         let ledger =
             serde_json::to_vec_pretty(&emulator.ledger()).context("encoding the ledger")?;
-        std::fs::write(out.state.join("ledger.json"), ledger).context("writing the ledger")?;
+        std::fs::write(prepared.out.state.join("ledger.json"), ledger)
+            .context("writing the ledger")?;
     }
-    shutdown(backend, server).await;
+    let alerts = services.alerts.alerts();
+    services.shutdown().await;
     let summary = output::Summary {
         job: &job,
-        report: &report,
-        alerts: &memory_alerts.alerts(),
+        report: &written,
+        alerts: &alerts,
         elapsed: started.elapsed(),
     };
-    eprint!("{}", summary.render(&out.root));
+    eprint!("{}", summary.render(&prepared.out.root));
     info!(job_id = %job.id, status = job.status.as_str(), "run finished");
     summary.outcome()
 }
@@ -639,25 +737,24 @@ async fn submitter(
             tokio::time::sleep(Duration::from_millis(25)).await;
             continue;
         };
-        match pipeline.submit(&message).await {
-            Ok(
-                SubmitOutcome::Submitted { .. }
-                | SubmitOutcome::AlreadyDone
-                | SubmitOutcome::Rejected { .. },
-            ) => {}
-            Ok(SubmitOutcome::RetryLater(delay)) => redeliver_later(&queue, message, delay),
-            Ok(SubmitOutcome::Paused { reason, .. }) => {
+        match pipeline.handle_chunk_message(&message).await {
+            MessageFate::Acknowledge => {}
+            MessageFate::Keep {
+                why: KeepReason::Paused { reason },
+                ..
+            } => {
                 queue.push(message);
                 let _ = events.send(RunEvent::Paused(reason));
                 return;
             }
-            Err(e) => {
-                warn!(chunk = %message.key.label(), error = %e, "submit failed; retrying the chunk shortly");
-                let _ = events.send(RunEvent::SubmitError(format!(
-                    "chunk {}: {e}",
-                    message.key.label()
-                )));
-                redeliver_later(&queue, message, Duration::from_secs(2));
+            MessageFate::Keep { after, why } => {
+                if let KeepReason::Error { error } = why {
+                    let _ = events.send(RunEvent::SubmitError(format!(
+                        "chunk {}: {error}",
+                        message.key.label()
+                    )));
+                }
+                redeliver_later(&queue, message, after.unwrap_or(REDELIVER_AFTER));
             }
         }
         drop(turn);
@@ -673,34 +770,22 @@ fn redeliver_later(queue: &Arc<MemoryQueue>, message: ChunkMessage, delay: Durat
     });
 }
 
-fn message_for(pipeline: &Pipeline, job: &JobId, key: shared::domain::ChunkKey) -> ChunkMessage {
-    let at = layout::chunk_payload_ref(prepare::BUCKET, job, &key.label(), &pipeline.settings);
-    ChunkMessage {
-        job: job.clone(),
-        key,
-        payload: None,
-        payload_ref: Some(at),
-    }
-}
-
 /// Resuming: re-queue chunks whose messages died with the interrupted process, and settle
 /// chunks submitted but not completed by polling their batch (idempotent).
 async fn recover(
     pipeline: &Pipeline,
     store: &SqliteJobStore,
-    queue: &MemoryQueue,
     job: &JobId,
     before: &[shared::domain::Chunk],
     duplicate: bool,
     emulator: bool,
 ) -> Result<(), Failure> {
-    let mut requeued = 0;
-    let mut messages = Vec::new();
+    let mut resend = Vec::new();
     for chunk in before {
         match chunk.state {
             // A re-run ingest re-queues the initial chunks itself; retry chunks only live in the store.
             ChunkState::Queued | ChunkState::Submitting if duplicate || chunk.key.attempt > 0 => {
-                messages.push(message_for(pipeline, job, chunk.key));
+                resend.push(chunk.key);
             }
             ChunkState::Submitted => {
                 let Some(batch) = chunk.batch_id.as_deref() else {
@@ -717,7 +802,7 @@ async fn recover(
                             .await
                             .map_err(anyhow::Error::from)?
                         {
-                            messages.push(message_for(pipeline, job, chunk.key));
+                            resend.push(chunk.key);
                         }
                     }
                     Err(e) => {
@@ -728,32 +813,10 @@ async fn recover(
             _ => {}
         }
     }
-    requeued += messages.len();
-    queue.send(&messages).await.map_err(anyhow::Error::from)?;
-    if requeued > 0 {
-        info!(requeued, "resumed chunks re-queued");
-    }
-    Ok(())
-}
-
-/// The local reconciler: polls chunks submitted long ago without an outcome (lost webhooks).
-async fn reconcile(pipeline: &Pipeline, store: &SqliteJobStore, job: &JobId) {
-    let Ok(chunks) = store.chunks_of_job(job).await else {
-        return;
-    };
-    let now = chrono::Utc::now().timestamp();
-    let due = chunks.iter().filter(|c| {
-        c.state == ChunkState::Submitted
-            && c.submitted_at
-                .is_some_and(|t| now - t >= RECONCILE_AFTER.as_secs() as i64)
-    });
-    for chunk in due.take(10) {
-        if let Some(batch) = &chunk.batch_id
-            && let Err(e) = pipeline.complete_batch(batch, None).await
-        {
-            tracing::debug!(chunk = %chunk.key.label(), error = %e, "reconcile poll: not settled");
-        }
-    }
+    pipeline
+        .resend_chunks(job, &resend)
+        .await
+        .map_err(step_error)
 }
 
 /// `render.completed` can trail `batch.completed`: rewrite the manifest (the pipeline's own step)

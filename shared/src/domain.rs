@@ -386,6 +386,8 @@ pub struct RowError {
 pub mod own_codes {
     /// Pictify refused the whole submission (400/404/422).
     pub const SUBMIT_REJECTED: &str = "SUBMIT_REJECTED";
+    /// The chunk could never be submitted: its stored payload is gone or unreadable.
+    pub const CHUNK_UNSUBMITTABLE: &str = "CHUNK_UNSUBMITTABLE";
     /// The item failed with no code we could recognise.
     pub const UNKNOWN: &str = "UNKNOWN";
 }
@@ -398,6 +400,7 @@ pub fn is_retryable(code: &str) -> bool {
             | error_codes::EXPRESSION_ERROR
             | error_codes::TEMPLATE_NOT_FOUND
             | own_codes::SUBMIT_REJECTED
+            | own_codes::CHUNK_UNSUBMITTABLE
     )
 }
 

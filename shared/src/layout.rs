@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::dataset::DatasetFormat;
+use crate::dataset::{DatasetFormat, RowRules};
 use crate::domain::{JobId, JobSpec, ManifestLocation, ObjectRef};
 use crate::pictify::wire::Format;
 use crate::settings::Settings;
@@ -132,6 +132,16 @@ pub fn chunk_payload_ref(bucket: &str, job: &JobId, label: &str, settings: &Sett
     ObjectRef {
         bucket: bucket.to_owned(),
         key: format!("{}{job}/{label}.json", settings.work_prefix),
+    }
+}
+
+/// The rules the reader applies for a spec; the manifest re-reads the file with the same rules as
+/// ingest, so row numbers and rejection reasons come out identical.
+pub fn row_rules(spec: &JobSpec) -> RowRules {
+    RowRules {
+        mapping: spec.mapping.clone(),
+        required: spec.required.clone(),
+        ..RowRules::default()
     }
 }
 

@@ -255,12 +255,54 @@ pub trait PictifyApi: Send + Sync {
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError>;
 }
 
+/// What an alert is about; its wire name is the snake_case form (`batch_high_failure_rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// One batch failed more items than the threshold allows (once per batch).
+    BatchHighFailureRate,
+    /// Pictify refused a submission for the account (401/402/quota): everything waits.
+    SubmissionsPaused,
+    /// Pictify refused one chunk (400/404/422): its rows failed.
+    SubmitRejected,
+    /// A chunk could never be submitted (its payload is gone or unreadable): its rows failed.
+    ChunkUnsubmittable,
+    /// A job is still unfinished past its deadline (once per job).
+    JobDeadlineExceeded,
+    /// A job reached its final status; its manifest is written.
+    JobFinished,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::BatchHighFailureRate => "batch_high_failure_rate",
+            AlertKind::SubmissionsPaused => "submissions_paused",
+            AlertKind::SubmitRejected => "submit_rejected",
+            AlertKind::ChunkUnsubmittable => "chunk_unsubmittable",
+            AlertKind::JobDeadlineExceeded => "job_deadline_exceeded",
+            AlertKind::JobFinished => "job_finished",
+        }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for AlertKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An operator-facing alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    /// `batch_high_failure_rate`, `submissions_paused`, `job_finished`, `submit_rejected`.
-    pub kind: String,
+    pub kind: AlertKind,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,

@@ -140,7 +140,7 @@ async fn receive_bodies(
 
 fn alert() -> Alert {
     Alert {
-        kind: "batch_high_failure_rate".into(),
+        kind: shared::ports::AlertKind::BatchHighFailureRate,
         message: "batch b1: 3 of 20 rows failed".into(),
         job: Some("job_1".into()),
         batch_id: Some("b1".into()),

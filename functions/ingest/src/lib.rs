@@ -1,18 +1,54 @@
 //! ingest handler: S3 notification → `Pipeline::ingest` for each created object.
 
-use lambda_runtime::{Error, LambdaEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
-use shared::pipeline::{IngestOutcome, Pipeline};
+use shared::domain::ObjectRef;
+use shared::pipeline::{IngestOutcome, Pipeline, StepError};
 use shared::s3_event::{S3Notification, Trigger};
 use tracing::{error, info};
+
+/// Why an invocation failed; Lambda retries the event (ingest is idempotent).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("not an S3 notification: {0}")]
+    NotAnS3Notification(#[source] serde_json::Error),
+    /// Every upload that failed, with its error (the others were ingested).
+    #[error("{}", describe_failures(.0))]
+    Failed(Vec<(ObjectRef, StepError)>),
+}
+
+fn describe_failures(failures: &[(ObjectRef, StepError)]) -> String {
+    let parts: Vec<String> = failures
+        .iter()
+        .map(|(upload, e)| format!("{upload}: {e}"))
+        .collect();
+    parts.join("; ")
+}
+
+/// CloudWatch shows `errorType`: the kind of the (first) step error, not a generic string.
+impl From<IngestError> for Diagnostic {
+    fn from(error: IngestError) -> Diagnostic {
+        let error_type = match &error {
+            IngestError::NotAnS3Notification(_) => "NotAnS3Notification".to_owned(),
+            IngestError::Failed(failures) => failures
+                .first()
+                .map_or("IngestFailed", |(_, e)| e.kind())
+                .to_owned(),
+        };
+        Diagnostic {
+            error_type,
+            error_message: error.to_string(),
+        }
+    }
+}
 
 /// Handles one notification. An error makes Lambda retry the event; ingest is idempotent.
 pub async fn function_handler(
     pipeline: &Pipeline,
     event: LambdaEvent<Value>,
-) -> Result<Value, Error> {
-    let notification: S3Notification = serde_json::from_value(event.payload)
-        .map_err(|e| format!("not an S3 notification: {e}"))?;
+) -> Result<Value, IngestError> {
+    let notification: S3Notification =
+        serde_json::from_value(event.payload).map_err(IngestError::NotAnS3Notification)?;
     if notification.records.is_empty() {
         info!(
             event = notification.event.as_deref().unwrap_or("-"),
@@ -32,15 +68,15 @@ pub async fn function_handler(
                 match pipeline.ingest(&upload, version.as_deref()).await {
                     Ok(outcome) => outcomes.push(describe(&outcome)),
                     Err(e) => {
-                        error!(upload = %upload, error = %e, "ingest failed; the event will be retried");
-                        failures.push(format!("{upload}: {e}"));
+                        error!(upload = %upload, error = %e, retryable = e.is_retryable(), "ingest failed; the event will be retried");
+                        failures.push((upload, e));
                     }
                 }
             }
         }
     }
     if !failures.is_empty() {
-        return Err(failures.join("; ").into());
+        return Err(IngestError::Failed(failures));
     }
     Ok(serde_json::json!({ "outcomes": outcomes }))
 }

@@ -1,10 +1,11 @@
-//! submitter handler: SQS chunk messages → `Pipeline::submit`, always as a partial batch response.
+//! submitter handler: SQS chunk messages → `Pipeline::handle_chunk_message`, always as a partial
+//! batch response.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::sqs::SqsWorkQueue;
 use shared::domain::ChunkMessage;
-use shared::pipeline::{Pipeline, SubmitOutcome};
+use shared::pipeline::{MessageFate, Pipeline};
 use tracing::{error, info, warn};
 
 pub async fn function_handler(
@@ -35,27 +36,15 @@ async fn handle(pipeline: &Pipeline, queue: &SqsWorkQueue, message: &SqsMessage)
             return false;
         }
     };
-    let delay = match pipeline.submit(&chunk).await {
-        Ok(
-            SubmitOutcome::Submitted { .. }
-            | SubmitOutcome::AlreadyDone
-            | SubmitOutcome::Rejected { .. },
-        ) => return true,
-        Ok(SubmitOutcome::RetryLater(delay)) => delay,
-        Ok(SubmitOutcome::Paused { reason, delay }) => {
-            warn!(job_id = %chunk.job, chunk = %chunk.key.label(), reason = %reason, "submissions paused; message kept");
-            delay
-        }
-        Err(e) => {
-            error!(job_id = %chunk.job, chunk = %chunk.key.label(), error = %e, "submit failed; message will be redelivered");
-            return false;
-        }
+    let MessageFate::Keep { after, .. } = pipeline.handle_chunk_message(&chunk).await else {
+        return true;
     };
-    if let Some(receipt) = message.receipt_handle.as_deref()
-        && let Err(e) = queue.return_later(receipt, delay).await
-    {
-        warn!(job_id = %chunk.job, error = %e, "could not delay the message; it returns after the visibility timeout");
+    // Without a delay the message returns after the queue's visibility timeout.
+    if let (Some(delay), Some(receipt)) = (after, message.receipt_handle.as_deref()) {
+        if let Err(e) = queue.return_later(receipt, delay).await {
+            warn!(job_id = %chunk.job, error = %e, "could not delay the message; it returns after the visibility timeout");
+        }
+        info!(job_id = %chunk.job, chunk = %chunk.key.label(), delay_s = delay.as_secs(), "message returned to the queue");
     }
-    info!(job_id = %chunk.job, chunk = %chunk.key.label(), delay_s = delay.as_secs(), "message returned to the queue");
     false
 }

@@ -47,12 +47,7 @@ impl Alerts for SnsAlerts {
         let operation = format!("publish {} alert", alert.kind);
         let body =
             serde_json::to_string(alert).map_err(|e| PortError::permanent(operation.clone(), e))?;
-        // SNS refuses an empty attribute value.
-        let kind = if alert.kind.is_empty() {
-            "unknown"
-        } else {
-            alert.kind.as_str()
-        };
+        let kind = alert.kind.as_str();
         let attribute = MessageAttributeValue::builder()
             .data_type("String")
             .string_value(kind)
@@ -61,7 +56,7 @@ impl Alerts for SnsAlerts {
         self.client
             .publish()
             .topic_arn(&self.topic_arn)
-            .subject(sns_subject(&alert.kind))
+            .subject(sns_subject(kind))
             .message(body)
             .message_attributes("kind", attribute)
             .send()

@@ -86,7 +86,7 @@ pub fn alert_summary(alert: &Alert) -> String {
 /// fields, which Slack, Mattermost and most "Slack-compatible" receivers still render).
 pub fn slack_payload(alert: &Alert) -> Value {
     let field = |title: &str, value: String, short: bool| json!({"title": title, "value": value, "short": short});
-    let mut fields = vec![field("Kind", alert.kind.clone(), true)];
+    let mut fields = vec![field("Kind", alert.kind.to_string(), true)];
     if let Some(job) = &alert.job {
         fields.push(field("Job", job.clone(), true));
     }
@@ -236,7 +236,7 @@ mod tests {
 
     fn alert() -> Alert {
         Alert {
-            kind: "batch_high_failure_rate".into(),
+            kind: crate::ports::AlertKind::BatchHighFailureRate,
             message: "batch b1 of job_1:\n3 of 20 rows failed".into(),
             job: Some("job_1".into()),
             batch_id: Some("b1".into()),

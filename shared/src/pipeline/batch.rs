@@ -1,22 +1,24 @@
 //! Batch completion: poll the results, classify every item, apply the counts exactly once, queue
 //! retryable failures as a new chunk, alert over the threshold, and finish the job when nothing
-//! is left in flight.
+//! is left in flight. Reached from `batch.completed`, the reconciler's poll, and the submitter
+//! (a batch that finished before its id was recorded).
 
 use std::collections::{BTreeMap, HashMap};
 
 use tracing::{info, warn};
 
-use super::{Pipeline, ReopenOutcome, Selection, StepError};
+use super::alerting::{batch_failure_alert, failure_rate};
+use super::payload::retry_payload;
+use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{
-    ChunkKey, ChunkOutcome, ChunkPayload, ChunkState, Counters, Job, JobId, JobStatus, RowError,
-    code_from_message, is_retryable, own_codes,
+    ChunkKey, ChunkOutcome, ChunkPayload, ChunkState, Counters, Job, RowError, code_from_message,
+    is_retryable, own_codes,
 };
 use crate::layout;
 use crate::metrics::{self, Unit};
 use crate::pictify::wire::BatchResults;
-use crate::ports::{Alert, ChunkCompletion};
-use crate::settings::MissingUrlPolicy;
+use crate::ports::ChunkCompletion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchApplied {
@@ -35,12 +37,13 @@ impl Pipeline {
         let Some((job_id, key)) = self.store.chunk_by_batch(batch_id).await? else {
             return Ok(BatchApplied::UnknownBatch);
         };
-        let chunk = self.store.chunk(&job_id, key).await?.ok_or_else(|| {
-            StepError::Other(format!(
-                "batch {batch_id} points at missing chunk {}",
-                key.label()
-            ))
-        })?;
+        let chunk = self
+            .store
+            .chunk(&job_id, key)
+            .await?
+            .ok_or_else(|| StepError::Missing {
+                what: format!("chunk {} (of batch {batch_id})", key.label()),
+            })?;
         if chunk.state == ChunkState::Completed {
             self.finish_job_if_done(&job_id).await?;
             return Ok(BatchApplied::AlreadyApplied);
@@ -48,7 +51,7 @@ impl Pipeline {
         let results = self.pictify.get_batch_results(batch_id).await?;
         if !results.status.is_terminal() {
             // batch.completed raced ahead of the poll: fail so the delivery is retried later.
-            return Err(StepError::Other(format!(
+            return Err(StepError::NotYet(format!(
                 "batch {batch_id} reported completed but polls as {:?}",
                 results.status
             )));
@@ -57,7 +60,9 @@ impl Pipeline {
             .store
             .job(&job_id)
             .await?
-            .ok_or_else(|| StepError::Other(format!("job {job_id} is missing")))?;
+            .ok_or_else(|| StepError::Missing {
+                what: format!("job {job_id}"),
+            })?;
         let applied = self
             .apply_results(&job, key, chunk.rows.len(), &results, duration_ms)
             .await?;
@@ -127,17 +132,20 @@ impl Pipeline {
         // The retry payload is stored before the chunk that points at it is created.
         let retry_chunk_and_message = match (&payload, outcome.retried.is_empty()) {
             (Some(payload), false) => {
-                let retry = self.retry_payload(payload, &outcome.retried);
+                let retry = retry_payload(payload, &outcome.retried);
                 Some(self.store_payload(&job.source.bucket, retry).await?)
             }
             _ => None,
         };
-        let failure_rate = if size == 0 {
-            0.0
-        } else {
-            failed_items as f64 / size as f64
-        };
-        let alert = failure_rate > self.settings.failure_alert_threshold;
+        let rate = failure_rate(failed_items, size);
+        let alert = batch_failure_alert(
+            job_id,
+            &results.batch_id,
+            failed_items,
+            size,
+            self.settings.failure_alert_threshold,
+            code_counts,
+        );
         let completion = ChunkCompletion {
             job: job_id.clone(),
             key,
@@ -153,7 +161,7 @@ impl Pipeline {
             retry: retry_chunk_and_message
                 .as_ref()
                 .map(|(chunk, _)| chunk.clone()),
-            alert,
+            alert: alert.is_some(),
         };
         if !self.store.complete_chunk(&completion).await? {
             return Ok(false);
@@ -171,7 +179,7 @@ impl Pipeline {
                 ),
                 ("RowsFailed", completion.delta.failed as f64, Unit::Count),
                 ("RowsRetried", completion.delta.retried as f64, Unit::Count),
-                ("FailureRate", failure_rate * 100.0, Unit::Percent),
+                ("FailureRate", rate * 100.0, Unit::Percent),
             ],
             &[("jobId", job_id.as_str()), ("batchId", &results.batch_id)],
         );
@@ -179,24 +187,8 @@ impl Pipeline {
             // If this send is lost, the reconciler re-sends chunks left `queued` past `stuck_after`.
             self.queue.send(std::slice::from_ref(&message)).await?;
         }
-        if alert {
-            let mut top_errors: Vec<(String, u64)> = code_counts.into_iter().collect();
-            top_errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            top_errors.truncate(5);
-            self.alert(Alert {
-                kind: "batch_high_failure_rate".into(),
-                message: format!(
-                    "Batch {} of job {job_id} had a {:.1}% failure rate ({failed_items} of {size} items)",
-                    results.batch_id,
-                    failure_rate * 100.0
-                ),
-                job: Some(job_id.to_string()),
-                batch_id: Some(results.batch_id.clone()),
-                failure_rate: Some(failure_rate),
-                top_errors,
-                counters: None,
-            })
-            .await;
+        if let Some(alert) = alert {
+            self.alert(alert).await;
         }
         Ok(true)
     }
@@ -248,114 +240,5 @@ impl Pipeline {
                 )
             })
             .collect())
-    }
-
-    fn retry_payload(&self, payload: &ChunkPayload, indices: &[u32]) -> ChunkPayload {
-        let pick = |i: &u32| {
-            (
-                payload.rows.get(*i as usize).copied(),
-                payload.variable_sets.get(*i as usize).cloned(),
-            )
-        };
-        let (rows, variable_sets) = indices
-            .iter()
-            .filter_map(|i| match pick(i) {
-                (Some(row), Some(vars)) => Some((row, vars)),
-                _ => None,
-            })
-            .unzip();
-        ChunkPayload {
-            key: payload.key.retry(),
-            rows,
-            variable_sets,
-            ..payload.clone()
-        }
-    }
-
-    /// When every row is terminal: write the manifest, set the final status, notify. Idempotent:
-    /// only the caller that moves the job from `running` to `finishing` does the work.
-    pub async fn finish_job_if_done(&self, job_id: &JobId) -> Result<(), StepError> {
-        let Some(job) = self.store.job(job_id).await? else {
-            return Ok(());
-        };
-        let c = job.counters;
-        if job.status != JobStatus::Running || c.in_flight() > 0 || c.chunks_done < c.chunks {
-            return Ok(());
-        }
-        if !self
-            .store
-            .transition_job(job_id, JobStatus::Running, JobStatus::Finishing)
-            .await?
-        {
-            return Ok(());
-        }
-        self.finish_job(job).await
-    }
-
-    /// Under the re-render policy: `None` while the job's last submit is more recent than
-    /// `stuck_after` (late `render.completed` may still come; the job stays `finishing` and the
-    /// reconciler calls `finish_job` again), else the rows still without a URL are reopened.
-    async fn rerender_missing_urls(&self, job: &Job) -> Result<Option<ReopenOutcome>, StepError> {
-        let chunks = self.store.chunks_of_job(&job.id).await?;
-        let last_submit = chunks.iter().filter_map(|c| c.submitted_at).max();
-        let quiet_for = self.clock.now() - last_submit.unwrap_or(job.created_at);
-        if quiet_for < i64::try_from(self.settings.stuck_after.as_secs()).unwrap_or(i64::MAX) {
-            info!(job_id = %job.id, quiet_for, "rows without a URL; waiting for late render.completed before re-rendering them");
-            return Ok(None);
-        }
-        Ok(Some(self.reopen(&job.id, Selection::MissingUrls).await?))
-    }
-
-    /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
-    pub async fn finish_job(&self, job: Job) -> Result<(), StepError> {
-        let mut summary = self.write_manifest(&job).await?;
-        if summary.url_missing > 0
-            && self.settings.missing_url_policy == MissingUrlPolicy::Rerender
-            && job.reopened == 0
-        {
-            match self.rerender_missing_urls(&job).await? {
-                // Still waiting for late webhooks (the reconciler comes back), or re-rendering.
-                Some(ReopenOutcome::NotFinished { .. } | ReopenOutcome::Reopened { .. }) | None => {
-                    return Ok(());
-                }
-                // The URLs arrived meanwhile: the manifest must say so.
-                Some(ReopenOutcome::NothingToDo) => summary = self.write_manifest(&job).await?,
-            }
-        }
-        let c = job.counters;
-        let status = match (&job.error, c.rendered) {
-            (Some(_), 0) => JobStatus::Failed,
-            (Some(_), _) => JobStatus::Partial,
-            (None, _) => c.final_status(),
-        };
-        let now = self.clock.now();
-        self.store
-            .finish_job(&job.id, status, &summary.location, now)
-            .await?;
-        info!(
-            job_id = %job.id, status = status.as_str(), rows = c.rows, rendered = c.rendered, failed = c.failed,
-            rejected = c.rejected, manifest = %summary.location.csv, "job finished"
-        );
-        self.alert(Alert {
-            kind: "job_finished".into(),
-            message: format!(
-                "Job {} ({}) {}: {} rows, {} rendered, {} failed, {} rejected. Results: {}",
-                job.id,
-                job.source,
-                status.as_str(),
-                c.rows,
-                c.rendered,
-                c.failed,
-                c.rejected,
-                summary.location.csv
-            ),
-            job: Some(job.id.to_string()),
-            batch_id: None,
-            failure_rate: Some(c.failure_rate()),
-            top_errors: summary.top_errors,
-            counters: Some(c),
-        })
-        .await;
-        Ok(())
     }
 }

@@ -4,18 +4,14 @@
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::payload::{CHUNK_ROWS, EncodedChunk};
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
-use crate::domain::{
-    Chunk, ChunkKey, ChunkMessage, ChunkPayload, Counters, InlinePayload, Job, JobId, JobSpec,
-    JobStatus, ObjectRef,
-};
+use crate::domain::{ChunkKey, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef};
 use crate::layout::{self, UploadKind};
 use crate::metrics::{self, Unit};
 use crate::pictify::wire::VariableSet;
 
-/// Pictify's per-batch maximum.
-pub const CHUNK_ROWS: usize = 100;
 /// Chunks written and queued together (one SendMessageBatch holds 10).
 const CHUNKS_PER_FLUSH: usize = 10;
 /// Rejections kept on the job item for `status`; the manifest lists every one.
@@ -46,29 +42,6 @@ enum Parsed {
     Chunk(EncodedChunk),
     Rejected(u64, String),
     Done { rows: u64, error: Option<String> },
-}
-
-/// A chunk payload already encoded: ingest encodes on the parser thread, where the rows were
-/// built (freeing them there is cheap) and off the async side, which only does I/O.
-pub(crate) struct EncodedChunk {
-    job: JobId,
-    key: ChunkKey,
-    rows: Vec<u64>,
-    json: InlinePayload,
-}
-
-impl EncodedChunk {
-    fn encode(payload: ChunkPayload) -> Result<Self, StepError> {
-        let json = InlinePayload::encode(&payload).map_err(|e| {
-            StepError::Other(format!("encoding chunk {}: {e}", payload.key.label()))
-        })?;
-        Ok(EncodedChunk {
-            job: payload.job,
-            key: payload.key,
-            rows: payload.rows,
-            json,
-        })
-    }
 }
 
 impl Pipeline {
@@ -177,9 +150,10 @@ impl Pipeline {
             }
         }
         counters.chunks += self.queue_chunks(&upload.bucket, pending).await?;
-        parser
-            .await
-            .map_err(|e| StepError::Other(format!("dataset parser crashed: {e}")))?;
+        parser.await.map_err(|source| StepError::Crashed {
+            what: "the dataset parser",
+            source,
+        })?;
 
         if counters.rows == 0
             && let Some(reason) = dataset_error
@@ -231,51 +205,6 @@ impl Pipeline {
         Ok(chunks.len() as u64)
     }
 
-    /// Keeps the durable copy of a chunk's payload (retries and reconciliation read it) and builds
-    /// its queue message: inline when it fits the queue, by reference otherwise.
-    pub(crate) async fn store_payload(
-        &self,
-        bucket: &str,
-        payload: ChunkPayload,
-    ) -> Result<(Chunk, ChunkMessage), StepError> {
-        self.store_encoded(bucket, EncodedChunk::encode(payload)?)
-            .await
-    }
-
-    async fn store_encoded(
-        &self,
-        bucket: &str,
-        encoded: EncodedChunk,
-    ) -> Result<(Chunk, ChunkMessage), StepError> {
-        let EncodedChunk {
-            job,
-            key,
-            rows,
-            json,
-        } = encoded;
-        let at = layout::chunk_payload_ref(bucket, &job, &key.label(), &self.settings);
-        let bytes = json.json().as_bytes().to_vec();
-        // The same JSON travels inline when it fits the queue: encoded once.
-        let inline = self.fits_inline(bytes.len()).then_some(json);
-        self.objects
-            .put_bytes(&at, bytes, "application/json")
-            .await?;
-        let chunk = Chunk::new(job.clone(), key, rows).queued_at(self.clock.now());
-        let message = ChunkMessage {
-            job,
-            key,
-            payload_ref: if inline.is_none() { Some(at) } else { None },
-            payload: inline,
-        };
-        Ok((chunk, message))
-    }
-
-    /// Whether a payload of this size travels inside its queue message (room is left for the
-    /// envelope around it); bigger ones go by reference to their stored copy.
-    pub(crate) fn fits_inline(&self, payload_bytes: usize) -> bool {
-        payload_bytes + 512 <= self.queue.max_message_bytes()
-    }
-
     async fn fail_ingest(&self, mut job: Job, reason: String) -> Result<IngestOutcome, StepError> {
         warn!(job_id = %job.id, reason = %reason, "dataset rejected");
         job.status = JobStatus::Running;
@@ -301,16 +230,6 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
     }
 }
 
-/// The rules the reader applies for a spec; the manifest re-reads the file with the same rules,
-/// so row numbers and rejection reasons come out identical.
-pub(crate) fn row_rules(spec: &JobSpec) -> RowRules {
-    RowRules {
-        mapping: spec.mapping.clone(),
-        required: spec.required.clone(),
-        ..RowRules::default()
-    }
-}
-
 /// Runs on a blocking thread: reads the whole file, sending chunks and rejections as they come.
 fn parse_into_chunks(
     reader: Box<dyn std::io::Read + Send>,
@@ -325,7 +244,7 @@ fn parse_into_chunks(
     // Ingest sends only the variables; the manifest, which shows the input columns, keeps them.
     let rules = RowRules {
         keep_fields: false,
-        ..row_rules(spec)
+        ..layout::row_rules(spec)
     };
     let dataset = match DatasetReader::new(reader, format, rules) {
         Ok(d) => d,

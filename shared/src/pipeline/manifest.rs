@@ -10,6 +10,7 @@ use std::io::Write;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use super::alerting::top_errors;
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, fingerprint};
 use crate::domain::{Chunk, ChunkKey, Job, ManifestLocation, RowState};
@@ -93,10 +94,15 @@ impl Pipeline {
     pub async fn write_manifest(&self, job: &Job) -> Result<ManifestSummary, StepError> {
         let location = layout::manifest_location(&job.source, &self.settings);
         let outcomes = row_outcomes(self.store.chunks_of_job(&job.id).await?);
-        let format = DatasetFormat::from_key(&job.source.key)
-            .ok_or_else(|| StepError::Other(format!("{} is not a dataset", job.source)))?;
-        let dir = tempfile::tempdir()
-            .map_err(|e| StepError::Other(format!("temp dir for the manifest: {e}")))?;
+        let format =
+            DatasetFormat::from_key(&job.source.key).ok_or_else(|| StepError::Unreadable {
+                what: job.source.to_string(),
+                reason: "not a dataset (.csv, .json, .jsonl)".into(),
+            })?;
+        let dir = tempfile::tempdir().map_err(|source| StepError::Io {
+            what: "creating a temp dir for the manifest",
+            source,
+        })?;
         let csv_path = dir.path().join("results.csv");
         let jsonl_path = dir.path().join("results.jsonl");
 
@@ -111,7 +117,7 @@ impl Pipeline {
             None
         };
         let (tx, mut rx) = mpsc::channel::<Vec<Line>>(4);
-        let rules = super::ingest::row_rules(&job.spec);
+        let rules = layout::row_rules(&job.spec);
         let template_id = job.spec.template_id.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
             let Some(body) = body else {
@@ -178,10 +184,13 @@ impl Pipeline {
             top_errors: Vec::new(),
         };
         let mut codes: HashMap<String, u64> = HashMap::new();
-        let mut jsonl = std::io::BufWriter::new(
-            std::fs::File::create(&jsonl_path)
-                .map_err(|e| StepError::Other(format!("manifest file: {e}")))?,
-        );
+        let mut jsonl =
+            std::io::BufWriter::new(std::fs::File::create(&jsonl_path).map_err(|source| {
+                StepError::Io {
+                    what: "creating the manifest file",
+                    source,
+                }
+            })?);
         while let Some(mut group) = rx.recv().await {
             let fps: Vec<String> = group.iter().filter_map(|l| l.fingerprint.clone()).collect();
             let renders = if fps.is_empty() {
@@ -208,25 +217,34 @@ impl Pipeline {
                     RowState::InFlight { .. } => summary.in_flight += 1,
                 }
                 summary.lines += 1;
-                serde_json::to_writer(&mut jsonl, &json_line(line))
-                    .map_err(|e| StepError::Other(format!("manifest line: {e}")))?;
-                jsonl
-                    .write_all(b"\n")
-                    .map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
+                serde_json::to_writer(&mut jsonl, &json_line(line)).map_err(|e| StepError::Io {
+                    what: "writing a manifest line",
+                    source: e.into(),
+                })?;
+                jsonl.write_all(b"\n").map_err(|source| StepError::Io {
+                    what: "writing a manifest line",
+                    source,
+                })?;
             }
         }
         // The CSV needs the header, known only once the reader started, so it is written from the
         // JSONL file afterwards rather than from lines kept in memory.
-        jsonl
-            .flush()
-            .map_err(|e| StepError::Other(format!("manifest file: {e}")))?;
+        jsonl.flush().map_err(|source| StepError::Io {
+            what: "writing the manifest file",
+            source,
+        })?;
         drop(jsonl);
         let columns = reader
             .await
-            .map_err(|e| StepError::Other(format!("manifest reader crashed: {e}")))?
+            .map_err(|source| StepError::Crashed {
+                what: "the manifest reader",
+                source,
+            })?
             .unwrap_or_default();
-        write_csv_from_jsonl(&jsonl_path, &csv_path, &columns)
-            .map_err(|e| StepError::Other(format!("manifest csv: {e}")))?;
+        write_csv_from_jsonl(&jsonl_path, &csv_path, &columns).map_err(|e| StepError::Io {
+            what: "writing the manifest CSV",
+            source: std::io::Error::other(e),
+        })?;
 
         self.objects
             .put_file(&location.csv, &csv_path, "text/csv")
@@ -234,10 +252,7 @@ impl Pipeline {
         self.objects
             .put_file(&location.jsonl, &jsonl_path, "application/x-ndjson")
             .await?;
-        let mut top: Vec<(String, u64)> = codes.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(5);
-        summary.top_errors = top;
+        summary.top_errors = top_errors(codes);
         Ok(summary)
     }
 }

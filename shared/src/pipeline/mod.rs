@@ -1,9 +1,32 @@
-//! The pipeline steps (ingest, submit, webhook, batch completion, job completion), written against
-//! the ports only, so the Lambda functions and the local runner share one implementation.
+//! The pipeline steps, written against the ports only, so the Lambda functions and the local
+//! runner share one implementation.
+//!
+//! Calls run downhill only. Each file calls the files below it, never one above it or beside it
+//! (`layering` checks this against the sources in the tests):
+//!
+//! ```text
+//!  ingest     submit     webhook     reconcile      the steps a trigger (or the CLI) runs
+//!     │          │          │            │
+//!     │          └──────────┴─► batch ◄──┘          batch completion: poll, classify, retry, count
+//!     │                           │
+//!     └──────────────────────► finish               job completion: manifest, final status
+//!                                 │
+//!                              reopen               another attempt at some rows of a finished job
+//!                                 │
+//!                             manifest              one line per input row
+//!                                 │
+//!                      payload      alerting        chunk payloads; alert rules and sending
+//! ```
+//!
+//! Where to look: the 5% batch alert is `alerting::batch_failure_alert`; what a queue consumer does
+//! with a chunk message is `submit::MessageFate`; when a job finishes is `finish`.
 
+mod alerting;
 mod batch;
+mod finish;
 mod ingest;
 mod manifest;
+mod payload;
 mod reconcile;
 mod reopen;
 mod submit;
@@ -11,12 +34,14 @@ mod webhook;
 
 use std::sync::Arc;
 
+pub use alerting::{batch_failure_alert, failure_rate};
 pub use batch::BatchApplied;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
+pub use payload::CHUNK_ROWS;
 pub use reconcile::ReconcileReport;
 pub use reopen::{ReopenOutcome, Selection};
-pub use submit::SubmitOutcome;
+pub use submit::{KeepReason, MessageFate, SubmitOutcome};
 pub use webhook::{WebhookReply, WebhookRequest};
 
 use crate::ports::{Alerts, Clock, JobStore, ObjectStore, PictifyApi, PortError, WorkQueue};
@@ -37,16 +62,65 @@ pub struct Pipeline {
     pub webhook_secrets: Vec<Secret>,
 }
 
-/// A step failed in a way the caller should retry (the trigger redelivers).
+/// Why a step failed. `is_retryable` tells the trigger what to do next: redeliver, or record the
+/// failure and move on.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     #[error(transparent)]
     Port(#[from] PortError),
     #[error("pictify: {0}")]
     Pictify(#[from] crate::pictify::PictifyError),
-    #[error("{0}")]
-    Other(String),
+    /// Something the step needs was never there or is gone (a job, a chunk, a stored payload).
+    #[error("{what} is missing")]
+    Missing { what: String },
+    /// Stored data that cannot be read as what it should be.
+    #[error("{what} is unreadable: {reason}")]
+    Unreadable { what: String, reason: String },
+    /// Pictify's answers are behind its webhooks (a `batch.completed` before the poll agrees).
+    #[error("not yet: {0}")]
+    NotYet(String),
+    /// Local file I/O (the manifest is written through temp files).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread died (a panic in a parser).
+    #[error("{what} crashed: {source}")]
+    Crashed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
+impl StepError {
+    /// Whether running the step again later can succeed. Missing or unreadable data stays so.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Port(e) => e.retryable,
+            StepError::Pictify(e) => e.is_retryable(),
+            StepError::Missing { .. } | StepError::Unreadable { .. } => false,
+            StepError::NotYet(_) | StepError::Io { .. } | StepError::Crashed { .. } => true,
+        }
+    }
+
+    /// A short name of the kind of failure, for error reports (Lambda's `errorType`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepError::Port(_) => "PortError",
+            StepError::Pictify(_) => "PictifyError",
+            StepError::Missing { .. } => "Missing",
+            StepError::Unreadable { .. } => "Unreadable",
+            StepError::NotYet(_) => "NotYet",
+            StepError::Io { .. } => "IoError",
+            StepError::Crashed { .. } => "Crashed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod layering;
 #[cfg(test)]
 mod tests;

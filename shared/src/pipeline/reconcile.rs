@@ -8,9 +8,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::alerting::deadline_alert;
 use super::{BatchApplied, Pipeline, StepError};
-use crate::domain::{ChunkState, Job, JobStatus};
-use crate::ports::Alert;
+use crate::domain::{ChunkState, Job, JobId, JobStatus};
+use crate::ports::AlertKind;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -57,6 +58,22 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// One pass over one job (the local run reconciles only its own job).
+    pub async fn reconcile_one(
+        &self,
+        id: &JobId,
+        stuck_after: Duration,
+    ) -> Result<ReconcileReport, StepError> {
+        let mut report = ReconcileReport {
+            jobs: 1,
+            ..ReconcileReport::default()
+        };
+        if let Some(job) = self.store.job(id).await? {
+            self.reconcile_job(job, stuck_after, &mut report).await?;
+        }
+        Ok(report)
+    }
+
     async fn reconcile_job(
         &self,
         job: Job,
@@ -90,6 +107,7 @@ impl Pipeline {
             .iter()
             .any(|c| matches!(c.state, ChunkState::Submitting | ChunkState::Submitted))
             || self.store.submissions_paused().await?.is_some();
+        let mut resend = Vec::new();
         for chunk in chunks {
             match (chunk.state, &chunk.batch_id) {
                 (ChunkState::Submitted, Some(batch_id))
@@ -112,23 +130,21 @@ impl Pipeline {
                     if chunk.submitting_since.is_some_and(|t| t <= grace_before) =>
                 {
                     // The submitter resends it with the same idempotency key: a replay, never a second batch.
-                    let message = self.chunk_message(&job.id, chunk.key).await?;
-                    self.queue.send(std::slice::from_ref(&message)).await?;
-                    report.resent += 1;
+                    resend.push(chunk.key);
                     info!(job_id = %job.id, chunk = %chunk.key.label(), "unknown submit outcome re-queued");
                 }
                 (ChunkState::Queued, _)
                     if !busy && chunk.queued_at.is_some_and(|t| t <= stuck_before) =>
                 {
-                    // Its message may have died with a Lambda; a duplicate is harmless (begin_submit).
-                    let message = self.chunk_message(&job.id, chunk.key).await?;
-                    self.queue.send(std::slice::from_ref(&message)).await?;
-                    report.resent += 1;
+                    // Its message may have died with a Lambda.
+                    resend.push(chunk.key);
                     info!(job_id = %job.id, chunk = %chunk.key.label(), "chunk still queued; message sent again");
                 }
                 _ => {}
             }
         }
+        self.resend_chunks(&job.id, &resend).await?;
+        report.resent += resend.len() as u64;
         self.finish_job_if_done(&job.id).await
     }
 
@@ -141,35 +157,13 @@ impl Pipeline {
     ) -> Result<(), StepError> {
         let deadline = i64::try_from(self.settings.job_deadline.as_secs()).unwrap_or(i64::MAX);
         let age = now.saturating_sub(job.created_at);
-        if age <= deadline || !self.store.claim_alert(&job.id, DEADLINE_ALERT, now).await? {
+        let kind = AlertKind::JobDeadlineExceeded;
+        if age <= deadline || !self.store.claim_alert(&job.id, kind.as_str(), now).await? {
             return Ok(());
         }
         report.overdue += 1;
-        let c = job.counters;
-        warn!(job_id = %job.id, age_seconds = age, in_flight = c.in_flight(), "job past its deadline");
-        self.alert(Alert {
-            kind: DEADLINE_ALERT.into(),
-            message: format!(
-                "Job {} ({}) is still {} after {} minutes (deadline {} minutes): {} of {} rows in flight, {} rendered, {} failed",
-                job.id,
-                job.source,
-                job.status.as_str(),
-                age / 60,
-                deadline / 60,
-                c.in_flight(),
-                c.rows,
-                c.rendered,
-                c.failed
-            ),
-            job: Some(job.id.to_string()),
-            batch_id: None,
-            failure_rate: Some(c.failure_rate()),
-            top_errors: Vec::new(),
-            counters: Some(c),
-        })
-        .await;
+        warn!(job_id = %job.id, age_seconds = age, in_flight = job.counters.in_flight(), "job past its deadline");
+        self.alert(deadline_alert(job, age, deadline)).await;
         Ok(())
     }
 }
-
-const DEADLINE_ALERT: &str = "job_deadline_exceeded";

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tracing::info;
 
-use super::ingest::CHUNK_ROWS;
 use super::manifest::{RowOutcome, row_outcomes};
+use super::payload::CHUNK_ROWS;
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{ChunkKey, ChunkPayload, Job, JobId, JobStatus, RowState, is_retryable};
@@ -65,7 +65,9 @@ impl Pipeline {
             .store
             .job(job_id)
             .await?
-            .ok_or_else(|| StepError::Other(format!("no job {job_id}")))?;
+            .ok_or_else(|| StepError::Missing {
+                what: format!("job {job_id}"),
+            })?;
         let reopenable = job.status.is_terminal()
             || (selection == Selection::MissingUrls && job.status == JobStatus::Finishing);
         if !reopenable {
@@ -201,13 +203,9 @@ impl Pipeline {
             .variable_sets
             .get(picked.index as usize)
             .cloned()
-            .ok_or_else(|| {
-                StepError::Other(format!(
-                    "row {} is not at index {} of chunk {}'s payload",
-                    picked.row,
-                    picked.index,
-                    picked.from.label()
-                ))
+            .ok_or_else(|| StepError::Unreadable {
+                what: format!("chunk {}'s payload", picked.from.label()),
+                reason: format!("row {} is not at index {}", picked.row, picked.index),
             })
     }
 }

@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use super::alerting::{chunk_failed_alert, submissions_paused_alert};
 use super::{Pipeline, StepError};
 use crate::domain::{
-    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, InlinePayload, JobId, RowError,
-    own_codes,
+    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes,
 };
 use crate::metrics::{self, Unit};
 use crate::pictify::PictifyError;
 use crate::pictify::wire::BatchRenderRequest;
-use crate::ports::{Alert, BeginSubmit, ChunkCompletion};
+use crate::ports::{AlertKind, BeginSubmit, ChunkCompletion};
 
 /// What the queue handler should do with the message.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +35,109 @@ pub enum SubmitOutcome {
     Rejected { message: String },
 }
 
+/// What a queue consumer does with a chunk message after `Pipeline::handle_chunk_message`: one
+/// rule for the SQS submitter and the local run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageFate {
+    /// Done with it (submitted, already done, or its rows failed for good): acknowledge.
+    Acknowledge,
+    /// Keep it: visible again after `after` (`None`: the queue's own redelivery, e.g. the SQS
+    /// visibility timeout).
+    Keep {
+        after: Option<Duration>,
+        why: KeepReason,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeepReason {
+    /// Rate limited, a 5xx, or an unknown outcome waiting out its grace period.
+    Later,
+    /// Submissions are paused for the account (401/402/quota) until an operator resumes them.
+    Paused { reason: String },
+    /// A step error that trying again can fix (a store or network hiccup).
+    Error { error: String },
+}
+
+/// A chunk that can never render, and how to say so.
+struct ChunkFailure {
+    alert: AlertKind,
+    code: &'static str,
+    message: String,
+}
+
 impl Pipeline {
+    /// Submits the chunk a queue message carries and decides the message's fate. Errors are
+    /// sorted once, by `StepError::is_retryable`: a retryable one keeps the message for the
+    /// queue to redeliver; a permanent one (its payload is gone or unreadable, its job unknown)
+    /// fails the chunk's rows, recorded and alerted, and acknowledges, so nothing bounces into
+    /// the dead-letter queue that an operator could not fix by redelivering.
+    pub async fn handle_chunk_message(&self, message: &ChunkMessage) -> MessageFate {
+        let (job, chunk) = (&message.job, message.key.label());
+        let error = match self.submit(message).await {
+            Ok(
+                SubmitOutcome::Submitted { .. }
+                | SubmitOutcome::AlreadyDone
+                | SubmitOutcome::Rejected { .. },
+            ) => return MessageFate::Acknowledge,
+            Ok(SubmitOutcome::RetryLater(delay)) => {
+                return MessageFate::Keep {
+                    after: Some(delay),
+                    why: KeepReason::Later,
+                };
+            }
+            Ok(SubmitOutcome::Paused { reason, delay }) => {
+                warn!(job_id = %job, chunk = %chunk, reason = %reason, "submissions paused; message kept");
+                return MessageFate::Keep {
+                    after: Some(delay),
+                    why: KeepReason::Paused { reason },
+                };
+            }
+            Err(e) => e,
+        };
+        if error.is_retryable() {
+            error!(job_id = %job, chunk = %chunk, error = %error, "submit failed; the message will be redelivered");
+            return MessageFate::Keep {
+                after: None,
+                why: KeepReason::Error {
+                    error: error.to_string(),
+                },
+            };
+        }
+        error!(job_id = %job, chunk = %chunk, error = %error, "the chunk can never be submitted; failing its rows");
+        match self.fail_unsubmittable(message, &error).await {
+            Ok(()) => MessageFate::Acknowledge,
+            Err(e) => {
+                error!(job_id = %job, chunk = %chunk, error = %e, "could not record the failed chunk; the message will be redelivered");
+                MessageFate::Keep {
+                    after: None,
+                    why: KeepReason::Error {
+                        error: e.to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Fails the rows of a chunk whose submit failed permanently. A message for a chunk (or job)
+    /// we have no record of has no rows to fail: it is acknowledged, as `submit` does.
+    async fn fail_unsubmittable(
+        &self,
+        message: &ChunkMessage,
+        error: &StepError,
+    ) -> Result<(), StepError> {
+        let Some(chunk) = self.store.chunk(&message.job, message.key).await? else {
+            return Ok(());
+        };
+        let failure = ChunkFailure {
+            alert: AlertKind::ChunkUnsubmittable,
+            code: own_codes::CHUNK_UNSUBMITTABLE,
+            message: error.to_string(),
+        };
+        self.fail_chunk(&message.job, message.key, chunk.rows.len(), failure)
+            .await
+    }
+
     pub async fn submit(&self, message: &ChunkMessage) -> Result<SubmitOutcome, StepError> {
         let (job, key) = (&message.job, message.key);
         if let Some(reason) = self.store.submissions_paused().await? {
@@ -99,7 +201,11 @@ impl Pipeline {
                 // resolved by its idempotency key); its batch.completed was then kept as an orphan.
                 if self.store.batch_completed_early(&accepted.batch_id).await? {
                     info!(job_id = %job, batch_id = %accepted.batch_id, "batch.completed came before its id was recorded; applying it now");
-                    self.complete_batch(&accepted.batch_id, None).await?;
+                    // The chunk is submitted whatever happens here: a failure is not the submit's
+                    // (failing its rows would be wrong); the reconciler polls the batch later.
+                    if let Err(e) = self.complete_batch(&accepted.batch_id, None).await {
+                        warn!(job_id = %job, batch_id = %accepted.batch_id, error = %e, "applying the early batch failed; the reconciler will poll it");
+                    }
                 }
                 metrics::emit(
                     &[
@@ -114,6 +220,56 @@ impl Pipeline {
             }
             Err(e) => self.submit_failed(job, key, &payload, e).await,
         }
+    }
+
+    /// Ends a chunk that can never render: every row `failed` with the failure's code, counted
+    /// once (a repeated call applies nothing), one alert, and the job finished if that was all.
+    async fn fail_chunk(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        rows: usize,
+        failure: ChunkFailure,
+    ) -> Result<(), StepError> {
+        let failed: BTreeMap<u32, RowError> = (0..rows as u32)
+            .map(|i| {
+                let error = RowError {
+                    code: failure.code.into(),
+                    message: failure.message.clone(),
+                };
+                (i, error)
+            })
+            .collect();
+        let n = failed.len() as u64;
+        let completion = ChunkCompletion {
+            job: job.clone(),
+            key,
+            outcome: ChunkOutcome {
+                rendered: 0,
+                failed,
+                retried: Vec::new(),
+                duration_ms: None,
+            },
+            delta: Counters {
+                failed: n,
+                chunks_done: 1,
+                ..Default::default()
+            },
+            retry: None,
+            alert: true,
+        };
+        if self.store.complete_chunk(&completion).await? {
+            let alert = chunk_failed_alert(
+                failure.alert,
+                job,
+                &key.label(),
+                n,
+                failure.code,
+                &failure.message,
+            );
+            self.alert(alert).await;
+        }
+        self.finish_job_if_done(job).await
     }
 
     async fn submit_failed(
@@ -154,16 +310,7 @@ impl Pipeline {
                     .await?
                 {
                     error!(job_id = %job, chunk = %chunk, reason = %message, "submissions paused");
-                    self.alert(Alert {
-                        kind: "submissions_paused".into(),
-                        message: format!("Pictify refused a submission ({reason}); all submissions are paused until an operator resumes them"),
-                        job: Some(job.to_string()),
-                        batch_id: None,
-                        failure_rate: None,
-                        top_errors: Vec::new(),
-                        counters: None,
-                    })
-                    .await;
+                    self.alert(submissions_paused_alert(job, &reason)).await;
                 }
                 Ok(SubmitOutcome::Paused {
                     reason,
@@ -174,147 +321,15 @@ impl Pipeline {
             | PictifyError::InvalidRequest { ref message, .. } => {
                 let message = message.clone();
                 warn!(job_id = %job, chunk = %chunk, error = %e, "pictify rejected the chunk; failing its rows");
-                let failed: BTreeMap<u32, RowError> = (0..payload.rows.len() as u32)
-                    .map(|i| {
-                        (
-                            i,
-                            RowError {
-                                code: own_codes::SUBMIT_REJECTED.into(),
-                                message: e.to_string(),
-                            },
-                        )
-                    })
-                    .collect();
-                let n = failed.len() as u64;
-                let completion = ChunkCompletion {
-                    job: job.clone(),
-                    key,
-                    outcome: ChunkOutcome {
-                        rendered: 0,
-                        failed,
-                        retried: Vec::new(),
-                        duration_ms: None,
-                    },
-                    delta: Counters {
-                        failed: n,
-                        chunks_done: 1,
-                        ..Default::default()
-                    },
-                    retry: None,
-                    alert: true,
+                let failure = ChunkFailure {
+                    alert: AlertKind::SubmitRejected,
+                    code: own_codes::SUBMIT_REJECTED,
+                    message: e.to_string(),
                 };
-                if self.store.complete_chunk(&completion).await? {
-                    self.alert(Alert {
-                        kind: "submit_rejected".into(),
-                        message: format!("Pictify rejected chunk {chunk} ({n} rows failed): {e}"),
-                        job: Some(job.to_string()),
-                        batch_id: None,
-                        failure_rate: Some(1.0),
-                        top_errors: vec![(own_codes::SUBMIT_REJECTED.into(), n)],
-                        counters: None,
-                    })
-                    .await;
-                }
-                self.finish_job_if_done(job).await?;
+                self.fail_chunk(job, key, payload.rows.len(), failure)
+                    .await?;
                 Ok(SubmitOutcome::Rejected { message })
             }
-        }
-    }
-
-    pub(crate) async fn load_payload(
-        &self,
-        message: &ChunkMessage,
-    ) -> Result<ChunkPayload, StepError> {
-        if let Some(payload) = &message.payload {
-            return payload.decode().map_err(|e| {
-                StepError::Other(format!(
-                    "the inline payload of chunk {} is unreadable: {e}",
-                    message.key.label()
-                ))
-            });
-        }
-        let at = message.payload_ref.as_ref().ok_or_else(|| {
-            StepError::Other(format!(
-                "message for chunk {} carries no payload",
-                message.key.label()
-            ))
-        })?;
-        self.read_payload(at).await
-    }
-
-    /// A chunk's stored payload (the variable sets it was cut with).
-    pub async fn chunk_payload(
-        &self,
-        job: &JobId,
-        key: ChunkKey,
-    ) -> Result<ChunkPayload, StepError> {
-        self.read_payload(&self.payload_ref(job, key).await?).await
-    }
-
-    /// Where a chunk's payload is stored (it lives in the job's bucket).
-    async fn payload_ref(
-        &self,
-        job: &JobId,
-        key: ChunkKey,
-    ) -> Result<crate::domain::ObjectRef, StepError> {
-        let stored = self
-            .store
-            .job(job)
-            .await?
-            .ok_or_else(|| StepError::Other(format!("job {job} is missing")))?;
-        Ok(crate::layout::chunk_payload_ref(
-            &stored.source.bucket,
-            job,
-            &key.label(),
-            &self.settings,
-        ))
-    }
-
-    /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
-    /// it again is always safe: the submitter ignores chunks already submitted.
-    pub async fn chunk_message(
-        &self,
-        job: &JobId,
-        key: ChunkKey,
-    ) -> Result<ChunkMessage, StepError> {
-        let at = self.payload_ref(job, key).await?;
-        let bytes = self
-            .objects
-            .get_bytes(&at)
-            .await?
-            .ok_or_else(|| StepError::Other(format!("chunk payload {at} is missing")))?;
-        let inline = if self.fits_inline(bytes.len()) {
-            String::from_utf8(bytes)
-                .ok()
-                .and_then(|json| InlinePayload::from_json(json).ok())
-        } else {
-            None
-        };
-        Ok(ChunkMessage {
-            job: job.clone(),
-            key,
-            payload_ref: inline.is_none().then_some(at),
-            payload: inline,
-        })
-    }
-
-    pub(crate) async fn read_payload(
-        &self,
-        at: &crate::domain::ObjectRef,
-    ) -> Result<ChunkPayload, StepError> {
-        let bytes = self
-            .objects
-            .get_bytes(at)
-            .await?
-            .ok_or_else(|| StepError::Other(format!("chunk payload {at} is missing")))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StepError::Other(format!("chunk payload {at} is unreadable: {e}")))
-    }
-
-    /// Alerts are best effort: a failed alert is logged, never allowed to undo the work it reports.
-    pub(crate) async fn alert(&self, alert: Alert) {
-        if let Err(e) = self.alerts.send(&alert).await {
-            error!(kind = %alert.kind, error = %e, "alert could not be sent");
         }
     }
 }

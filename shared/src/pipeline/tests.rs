@@ -804,3 +804,60 @@ async fn rows_whose_url_never_came_are_rendered_again_under_the_rerender_policy(
         1
     );
 }
+
+#[tokio::test]
+async fn a_chunk_whose_payload_is_gone_fails_its_rows_once_and_its_message_is_acknowledged() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let mut message = h.queue.pop().unwrap();
+    message.payload = None;
+    message.payload_ref = Some(ObjectRef {
+        bucket: "bucket".into(),
+        key: "work/gone.json".into(),
+    });
+
+    assert_eq!(
+        h.pipeline.handle_chunk_message(&message).await,
+        MessageFate::Acknowledge
+    );
+    // A redelivery changes nothing: the chunk is completed already.
+    assert_eq!(
+        h.pipeline.handle_chunk_message(&message).await,
+        MessageFate::Acknowledge
+    );
+
+    let job = h.job().await;
+    assert_eq!((job.status, job.counters.failed), (JobStatus::Failed, 3));
+    assert_eq!(
+        h.manifest_lines().await[0]["errorCode"],
+        "CHUNK_UNSUBMITTABLE"
+    );
+    let alerts = h.alerts.alerts();
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a.kind == "chunk_unsubmittable")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_chunk_message_is_kept_for_the_servers_delay() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    h.ingest().await;
+    let message = h.queue.pop().unwrap();
+    *h.pictify.next_error.lock().unwrap() = Some(PictifyError::RateLimited {
+        retry_after: Some(std::time::Duration::from_secs(7)),
+        message: "slow down".into(),
+    });
+    assert_eq!(
+        h.pipeline.handle_chunk_message(&message).await,
+        MessageFate::Keep {
+            after: Some(std::time::Duration::from_secs(7)),
+            why: KeepReason::Later
+        }
+    );
+}

@@ -1,0 +1,209 @@
+//! Chunk payloads: the variable sets a chunk was cut with. Encoded once, stored durably in the
+//! job's bucket (retries, reopening and reconciliation read them back), and carried in the queue
+//! message inline when they fit, by reference otherwise.
+
+use tracing::info;
+
+use super::{Pipeline, StepError};
+use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkPayload, InlinePayload, JobId, ObjectRef};
+use crate::layout;
+
+/// Rows per chunk: Pictify's per-batch maximum.
+pub const CHUNK_ROWS: usize = 100;
+
+/// Room left in a queue message for the envelope around an inline payload.
+const ENVELOPE_BYTES: usize = 512;
+
+/// A chunk payload already encoded: ingest encodes on the parser thread, where the rows were
+/// built (freeing them there is cheap) and off the async side, which only does I/O.
+pub(crate) struct EncodedChunk {
+    job: JobId,
+    key: ChunkKey,
+    rows: Vec<u64>,
+    json: InlinePayload,
+}
+
+impl EncodedChunk {
+    pub(crate) fn encode(payload: ChunkPayload) -> Result<Self, StepError> {
+        let json = InlinePayload::encode(&payload).map_err(|e| StepError::Unreadable {
+            what: format!("chunk {}'s payload", payload.key.label()),
+            reason: e.to_string(),
+        })?;
+        Ok(EncodedChunk {
+            job: payload.job,
+            key: payload.key,
+            rows: payload.rows,
+            json,
+        })
+    }
+}
+
+/// The payload of a retry chunk: the rows at `indices` of `payload`, under the next attempt's key.
+pub(crate) fn retry_payload(payload: &ChunkPayload, indices: &[u32]) -> ChunkPayload {
+    let pick = |i: &u32| {
+        (
+            payload.rows.get(*i as usize).copied(),
+            payload.variable_sets.get(*i as usize).cloned(),
+        )
+    };
+    let (rows, variable_sets) = indices
+        .iter()
+        .filter_map(|i| match pick(i) {
+            (Some(row), Some(vars)) => Some((row, vars)),
+            _ => None,
+        })
+        .unzip();
+    ChunkPayload {
+        key: payload.key.retry(),
+        rows,
+        variable_sets,
+        ..payload.clone()
+    }
+}
+
+impl Pipeline {
+    /// Keeps the durable copy of a chunk's payload and builds the chunk and its queue message.
+    pub(crate) async fn store_payload(
+        &self,
+        bucket: &str,
+        payload: ChunkPayload,
+    ) -> Result<(Chunk, ChunkMessage), StepError> {
+        self.store_encoded(bucket, EncodedChunk::encode(payload)?)
+            .await
+    }
+
+    pub(crate) async fn store_encoded(
+        &self,
+        bucket: &str,
+        encoded: EncodedChunk,
+    ) -> Result<(Chunk, ChunkMessage), StepError> {
+        let EncodedChunk {
+            job,
+            key,
+            rows,
+            json,
+        } = encoded;
+        let at = layout::chunk_payload_ref(bucket, &job, &key.label(), &self.settings);
+        let bytes = json.json().as_bytes().to_vec();
+        // The same JSON travels inline when it fits the queue: encoded once.
+        let inline = self.fits_inline(bytes.len()).then_some(json);
+        self.objects
+            .put_bytes(&at, bytes, "application/json")
+            .await?;
+        let chunk = Chunk::new(job.clone(), key, rows).queued_at(self.clock.now());
+        let message = ChunkMessage {
+            job,
+            key,
+            payload_ref: if inline.is_none() { Some(at) } else { None },
+            payload: inline,
+        };
+        Ok((chunk, message))
+    }
+
+    /// Whether a payload of this size travels inside its queue message; bigger ones go by
+    /// reference to their stored copy.
+    fn fits_inline(&self, payload_bytes: usize) -> bool {
+        payload_bytes + ENVELOPE_BYTES <= self.queue.max_message_bytes()
+    }
+
+    /// The payload a queue message carries, inline or by reference.
+    pub(crate) async fn load_payload(
+        &self,
+        message: &ChunkMessage,
+    ) -> Result<ChunkPayload, StepError> {
+        if let Some(payload) = &message.payload {
+            return payload.decode().map_err(|e| StepError::Unreadable {
+                what: format!("the inline payload of chunk {}", message.key.label()),
+                reason: e.to_string(),
+            });
+        }
+        let at = message
+            .payload_ref
+            .as_ref()
+            .ok_or_else(|| StepError::Missing {
+                what: format!("the payload of chunk {}'s message", message.key.label()),
+            })?;
+        self.read_payload(at).await
+    }
+
+    /// A chunk's stored payload (the variable sets it was cut with).
+    pub async fn chunk_payload(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<ChunkPayload, StepError> {
+        self.read_payload(&self.payload_ref(job, key).await?).await
+    }
+
+    /// Where a chunk's payload is stored (it lives in the job's bucket).
+    async fn payload_ref(&self, job: &JobId, key: ChunkKey) -> Result<ObjectRef, StepError> {
+        let stored = self
+            .store
+            .job(job)
+            .await?
+            .ok_or_else(|| StepError::Missing {
+                what: format!("job {job}"),
+            })?;
+        Ok(layout::chunk_payload_ref(
+            &stored.source.bucket,
+            job,
+            &key.label(),
+            &self.settings,
+        ))
+    }
+
+    /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
+    /// it again is always safe: the submitter ignores chunks already submitted.
+    pub async fn chunk_message(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<ChunkMessage, StepError> {
+        let at = self.payload_ref(job, key).await?;
+        let bytes = self.payload_bytes(&at).await?;
+        let inline = if self.fits_inline(bytes.len()) {
+            String::from_utf8(bytes)
+                .ok()
+                .and_then(|json| InlinePayload::from_json(json).ok())
+        } else {
+            None
+        };
+        Ok(ChunkMessage {
+            job: job.clone(),
+            key,
+            payload_ref: inline.is_none().then_some(at),
+            payload: inline,
+        })
+    }
+
+    /// Sends chunk messages again (their first send may have been lost): a duplicate is harmless,
+    /// the submitter's `begin_submit` is conditional.
+    pub async fn resend_chunks(&self, job: &JobId, keys: &[ChunkKey]) -> Result<(), StepError> {
+        let mut messages = Vec::with_capacity(keys.len());
+        for key in keys {
+            messages.push(self.chunk_message(job, *key).await?);
+        }
+        if !messages.is_empty() {
+            self.queue.send(&messages).await?;
+            info!(job_id = %job, chunks = messages.len(), "chunk messages sent again");
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_payload(&self, at: &ObjectRef) -> Result<ChunkPayload, StepError> {
+        let bytes = self.payload_bytes(at).await?;
+        serde_json::from_slice(&bytes).map_err(|e| StepError::Unreadable {
+            what: format!("chunk payload {at}"),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn payload_bytes(&self, at: &ObjectRef) -> Result<Vec<u8>, StepError> {
+        self.objects
+            .get_bytes(at)
+            .await?
+            .ok_or_else(|| StepError::Missing {
+                what: format!("chunk payload {at}"),
+            })
+    }
+}
