@@ -1,8 +1,13 @@
 //! `SqliteJobStore`: the embedded, durable `JobStore` of local runs (`DIR/.state/jobs.db`).
 //!
-//! Same semantics as `shared::local::MemoryJobStore` (the reference; its module docs list the
-//! rules per method): every method is one SQLite transaction on one connection behind a mutex,
-//! so each is atomic exactly like the in-memory store's single lock. Jobs and chunks are stored as
+//! Same semantics as `shared::local::MemoryJobStore` (the reference; its module docs list what
+//! the store does beyond the domain's rules): every method is one SQLite transaction on one
+//! connection behind a mutex, so each is atomic exactly like the in-memory store's single lock.
+//! State changes are the domain's rules (`shared::domain`: `Chunk::begin_submit`,
+//! `Job::transition`, …): each method loads, calls the rule and saves what it returns. Where this
+//! store differs: `record_submitted` refuses another batch id (an error, not a log line) and
+//! records the batch id of a completed chunk that holds none; completing an unknown chunk is an
+//! error. Jobs and chunks are stored as
 //! their serde JSON plus the columns queries need. WAL with `synchronous=NORMAL` survives a killed
 //! process (only an OS crash can lose the last commits), which is what `--resume` relies on.
 
@@ -15,7 +20,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
+use shared::domain::{
+    Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
+};
 use shared::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
     Reopen,
@@ -100,20 +107,15 @@ impl SqliteJobStore {
     pub async fn forget_batch(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
         let job = job.clone();
         self.call("forget batch", move |tx| {
-            let Some(mut chunk) = load_chunk(tx, &job, key)? else {
+            let Some(chunk) = load_chunk(tx, &job, key)? else {
                 return Ok(false);
             };
-            if chunk.state != ChunkState::Submitted {
-                return Ok(false);
-            }
-            if let Some(batch) = chunk.batch_id.take() {
-                tx.execute("DELETE FROM batches WHERE batch_id = ?1", params![batch])?;
-            }
-            chunk.state = ChunkState::Queued;
-            chunk.submitting_since = None;
-            chunk.submitted_at = None;
-            save_chunk(tx, &chunk)?;
-            Ok(true)
+            chunk.forget_batch().save_with(|next| {
+                if let Some(batch) = &chunk.batch_id {
+                    tx.execute("DELETE FROM batches WHERE batch_id = ?1", params![batch])?;
+                }
+                save_chunk(tx, next)
+            })
         })
         .await
     }
@@ -330,13 +332,11 @@ impl JobStore for SqliteJobStore {
     async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
         let job = job.clone();
         self.call("finish ingest", move |tx| {
-            let mut stored = load_job(tx, &job.id)?.ok_or_else(|| StoreError::NoJob(job.id.clone()))?;
-            if stored.status != JobStatus::Ingesting {
+            let stored = load_job(tx, &job.id)?.ok_or_else(|| StoreError::NoJob(job.id.clone()))?;
+            if !stored.finish_ingest(&job).save_with(|next| save_job(tx, next))? {
                 tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
-                return Ok(());
             }
-            stored.apply_ingest(&job);
-            save_job(tx, &stored)
+            Ok(())
         })
         .await
     }
@@ -374,33 +374,11 @@ impl JobStore for SqliteJobStore {
         grace: Duration,
     ) -> PortResult<BeginSubmit> {
         let job = job.clone();
-        self.call("begin submit", move |tx| {
-            let Some(mut chunk) = load_chunk(tx, &job, key)? else {
-                return Ok(BeginSubmit::Unknown);
-            };
-            match chunk.state {
-                ChunkState::Completed => return Ok(BeginSubmit::Completed),
-                ChunkState::Submitted => {
-                    return Ok(BeginSubmit::AlreadySubmitted {
-                        batch_id: chunk.batch_id.clone().unwrap_or_default(),
-                    });
-                }
-                ChunkState::Submitting => {
-                    let since = chunk.submitting_since.unwrap_or(i64::MIN);
-                    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-                    if now.saturating_sub(since) < grace_secs {
-                        return Ok(BeginSubmit::InProgress { since });
-                    }
-                }
-                ChunkState::Queued => {}
-            }
-            chunk.state = ChunkState::Submitting;
-            chunk.submitting_since = Some(now);
-            chunk.submit_attempts += 1;
-            save_chunk(tx, &chunk)?;
-            Ok(BeginSubmit::Proceed {
-                attempt: chunk.submit_attempts,
-            })
+        self.call("begin submit", move |tx| match load_chunk(tx, &job, key)? {
+            Some(chunk) => chunk
+                .begin_submit(now, grace)
+                .save_with(|next| save_chunk(tx, next)),
+            None => Ok(BeginSubmit::Unknown),
         })
         .await
     }
@@ -415,19 +393,16 @@ impl JobStore for SqliteJobStore {
         let (job, batch_id) = (job.clone(), batch_id.to_owned());
         self.call("record submitted", move |tx| {
             let mut chunk = load_chunk(tx, &job, key)?.ok_or_else(|| StoreError::NoChunk { job: job.clone(), key })?;
-            match (chunk.state, chunk.batch_id.as_deref()) {
-                (ChunkState::Submitted | ChunkState::Completed, Some(existing)) if existing != batch_id => {
-                    return Err(StoreError::OtherBatch { job, key, existing: existing.to_owned(), offered: batch_id });
+            match chunk.record_submitted(&batch_id, now).apply(&mut chunk) {
+                // This store's own: another batch id is refused, not logged.
+                RecordSubmitted::OtherBatch { first } => {
+                    return Err(StoreError::OtherBatch { job, key, existing: first, offered: batch_id });
                 }
-                (ChunkState::Submitted | ChunkState::Completed, _) => {}
-                (ChunkState::Queued | ChunkState::Submitting, _) => {
-                    chunk.state = ChunkState::Submitted;
+                // This store's own: a completed chunk that holds no batch id records this one.
+                RecordSubmitted::Repeated if chunk.batch_id.is_none() => {
                     chunk.batch_id = Some(batch_id.clone());
-                    chunk.submitted_at = Some(now);
                 }
-            }
-            if chunk.batch_id.is_none() {
-                chunk.batch_id = Some(batch_id.clone());
+                RecordSubmitted::Recorded | RecordSubmitted::Repeated => {}
             }
             save_chunk(tx, &chunk)?;
             tx.execute(
@@ -443,14 +418,12 @@ impl JobStore for SqliteJobStore {
     async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
         let job = job.clone();
         self.call("release submit", move |tx| {
-            if let Some(mut chunk) = load_chunk(tx, &job, key)?
-                && chunk.state == ChunkState::Submitting
-            {
-                chunk.state = ChunkState::Queued;
-                chunk.submitting_since = None;
-                save_chunk(tx, &chunk)?;
+            match load_chunk(tx, &job, key)? {
+                Some(chunk) => chunk
+                    .release_submit()
+                    .save_with(|next| save_chunk(tx, next)),
+                None => Ok(()),
             }
-            Ok(())
         })
         .await
     }
@@ -479,25 +452,23 @@ impl JobStore for SqliteJobStore {
     async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
         let c = completion.clone();
         self.call("complete chunk", move |tx| {
-            let mut chunk = load_chunk(tx, &c.job, c.key)?.ok_or_else(|| StoreError::NoChunk {
+            let chunk = load_chunk(tx, &c.job, c.key)?.ok_or_else(|| StoreError::NoChunk {
                 job: c.job.clone(),
                 key: c.key,
             })?;
-            // Only a chunk handed to Pictify can complete (the reference store's rule).
-            if chunk.state == ChunkState::Completed {
-                return Ok(false);
-            }
-            if chunk.state == ChunkState::Queued {
-                tracing::warn!(job_id = %c.job, chunk = %c.key.label(),
-                    "completion for a chunk that was never submitted; ignored");
-                return Ok(false);
+            let transition = chunk.complete(&c.outcome);
+            match transition.answer {
+                Complete::Applied => {}
+                Complete::AlreadyApplied => return Ok(false),
+                Complete::NotSubmitted => {
+                    tracing::warn!(job_id = %c.job, chunk = %c.key.label(),
+                        "completion for a chunk that was never submitted; ignored");
+                    return Ok(false);
+                }
             }
             let mut job = load_job(tx, &c.job)?.ok_or_else(|| StoreError::NoJob(c.job.clone()))?;
-            chunk.state = ChunkState::Completed;
-            chunk.outcome = Some(c.outcome.clone());
-            save_chunk(tx, &chunk)?;
-            job.counters.add(&c.delta);
-            job.render_ms_total += c.outcome.duration_ms.unwrap_or(0);
+            transition.save_with(|next| save_chunk(tx, next))?;
+            job.apply_outcome(&c.outcome, &c.delta);
             save_job(tx, &job)?;
             if let Some(retry) = &c.retry {
                 insert_chunk(tx, retry)?;
@@ -555,12 +526,10 @@ impl JobStore for SqliteJobStore {
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
         let id = id.clone();
         self.call("transition job", move |tx| match load_job(tx, &id)? {
-            Some(mut job) if job.status == from => {
-                job.status = to;
-                save_job(tx, &job)?;
-                Ok(true)
-            }
-            _ => Ok(false),
+            Some(job) => job
+                .transition(from, to)
+                .save_with(|next| save_job(tx, next)),
+            None => Ok(false),
         })
         .await
     }
@@ -575,9 +544,7 @@ impl JobStore for SqliteJobStore {
         let (id, manifest) = (id.clone(), manifest.clone());
         self.call("finish job", move |tx| {
             let mut job = load_job(tx, &id)?.ok_or_else(|| StoreError::NoJob(id.clone()))?;
-            job.status = status;
-            job.manifest = Some(manifest);
-            job.completed_at = Some(now);
+            job.finish(status, &manifest, now);
             save_job(tx, &job)
         })
         .await
@@ -586,7 +553,7 @@ impl JobStore for SqliteJobStore {
     async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
         let reopen = reopen.clone();
         self.call("reopen job", move |tx| {
-            let Some(mut job) = load_job(tx, &reopen.job)?.filter(|j| j.status == reopen.from)
+            let Some(reopened) = load_job(tx, &reopen.job)?.and_then(|j| j.reopen(&reopen).next)
             else {
                 return Ok(false);
             };
@@ -599,8 +566,7 @@ impl JobStore for SqliteJobStore {
                 }
                 save_chunk(tx, chunk)?;
             }
-            reopen.apply_to(&mut job);
-            save_job(tx, &job)?;
+            save_job(tx, &reopened)?;
             Ok(true)
         })
         .await

@@ -87,20 +87,8 @@ pub trait WorkQueue: Send + Sync {
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()>;
 }
 
-/// What `begin_submit` found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BeginSubmit {
-    /// Intent recorded: call Pictify now. `attempt` counts submit attempts including this one.
-    Proceed { attempt: u32 },
-    /// Already submitted (a redelivered message): nothing to do.
-    AlreadySubmitted { batch_id: String },
-    /// Another attempt started `since` and its outcome is unknown: wait out the grace period.
-    InProgress { since: i64 },
-    /// The chunk's outcome is already applied.
-    Completed,
-    /// No such chunk (a message for a job we do not know).
-    Unknown,
-}
+/// What `begin_submit` found: a domain answer (`crate::domain::rules`), re-exported here.
+pub use crate::domain::BeginSubmit;
 
 /// Chunks one `reopen_job` may create: DynamoDB transactions hold 100 items, two are the job's.
 pub const MAX_REOPEN_CHUNKS: usize = 98;

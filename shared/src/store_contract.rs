@@ -4,6 +4,11 @@
 //! this crate's tests or with the `contract` feature (adapter crates enable it in
 //! dev-dependencies).
 //!
+//! Two checks hold every store to the domain's rules (`crate::domain`, the one written statement
+//! of the state machines): every chunk state × request and every job status × expected status
+//! is run against the store and against the pure rule, and the answers and stored states must
+//! be equal. For DynamoDB that checks its condition expressions against the rules.
+//!
 //! Behaviours where the adapters differ today (for example an unknown chunk's completion: an
 //! error in SQLite, `Ok(false)` elsewhere) are not part of `check_job_store`; the `check_*`
 //! functions below it cover the ones two adapters share, the rest stay in each adapter's tests.
@@ -19,7 +24,7 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use crate::domain::{
     Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, Job, JobId, JobSpec, JobStatus,
-    ManifestLocation, ObjectRef, RowError,
+    ManifestLocation, ObjectRef, RecordSubmitted, RowError,
 };
 use crate::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, RenderRecord, Reopen};
 
@@ -71,6 +76,8 @@ where
         reopening_applies_once_only_from_the_expected_status,
         reopening_refuses_an_existing_chunk_and_changes_nothing,
         a_job_alert_is_claimed_once_per_job_and_kind,
+        every_chunk_state_answers_every_request_as_the_domain_rules_say,
+        every_job_status_moves_only_as_the_domain_rules_say,
     ];
     let mut failed = Vec::new();
     for (name, check) in all {
@@ -853,6 +860,194 @@ async fn a_job_alert_is_claimed_once_per_job_and_kind(store: Store) {
     }
     let chunks = store.chunks_of_job(&job).await.must("chunks of job");
     assert_eq!(chunks.len(), 1, "an alert mark is not a chunk");
+}
+
+// ---- the store against the domain's rules --------------------------------------------------------
+
+/// The chunk states of the normal path, in order: each is reached from the one before.
+const CHUNK_STATES: [ChunkState; 4] = [
+    ChunkState::Queued,
+    ChunkState::Submitting,
+    ChunkState::Submitted,
+    ChunkState::Completed,
+];
+
+/// A request to a chunk, as the table runs it.
+#[derive(Debug, Clone, Copy)]
+enum ChunkRequest {
+    /// `begin_submit` at this time.
+    Begin(i64),
+    /// `record_submitted` of batch `b1` at 101: the batch id the chunk has or will have
+    /// (another one is an error in SQLite: `check_a_late_record_submitted_keeps_the_first_batch_id`).
+    RecordSubmitted,
+    ReleaseSubmit,
+    /// `complete_chunk` of `completion(…, 3, false)`.
+    Complete,
+}
+
+/// When the chunk's submit attempt starts (reaching `submitting`).
+const BEGIN_AT: i64 = 100;
+
+/// The requests of the table. The `begin_submit`s fall within and well after the grace period of
+/// the attempt started at `BEGIN_AT`, away from its end, where the stores differ (DynamoDB
+/// takes over strictly after the grace period, the others at its end).
+const CHUNK_REQUESTS: [ChunkRequest; 5] = [
+    ChunkRequest::Begin(BEGIN_AT + 30),
+    ChunkRequest::Begin(BEGIN_AT + GRACE.as_secs() as i64 + 40),
+    ChunkRequest::RecordSubmitted,
+    ChunkRequest::ReleaseSubmit,
+    ChunkRequest::Complete,
+];
+
+/// One request's result: the answer (as text, to compare across requests), then the chunk and
+/// the job as stored after it.
+type Step = (String, Chunk, Job);
+
+/// Runs `request` against the store.
+async fn chunk_request_in_store(
+    store: &dyn JobStore,
+    job: &JobId,
+    key: ChunkKey,
+    request: ChunkRequest,
+) -> Step {
+    let answer = match request {
+        ChunkRequest::Begin(now) => {
+            let answer = store.begin_submit(job, key, now, GRACE).await;
+            format!("{:?}", answer.must("begin_submit"))
+        }
+        ChunkRequest::RecordSubmitted => {
+            let recorded = store.record_submitted(job, key, "b1", 101).await;
+            format!("{:?}", recorded.must("record_submitted"))
+        }
+        ChunkRequest::ReleaseSubmit => {
+            let released = store.release_submit(job, key).await;
+            format!("{:?}", released.must("release_submit"))
+        }
+        ChunkRequest::Complete => {
+            let done = completion(job, key, 3, false);
+            let applied = store.complete_chunk(&done).await;
+            format!("{:?}", applied.must("complete_chunk"))
+        }
+    };
+    let chunk = stored_chunk(store, job, key).await;
+    (answer, chunk, stored_job(store, job).await)
+}
+
+/// Runs `request` through the domain's rules, as the port answers it.
+fn chunk_request_in_rules(chunk: &Chunk, job: &Job, request: ChunkRequest) -> Step {
+    let mut job = job.clone();
+    let (answer, chunk) = match request {
+        ChunkRequest::Begin(now) => {
+            let (answer, chunk) = chunk.begin_submit(now, GRACE).after(chunk);
+            (format!("{answer:?}"), chunk)
+        }
+        ChunkRequest::RecordSubmitted => {
+            let (answer, chunk) = chunk.record_submitted("b1", 101).after(chunk);
+            assert!(
+                !matches!(answer, RecordSubmitted::OtherBatch { .. }),
+                "the table offers the chunk's own batch id"
+            );
+            (format!("{:?}", ()), chunk)
+        }
+        ChunkRequest::ReleaseSubmit => {
+            let (answer, chunk) = chunk.release_submit().after(chunk);
+            (format!("{answer:?}"), chunk)
+        }
+        ChunkRequest::Complete => {
+            let done = completion(&job.id, chunk.key, 3, false);
+            let (answer, chunk) = chunk.complete(&done.outcome).after(chunk);
+            if answer.applied() {
+                job.apply_outcome(&done.outcome, &done.delta);
+            }
+            (format!("{:?}", answer.applied()), chunk)
+        }
+    };
+    (answer, chunk, job)
+}
+
+/// The request that moves a chunk from each state of `CHUNK_STATES` to the next.
+fn request_reaching(state: ChunkState) -> Option<ChunkRequest> {
+    match state {
+        ChunkState::Queued => None,
+        ChunkState::Submitting => Some(ChunkRequest::Begin(BEGIN_AT)),
+        ChunkState::Submitted => Some(ChunkRequest::RecordSubmitted),
+        ChunkState::Completed => Some(ChunkRequest::Complete),
+    }
+}
+
+/// For every chunk state × request, the store answers and stores what the domain's rules say
+/// (for DynamoDB: its condition expressions agree with the rules). Each case has its own job;
+/// the chunk reaches its state by the store's own requests, checked against the rules too.
+async fn every_chunk_state_answers_every_request_as_the_domain_rules_say(store: Store) {
+    let mut case = 0;
+    for state in CHUNK_STATES {
+        for request in CHUNK_REQUESTS {
+            case += 1;
+            let job = job_for(&format!("in/rules-{case}.csv"));
+            store.create_job(&job).await.must("create job");
+            let key = ChunkKey::initial(0);
+            let chunk = Chunk::new(job.id.clone(), key, vec![0, 1, 2, 3]);
+            store
+                .put_chunks(std::slice::from_ref(&chunk))
+                .await
+                .must("put chunk");
+            let mut expected: Step = (String::new(), chunk, job.clone());
+            let path = CHUNK_STATES.iter().take_while(|s| **s != state);
+            for step in path.chain([&state]).filter_map(|s| request_reaching(*s)) {
+                let ruled = chunk_request_in_rules(&expected.1, &expected.2, step);
+                let stored = chunk_request_in_store(&*store, &job.id, key, step).await;
+                assert_eq!(stored, ruled, "{state:?}: reaching it by {step:?}");
+                expected = ruled;
+            }
+            assert_eq!(expected.1.state, state, "the table reaches {state:?}");
+            let ruled = chunk_request_in_rules(&expected.1, &expected.2, request);
+            let stored = chunk_request_in_store(&*store, &job.id, key, request).await;
+            assert_eq!(stored, ruled, "a {state:?} chunk asked {request:?}");
+        }
+    }
+}
+
+const JOB_STATUSES: [JobStatus; 6] = [
+    JobStatus::Ingesting,
+    JobStatus::Running,
+    JobStatus::Finishing,
+    JobStatus::Completed,
+    JobStatus::Partial,
+    JobStatus::Failed,
+];
+
+/// For every job status × expected status, `transition_job` answers and stores what
+/// `Job::transition` says (for DynamoDB: its compare-and-set condition agrees with the rule).
+async fn every_job_status_moves_only_as_the_domain_rules_say(store: Store) {
+    for status in JOB_STATUSES {
+        let mut expected = job_for(&format!("in/status-{}.csv", status.as_str()));
+        store.create_job(&expected).await.must("create job");
+        let id = expected.id.clone();
+        if status != JobStatus::Ingesting {
+            let reached = store
+                .transition_job(&id, JobStatus::Ingesting, status)
+                .await
+                .must("reach the status");
+            assert!(reached, "{status:?} is reached from ingesting");
+            expected.status = status;
+        }
+        // Every `from` but the stored status is refused; the stored one moves the job on.
+        let others = JOB_STATUSES.iter().filter(|s| **s != status);
+        for &from in others.chain([&status]) {
+            let to = if from == JobStatus::Running {
+                JobStatus::Finishing
+            } else {
+                JobStatus::Running
+            };
+            let (answer, next) = expected.transition(from, to).after(&expected);
+            let moved = store.transition_job(&id, from, to).await;
+            let moved = moved.must("transition job");
+            assert_eq!(moved, answer, "a {status:?} job asked {from:?} → {to:?}");
+            let stored = stored_job(&*store, &id).await;
+            assert_eq!(stored, next, "a {status:?} job after {from:?} → {to:?}");
+            expected = next;
+        }
+    }
 }
 
 // ---- behaviours not every adapter shares -------------------------------------------------------

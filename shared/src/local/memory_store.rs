@@ -1,25 +1,17 @@
 //! `MemoryJobStore`: the in-memory `JobStore`, the reference semantics every other store matches.
 //!
 //! One mutex guards the whole state, so every method is atomic exactly like the conditional /
-//! transactional writes of the DynamoDB adapter. The rules, per method:
-//! - `create_job`: put-if-absent; the stored job wins.
-//! - `finish_ingest`: applies only while the job is `ingesting` (a later call is a no-op; a missing
-//!   job is an error). It sets status, samples, `rows` and `rejected` (and `error` /
-//!   `ingested_at` when given), and *adds* the batch-owned counters (rendered, failed, retried,
-//!   chunks, chunks_done), because early chunks may complete, and count their retry chunks, before
-//!   ingest finishes.
-//! - `put_chunks`: put-if-absent per chunk.
-//! - `begin_submit`: queued → submitting (attempt + 1); submitting younger than `grace` →
-//!   `InProgress`; older → taken over (attempt + 1, same idempotency key); submitted →
-//!   `AlreadySubmitted`; completed → `Completed`; missing → `Unknown`.
-//! - `record_submitted`: writes the batch index, then queued/submitting → submitted with the batch
-//!   id; a submitted or completed chunk is left as is (a different batch id is logged, the first
-//!   one stays); a missing chunk is an error.
-//! - `release_submit`: submitting → queued; any other state is left as is.
-//! - `complete_chunk`: applies once, only to a submitting/submitted chunk (otherwise `false`):
-//!   outcome, counter deltas, batch render time, the retry chunk (put-if-absent) and the alert
-//!   mark, all together; a missing job is an error.
-//! - `transition_job`: compare-and-set on status; missing job → `false`.
+//! transactional writes of the DynamoDB adapter. How chunks and jobs change state is the domain's
+//! (`crate::domain`, the rules module states the state machines): each method loads, calls the
+//! rule and stores what it returns. What is left here is the store's own part:
+//! - `create_job` and `put_chunks`: put-if-absent; the stored one wins.
+//! - A missing chunk: `begin_submit` → `Unknown`, `release_submit` → nothing, `complete_chunk` →
+//!   `false`, `record_submitted` → an error. A missing job: `finish_ingest`, `finish_job` and
+//!   (for a chunk that would complete) `complete_chunk` → an error; `transition_job` and
+//!   `reopen_job` → `false`.
+//! - `record_submitted` writes the batch index first, whatever the chunk's answer.
+//! - `complete_chunk` writes the chunk, the job's counters, the retry chunk (put-if-absent) and
+//!   the alert mark together; `reopen_job` refuses a chunk that exists already, changing nothing.
 //! - `pause_submissions`: set-if-absent; `true` only for the call that set it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
+use crate::domain::{
+    Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
+};
 use crate::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
     Reopen,
@@ -116,11 +110,9 @@ impl JobStore for MemoryJobStore {
         let stored = state.jobs.get_mut(&job.id).ok_or_else(|| {
             PortError::permanent("finish ingest", StoreError::NoJob(job.id.clone()))
         })?;
-        if stored.status != JobStatus::Ingesting {
+        if !stored.finish_ingest(job).apply(stored) {
             tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
-            return Ok(());
         }
-        stored.apply_ingest(job);
         Ok(())
     }
 
@@ -157,30 +149,9 @@ impl JobStore for MemoryJobStore {
         grace: Duration,
     ) -> PortResult<BeginSubmit> {
         let mut state = self.lock();
-        let Some(chunk) = state.chunks.get_mut(&(job.clone(), key)) else {
-            return Ok(BeginSubmit::Unknown);
-        };
-        match chunk.state {
-            ChunkState::Completed => return Ok(BeginSubmit::Completed),
-            ChunkState::Submitted => {
-                return Ok(BeginSubmit::AlreadySubmitted {
-                    batch_id: chunk.batch_id.clone().unwrap_or_default(),
-                });
-            }
-            ChunkState::Submitting => {
-                let since = chunk.submitting_since.unwrap_or(i64::MIN);
-                let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-                if now.saturating_sub(since) < grace_secs {
-                    return Ok(BeginSubmit::InProgress { since });
-                }
-            }
-            ChunkState::Queued => {}
-        }
-        chunk.state = ChunkState::Submitting;
-        chunk.submitting_since = Some(now);
-        chunk.submit_attempts += 1;
-        Ok(BeginSubmit::Proceed {
-            attempt: chunk.submit_attempts,
+        Ok(match state.chunks.get_mut(&(job.clone(), key)) {
+            Some(chunk) => chunk.begin_submit(now, grace).apply(chunk),
+            None => BeginSubmit::Unknown,
         })
     }
 
@@ -204,34 +175,19 @@ impl JobStore for MemoryJobStore {
                 },
             )
         })?;
-        match chunk.state {
-            ChunkState::Queued | ChunkState::Submitting => {
-                chunk.state = ChunkState::Submitted;
-                chunk.batch_id = Some(batch_id.to_owned());
-                chunk.submitted_at = Some(now);
-            }
-            // A late duplicate: the chunk moved on and must not regress; the first batch id stays.
-            ChunkState::Submitted | ChunkState::Completed => {
-                if chunk
-                    .batch_id
-                    .as_deref()
-                    .is_some_and(|stored| stored != batch_id)
-                {
-                    tracing::warn!(job_id = %job, chunk = %key.label(), batch_id, stored_batch_id = ?chunk.batch_id,
-                        "chunk already submitted under another batch id; keeping the first");
-                }
-            }
+        if let RecordSubmitted::OtherBatch { first } =
+            chunk.record_submitted(batch_id, now).apply(chunk)
+        {
+            tracing::warn!(job_id = %job, chunk = %key.label(), batch_id, stored_batch_id = ?first,
+                "chunk already submitted under another batch id; keeping the first");
         }
         Ok(())
     }
 
     async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
         let mut state = self.lock();
-        if let Some(chunk) = state.chunks.get_mut(&(job.clone(), key))
-            && chunk.state == ChunkState::Submitting
-        {
-            chunk.state = ChunkState::Queued;
-            chunk.submitting_since = None;
+        if let Some(chunk) = state.chunks.get_mut(&(job.clone(), key)) {
+            chunk.release_submit().apply(chunk);
         }
         Ok(())
     }
@@ -243,32 +199,30 @@ impl JobStore for MemoryJobStore {
     async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
         let mut state = self.lock();
         let id = (completion.job.clone(), completion.key);
-        // Only a chunk handed to Pictify can complete; anything else (already completed, still
-        // queued, unknown) is "not applied by this call", exactly like DynamoDB's condition.
-        match state.chunks.get(&id).map(|chunk| chunk.state) {
-            Some(ChunkState::Submitting | ChunkState::Submitted) => {}
-            Some(ChunkState::Completed) => return Ok(false),
-            other => {
-                let state = other.map_or("missing", ChunkState::as_str);
+        // Anything but `Applied` (already completed, still queued, unknown) is "not applied by
+        // this call", exactly like DynamoDB's condition.
+        let stored = state.chunks.get(&id);
+        let transition = stored.map(|chunk| chunk.complete(&completion.outcome));
+        let next = match transition.map(|t| (t.answer, t.next)) {
+            Some((Complete::Applied, next)) => next,
+            Some((Complete::AlreadyApplied, _)) => return Ok(false),
+            Some((Complete::NotSubmitted, _)) | None => {
+                let state = stored.map_or("missing", |chunk| chunk.state.as_str());
                 tracing::warn!(job_id = %completion.job, chunk = %completion.key.label(), state,
                     "completion for a chunk that was never submitted; ignored");
                 return Ok(false);
             }
-        }
-        if !state.jobs.contains_key(&completion.job) {
+        };
+        let Some(job) = state.jobs.get_mut(&completion.job) else {
             return Err(PortError::permanent(
                 "complete chunk",
                 StoreError::NoJob(completion.job.clone()),
             ));
-        }
+        };
         // Checks are done: from here on every write lands, as in one transaction.
-        if let Some(chunk) = state.chunks.get_mut(&id) {
-            chunk.state = ChunkState::Completed;
-            chunk.outcome = Some(completion.outcome.clone());
-        }
-        if let Some(job) = state.jobs.get_mut(&completion.job) {
-            job.counters.add(&completion.delta);
-            job.render_ms_total += completion.outcome.duration_ms.unwrap_or(0);
+        job.apply_outcome(&completion.outcome, &completion.delta);
+        if let Some(next) = next {
+            state.chunks.insert(id.clone(), next);
         }
         if let Some(retry) = &completion.retry {
             state
@@ -317,13 +271,10 @@ impl JobStore for MemoryJobStore {
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
         let mut state = self.lock();
-        match state.jobs.get_mut(id) {
-            Some(job) if job.status == from => {
-                job.status = to;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(match state.jobs.get_mut(id) {
+            Some(job) => job.transition(from, to).apply(job),
+            None => false,
+        })
     }
 
     async fn finish_job(
@@ -338,17 +289,19 @@ impl JobStore for MemoryJobStore {
             .jobs
             .get_mut(id)
             .ok_or_else(|| PortError::permanent("finish job", StoreError::NoJob(id.clone())))?;
-        job.status = status;
-        job.manifest = Some(manifest.clone());
-        job.completed_at = Some(now);
+        job.finish(status, manifest, now);
         Ok(())
     }
 
     async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
         let mut state = self.lock();
-        if state.jobs.get(&reopen.job).map(|j| j.status) != Some(reopen.from) {
+        let Some(reopened) = state
+            .jobs
+            .get(&reopen.job)
+            .and_then(|j| j.reopen(reopen).next)
+        else {
             return Ok(false);
-        }
+        };
         if let Some(c) = reopen
             .chunks
             .iter()
@@ -367,9 +320,7 @@ impl JobStore for MemoryJobStore {
                 .chunks
                 .insert((chunk.job.clone(), chunk.key), chunk.clone());
         }
-        if let Some(job) = state.jobs.get_mut(&reopen.job) {
-            reopen.apply_to(job);
-        }
+        state.jobs.insert(reopen.job.clone(), reopened);
         Ok(true)
     }
 

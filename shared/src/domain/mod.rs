@@ -3,6 +3,9 @@
 //! Rows are not stored one item per row: a row's final state is derived from the chunk that last
 //! carried it (see `ChunkOutcome`) and its image URL from the render record of its fingerprint.
 //! That keeps the write path to one DynamoDB write per `render.completed` and a few per batch.
+//!
+//! How chunks and jobs change state is written once, in `rules` (its module docs state the state
+//! machines); every store applies those rules.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::pictify::wire::{Format, VariableSet, error_codes};
+
+mod rules;
+
+pub use rules::{BeginSubmit, Complete, RecordSubmitted, Transition};
 
 /// Identity of a job: derived from the upload (bucket, key, version or ETag) so a redelivered S3
 /// event maps to the same job and a new version of the file to a new one.
