@@ -88,7 +88,7 @@ pub trait WorkQueue: Send + Sync {
 }
 
 /// What `begin_submit` found: a domain answer (`crate::domain::rules`), re-exported here.
-pub use crate::domain::BeginSubmit;
+pub use crate::domain::{BeginSubmit, Reopen};
 
 /// Chunks one `reopen_job` may create: DynamoDB transactions hold 100 items, two are the job's.
 pub const MAX_REOPEN_CHUNKS: usize = 98;
@@ -104,34 +104,6 @@ pub struct ChunkCompletion {
     pub retry: Option<Chunk>,
     /// Record that this batch's alert fired (so it fires once).
     pub alert: bool,
-}
-
-/// Reopening a finished job for another attempt at some of its rows: the new chunks, the moves
-/// out of the `failed` / `rendered` counters and the status change to `running`, atomically.
-#[derive(Debug, Clone)]
-pub struct Reopen {
-    pub job: JobId,
-    /// The status the job must still be in (someone else may have reopened it meanwhile).
-    pub from: JobStatus,
-    pub chunks: Vec<Chunk>,
-    /// Rows leaving `failed` (operator retry) and `rendered` (re-render of rows whose URL never
-    /// arrived); together they are every row of `chunks`.
-    pub unfailed: u64,
-    pub unrendered: u64,
-}
-
-impl Reopen {
-    /// What reopening does to the stored job (stores that hold the job as one document use it).
-    pub fn apply_to(&self, job: &mut Job) {
-        let c = &mut job.counters;
-        c.failed = c.failed.saturating_sub(self.unfailed);
-        c.rendered = c.rendered.saturating_sub(self.unrendered);
-        c.retried += self.unfailed + self.unrendered;
-        c.chunks += self.chunks.len() as u64;
-        job.status = JobStatus::Running;
-        job.completed_at = None;
-        job.reopened += 1;
-    }
 }
 
 /// A `render.completed` remembered by fingerprint: one write, no reads, on the webhook hot path.

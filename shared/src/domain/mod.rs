@@ -17,7 +17,7 @@ use crate::pictify::wire::{Format, VariableSet, error_codes};
 
 mod rules;
 
-pub use rules::{BeginSubmit, Complete, RecordSubmitted, Transition};
+pub use rules::{BeginSubmit, Complete, RecordSubmitted, Reopen, Transition};
 
 /// Identity of a job: derived from the upload (bucket, key, version or ETag) so a redelivered S3
 /// event maps to the same job and a new version of the file to a new one.

@@ -45,8 +45,7 @@
 
 use std::time::Duration;
 
-use super::{Chunk, ChunkOutcome, ChunkState, Counters, Job, JobStatus, ManifestLocation};
-use crate::ports::Reopen;
+use super::{Chunk, ChunkOutcome, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation};
 
 /// What a rule decided: the answer for the caller and, when the rule changes the state, the
 /// state to store next.
@@ -300,6 +299,34 @@ impl Job {
         let mut next = self.clone();
         reopen.apply_to(&mut next);
         Transition::to(next, true)
+    }
+}
+
+/// Reopening a finished job for another attempt at some of its rows: the new chunks, the moves
+/// out of the `failed` / `rendered` counters and the status change to `running`, atomically.
+#[derive(Debug, Clone)]
+pub struct Reopen {
+    pub job: JobId,
+    /// The status the job must still be in (someone else may have reopened it meanwhile).
+    pub from: JobStatus,
+    pub chunks: Vec<Chunk>,
+    /// Rows leaving `failed` (operator retry) and `rendered` (re-render of rows whose URL never
+    /// arrived); together they are every row of `chunks`.
+    pub unfailed: u64,
+    pub unrendered: u64,
+}
+
+impl Reopen {
+    /// What reopening does to the stored job (stores that hold the job as one document use it).
+    pub fn apply_to(&self, job: &mut Job) {
+        let c = &mut job.counters;
+        c.failed = c.failed.saturating_sub(self.unfailed);
+        c.rendered = c.rendered.saturating_sub(self.unrendered);
+        c.retried += self.unfailed + self.unrendered;
+        c.chunks += self.chunks.len() as u64;
+        job.status = JobStatus::Running;
+        job.completed_at = None;
+        job.reopened += 1;
     }
 }
 
