@@ -21,6 +21,7 @@ use aws_sdk_dynamodb::types::{
     Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
     TimeToLiveSpecification, TransactWriteItem, Update,
 };
+use backon::{ExponentialBuilder, RetryableWithContext as _};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,7 +61,14 @@ const ORPHAN_TTL_SECS: i64 = 14 * 86_400;
 const ORPHAN_BODY_MAX_BYTES: usize = 64 * 1024;
 /// AWS caps BatchGetItem at 100 keys (moto does not, so we must).
 const BATCH_GET_MAX_KEYS: usize = 100;
-const BATCH_GET_MAX_ROUNDS: u32 = 8;
+/// Keys left unprocessed are asked for again after 100 ms, doubling up to 3.2 s (each plus up to
+/// as much again of jitter): 8 rounds in all.
+const BATCH_GET_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_factor(2.0)
+    .with_max_delay(Duration::from_millis(3_200))
+    .with_max_times(7)
+    .with_jitter();
 const BATCH_GET_CONCURRENCY: usize = 4;
 /// Conditional puts cannot be batched; this bounds the parallel PutItem calls of `put_chunks`.
 const PUT_CONCURRENCY: usize = 8;
@@ -114,6 +122,21 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// A batch get between rounds: the keys still to read and the items found so far.
+struct BatchGet {
+    keys: Vec<Item>,
+    found: Vec<Item>,
+    round: u32,
+}
+
+/// Why a batch get round did not finish the read.
+enum RoundError {
+    /// This many keys left unprocessed (throttling, the 16 MB response cap): worth another round.
+    Unprocessed(usize),
+    /// The call failed: not retried here (the SDK has retried already).
+    Failed(PortError),
 }
 
 impl DynamoJobStore {
@@ -186,50 +209,79 @@ impl DynamoJobStore {
     async fn batch_get_group(
         &self,
         operation: &'static str,
-        mut keys: Vec<Item>,
+        keys: Vec<Item>,
     ) -> PortResult<Vec<Item>> {
-        let mut found = Vec::with_capacity(keys.len());
-        for round in 0..BATCH_GET_MAX_ROUNDS {
-            if round > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << round.min(6))).await;
-            }
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| PortError::permanent(operation, e))?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error(operation, e))?;
-            if let Some(mut responses) = out.responses {
-                found.extend(responses.remove(&self.table).unwrap_or_default());
-            }
-            keys = out
-                .unprocessed_keys
-                .and_then(|mut left| left.remove(&self.table))
-                .map(|left| left.keys)
-                .unwrap_or_default();
-            if keys.is_empty() {
-                return Ok(found);
-            }
+        let reading = BatchGet {
+            found: Vec::with_capacity(keys.len()),
+            keys,
+            round: 0,
+        };
+        let (reading, outcome) = (move |mut reading: BatchGet| async move {
+            let outcome = self.batch_get_round(operation, &mut reading).await;
+            (reading, outcome)
+        })
+        .retry(BATCH_GET_BACKOFF)
+        .context(reading)
+        .when(|outcome| matches!(outcome, RoundError::Unprocessed(_)))
+        .notify(|outcome, delay| {
+            let unprocessed = match outcome {
+                RoundError::Unprocessed(left) => *left,
+                RoundError::Failed(_) => 0,
+            };
             debug!(
                 operation,
-                unprocessed = keys.len(),
-                round,
+                unprocessed,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "batch get left keys unprocessed; retrying"
             );
-        }
-        Err(PortError::new(
-            operation,
-            StoreError::Unprocessed {
+        })
+        .await;
+        match outcome {
+            Ok(()) => Ok(reading.found),
+            Err(RoundError::Failed(error)) => Err(error),
+            Err(RoundError::Unprocessed(_)) => Err(PortError::new(
                 operation,
-                rounds: BATCH_GET_MAX_ROUNDS,
-            },
-        ))
+                StoreError::Unprocessed {
+                    operation,
+                    rounds: reading.round,
+                },
+            )),
+        }
+    }
+
+    /// One BatchGetItem call for the keys still to read; what it leaves unprocessed stays.
+    async fn batch_get_round(
+        &self,
+        operation: &'static str,
+        reading: &mut BatchGet,
+    ) -> Result<(), RoundError> {
+        reading.round += 1;
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(std::mem::take(&mut reading.keys)))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| RoundError::Failed(PortError::permanent(operation, e)))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, request)
+            .send()
+            .await
+            .map_err(|e| RoundError::Failed(sdk_error(operation, e)))?;
+        if let Some(mut responses) = out.responses {
+            reading
+                .found
+                .extend(responses.remove(&self.table).unwrap_or_default());
+        }
+        reading.keys = out
+            .unprocessed_keys
+            .and_then(|mut left| left.remove(&self.table))
+            .map(|left| left.keys)
+            .unwrap_or_default();
+        match reading.keys.len() {
+            0 => Ok(()),
+            left => Err(RoundError::Unprocessed(left)),
+        }
     }
 
     async fn put_record(&self, operation: &str, item: Item) -> PortResult<()> {
