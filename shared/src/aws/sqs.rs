@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use backon::{ExponentialBuilder, RetryableWithContext as _};
 
 use super::s3::sdk_port_error;
 use crate::domain::ChunkMessage;
@@ -18,8 +19,13 @@ pub const SQS_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const SQS_BATCH_ENTRIES: usize = 10;
 /// Longest visibility timeout SQS accepts (12 h).
 pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
-const SEND_ATTEMPTS: u32 = 3;
-const SEND_BACKOFF: Duration = Duration::from_millis(200);
+/// Entries SQS refused for its own reasons are sent again after 200 ms, then 400 ms (each plus
+/// up to as much again of jitter): three attempts in all.
+const SEND_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_factor(2.0)
+    .with_max_times(2)
+    .with_jitter();
 
 /// `job_…/c00012`: how a chunk message is named in errors and logs.
 pub fn message_label(message: &ChunkMessage) -> String {
@@ -101,13 +107,19 @@ pub struct SqsWorkQueue {
     queue_url: String,
 }
 
-/// What one attempt left over: entries to retry and entries that failed for good.
+/// Where a send stands between attempts: entries to (re)send, entries that failed for good, the
+/// last reason given for each entry still pending, and the calls made so far.
 #[derive(Default)]
-struct Leftover {
-    retry: Vec<usize>,
+struct Progress {
+    pending: Vec<usize>,
     failed: Vec<(usize, String)>,
     reasons: HashMap<usize, String>,
+    calls: usize,
 }
+
+/// An attempt's outcome when SQS left entries unqueued that are worth sending again.
+#[derive(Debug)]
+struct StillPending(usize);
 
 impl SqsWorkQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
@@ -136,8 +148,26 @@ impl SqsWorkQueue {
         Ok(())
     }
 
+    /// One attempt: every pending entry once, in batches. Entries SQS refused for its own
+    /// reasons stay pending; sender-fault entries move to `failed`.
+    async fn send_pending(
+        &self,
+        bodies: &[String],
+        progress: &mut Progress,
+    ) -> Result<(), StillPending> {
+        let pending = std::mem::take(&mut progress.pending);
+        for batch in batches(&pending, bodies, SQS_MAX_MESSAGE_BYTES) {
+            progress.calls += 1;
+            self.send_batch(&batch, bodies, progress).await;
+        }
+        match progress.pending.len() {
+            0 => Ok(()),
+            left => Err(StillPending(left)),
+        }
+    }
+
     /// One `SendMessageBatch` call; entry ids are indexes into `bodies`.
-    async fn send_batch(&self, batch: &[usize], bodies: &[String], leftover: &mut Leftover) {
+    async fn send_batch(&self, batch: &[usize], bodies: &[String], progress: &mut Progress) {
         let mut entries = Vec::with_capacity(batch.len());
         for &index in batch {
             match SendMessageBatchRequestEntry::builder()
@@ -146,7 +176,7 @@ impl SqsWorkQueue {
                 .build()
             {
                 Ok(entry) => entries.push(entry),
-                Err(error) => leftover.failed.push((index, error.to_string())),
+                Err(error) => progress.failed.push((index, error.to_string())),
             }
         }
         let output = match self
@@ -163,10 +193,10 @@ impl SqsWorkQueue {
                 let reason = error.to_string();
                 for &index in batch {
                     if error.retryable {
-                        leftover.retry.push(index);
-                        leftover.reasons.insert(index, reason.clone());
+                        progress.pending.push(index);
+                        progress.reasons.insert(index, reason.clone());
                     } else {
-                        leftover.failed.push((index, reason.clone()));
+                        progress.failed.push((index, reason.clone()));
                     }
                 }
                 return;
@@ -188,16 +218,16 @@ impl SqsWorkQueue {
                 entry.message().unwrap_or("no message")
             );
             if entry.sender_fault() {
-                leftover.failed.push((index, reason));
+                progress.failed.push((index, reason));
             } else {
-                leftover.retry.push(index);
-                leftover.reasons.insert(index, reason);
+                progress.pending.push(index);
+                progress.reasons.insert(index, reason);
             }
         }
         // An entry SQS neither accepted nor refused is not known to be queued: try it again.
         for &index in batch.iter().filter(|i| !answered.contains(i)) {
-            leftover.retry.push(index);
-            leftover
+            progress.pending.push(index);
+            progress
                 .reasons
                 .insert(index, "not acknowledged by SQS".to_owned());
         }
@@ -216,26 +246,31 @@ impl WorkQueue for SqsWorkQueue {
     /// which the submitter's `begin_submit` absorbs.
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()> {
         let bodies = encode_messages(messages, SQS_MAX_MESSAGE_BYTES)?;
-        let mut pending: Vec<usize> = (0..bodies.len()).collect();
-        let mut failed: Vec<(usize, String)> = Vec::new();
-        let mut reasons: HashMap<usize, String> = HashMap::new();
-        let mut calls = 0;
-        for attempt in 0..SEND_ATTEMPTS {
-            if pending.is_empty() {
-                break;
-            }
-            if attempt > 0 {
-                tokio::time::sleep(SEND_BACKOFF * 2u32.pow(attempt - 1)).await;
-            }
-            let mut leftover = Leftover::default();
-            for batch in batches(&pending, &bodies, SQS_MAX_MESSAGE_BYTES) {
-                calls += 1;
-                self.send_batch(&batch, &bodies, &mut leftover).await;
-            }
-            failed.extend(leftover.failed);
-            reasons.extend(leftover.reasons);
-            pending = leftover.retry;
-        }
+        let bodies = &bodies;
+        let progress = Progress {
+            pending: (0..bodies.len()).collect(),
+            ..Progress::default()
+        };
+        let (progress, _) = (move |mut progress: Progress| async move {
+            let sent = self.send_pending(bodies, &mut progress).await;
+            (progress, sent)
+        })
+        .retry(SEND_BACKOFF)
+        .context(progress)
+        .notify(|StillPending(left), delay| {
+            tracing::debug!(
+                pending = left,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "SQS left chunk messages unqueued; retrying them"
+            );
+        })
+        .await;
+        let Progress {
+            pending,
+            mut failed,
+            mut reasons,
+            calls,
+        } = progress;
         let retryable = !pending.is_empty();
         failed.extend(
             pending
@@ -294,6 +329,20 @@ mod tests {
             key: ChunkKey::initial(seq),
             payload: Some(crate::domain::InlinePayload::encode(&payload).unwrap()),
             payload_ref: None,
+        }
+    }
+
+    #[test]
+    fn refused_entries_get_two_more_attempts_after_jittered_backoff() {
+        use backon::BackoffBuilder as _;
+        let delays: Vec<Duration> = SEND_BACKOFF.build().collect();
+        assert_eq!(delays.len(), 2);
+        for (delay, base_ms) in delays.into_iter().zip([200.0, 400.0]) {
+            let ms = delay.as_secs_f64() * 1_000.0;
+            assert!(
+                ms > base_ms - 0.001 && ms < 2.0 * base_ms,
+                "{ms} ms for base {base_ms} ms"
+            );
         }
     }
 

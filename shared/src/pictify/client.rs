@@ -7,7 +7,8 @@
 //! exception that the SDK cannot make because it never sends `Idempotency-Key`:
 //!
 //! - 5xx answers and connection failures (nothing reached the server) are retried, with
-//!   exponential backoff `backoff_base * 2^attempt`, up to `max_retries` times.
+//!   exponential backoff `backoff_base * 2^attempt` plus a random jitter of up to as much again
+//!   (`backon`), up to `max_retries` times.
 //! - 4xx answers are never retried, 429 included: the caller owns scheduling and gets
 //!   [`PictifyError::RateLimited`] with the server's `retry_after`.
 //! - A timeout (or a connection lost after sending) is retried only when replaying is harmless:
@@ -21,6 +22,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
@@ -293,29 +295,35 @@ impl PictifyClient {
 
     /// Sends `call`, retrying per the module rules; returns a 2xx answer's body.
     async fn send(&self, call: Call<'_>) -> Result<Bytes, PictifyError> {
-        let mut attempt = 0;
-        loop {
-            match self.attempt(&call).await {
-                Ok(body) => return Ok(body),
-                Err(error) if attempt < self.max_retries && call.may_retry(&error) => {
-                    let delay = self
-                        .backoff_base
-                        .saturating_mul(2u32.saturating_pow(attempt));
-                    warn!(
-                        method = %call.method,
-                        path = %call.path,
-                        attempt = attempt + 1,
-                        max_retries = self.max_retries,
-                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                        error = %error,
-                        "retrying Pictify request"
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let call = &call;
+        let mut retries = 0;
+        (move || self.attempt(call))
+            .retry(self.backoff())
+            .when(|error| call.may_retry(error))
+            .notify(|error, delay| {
+                retries += 1;
+                warn!(
+                    method = %call.method,
+                    path = %call.path,
+                    attempt = retries,
+                    max_retries = self.max_retries,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error = %error,
+                    "retrying Pictify request"
+                );
+            })
+            .await
+    }
+
+    /// Retry `n` (from 0) waits `backoff_base * 2^n` plus a random jitter of up to as much again,
+    /// so clients that failed together do not retry in step; at most `max_retries` retries.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(self.backoff_base)
+            .with_factor(2.0)
+            .without_max_delay()
+            .with_max_times(usize::try_from(self.max_retries).unwrap_or(usize::MAX))
+            .with_jitter()
     }
 
     async fn attempt(&self, call: &Call<'_>) -> Result<Bytes, PictifyError> {

@@ -11,6 +11,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use backon::BackoffBuilder as _;
 use serde_json::json;
 
 use super::*;
@@ -404,6 +405,21 @@ async fn unreadable_success_body_is_a_decode_error() {
         .await
         .unwrap_err();
     assert!(matches!(error, PictifyError::Decode { .. }), "{error:?}");
+}
+
+#[test]
+fn backoff_doubles_from_the_base_plus_jitter_for_max_retries() {
+    let client = client_for(SocketAddr::from(([127, 0, 0, 1], 9)));
+    let delays: Vec<Duration> = client.backoff().build().collect();
+    assert_eq!(delays.len(), 2, "max_retries");
+    for (delay, base_ms) in delays.into_iter().zip([5.0, 10.0]) {
+        // backon computes in f32: allow a microsecond below the exact base.
+        let ms = delay.as_secs_f64() * 1_000.0;
+        assert!(
+            ms > base_ms - 0.001 && ms < 2.0 * base_ms,
+            "{ms} ms for base {base_ms} ms"
+        );
+    }
 }
 
 #[test]

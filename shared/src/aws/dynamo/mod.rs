@@ -3,55 +3,40 @@
 //! orphaned webhooks. The layout and the access pattern of each item type are in
 //! `docs/table-design.md`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt::Display;
-use std::str::FromStr;
+mod codec;
+mod errors;
+#[cfg(feature = "test-support")]
+mod test_support;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::client::Waiters as _;
-use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
+use backon::{ExponentialBuilder, RetryableWithContext as _};
 use futures::{StreamExt as _, TryStreamExt as _};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::domain::{
-    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobSpec, JobStatus, ManifestLocation,
-    ObjectRef,
+use self::codec::{
+    ACTIVE_PK, ALERT_PREFIX, BATCH_SK, CHUNK_PREFIX, CONTROL_PK, FAILURE_SK, JOB_SK, PK, RENDER_SK,
+    Reader, SK, SUBMISSIONS_SK, TTL, chunk_from_item, chunk_item, chunk_sk, describe,
+    fingerprint_pks, job_from_item, job_item, job_pk, json, key, n, s, truncate,
 };
+pub use self::codec::{Item, ItemError};
+pub use self::errors::StoreError;
+use self::errors::{checked, sdk_error};
+#[cfg(feature = "test-support")]
+pub use self::test_support::create_table;
+use crate::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
 use crate::ports::{
     BeginSubmit, ChunkCompletion, FailureRecord, JobStore, MAX_REOPEN_CHUNKS, PortError,
     PortResult, RenderRecord, Reopen,
 };
-
-/// A DynamoDB item.
-pub type Item = HashMap<String, AttributeValue>;
-
-/// Partition of the active-job markers (`sk = JOB#<id>`), read by the reconciler.
-const ACTIVE_PK: &str = "ACTIVE";
-const PK: &str = "pk";
-const SK: &str = "sk";
-const JOB_SK: &str = "#JOB";
-const CHUNK_PREFIX: &str = "CHUNK#";
-const BATCH_SK: &str = "#BATCH";
-const RENDER_SK: &str = "#RENDER";
-const FAILURE_SK: &str = "#FAILURE";
-const CONTROL_PK: &str = "CONTROL";
-/// Job-level alerts that fired (`JOB#<id>` / `#ALERT#<kind>`), so each fires once.
-const ALERT_PREFIX: &str = "#ALERT#";
-const SUBMISSIONS_SK: &str = "#SUBMISSIONS";
-const TTL: &str = "ttl";
 
 /// Render/failure records only matter while their job runs; TTL keeps the table from growing.
 const RECORD_TTL_SECS: i64 = 30 * 86_400;
@@ -60,60 +45,38 @@ const ORPHAN_TTL_SECS: i64 = 14 * 86_400;
 const ORPHAN_BODY_MAX_BYTES: usize = 64 * 1024;
 /// AWS caps BatchGetItem at 100 keys (moto does not, so we must).
 const BATCH_GET_MAX_KEYS: usize = 100;
-const BATCH_GET_MAX_ROUNDS: u32 = 8;
+/// Keys left unprocessed are asked for again after 100 ms, doubling up to 3.2 s (each plus up to
+/// as much again of jitter): 8 rounds in all.
+const BATCH_GET_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_factor(2.0)
+    .with_max_delay(Duration::from_millis(3_200))
+    .with_max_times(7)
+    .with_jitter();
 const BATCH_GET_CONCURRENCY: usize = 4;
 /// Conditional puts cannot be batched; this bounds the parallel PutItem calls of `put_chunks`.
 const PUT_CONCURRENCY: usize = 8;
 
-/// The `JobStore` on one DynamoDB table (see `create_table`).
+/// The `JobStore` on one DynamoDB table, shaped as `template.yaml` declares it.
 #[derive(Debug, Clone)]
 pub struct DynamoJobStore {
     client: Client,
     table: String,
 }
 
-/// A stored item that does not decode into the domain type (a bug or a hand-edited item).
-#[derive(Debug, thiserror::Error)]
-pub enum ItemError {
-    #[error("item {item}: attribute `{attribute}` is missing or not of type {expected}")]
-    Missing {
-        item: String,
-        attribute: &'static str,
-        expected: &'static str,
-    },
-    #[error("item {item}: attribute `{attribute}` is invalid: {reason}")]
-    Invalid {
-        item: String,
-        attribute: &'static str,
-        reason: String,
-    },
-    #[error("item {item}: attribute `{attribute}` is not the expected JSON")]
-    Json {
-        item: String,
-        attribute: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
+/// A batch get between rounds: the keys still to read and the items found so far.
+struct BatchGet {
+    keys: Vec<Item>,
+    found: Vec<Item>,
+    round: u32,
 }
 
-/// A write that needs an item that is not there (or a transaction the store cannot apply).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("no such {what}: {id}")]
-    NotFound { what: &'static str, id: String },
-    #[error("chunk {chunk} of job {job} completed without its job item: transaction cancelled")]
-    CompletionRejected { job: String, chunk: String },
-    #[error("{operation}: keys still unprocessed after {rounds} rounds (throttled)")]
-    Unprocessed {
-        operation: &'static str,
-        rounds: u32,
-    },
-    #[error("encoding {what} as JSON")]
-    Encode {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
+/// Why a batch get round did not finish the read.
+enum RoundError {
+    /// This many keys left unprocessed (throttling, the 16 MB response cap): worth another round.
+    Unprocessed(usize),
+    /// The call failed: not retried here (the SDK has retried already).
+    Failed(PortError),
 }
 
 impl DynamoJobStore {
@@ -186,50 +149,79 @@ impl DynamoJobStore {
     async fn batch_get_group(
         &self,
         operation: &'static str,
-        mut keys: Vec<Item>,
+        keys: Vec<Item>,
     ) -> PortResult<Vec<Item>> {
-        let mut found = Vec::with_capacity(keys.len());
-        for round in 0..BATCH_GET_MAX_ROUNDS {
-            if round > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << round.min(6))).await;
-            }
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| PortError::permanent(operation, e))?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error(operation, e))?;
-            if let Some(mut responses) = out.responses {
-                found.extend(responses.remove(&self.table).unwrap_or_default());
-            }
-            keys = out
-                .unprocessed_keys
-                .and_then(|mut left| left.remove(&self.table))
-                .map(|left| left.keys)
-                .unwrap_or_default();
-            if keys.is_empty() {
-                return Ok(found);
-            }
+        let reading = BatchGet {
+            found: Vec::with_capacity(keys.len()),
+            keys,
+            round: 0,
+        };
+        let (reading, outcome) = (move |mut reading: BatchGet| async move {
+            let outcome = self.batch_get_round(operation, &mut reading).await;
+            (reading, outcome)
+        })
+        .retry(BATCH_GET_BACKOFF)
+        .context(reading)
+        .when(|outcome| matches!(outcome, RoundError::Unprocessed(_)))
+        .notify(|outcome, delay| {
+            let unprocessed = match outcome {
+                RoundError::Unprocessed(left) => *left,
+                RoundError::Failed(_) => 0,
+            };
             debug!(
                 operation,
-                unprocessed = keys.len(),
-                round,
+                unprocessed,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "batch get left keys unprocessed; retrying"
             );
-        }
-        Err(PortError::new(
-            operation,
-            StoreError::Unprocessed {
+        })
+        .await;
+        match outcome {
+            Ok(()) => Ok(reading.found),
+            Err(RoundError::Failed(error)) => Err(error),
+            Err(RoundError::Unprocessed(_)) => Err(PortError::new(
                 operation,
-                rounds: BATCH_GET_MAX_ROUNDS,
-            },
-        ))
+                StoreError::Unprocessed {
+                    operation,
+                    rounds: reading.round,
+                },
+            )),
+        }
+    }
+
+    /// One BatchGetItem call for the keys still to read; what it leaves unprocessed stays.
+    async fn batch_get_round(
+        &self,
+        operation: &'static str,
+        reading: &mut BatchGet,
+    ) -> Result<(), RoundError> {
+        reading.round += 1;
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(std::mem::take(&mut reading.keys)))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| RoundError::Failed(PortError::permanent(operation, e)))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, request)
+            .send()
+            .await
+            .map_err(|e| RoundError::Failed(sdk_error(operation, e)))?;
+        if let Some(mut responses) = out.responses {
+            reading
+                .found
+                .extend(responses.remove(&self.table).unwrap_or_default());
+        }
+        reading.keys = out
+            .unprocessed_keys
+            .and_then(|mut left| left.remove(&self.table))
+            .map(|left| left.keys)
+            .unwrap_or_default();
+        match reading.keys.len() {
+            0 => Ok(()),
+            left => Err(RoundError::Unprocessed(left)),
+        }
     }
 
     async fn put_record(&self, operation: &str, item: Item) -> PortResult<()> {
@@ -318,79 +310,6 @@ impl DynamoJobStore {
         }
         Ok(items)
     }
-}
-
-/// Creates the table (pk/sk strings, on demand) and turns on TTL for the `ttl` attribute.
-/// An existing table is left as it is, so local scripts can call this on every start.
-pub async fn create_table(client: &Client, name: &str) -> PortResult<()> {
-    let operation = format!("create_table {name}");
-    let permanent = |e| PortError::permanent(operation.clone(), e);
-    let created = client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(PK)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(permanent)?,
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(SK)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(permanent)?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(PK)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(permanent)?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(SK)
-                .key_type(KeyType::Range)
-                .build()
-                .map_err(permanent)?,
-        )
-        .send()
-        .await;
-    match created {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_resource_in_use_exception()) =>
-        {
-            debug!(table = name, "table exists already");
-            return Ok(());
-        }
-        Err(e) => return Err(sdk_error(&operation, e)),
-    }
-    client
-        .wait_until_table_exists()
-        .table_name(name)
-        .wait(Duration::from_secs(120))
-        .await
-        .map_err(|e| PortError::new(operation.clone(), e))?;
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .enabled(true)
-                .attribute_name(TTL)
-                .build()
-                .map_err(permanent)?,
-        )
-        .send()
-        .await
-        .map_err(|e| sdk_error(&operation, e))?;
-    info!(table = name, "table created");
-    Ok(())
 }
 
 #[async_trait]
@@ -1071,418 +990,23 @@ impl JobStore for DynamoJobStore {
     }
 }
 
-// ---- keys and encoding -------------------------------------------------------------------------
-
-fn job_pk(id: &JobId) -> String {
-    format!("JOB#{id}")
-}
-
-fn chunk_sk(key: ChunkKey) -> String {
-    format!("{CHUNK_PREFIX}{}", key.label())
-}
-
-fn fingerprint_pks(fingerprints: &[String]) -> Vec<String> {
-    let unique: BTreeSet<&String> = fingerprints.iter().collect();
-    unique.into_iter().map(|fp| format!("FP#{fp}")).collect()
-}
-
-fn key(pk: String, sk: &str) -> Item {
-    HashMap::from([
-        (PK.to_owned(), AttributeValue::S(pk)),
-        (SK.to_owned(), s(sk)),
-    ])
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: impl Display) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
-fn json(what: &'static str, value: &impl Serialize) -> PortResult<AttributeValue> {
-    serde_json::to_string(value)
-        .map(AttributeValue::S)
-        .map_err(|source| PortError::permanent("encode", StoreError::Encode { what, source }))
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-fn job_item(job: &Job) -> PortResult<Item> {
-    let c = job.counters;
-    let mut item = key(job_pk(&job.id), JOB_SK);
-    let mut put = |name: &str, value| {
-        item.insert(name.to_owned(), value);
-    };
-    put("jobId", s(job.id.as_str()));
-    put("status", s(job.status.as_str()));
-    put("sourceBucket", s(&job.source.bucket));
-    put("sourceKey", s(&job.source.key));
-    put("sourceVersion", s(&job.source_version));
-    put("spec", json("job spec", &job.spec)?);
-    put("rows", n(c.rows));
-    put("rejected", n(c.rejected));
-    put("rendered", n(c.rendered));
-    put("failed", n(c.failed));
-    put("retried", n(c.retried));
-    put("chunks", n(c.chunks));
-    put("chunksDone", n(c.chunks_done));
-    put("renderMsTotal", n(job.render_ms_total));
-    put(
-        "rejectedSample",
-        json("rejected sample", &job.rejected_sample)?,
-    );
-    put("createdAt", n(job.created_at));
-    if let Some(error) = &job.error {
-        put("error", s(error));
-    }
-    if let Some(at) = job.ingested_at {
-        put("ingestedAt", n(at));
-    }
-    if let Some(at) = job.completed_at {
-        put("completedAt", n(at));
-    }
-    if let Some(manifest) = &job.manifest {
-        put("manifest", json("manifest location", manifest)?);
-    }
-    put("reopened", n(job.reopened));
-    Ok(item)
-}
-
-fn job_from_item(item: &Item) -> Result<Job, ItemError> {
-    let r = Reader::new(item);
-    let status = r.s("status")?;
-    Ok(Job {
-        id: JobId::parse(r.s("jobId")?).map_err(|reason| r.invalid("jobId", reason))?,
-        source: ObjectRef {
-            bucket: r.s("sourceBucket")?.to_owned(),
-            key: r.s("sourceKey")?.to_owned(),
-        },
-        source_version: r.s("sourceVersion")?.to_owned(),
-        spec: r.json::<JobSpec>("spec")?,
-        status: parse_job_status(status)
-            .ok_or_else(|| r.invalid("status", format!("unknown job status `{status}`")))?,
-        counters: Counters {
-            rows: r.n_or_zero("rows")?,
-            rejected: r.n_or_zero("rejected")?,
-            rendered: r.n_or_zero("rendered")?,
-            failed: r.n_or_zero("failed")?,
-            retried: r.n_or_zero("retried")?,
-            chunks: r.n_or_zero("chunks")?,
-            chunks_done: r.n_or_zero("chunksDone")?,
-        },
-        error: r.opt_s("error")?.map(str::to_owned),
-        rejected_sample: r.opt_json("rejectedSample")?.unwrap_or_default(),
-        created_at: r.n("createdAt")?,
-        ingested_at: r.opt_n("ingestedAt")?,
-        completed_at: r.opt_n("completedAt")?,
-        render_ms_total: r.n_or_zero("renderMsTotal")?,
-        manifest: r.opt_json("manifest")?,
-        reopened: r.n_or_zero("reopened")?,
-    })
-}
-
-fn chunk_item(chunk: &Chunk) -> PortResult<Item> {
-    let mut item = key(job_pk(&chunk.job), &chunk_sk(chunk.key));
-    item.insert("state".into(), s(chunk.state.as_str()));
-    // A JSON string keeps row order (a DynamoDB number set would not) and stays compact.
-    item.insert("rows".into(), json("chunk rows", &chunk.rows)?);
-    item.insert("submitAttempts".into(), n(chunk.submit_attempts));
-    if let Some(at) = chunk.queued_at {
-        item.insert("queuedAt".into(), n(at));
-    }
-    if let Some(batch_id) = &chunk.batch_id {
-        item.insert("batchId".into(), s(batch_id));
-    }
-    if let Some(at) = chunk.submitting_since {
-        item.insert("submittingSince".into(), n(at));
-    }
-    if let Some(at) = chunk.submitted_at {
-        item.insert("submittedAt".into(), n(at));
-    }
-    if let Some(outcome) = &chunk.outcome {
-        item.insert("outcome".into(), json("chunk outcome", outcome)?);
-    }
-    Ok(item)
-}
-
-fn chunk_from_item(item: &Item) -> Result<Chunk, ItemError> {
-    let r = Reader::new(item);
-    let pk = r.s(PK)?;
-    let job = pk
-        .strip_prefix("JOB#")
-        .ok_or_else(|| r.invalid(PK, format!("`{pk}` is not a job key")))
-        .and_then(|id| JobId::parse(id).map_err(|reason| r.invalid(PK, reason)))?;
-    let sk = r.s(SK)?;
-    let key = sk
-        .strip_prefix(CHUNK_PREFIX)
-        .and_then(ChunkKey::parse_label)
-        .ok_or_else(|| r.invalid(SK, format!("`{sk}` is not a chunk key")))?;
-    let state = r.s("state")?;
-    Ok(Chunk {
-        job,
-        key,
-        rows: r.json("rows")?,
-        state: parse_chunk_state(state)
-            .ok_or_else(|| r.invalid("state", format!("unknown chunk state `{state}`")))?,
-        queued_at: r.opt_n("queuedAt")?,
-        batch_id: r.opt_s("batchId")?.map(str::to_owned),
-        submitting_since: r.opt_n("submittingSince")?,
-        submitted_at: r.opt_n("submittedAt")?,
-        submit_attempts: r.n_or_zero("submitAttempts")?,
-        outcome: r.opt_json("outcome")?,
-    })
-}
-
-fn parse_job_status(raw: &str) -> Option<JobStatus> {
-    [
-        JobStatus::Ingesting,
-        JobStatus::Running,
-        JobStatus::Finishing,
-        JobStatus::Completed,
-        JobStatus::Partial,
-        JobStatus::Failed,
-    ]
-    .into_iter()
-    .find(|status| status.as_str() == raw)
-}
-
-fn parse_chunk_state(raw: &str) -> Option<ChunkState> {
-    [
-        ChunkState::Queued,
-        ChunkState::Submitting,
-        ChunkState::Submitted,
-        ChunkState::Completed,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == raw)
-}
-
-/// `pk/sk` of an item, for error messages.
-fn describe(item: &Item) -> String {
-    let part = |name: &str| {
-        item.get(name)
-            .and_then(|v| v.as_s().ok())
-            .map_or("?", String::as_str)
-    };
-    format!("{}/{}", part(PK), part(SK))
-}
-
-/// Typed attribute access with errors that name the item and the attribute.
-struct Reader<'a> {
-    item: &'a Item,
-}
-
-impl<'a> Reader<'a> {
-    fn new(item: &'a Item) -> Self {
-        Reader { item }
-    }
-
-    fn missing(&self, attribute: &'static str, expected: &'static str) -> ItemError {
-        ItemError::Missing {
-            item: describe(self.item),
-            attribute,
-            expected,
-        }
-    }
-
-    fn invalid(&self, attribute: &'static str, reason: impl Into<String>) -> ItemError {
-        ItemError::Invalid {
-            item: describe(self.item),
-            attribute,
-            reason: reason.into(),
-        }
-    }
-
-    fn opt_s(&self, attribute: &'static str) -> Result<Option<&'a str>, ItemError> {
-        match self.item.get(attribute) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::S(value)) => Ok(Some(value)),
-            Some(_) => Err(self.missing(attribute, "S")),
-        }
-    }
-
-    fn s(&self, attribute: &'static str) -> Result<&'a str, ItemError> {
-        self.opt_s(attribute)?
-            .ok_or_else(|| self.missing(attribute, "S"))
-    }
-
-    fn opt_n<T: FromStr>(&self, attribute: &'static str) -> Result<Option<T>, ItemError> {
-        match self.item.get(attribute) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(raw)) => raw
-                .parse()
-                .map(Some)
-                .map_err(|_| self.invalid(attribute, format!("`{raw}` is out of range"))),
-            Some(_) => Err(self.missing(attribute, "N")),
-        }
-    }
-
-    fn n<T: FromStr>(&self, attribute: &'static str) -> Result<T, ItemError> {
-        self.opt_n(attribute)?
-            .ok_or_else(|| self.missing(attribute, "N"))
-    }
-
-    fn n_or_zero<T: FromStr + Default>(&self, attribute: &'static str) -> Result<T, ItemError> {
-        Ok(self.opt_n(attribute)?.unwrap_or_default())
-    }
-
-    fn opt_json<T: DeserializeOwned>(
-        &self,
-        attribute: &'static str,
-    ) -> Result<Option<T>, ItemError> {
-        self.opt_s(attribute)?
-            .map(|raw| {
-                serde_json::from_str(raw).map_err(|source| ItemError::Json {
-                    item: describe(self.item),
-                    attribute,
-                    source,
-                })
-            })
-            .transpose()
-    }
-
-    fn json<T: DeserializeOwned>(&self, attribute: &'static str) -> Result<T, ItemError> {
-        self.opt_json(attribute)?
-            .ok_or_else(|| self.missing(attribute, "S"))
-    }
-
-    fn fingerprint(&self) -> Result<String, ItemError> {
-        let pk = self.s(PK)?;
-        pk.strip_prefix("FP#")
-            .map(str::to_owned)
-            .ok_or_else(|| self.invalid(PK, format!("`{pk}` is not a fingerprint key")))
-    }
-}
-
-// ---- errors ------------------------------------------------------------------------------------
-
-/// Operation errors that can say "the condition failed" and hand back the item as it was.
-trait ConditionFailure {
-    /// `None`: some other error; `Some(old)`: the condition failed (`old` when ALL_OLD was asked).
-    fn condition_failure(&self) -> Option<Option<Item>>;
-}
-
-impl ConditionFailure for PutItemError {
-    fn condition_failure(&self) -> Option<Option<Item>> {
-        match self {
-            PutItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl ConditionFailure for UpdateItemError {
-    fn condition_failure(&self) -> Option<Option<Item>> {
-        match self {
-            UpdateItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// Splits a conditional write's result: `Ok(Ok(out))` applied, `Ok(Err(old))` the condition
-/// failed (an expected outcome, not an error), `Err` anything else.
-fn checked<T, E>(
-    operation: &str,
-    result: Result<T, SdkError<E, HttpResponse>>,
-) -> PortResult<Result<T, Option<Item>>>
-where
-    E: ConditionFailure + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match result {
-        Ok(out) => Ok(Ok(out)),
-        Err(err) => match err
-            .as_service_error()
-            .and_then(ConditionFailure::condition_failure)
-        {
-            Some(old) => Ok(Err(old)),
-            None => Err(sdk_error(operation, err)),
-        },
-    }
-}
-
-/// DynamoDB error codes worth retrying later (the SDK has already retried a few times).
-const RETRYABLE_CODES: [&str; 8] = [
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "TransactionConflictException",
-    "TransactionInProgressException",
-    "ReplicatedWriteConflictException",
-];
-
-/// Keeps the SDK error as the source and decides whether trying again can help: throttling,
-/// 5xx, timeouts and connection failures can; validation, permissions and missing tables cannot.
-fn sdk_error<E>(operation: impl Into<String>, err: SdkError<E, HttpResponse>) -> PortError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let retryable = match &err {
-        SdkError::ConstructionFailure(_) => false,
-        SdkError::ServiceError(ctx) => {
-            ctx.raw().status().is_server_error()
-                || ctx
-                    .err()
-                    .code()
-                    .is_some_and(|code| RETRYABLE_CODES.contains(&code))
-        }
-        _ => true,
-    };
-    let operation = operation.into();
-    warn!(operation = %operation, code = err.code().unwrap_or("-"), retryable, "dynamodb call failed");
-    PortError {
-        operation,
-        retryable,
-        source: Box::new(err),
-    }
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
+    use backon::BackoffBuilder as _;
+
     use super::*;
 
     #[test]
-    fn fingerprints_are_deduplicated_into_keys() {
-        let pks = fingerprint_pks(&["b".into(), "a".into(), "b".into()]);
-        assert_eq!(pks, ["FP#a", "FP#b"]);
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("hello", 10), "hello");
-    }
-
-    #[test]
-    fn a_chunk_round_trips_through_its_item() {
-        let job = JobId::for_upload("b", "k", "v");
-        let mut chunk = Chunk::new(job, ChunkKey::initial(7).retry(), vec![3, 1, 2]);
-        chunk.batch_id = Some("batch_1".into());
-        chunk.submitted_at = Some(42);
-        let item = chunk_item(&chunk).unwrap();
-        assert_eq!(chunk_from_item(&item).unwrap(), chunk);
-    }
-
-    #[test]
-    fn a_bad_item_names_the_attribute() {
-        let mut item = key("JOB#job_1".into(), "CHUNK#c00001");
-        item.insert("state".into(), s("lost"));
-        item.insert("rows".into(), s("[]"));
-        let err = chunk_from_item(&item).unwrap_err();
-        assert!(err.to_string().contains("`state`"), "{err}");
+    fn batch_get_rounds_back_off_from_100_ms_to_at_most_3_2_s_plus_jitter() {
+        let delays: Vec<Duration> = BATCH_GET_BACKOFF.build().collect();
+        let bases = [100.0, 200.0, 400.0, 800.0, 1_600.0, 3_200.0, 3_200.0];
+        assert_eq!(delays.len(), bases.len(), "8 rounds in all");
+        for (delay, base_ms) in delays.into_iter().zip(bases) {
+            let ms = delay.as_secs_f64() * 1_000.0;
+            assert!(
+                ms > base_ms - 0.001 && ms < 2.0 * base_ms,
+                "{ms} ms for base {base_ms} ms"
+            );
+        }
     }
 }
