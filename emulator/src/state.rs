@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -20,7 +21,6 @@ use crate::config::Config;
 use crate::faults::Faults;
 use crate::ledger::{AcceptedBatch, Ledger};
 use crate::render::{Renderer, Template};
-use crate::webhooks::Delivery;
 
 pub(crate) struct AppState {
     pub config: Config,
@@ -70,6 +70,16 @@ impl Inner {
         rng.fill_bytes(&mut buf);
         hex::encode(buf)
     }
+}
+
+/// One event for one subscription; duplicates and retries keep the same `id`.
+/// Queued per target URL in [`Inner::queues`]; sent by `webhooks`.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub id: String,
+    pub subscription: String,
+    pub event: &'static str,
+    pub body: Bytes,
 }
 
 pub(crate) struct SubscriptionRecord {

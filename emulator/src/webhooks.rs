@@ -19,22 +19,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
 use crate::faults::dice;
-use crate::state::{AppState, Inner, SubscriptionRecord, iso};
+use crate::state::{AppState, Delivery, Inner, SubscriptionRecord, iso};
 
 /// Documented retry schedule after a failed attempt: 1 m, 5 m, 30 m, 2 h, 24 h.
 const RETRY_SCHEDULE_SECS: [f64; 5] = [60.0, 300.0, 1_800.0, 7_200.0, 86_400.0];
 const IN_FLIGHT_PER_TARGET: usize = 8;
 /// Smallest window over which reordered deliveries are released.
 const MIN_REORDER_WINDOW_MS: u64 = 200;
-
-/// One event for one subscription; duplicates and retries keep the same `id`.
-#[derive(Debug, Clone)]
-pub(crate) struct Delivery {
-    pub id: String,
-    pub subscription: String,
-    pub event: &'static str,
-    pub body: Bytes,
-}
 
 enum Outcome {
     Acknowledged,

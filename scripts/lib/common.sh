@@ -39,13 +39,16 @@ for _manifest in "$REPO_ROOT"/functions/*/Cargo.toml; do
 done
 unset _manifest
 
-# debug_build_bins [CARGO ARGS…] — the debug build of every Lambda function and the emulator.
-# scripts/sdk-smoke and scripts/local-invoke both build through here on purpose: cargo resolves
-# dependency features per package selection, so a different `-p` set recompiles ~45 crates
-# (~5 min on 2 cores) that the other script has just built. (scripts/bench's selection still
-# differs and pays that once: CI's three steps went from 847 s to 734 s, not further.)
+# debug_build_bins [CARGO ARGS…] — the debug binaries of the whole workspace: every Lambda
+# function, the emulator, the CLI and the benchmark suite.
+# scripts/sdk-smoke, scripts/local-invoke and scripts/bench --tiny all build through here on
+# purpose: cargo resolves dependency features per package selection, so each different `-p` set
+# recompiled ~45 dependency crates (~5 min on 2 cores). `--workspace` resolves them exactly as the
+# tests' build does (scripts/test: `cargo nextest run --workspace`), and as `cargo run --bin <fn>`
+# does (the default members; what `cargo lambda watch` runs), so after the tests only our own
+# crates are compiled here. That holds while no dev-dependency turns on a feature of a dependency
+# that the normal build lacks (check: `cargo tree --workspace -e features` with and without
+# `-e dev` list the same features).
 debug_build_bins() {
-    local packages=() fn
-    for fn in "${FUNCTIONS[@]}"; do packages+=(-p "$fn"); done
-    (cd "$REPO_ROOT" && cargo build "${packages[@]}" -p pictify-emulator "$@" </dev/null)
+    (cd "$REPO_ROOT" && cargo build --workspace --bins "$@" </dev/null)
 }

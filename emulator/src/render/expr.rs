@@ -3,19 +3,9 @@
 use serde_json::{Map, Value};
 
 use super::functions;
-
-/// Why an expression could not be parsed or evaluated; becomes `EXPRESSION_ERROR`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ExprError(pub String);
-
-impl ExprError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
-
-pub type ExprResult<T> = Result<T, ExprError>;
+pub use super::value::{
+    ExprError, ExprResult, loose_eq, number, to_display, to_number, truthy, type_name,
+};
 
 /// Names visible to an expression: supplied variables plus declared-but-absent ones (which read as `null`).
 pub trait Scope {
@@ -335,57 +325,6 @@ impl Parser {
     }
 }
 
-/// A JSON number from an f64, kept integral when it is one so output reads `3`, not `3.0`.
-pub fn number(n: f64) -> ExprResult<Value> {
-    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
-        return Ok(Value::from(n as i64));
-    }
-    serde_json::Number::from_f64(n)
-        .map(Value::Number)
-        .ok_or_else(|| ExprError::new("result is not a finite number"))
-}
-
-/// JS truthiness: `false`, `0`, `""`, `null` are falsy; arrays and objects are truthy.
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0 && !n.is_nan()),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(_) | Value::Object(_) => true,
-    }
-}
-
-/// How a value prints into the page: strings as-is, `null` as nothing, arrays comma-joined (like JS).
-pub fn to_display(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Array(items) => items.iter().map(to_display).collect::<Vec<_>>().join(","),
-        Value::Object(_) => v.to_string(),
-    }
-}
-
-/// Numeric coercion for arithmetic and comparisons; `None` when the value has no numeric reading.
-pub fn to_number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Null => Some(0.0),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => {
-            let t = s.trim();
-            if t.is_empty() {
-                Some(0.0)
-            } else {
-                t.parse().ok()
-            }
-        }
-        Value::Array(_) | Value::Object(_) => None,
-    }
-}
-
 /// Evaluates `expr`; an undefined name is an error.
 pub fn eval(expr: &Expr, scope: &dyn Scope) -> ExprResult<Value> {
     match expr {
@@ -403,7 +342,7 @@ pub fn eval(expr: &Expr, scope: &dyn Scope) -> ExprResult<Value> {
             let key = eval(key, scope)?;
             Ok(member(&target, &key))
         }
-        Expr::Call(name, args) => functions::call(name, args, scope),
+        Expr::Call(name, args) => call(name, args, scope),
         Expr::Unary(op, operand) => {
             let v = eval(operand, scope)?;
             match op {
@@ -450,6 +389,23 @@ pub fn eval_lenient(expr: &Expr, scope: &dyn Scope) -> ExprResult<Option<Value>>
     }
 }
 
+/// Calls a built-in: evaluates the arguments (leniently for the functions that must see an undefined
+/// name as absent), then applies the function to the values.
+fn call(name: &str, args: &[Expr], scope: &dyn Scope) -> ExprResult<Value> {
+    if functions::is_lenient(name) {
+        let vals = args
+            .iter()
+            .map(|a| eval_lenient(a, scope))
+            .collect::<ExprResult<Vec<_>>>()?;
+        return functions::apply_lenient(name, &vals);
+    }
+    let vals = args
+        .iter()
+        .map(|a| eval(a, scope))
+        .collect::<ExprResult<Vec<_>>>()?;
+    functions::apply(name, &vals)
+}
+
 /// Property or index access; anything missing reads as `null`, like optional chaining.
 fn member(target: &Value, key: &Value) -> Value {
     match (target, key) {
@@ -471,17 +427,6 @@ fn member(target: &Value, key: &Value) -> Value {
 fn index(key: &Value) -> Option<usize> {
     let n = to_number(key)?;
     (n >= 0.0 && n.fract() == 0.0).then_some(n as usize)
-}
-
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 fn binary(op: BinaryOp, l: &Value, r: &Value) -> ExprResult<Value> {
@@ -532,17 +477,6 @@ fn binary(op: BinaryOp, l: &Value, r: &Value) -> ExprResult<Value> {
         BinaryOp::And | BinaryOp::Or => {
             Err(ExprError::new("internal: logical operators short-circuit"))
         }
-    }
-}
-
-/// Loose equality: same-typed values compare directly; a number and a numeric string compare as numbers.
-pub fn loose_eq(l: &Value, r: &Value) -> bool {
-    match (l, r) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
-            matches!((to_number(l), to_number(r)), (Some(a), Some(b)) if a == b)
-        }
-        _ => l == r,
     }
 }
 

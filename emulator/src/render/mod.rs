@@ -20,10 +20,13 @@
 
 pub mod expr;
 pub mod functions;
+#[cfg(test)]
+mod functions_tests;
 pub mod images;
 pub mod raster;
 pub mod substitute;
 pub mod template;
+pub mod value;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
