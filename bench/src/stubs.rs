@@ -18,8 +18,8 @@ use shared::pictify::wire::{
     BatchAccepted, BatchItemStatus, BatchRenderRequest, BatchResults, BatchStatus,
 };
 use shared::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, ObjectBody, ObjectStore, PictifyApi,
-    PortResult, RenderRecord, Reopen, WorkQueue,
+    BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, ObjectBody, ObjectStore,
+    PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch, WorkQueue,
 };
 
 /// Port calls by operation name, e.g. `store.record_render`.
@@ -60,97 +60,37 @@ pub struct NullStore {
 }
 
 #[async_trait]
-impl JobStore for NullStore {
+impl JobLedger for NullStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         self.calls.hit("store.create_job");
         Ok((job.clone(), true))
     }
+
     async fn job(&self, _id: &JobId) -> PortResult<Option<Job>> {
         self.calls.hit("store.job");
         Ok(self.fixture.as_ref().map(|(job, _)| job.clone()))
     }
+
     async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
         self.calls.hit("store.active_jobs");
         Ok(Vec::new())
     }
+
     async fn finish_ingest(&self, _job: &Job) -> PortResult<()> {
         self.calls.hit("store.finish_ingest");
         Ok(())
     }
-    async fn put_chunks(&self, _chunks: &[Chunk]) -> PortResult<()> {
-        self.calls.hit("store.put_chunks");
-        Ok(())
-    }
-    async fn chunk(&self, _job: &JobId, _key: ChunkKey) -> PortResult<Option<Chunk>> {
-        self.calls.hit("store.chunk");
-        Ok(self.fixture.as_ref().map(|(_, chunk)| chunk.clone()))
-    }
-    async fn chunks_of_job(&self, _job: &JobId) -> PortResult<Vec<Chunk>> {
-        self.calls.hit("store.chunks_of_job");
-        Ok(Vec::new())
-    }
-    async fn begin_submit(
-        &self,
-        _job: &JobId,
-        _key: ChunkKey,
-        _now: i64,
-        _grace: Duration,
-    ) -> PortResult<BeginSubmit> {
-        self.calls.hit("store.begin_submit");
-        Ok(BeginSubmit::Unknown)
-    }
-    async fn record_submitted(
-        &self,
-        _job: &JobId,
-        _key: ChunkKey,
-        _batch_id: &str,
-        _now: i64,
-    ) -> PortResult<()> {
-        self.calls.hit("store.record_submitted");
-        Ok(())
-    }
-    async fn release_submit(&self, _job: &JobId, _key: ChunkKey) -> PortResult<()> {
-        self.calls.hit("store.release_submit");
-        Ok(())
-    }
-    async fn chunk_by_batch(&self, _batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
-        self.calls.hit("store.chunk_by_batch");
-        Ok(self
-            .fixture
-            .as_ref()
-            .map(|(job, chunk)| (job.id.clone(), chunk.key)))
-    }
-    async fn complete_chunk(&self, _completion: &ChunkCompletion) -> PortResult<bool> {
-        self.calls.hit("store.complete_chunk");
-        Ok(true)
-    }
-    async fn record_render(&self, _fingerprint: &str, _record: &RenderRecord) -> PortResult<()> {
-        self.calls.hit("store.record_render");
-        Ok(())
-    }
-    async fn record_failure(&self, _fingerprint: &str, _record: &FailureRecord) -> PortResult<()> {
-        self.calls.hit("store.record_failure");
-        Ok(())
-    }
-    async fn renders(&self, _fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
-        self.calls.hit("store.renders");
-        Ok(HashMap::new())
-    }
-    async fn failures(
-        &self,
-        _fingerprints: &[String],
-    ) -> PortResult<HashMap<String, FailureRecord>> {
-        self.calls.hit("store.failures");
-        Ok(HashMap::new())
-    }
+
     async fn reopen_job(&self, _reopen: &Reopen) -> PortResult<bool> {
         self.calls.hit("store.reopen_job");
         Ok(false)
     }
+
     async fn claim_alert(&self, _job: &JobId, _kind: &str, _now: i64) -> PortResult<bool> {
         self.calls.hit("store.claim_alert");
         Ok(false)
     }
+
     async fn transition_job(
         &self,
         _id: &JobId,
@@ -160,6 +100,7 @@ impl JobStore for NullStore {
         self.calls.hit("store.transition_job");
         Ok(false)
     }
+
     async fn finish_job(
         &self,
         _id: &JobId,
@@ -170,18 +111,91 @@ impl JobStore for NullStore {
         self.calls.hit("store.finish_job");
         Ok(())
     }
-    async fn pause_submissions(&self, _reason: &str, _now: i64) -> PortResult<bool> {
-        self.calls.hit("store.pause_submissions");
-        Ok(false)
-    }
-    async fn submissions_paused(&self) -> PortResult<Option<String>> {
-        self.calls.hit("store.submissions_paused");
-        Ok(None)
-    }
-    async fn resume_submissions(&self) -> PortResult<()> {
-        self.calls.hit("store.resume_submissions");
+}
+
+#[async_trait]
+impl ChunkLedger for NullStore {
+    async fn put_chunks(&self, _chunks: &[Chunk]) -> PortResult<()> {
+        self.calls.hit("store.put_chunks");
         Ok(())
     }
+
+    async fn chunk(&self, _job: &JobId, _key: ChunkKey) -> PortResult<Option<Chunk>> {
+        self.calls.hit("store.chunk");
+        Ok(self.fixture.as_ref().map(|(_, chunk)| chunk.clone()))
+    }
+
+    async fn chunks_of_job(&self, _job: &JobId) -> PortResult<Vec<Chunk>> {
+        self.calls.hit("store.chunks_of_job");
+        Ok(Vec::new())
+    }
+
+    async fn begin_submit(
+        &self,
+        _job: &JobId,
+        _key: ChunkKey,
+        _now: i64,
+        _grace: Duration,
+    ) -> PortResult<BeginSubmit> {
+        self.calls.hit("store.begin_submit");
+        Ok(BeginSubmit::Unknown)
+    }
+
+    async fn record_submitted(
+        &self,
+        _job: &JobId,
+        _key: ChunkKey,
+        _batch_id: &str,
+        _now: i64,
+    ) -> PortResult<()> {
+        self.calls.hit("store.record_submitted");
+        Ok(())
+    }
+
+    async fn release_submit(&self, _job: &JobId, _key: ChunkKey) -> PortResult<()> {
+        self.calls.hit("store.release_submit");
+        Ok(())
+    }
+
+    async fn chunk_by_batch(&self, _batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.calls.hit("store.chunk_by_batch");
+        Ok(self
+            .fixture
+            .as_ref()
+            .map(|(job, chunk)| (job.id.clone(), chunk.key)))
+    }
+
+    async fn complete_chunk(&self, _completion: &ChunkCompletion) -> PortResult<bool> {
+        self.calls.hit("store.complete_chunk");
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl RenderLog for NullStore {
+    async fn record_render(&self, _fingerprint: &str, _record: &RenderRecord) -> PortResult<()> {
+        self.calls.hit("store.record_render");
+        Ok(())
+    }
+
+    async fn record_failure(&self, _fingerprint: &str, _record: &FailureRecord) -> PortResult<()> {
+        self.calls.hit("store.record_failure");
+        Ok(())
+    }
+
+    async fn renders(&self, _fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
+        self.calls.hit("store.renders");
+        Ok(HashMap::new())
+    }
+
+    async fn failures(
+        &self,
+        _fingerprints: &[String],
+    ) -> PortResult<HashMap<String, FailureRecord>> {
+        self.calls.hit("store.failures");
+        Ok(HashMap::new())
+    }
+
     async fn record_orphan(
         &self,
         _kind: &str,
@@ -192,9 +206,28 @@ impl JobStore for NullStore {
         self.calls.hit("store.record_orphan");
         Ok(())
     }
+
     async fn batch_completed_early(&self, _batch_id: &str) -> PortResult<bool> {
         self.calls.hit("store.batch_completed_early");
         Ok(false)
+    }
+}
+
+#[async_trait]
+impl SubmitSwitch for NullStore {
+    async fn pause_submissions(&self, _reason: &str, _now: i64) -> PortResult<bool> {
+        self.calls.hit("store.pause_submissions");
+        Ok(false)
+    }
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>> {
+        self.calls.hit("store.submissions_paused");
+        Ok(None)
+    }
+
+    async fn resume_submissions(&self) -> PortResult<()> {
+        self.calls.hit("store.resume_submissions");
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
 use shared::pipeline::{
     IngestOutcome, KeepReason, MessageFate, Pipeline, StepError, WebhookRequest,
 };
-use shared::ports::{Alerts, JobStore, SystemClock};
+use shared::ports::{Alerts, ChunkLedger, JobLedger, SubmitSwitch, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 use tokio::sync::mpsc;

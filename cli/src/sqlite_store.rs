@@ -24,8 +24,8 @@ use shared::domain::{
     Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
 };
 use shared::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
-    Reopen,
+    BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
+    RenderLog, RenderRecord, Reopen, SubmitSwitch,
 };
 
 const SCHEMA: &str = "
@@ -293,7 +293,7 @@ fn records<T: DeserializeOwned>(
 }
 
 #[async_trait]
-impl JobStore for SqliteJobStore {
+impl JobLedger for SqliteJobStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         let job = job.clone();
         self.call("create job", move |tx| match load_job(tx, &job.id)? {
@@ -341,6 +341,70 @@ impl JobStore for SqliteJobStore {
         .await
     }
 
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let id = id.clone();
+        self.call("transition job", move |tx| match load_job(tx, &id)? {
+            Some(job) => job
+                .transition(from, to)
+                .save_with(|next| save_job(tx, next)),
+            None => Ok(false),
+        })
+        .await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
+        let (id, manifest) = (id.clone(), manifest.clone());
+        self.call("finish job", move |tx| {
+            let mut job = load_job(tx, &id)?.ok_or_else(|| StoreError::NoJob(id.clone()))?;
+            job.finish(status, &manifest, now);
+            save_job(tx, &job)
+        })
+        .await
+    }
+
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let reopen = reopen.clone();
+        self.call("reopen job", move |tx| {
+            let Some(reopened) = load_job(tx, &reopen.job)?.and_then(|j| j.reopen(&reopen).next)
+            else {
+                return Ok(false);
+            };
+            for chunk in &reopen.chunks {
+                if load_chunk(tx, &chunk.job, chunk.key)?.is_some() {
+                    return Err(StoreError::ChunkExists {
+                        job: chunk.job.clone(),
+                        key: chunk.key,
+                    });
+                }
+                save_chunk(tx, chunk)?;
+            }
+            save_job(tx, &reopened)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
+        let (job, kind) = (job.clone(), kind.to_owned());
+        self.call("claim alert", move |tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO job_alerts (job, kind, at) VALUES (?1, ?2, ?3)",
+                params![job.as_str(), kind, now],
+            )?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChunkLedger for SqliteJobStore {
     async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
         let chunks = chunks.to_vec();
         self.call("put chunks", move |tx| {
@@ -483,7 +547,10 @@ impl JobStore for SqliteJobStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RenderLog for SqliteJobStore {
     async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
         let (fp, record) = (fingerprint.to_owned(), record.clone());
         self.call("record render", move |tx| {
@@ -523,67 +590,34 @@ impl JobStore for SqliteJobStore {
             .await
     }
 
-    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
-        let id = id.clone();
-        self.call("transition job", move |tx| match load_job(tx, &id)? {
-            Some(job) => job
-                .transition(from, to)
-                .save_with(|next| save_job(tx, next)),
-            None => Ok(false),
-        })
-        .await
-    }
-
-    async fn finish_job(
-        &self,
-        id: &JobId,
-        status: JobStatus,
-        manifest: &ManifestLocation,
-        now: i64,
-    ) -> PortResult<()> {
-        let (id, manifest) = (id.clone(), manifest.clone());
-        self.call("finish job", move |tx| {
-            let mut job = load_job(tx, &id)?.ok_or_else(|| StoreError::NoJob(id.clone()))?;
-            job.finish(status, &manifest, now);
-            save_job(tx, &job)
-        })
-        .await
-    }
-
-    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
-        let reopen = reopen.clone();
-        self.call("reopen job", move |tx| {
-            let Some(reopened) = load_job(tx, &reopen.job)?.and_then(|j| j.reopen(&reopen).next)
-            else {
-                return Ok(false);
-            };
-            for chunk in &reopen.chunks {
-                if load_chunk(tx, &chunk.job, chunk.key)?.is_some() {
-                    return Err(StoreError::ChunkExists {
-                        job: chunk.job.clone(),
-                        key: chunk.key,
-                    });
-                }
-                save_chunk(tx, chunk)?;
-            }
-            save_job(tx, &reopened)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
-        let (job, kind) = (job.clone(), kind.to_owned());
-        self.call("claim alert", move |tx| {
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO job_alerts (job, kind, at) VALUES (?1, ?2, ?3)",
-                params![job.as_str(), kind, now],
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let (kind, id, body) = (kind.to_owned(), id.to_owned(), body.to_owned());
+        self.call("record orphan", move |tx| {
+            tx.execute(
+                "INSERT INTO orphans (kind, ext_id, body, at) VALUES (?1, ?2, ?3, ?4)",
+                params![kind, id, body, now],
             )?;
-            Ok(inserted == 1)
+            Ok(())
         })
         .await
     }
 
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
+        let batch_id = batch_id.to_owned();
+        self.call("batch completed early", move |tx| {
+            let n: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM orphans WHERE kind = 'batch.completed' AND ext_id = ?1",
+                params![batch_id],
+                |row| row.get(0),
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SubmitSwitch for SqliteJobStore {
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let reason = reason.to_owned();
         self.call("pause submissions", move |tx| {
@@ -613,31 +647,6 @@ impl JobStore for SqliteJobStore {
         self.call("resume submissions", |tx| {
             tx.execute("DELETE FROM control WHERE name = ?1", params![PAUSED])?;
             Ok(())
-        })
-        .await
-    }
-
-    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
-        let (kind, id, body) = (kind.to_owned(), id.to_owned(), body.to_owned());
-        self.call("record orphan", move |tx| {
-            tx.execute(
-                "INSERT INTO orphans (kind, ext_id, body, at) VALUES (?1, ?2, ?3, ?4)",
-                params![kind, id, body, now],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
-        let batch_id = batch_id.to_owned();
-        self.call("batch completed early", move |tx| {
-            let n: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM orphans WHERE kind = 'batch.completed' AND ext_id = ?1",
-                params![batch_id],
-                |row| row.get(0),
-            )?;
-            Ok(n > 0)
         })
         .await
     }
@@ -677,7 +686,9 @@ mod tests {
         check_job_store(|| {
             let n = opened.fetch_add(1, Ordering::Relaxed);
             let path = dir.path().join(format!("jobs-{n}.db"));
-            async move { Arc::new(SqliteJobStore::open(&path).unwrap()) as Arc<dyn JobStore> }
+            async move {
+                Arc::new(SqliteJobStore::open(&path).unwrap()) as Arc<dyn shared::ports::JobStore>
+            }
         })
         .await;
     }

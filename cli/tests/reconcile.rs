@@ -9,7 +9,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use serde_json::Value;
 use shared::aws::dynamo::{DynamoJobStore, create_table};
 use shared::domain::{Counters, JobStatus};
-use shared::ports::JobStore;
+use shared::ports::JobLedger;
 
 const RUN_SCRIPT_HINT: &str =
     "this test needs moto: run it through `scripts/test -p pictify-batch --test reconcile`";

@@ -127,21 +127,51 @@ pub struct FailureRecord {
     pub recorded_at: i64,
 }
 
-/// Job, chunk and render state (DynamoDB, or embedded / in-memory).
+/// Jobs: created by ingest, moved to `finishing` by whoever completes the last chunk, finished,
+/// reopened by the operator; the reconciler lists the active ones.
 #[async_trait]
-pub trait JobStore: Send + Sync {
+pub trait JobLedger: Send + Sync {
     /// Creates the job unless it exists; returns the stored job either way and whether it was new.
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)>;
+
     async fn job(&self, id: &JobId) -> PortResult<Option<Job>>;
+
     /// Jobs that may still need work (for the reconciler). May include jobs that have just
     /// finished; callers check each job's status.
     async fn active_jobs(&self) -> PortResult<Vec<JobId>>;
+
     /// Ingest finished: status `running` (or terminal), counters and samples set.
     async fn finish_ingest(&self, job: &Job) -> PortResult<()>;
 
+    /// Applies a `Reopen` exactly once; `false` when the job was no longer in `reopen.from`.
+    /// At most `MAX_REOPEN_CHUNKS` chunks at a time (one DynamoDB transaction).
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool>;
+
+    /// Records that a job-level alert of this kind fired; `true` only for the first call, so the
+    /// alert goes out once (deadline alerts are checked on every reconciler pass).
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool>;
+
+    /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()>;
+}
+
+/// Chunks and their submit state machine (`domain::rules`): ingest creates them, the submitter
+/// moves them, batch completion ends them.
+#[async_trait]
+pub trait ChunkLedger: Send + Sync {
     /// Creates chunks that do not exist yet (re-ingest after a crash is harmless).
     async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()>;
+
     async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>>;
+
     async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>>;
 
     /// Conditional intent write before calling Pictify (see `BeginSubmit`). A chunk stuck in
@@ -153,6 +183,7 @@ pub trait JobStore: Send + Sync {
         now: i64,
         grace: Duration,
     ) -> PortResult<BeginSubmit>;
+
     /// Records the batch id (and the batch → chunk index) after Pictify accepted the chunk.
     async fn record_submitted(
         &self,
@@ -161,47 +192,53 @@ pub trait JobStore: Send + Sync {
         batch_id: &str,
         now: i64,
     ) -> PortResult<()>;
+
     /// Pictify definitely did not create a batch (429, 5xx answer): back to `queued`.
     async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()>;
+
     async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>>;
 
     /// Applies a chunk's outcome exactly once; `false` when it was already applied.
     async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool>;
+}
 
+/// What webhooks tell about single renders, by fingerprint (the webhook's hot path is one
+/// `record_render`), and the webhooks that matched nothing we know.
+#[async_trait]
+pub trait RenderLog: Send + Sync {
     async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()>;
+
     async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()>;
+
     async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>>;
+
     async fn failures(&self, fingerprints: &[String])
     -> PortResult<HashMap<String, FailureRecord>>;
 
-    /// Applies a `Reopen` exactly once; `false` when the job was no longer in `reopen.from`.
-    /// At most `MAX_REOPEN_CHUNKS` chunks at a time (one DynamoDB transaction).
-    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool>;
-    /// Records that a job-level alert of this kind fired; `true` only for the first call, so the
-    /// alert goes out once (deadline alerts are checked on every reconciler pass).
-    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool>;
-
-    /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
-    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;
-    async fn finish_job(
-        &self,
-        id: &JobId,
-        status: JobStatus,
-        manifest: &ManifestLocation,
-        now: i64,
-    ) -> PortResult<()>;
-
-    /// Stops all submissions (401/402); `true` for the call that set it, so the alert fires once.
-    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool>;
-    async fn submissions_paused(&self) -> PortResult<Option<String>>;
-    async fn resume_submissions(&self) -> PortResult<()>;
-
     /// A webhook that matched nothing we know (kept for the operator).
     async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()>;
+
     /// Whether a `batch.completed` for this batch arrived before its id was recorded (so it was
     /// kept as an orphan): the submitter then applies the batch itself.
     async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool>;
 }
+
+/// The account-wide switch that stops all submissions (401/402) until an operator resumes.
+#[async_trait]
+pub trait SubmitSwitch: Send + Sync {
+    /// Stops all submissions (401/402); `true` for the call that set it, so the alert fires once.
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool>;
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>>;
+
+    async fn resume_submissions(&self) -> PortResult<()>;
+}
+
+/// Job, chunk and render state in one store (DynamoDB, or embedded / in-memory), by concern:
+/// a caller that needs one concern can ask for just that trait.
+pub trait JobStore: JobLedger + ChunkLedger + RenderLog + SubmitSwitch {}
+
+impl<T: JobLedger + ChunkLedger + RenderLog + SubmitSwitch + ?Sized> JobStore for T {}
 
 /// The slice of Pictify the pipeline uses.
 #[async_trait]

@@ -24,8 +24,9 @@ use shared::pictify::PictifyError;
 use shared::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, BatchStatus};
 use shared::pipeline::{IngestOutcome, Pipeline};
 use shared::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, ObjectBody, ObjectStore, PictifyApi,
-    PortResult, RenderRecord, Reopen, SystemClock, WorkQueue,
+    BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, JobStore, ObjectBody,
+    ObjectStore, PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch,
+    SystemClock, WorkQueue,
 };
 use shared::secret::Secret;
 use shared::settings::Settings;
@@ -545,72 +546,23 @@ struct SlimStore {
 }
 
 #[async_trait]
-impl JobStore for SlimStore {
+impl JobLedger for SlimStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         self.inner.create_job(job).await
     }
+
     async fn job(&self, id: &JobId) -> PortResult<Option<Job>> {
         self.inner.job(id).await
     }
+
     async fn finish_ingest(&self, job: &Job) -> PortResult<()> {
         self.inner.finish_ingest(job).await
     }
-    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
-        self.chunks
-            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
-        self.inner.chunk(job, key).await
-    }
-    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
-        self.inner.chunks_of_job(job).await
-    }
-    async fn begin_submit(
-        &self,
-        job: &JobId,
-        key: ChunkKey,
-        now: i64,
-        grace: Duration,
-    ) -> PortResult<BeginSubmit> {
-        self.inner.begin_submit(job, key, now, grace).await
-    }
-    async fn record_submitted(
-        &self,
-        job: &JobId,
-        key: ChunkKey,
-        batch_id: &str,
-        now: i64,
-    ) -> PortResult<()> {
-        self.inner.record_submitted(job, key, batch_id, now).await
-    }
-    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
-        self.inner.release_submit(job, key).await
-    }
-    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
-        self.inner.chunk_by_batch(batch_id).await
-    }
-    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
-        self.inner.complete_chunk(completion).await
-    }
-    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
-        self.inner.record_render(fingerprint, record).await
-    }
-    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()> {
-        self.inner.record_failure(fingerprint, record).await
-    }
-    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
-        self.inner.renders(fingerprints).await
-    }
-    async fn failures(
-        &self,
-        fingerprints: &[String],
-    ) -> PortResult<HashMap<String, FailureRecord>> {
-        self.inner.failures(fingerprints).await
-    }
+
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
         self.inner.transition_job(id, from, to).await
     }
+
     async fn finish_job(
         &self,
         id: &JobId,
@@ -620,29 +572,111 @@ impl JobStore for SlimStore {
     ) -> PortResult<()> {
         self.inner.finish_job(id, status, manifest, now).await
     }
+
     async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
         self.inner.reopen_job(reopen).await
     }
+
     async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
         self.inner.claim_alert(job, kind, now).await
     }
-    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
-        self.inner.pause_submissions(reason, now).await
-    }
-    async fn submissions_paused(&self) -> PortResult<Option<String>> {
-        self.inner.submissions_paused().await
-    }
-    async fn resume_submissions(&self) -> PortResult<()> {
-        self.inner.resume_submissions().await
-    }
-    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
-        self.inner.record_orphan(kind, id, body, now).await
-    }
+
     async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
         self.inner.active_jobs().await
     }
+}
+
+#[async_trait]
+impl ChunkLedger for SlimStore {
+    async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
+        self.chunks
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>> {
+        self.inner.chunk(job, key).await
+    }
+
+    async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
+        self.inner.chunks_of_job(job).await
+    }
+
+    async fn begin_submit(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        now: i64,
+        grace: Duration,
+    ) -> PortResult<BeginSubmit> {
+        self.inner.begin_submit(job, key, now, grace).await
+    }
+
+    async fn record_submitted(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        batch_id: &str,
+        now: i64,
+    ) -> PortResult<()> {
+        self.inner.record_submitted(job, key, batch_id, now).await
+    }
+
+    async fn release_submit(&self, job: &JobId, key: ChunkKey) -> PortResult<()> {
+        self.inner.release_submit(job, key).await
+    }
+
+    async fn chunk_by_batch(&self, batch_id: &str) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.inner.chunk_by_batch(batch_id).await
+    }
+
+    async fn complete_chunk(&self, completion: &ChunkCompletion) -> PortResult<bool> {
+        self.inner.complete_chunk(completion).await
+    }
+}
+
+#[async_trait]
+impl RenderLog for SlimStore {
+    async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
+        self.inner.record_render(fingerprint, record).await
+    }
+
+    async fn record_failure(&self, fingerprint: &str, record: &FailureRecord) -> PortResult<()> {
+        self.inner.record_failure(fingerprint, record).await
+    }
+
+    async fn renders(&self, fingerprints: &[String]) -> PortResult<HashMap<String, RenderRecord>> {
+        self.inner.renders(fingerprints).await
+    }
+
+    async fn failures(
+        &self,
+        fingerprints: &[String],
+    ) -> PortResult<HashMap<String, FailureRecord>> {
+        self.inner.failures(fingerprints).await
+    }
+
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        self.inner.record_orphan(kind, id, body, now).await
+    }
+
     async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
         self.inner.batch_completed_early(batch_id).await
+    }
+}
+
+#[async_trait]
+impl SubmitSwitch for SlimStore {
+    async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
+        self.inner.pause_submissions(reason, now).await
+    }
+
+    async fn submissions_paused(&self) -> PortResult<Option<String>> {
+        self.inner.submissions_paused().await
+    }
+
+    async fn resume_submissions(&self) -> PortResult<()> {
+        self.inner.resume_submissions().await
     }
 }
 

@@ -17,7 +17,7 @@ use shared::domain::{Job, JobId};
 use shared::local::{FanoutAlerts, MemoryAlerts};
 use shared::pictify::{PictifyClient, PictifyConfig};
 use shared::pipeline::Pipeline;
-use shared::ports::{Alerts, JobStore, SystemClock};
+use shared::ports::{Alerts, JobLedger, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::Faults;
 use shared::domain::{JobId, JobStatus};
-use shared::ports::JobStore;
+use shared::ports::ChunkLedger;
 
 fn dataset(rows: usize) -> Vec<u8> {
     let mut s = String::from("title,author,publishDate\n");

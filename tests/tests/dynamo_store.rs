@@ -9,7 +9,8 @@ use integration_tests::{aws_config, dynamodb, unique_name};
 use shared::aws::dynamo::{DynamoJobStore, create_table};
 use shared::domain::{Chunk, ChunkKey, JobStatus};
 use shared::ports::{
-    BeginSubmit, FailureRecord, JobStore, MAX_REOPEN_CHUNKS, RenderRecord, Reopen,
+    BeginSubmit, ChunkLedger, FailureRecord, JobLedger, JobStore, MAX_REOPEN_CHUNKS, RenderLog,
+    RenderRecord, Reopen,
 };
 use shared::store_contract::{self, GRACE, check_job_store, with_chunk};
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use shared::domain::{
     Chunk, ChunkKey, ChunkMessage, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef,
 };
-use shared::ports::JobStore;
+use shared::ports::{ChunkLedger, JobLedger, RenderLog};
 use shared::signing::signature_header;
 
 /// The documented test secret the webhook events in `events/` are signed with.

@@ -8,7 +8,7 @@ use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::Faults;
 use shared::domain::{JobId, JobStatus};
 use shared::pipeline::{ReopenOutcome, Selection};
-use shared::ports::JobStore;
+use shared::ports::ChunkLedger;
 use shared::settings::Settings;
 
 fn blog_csv(rows: usize) -> Vec<u8> {

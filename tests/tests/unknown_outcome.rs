@@ -10,7 +10,7 @@ use shared::domain::{ChunkState, JobId, JobStatus};
 use shared::pictify::wire::BatchRenderRequest;
 use shared::pictify::{PictifyClient, PictifyConfig};
 use shared::pipeline::SubmitOutcome;
-use shared::ports::{BeginSubmit, JobStore};
+use shared::ports::{BeginSubmit, ChunkLedger};
 use shared::secret::Secret;
 
 fn csv(rows: usize) -> Vec<u8> {

@@ -24,8 +24,8 @@ use crate::domain::{
     Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
 };
 use crate::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, PortError, PortResult, RenderRecord,
-    Reopen,
+    BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
+    RenderLog, RenderRecord, Reopen, SubmitSwitch,
 };
 
 /// A webhook that matched nothing (kept for assertions and operators).
@@ -91,7 +91,7 @@ impl MemoryJobStore {
 }
 
 #[async_trait]
-impl JobStore for MemoryJobStore {
+impl JobLedger for MemoryJobStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         let mut state = self.lock();
         if let Some(existing) = state.jobs.get(&job.id) {
@@ -116,6 +116,81 @@ impl JobStore for MemoryJobStore {
         Ok(())
     }
 
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let mut state = self.lock();
+        Ok(match state.jobs.get_mut(id) {
+            Some(job) => job.transition(from, to).apply(job),
+            None => false,
+        })
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
+        let mut state = self.lock();
+        let job = state
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| PortError::permanent("finish job", StoreError::NoJob(id.clone())))?;
+        job.finish(status, manifest, now);
+        Ok(())
+    }
+
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let mut state = self.lock();
+        let Some(reopened) = state
+            .jobs
+            .get(&reopen.job)
+            .and_then(|j| j.reopen(reopen).next)
+        else {
+            return Ok(false);
+        };
+        if let Some(c) = reopen
+            .chunks
+            .iter()
+            .find(|c| state.chunks.contains_key(&(c.job.clone(), c.key)))
+        {
+            return Err(PortError::permanent(
+                "reopen job",
+                StoreError::ChunkExists {
+                    job: c.job.clone(),
+                    key: c.key,
+                },
+            ));
+        }
+        for chunk in &reopen.chunks {
+            state
+                .chunks
+                .insert((chunk.job.clone(), chunk.key), chunk.clone());
+        }
+        state.jobs.insert(reopen.job.clone(), reopened);
+        Ok(true)
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, _now: i64) -> PortResult<bool> {
+        Ok(self
+            .lock()
+            .job_alerts
+            .insert((job.clone(), kind.to_owned())))
+    }
+
+    async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
+        Ok(self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| !j.status.is_terminal())
+            .map(|j| j.id.clone())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ChunkLedger for MemoryJobStore {
     async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
         let mut state = self.lock();
         for chunk in chunks {
@@ -235,7 +310,10 @@ impl JobStore for MemoryJobStore {
         }
         Ok(true)
     }
+}
 
+#[async_trait]
+impl RenderLog for MemoryJobStore {
     async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
         self.lock()
             .renders
@@ -269,68 +347,28 @@ impl JobStore for MemoryJobStore {
             .collect())
     }
 
-    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
-        let mut state = self.lock();
-        Ok(match state.jobs.get_mut(id) {
-            Some(job) => job.transition(from, to).apply(job),
-            None => false,
-        })
-    }
-
-    async fn finish_job(
-        &self,
-        id: &JobId,
-        status: JobStatus,
-        manifest: &ManifestLocation,
-        now: i64,
-    ) -> PortResult<()> {
-        let mut state = self.lock();
-        let job = state
-            .jobs
-            .get_mut(id)
-            .ok_or_else(|| PortError::permanent("finish job", StoreError::NoJob(id.clone())))?;
-        job.finish(status, manifest, now);
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let orphan = Orphan {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            body: body.to_owned(),
+            at: now,
+        };
+        self.lock().orphans.push(orphan);
         Ok(())
     }
 
-    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
-        let mut state = self.lock();
-        let Some(reopened) = state
-            .jobs
-            .get(&reopen.job)
-            .and_then(|j| j.reopen(reopen).next)
-        else {
-            return Ok(false);
-        };
-        if let Some(c) = reopen
-            .chunks
-            .iter()
-            .find(|c| state.chunks.contains_key(&(c.job.clone(), c.key)))
-        {
-            return Err(PortError::permanent(
-                "reopen job",
-                StoreError::ChunkExists {
-                    job: c.job.clone(),
-                    key: c.key,
-                },
-            ));
-        }
-        for chunk in &reopen.chunks {
-            state
-                .chunks
-                .insert((chunk.job.clone(), chunk.key), chunk.clone());
-        }
-        state.jobs.insert(reopen.job.clone(), reopened);
-        Ok(true)
-    }
-
-    async fn claim_alert(&self, job: &JobId, kind: &str, _now: i64) -> PortResult<bool> {
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
         Ok(self
             .lock()
-            .job_alerts
-            .insert((job.clone(), kind.to_owned())))
+            .orphans
+            .iter()
+            .any(|o| o.kind == "batch.completed" && o.id == batch_id))
     }
+}
 
+#[async_trait]
+impl SubmitSwitch for MemoryJobStore {
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let mut state = self.lock();
         if state.paused.is_some() {
@@ -352,35 +390,6 @@ impl JobStore for MemoryJobStore {
         self.lock().paused = None;
         Ok(())
     }
-
-    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
-        let orphan = Orphan {
-            kind: kind.to_owned(),
-            id: id.to_owned(),
-            body: body.to_owned(),
-            at: now,
-        };
-        self.lock().orphans.push(orphan);
-        Ok(())
-    }
-
-    async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
-        Ok(self
-            .lock()
-            .jobs
-            .values()
-            .filter(|j| !j.status.is_terminal())
-            .map(|j| j.id.clone())
-            .collect())
-    }
-
-    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
-        Ok(self
-            .lock()
-            .orphans
-            .iter()
-            .any(|o| o.kind == "batch.completed" && o.id == batch_id))
-    }
 }
 
 #[cfg(test)]
@@ -397,7 +406,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_memory_store_keeps_the_job_store_contract() {
-        check_job_store(|| async { Arc::new(MemoryJobStore::new()) as Arc<dyn JobStore> }).await;
+        check_job_store(|| async {
+            Arc::new(MemoryJobStore::new()) as Arc<dyn crate::ports::JobStore>
+        })
+        .await;
     }
 
     #[tokio::test]

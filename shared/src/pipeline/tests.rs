@@ -12,7 +12,7 @@ use crate::pictify::PictifyError;
 use crate::pictify::wire::{
     BatchAccepted, BatchItemStatus, BatchRenderRequest, BatchResults, BatchStatus,
 };
-use crate::ports::{Clock, JobStore, ObjectStore};
+use crate::ports::{ChunkLedger, Clock, JobLedger, ObjectStore, RenderLog, SubmitSwitch};
 use crate::secret::Secret;
 use crate::signing::signature_header;
 

@@ -34,8 +34,8 @@ use self::errors::{checked, sdk_error};
 pub use self::test_support::create_table;
 use crate::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
 use crate::ports::{
-    BeginSubmit, ChunkCompletion, FailureRecord, JobStore, MAX_REOPEN_CHUNKS, PortError,
-    PortResult, RenderRecord, Reopen,
+    BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, MAX_REOPEN_CHUNKS,
+    PortError, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch,
 };
 
 /// Render/failure records only matter while their job runs; TTL keeps the table from growing.
@@ -313,7 +313,7 @@ impl DynamoJobStore {
 }
 
 #[async_trait]
-impl JobStore for DynamoJobStore {
+impl JobLedger for DynamoJobStore {
     async fn create_job(&self, job: &Job) -> PortResult<(Job, bool)> {
         let operation = format!("create_job {}", job.id);
         // The active-job marker first: if we die before the job exists, the reconciler finds a
@@ -450,6 +450,156 @@ impl JobStore for DynamoJobStore {
         }
     }
 
+    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
+        let operation = format!("transition_job {id} {} -> {}", from.as_str(), to.as_str());
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), JOB_SK)))
+            .update_expression("SET #status = :to")
+            .condition_expression("#status = :from")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()))
+            .send()
+            .await;
+        Ok(checked(&operation, result)?.is_ok())
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        manifest: &ManifestLocation,
+        now: i64,
+    ) -> PortResult<()> {
+        let operation = format!("finish_job {id}");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), JOB_SK)))
+            .update_expression("SET #status = :status, #completedAt = :now, #manifest = :manifest")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#completedAt", "completedAt")
+            .expression_attribute_names("#manifest", "manifest")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":manifest", json("manifest location", manifest)?)
+            .send()
+            .await;
+        match checked(&operation, result)? {
+            Ok(_) => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(ACTIVE_PK.to_owned(), &job_pk(id))))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(&operation, e))?;
+                Ok(())
+            }
+            Err(_) => Err(PortError::permanent(
+                operation,
+                StoreError::NotFound {
+                    what: "job",
+                    id: id.to_string(),
+                },
+            )),
+        }
+    }
+
+    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
+        let r = reopen;
+        let operation = format!("reopen_job {}", r.job);
+        if r.chunks.len() > MAX_REOPEN_CHUNKS {
+            return Err(PortError::permanent(
+                &operation,
+                format!(
+                    "{} chunks in one reopen; at most {MAX_REOPEN_CHUNKS}",
+                    r.chunks.len()
+                ),
+            ));
+        }
+        let build = |e: aws_sdk_dynamodb::error::BuildError| PortError::permanent(&operation, e);
+        let job = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(&r.job), JOB_SK)))
+            .update_expression(
+                "SET #status = :running \
+                 ADD #failed :unfailed, #rendered :unrendered, #retried :retried, #chunks :chunks, \
+                 #reopened :one REMOVE #completedAt",
+            )
+            .condition_expression("#status = :from")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#rendered", "rendered")
+            .expression_attribute_names("#retried", "retried")
+            .expression_attribute_names("#chunks", "chunks")
+            .expression_attribute_names("#reopened", "reopened")
+            .expression_attribute_names("#completedAt", "completedAt")
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
+            .expression_attribute_values(":from", s(r.from.as_str()))
+            .expression_attribute_values(":unfailed", n(-i128::from(r.unfailed)))
+            .expression_attribute_values(":unrendered", n(-i128::from(r.unrendered)))
+            .expression_attribute_values(":retried", n(r.unfailed + r.unrendered))
+            .expression_attribute_values(":chunks", n(r.chunks.len()))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build)?;
+        // Finishing removed the job from the reconciler's list: put it back.
+        let active = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(key(ACTIVE_PK.to_owned(), &job_pk(&r.job))))
+            .build()
+            .map_err(build)?;
+        let mut items = vec![
+            TransactWriteItem::builder().update(job).build(),
+            TransactWriteItem::builder().put(active).build(),
+        ];
+        for chunk in &r.chunks {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(chunk_item(chunk)?))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        let Err(err) = result else { return Ok(true) };
+        let job_condition_failed = match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+                e.cancellation_reasons().first().and_then(|r| r.code())
+                    == Some("ConditionalCheckFailed")
+            }
+            _ => false,
+        };
+        if job_condition_failed {
+            return Ok(false);
+        }
+        Err(sdk_error(&operation, err))
+    }
+
+    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
+        let mut item = key(job_pk(job), &format!("{ALERT_PREFIX}{kind}"));
+        item.insert("sentAt".into(), n(now));
+        self.put_if_absent(&format!("claim_alert {job} {kind}"), item)
+            .await
+    }
+}
+
+#[async_trait]
+impl ChunkLedger for DynamoJobStore {
     async fn put_chunks(&self, chunks: &[Chunk]) -> PortResult<()> {
         futures::stream::iter(chunks.iter().map(Ok))
             .try_for_each_concurrent(PUT_CONCURRENCY, |chunk| self.put_chunk_if_absent(chunk))
@@ -706,7 +856,10 @@ impl JobStore for DynamoJobStore {
             return Err(sdk_error(&operation, err));
         }
     }
+}
 
+#[async_trait]
+impl RenderLog for DynamoJobStore {
     async fn record_render(&self, fingerprint: &str, record: &RenderRecord) -> PortResult<()> {
         let mut item = key(format!("FP#{fingerprint}"), RENDER_SK);
         item.insert("url".into(), s(&record.url));
@@ -778,153 +931,40 @@ impl JobStore for DynamoJobStore {
             .map_err(|e| PortError::permanent("failures", e))
     }
 
-    async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
-        let operation = format!("transition_job {id} {} -> {}", from.as_str(), to.as_str());
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(id), JOB_SK)))
-            .update_expression("SET #status = :to")
-            .condition_expression("#status = :from")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":from", s(from.as_str()))
-            .expression_attribute_values(":to", s(to.as_str()))
-            .send()
-            .await;
-        Ok(checked(&operation, result)?.is_ok())
-    }
-
-    async fn finish_job(
-        &self,
-        id: &JobId,
-        status: JobStatus,
-        manifest: &ManifestLocation,
-        now: i64,
-    ) -> PortResult<()> {
-        let operation = format!("finish_job {id}");
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(id), JOB_SK)))
-            .update_expression("SET #status = :status, #completedAt = :now, #manifest = :manifest")
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#completedAt", "completedAt")
-            .expression_attribute_names("#manifest", "manifest")
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":manifest", json("manifest location", manifest)?)
-            .send()
-            .await;
-        match checked(&operation, result)? {
-            Ok(_) => {
-                self.client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key(ACTIVE_PK.to_owned(), &job_pk(id))))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(&operation, e))?;
-                Ok(())
-            }
-            Err(_) => Err(PortError::permanent(
-                operation,
-                StoreError::NotFound {
-                    what: "job",
-                    id: id.to_string(),
-                },
-            )),
-        }
-    }
-
-    async fn reopen_job(&self, reopen: &Reopen) -> PortResult<bool> {
-        let r = reopen;
-        let operation = format!("reopen_job {}", r.job);
-        if r.chunks.len() > MAX_REOPEN_CHUNKS {
-            return Err(PortError::permanent(
-                &operation,
-                format!(
-                    "{} chunks in one reopen; at most {MAX_REOPEN_CHUNKS}",
-                    r.chunks.len()
-                ),
-            ));
-        }
-        let build = |e: aws_sdk_dynamodb::error::BuildError| PortError::permanent(&operation, e);
-        let job = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(&r.job), JOB_SK)))
-            .update_expression(
-                "SET #status = :running \
-                 ADD #failed :unfailed, #rendered :unrendered, #retried :retried, #chunks :chunks, \
-                 #reopened :one REMOVE #completedAt",
-            )
-            .condition_expression("#status = :from")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#failed", "failed")
-            .expression_attribute_names("#rendered", "rendered")
-            .expression_attribute_names("#retried", "retried")
-            .expression_attribute_names("#chunks", "chunks")
-            .expression_attribute_names("#reopened", "reopened")
-            .expression_attribute_names("#completedAt", "completedAt")
-            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
-            .expression_attribute_values(":from", s(r.from.as_str()))
-            .expression_attribute_values(":unfailed", n(-i128::from(r.unfailed)))
-            .expression_attribute_values(":unrendered", n(-i128::from(r.unrendered)))
-            .expression_attribute_values(":retried", n(r.unfailed + r.unrendered))
-            .expression_attribute_values(":chunks", n(r.chunks.len()))
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(build)?;
-        // Finishing removed the job from the reconciler's list: put it back.
-        let active = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(key(ACTIVE_PK.to_owned(), &job_pk(&r.job))))
-            .build()
-            .map_err(build)?;
-        let mut items = vec![
-            TransactWriteItem::builder().update(job).build(),
-            TransactWriteItem::builder().put(active).build(),
-        ];
-        for chunk in &r.chunks {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(chunk_item(chunk)?))
-                .condition_expression("attribute_not_exists(#pk)")
-                .expression_attribute_names("#pk", PK)
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        let Err(err) = result else { return Ok(true) };
-        let job_condition_failed = match err.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
-                e.cancellation_reasons().first().and_then(|r| r.code())
-                    == Some("ConditionalCheckFailed")
-            }
-            _ => false,
-        };
-        if job_condition_failed {
-            return Ok(false);
-        }
-        Err(sdk_error(&operation, err))
-    }
-
-    async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool> {
-        let mut item = key(job_pk(job), &format!("{ALERT_PREFIX}{kind}"));
-        item.insert("sentAt".into(), n(now));
-        self.put_if_absent(&format!("claim_alert {job} {kind}"), item)
+    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
+        let mut item = key(format!("ORPHAN#{kind}#{id}"), &now.to_string());
+        item.insert("kind".into(), s(kind));
+        item.insert("body".into(), s(truncate(body, ORPHAN_BODY_MAX_BYTES)));
+        item.insert(
+            "truncated".into(),
+            AttributeValue::Bool(body.len() > ORPHAN_BODY_MAX_BYTES),
+        );
+        item.insert("recordedAt".into(), n(now));
+        item.insert(TTL.into(), n(now.saturating_add(ORPHAN_TTL_SECS)));
+        self.put_record(&format!("record_orphan {kind} {id}"), item)
             .await
     }
 
+    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
+        let operation = format!("batch_completed_early {batch_id}");
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("ORPHAN#batch.completed#{batch_id}")))
+            .limit(1)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(out.count() > 0),
+            Err(e) => Err(sdk_error(operation, e)),
+        }
+    }
+}
+
+#[async_trait]
+impl SubmitSwitch for DynamoJobStore {
     async fn pause_submissions(&self, reason: &str, now: i64) -> PortResult<bool> {
         let mut item = key(CONTROL_PK.to_owned(), SUBMISSIONS_SK);
         item.insert("reason".into(), s(reason));
@@ -956,37 +996,6 @@ impl JobStore for DynamoJobStore {
             .await;
         result.map_err(|e| sdk_error("resume_submissions", e))?;
         Ok(())
-    }
-
-    async fn record_orphan(&self, kind: &str, id: &str, body: &str, now: i64) -> PortResult<()> {
-        let mut item = key(format!("ORPHAN#{kind}#{id}"), &now.to_string());
-        item.insert("kind".into(), s(kind));
-        item.insert("body".into(), s(truncate(body, ORPHAN_BODY_MAX_BYTES)));
-        item.insert(
-            "truncated".into(),
-            AttributeValue::Bool(body.len() > ORPHAN_BODY_MAX_BYTES),
-        );
-        item.insert("recordedAt".into(), n(now));
-        item.insert(TTL.into(), n(now.saturating_add(ORPHAN_TTL_SECS)));
-        self.put_record(&format!("record_orphan {kind} {id}"), item)
-            .await
-    }
-
-    async fn batch_completed_early(&self, batch_id: &str) -> PortResult<bool> {
-        let operation = format!("batch_completed_early {batch_id}");
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(format!("ORPHAN#batch.completed#{batch_id}")))
-            .limit(1)
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(out.count() > 0),
-            Err(e) => Err(sdk_error(operation, e)),
-        }
     }
 }
 
