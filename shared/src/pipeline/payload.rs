@@ -27,7 +27,7 @@ impl EncodedChunk {
     pub(crate) fn encode(payload: ChunkPayload) -> Result<Self, StepError> {
         let json = InlinePayload::encode(&payload).map_err(|e| StepError::Unreadable {
             what: format!("chunk {}'s payload", payload.key.label()),
-            reason: e.to_string(),
+            reason: format!("it cannot be encoded as JSON: {e}"),
         })?;
         Ok(EncodedChunk {
             job: payload.job,
