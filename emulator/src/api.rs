@@ -26,10 +26,11 @@ use shared::pictify::wire::{BatchAccepted, BatchStatus, CancelResult, Format, he
 use tracing::info;
 
 use crate::batch;
+use crate::config::Plan;
 use crate::error::{ApiError, FieldError, JsonBody, MAX_BODY_BYTES, RawBody, parse_json};
 use crate::faults::{Faults, dice};
 use crate::ratelimit;
-use crate::state::{AppState, Batch, Item, StoredAnswer};
+use crate::state::{AppState, Batch, Inner, Item, StoredAnswer};
 use crate::subscriptions;
 
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -106,7 +107,7 @@ async fn rate_limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(limit) = state.config.rate_limit else {
+    let Some(limit) = state.rate else {
         return next.run(req).await;
     };
     let decision = {
@@ -115,10 +116,16 @@ async fn rate_limit(
             .rate
             .entry(key)
             .or_insert_with(|| ratelimit::Bucket::full(limit));
-        ratelimit::check(bucket, limit)
+        let decision = ratelimit::check(bucket, limit);
+        match decision.rejection.as_ref().map(|(cause, _)| cause) {
+            Some(ratelimit::Cause::PerMinute) => inner.ledger.throttled.rate += 1,
+            Some(ratelimit::Cause::Daily) => inner.ledger.throttled.daily += 1,
+            None => {}
+        }
+        decision
     };
     let mut response = match decision.rejection {
-        Some(rejection) => rejection.into_response(),
+        Some((_, rejection)) => rejection.into_response(),
         None => next.run(req).await,
     };
     response.headers_mut().extend(decision.headers);
@@ -155,8 +162,8 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let value = parse_json(&headers, &body)?;
-    let valid =
-        batch::validate(&value, state.config.max_items_per_batch).map_err(ApiError::validation)?;
+    let valid = batch::validate(&value, state.items_cap, state.config.plan)
+        .map_err(ApiError::validation)?;
     let fingerprint = fingerprint(&uid, &value);
     let late_answer = submit_faults(&state, idempotency_key.as_deref(), &fingerprint)?;
     let template = state
@@ -189,7 +196,13 @@ async fn submit(
             }
         }
         if inner.quota.is_some_and(|left| left < total as u64) {
+            if state.config.quota_as_429 {
+                inner.ledger.throttled.quota += 1;
+            }
             return Err(quota_exceeded(state.config.quota_as_429));
+        }
+        if let Some(refusal) = plan_limits(&state, &mut inner, total as u64) {
+            return Err(refusal);
         }
         let batch_id = inner.new_id("batch_");
         let accepted = BatchAccepted {
@@ -219,6 +232,8 @@ async fn submit(
             },
         );
         inner.batch_order.push(batch_id.clone());
+        let in_flight = inner.in_flight() as u64;
+        inner.ledger.max_batches_in_flight = inner.ledger.max_batches_in_flight.max(in_flight);
         if let Some(key) = &idempotency_key {
             let stored = StoredAnswer {
                 fingerprint,
@@ -290,6 +305,7 @@ fn submit_faults(
     let attempt = attempt.to_le_bytes();
     let roll = |kind: &str| dice(state.config.seed, &[identity.as_bytes(), &attempt], kind);
     if seen < u64::from(faults.submit_429_first) || roll("submit-429") < faults.submit_429_rate {
+        state.lock().ledger.throttled.injected += 1;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests (injected fault)",
@@ -306,6 +322,68 @@ fn submit_faults(
     }
     let late = roll("submit-late") < faults.submit_late_answer_rate;
     Ok(late.then(|| Duration::from_millis(faults.late_answer_delay_ms)))
+}
+
+/// The monthly renders (Free: a hard limit) and the concurrent-batch limit, checked under the
+/// state lock so two racing submits cannot both take the last slot. `None` = go ahead.
+fn plan_limits(state: &AppState, inner: &mut Inner, items: u64) -> Option<ApiError> {
+    let plan = state.config.plan;
+    let plan_name = plan.map_or_else(|| "account".to_owned(), |p| format!("{p} plan"));
+    let overage = plan.is_some_and(Plan::allows_overage);
+    if let Some(monthly) = state.limits.monthly_renders.filter(|_| !overage) {
+        let used = inner.renders_this_month();
+        if used.saturating_add(items) > monthly {
+            inner.ledger.throttled.quota += 1;
+            return Some(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Plan limit exceeded: the {plan_name} includes {monthly} renders a month; \
+                         {used} used, this batch needs {items}"
+                    ),
+                )
+                .with_field("code", json!("quota_exceeded")),
+            );
+        }
+    }
+    let cap = state.limits.concurrent_batches?;
+    if inner.in_flight() < cap as usize {
+        return None;
+    }
+    inner.ledger.throttled.concurrency += 1;
+    let retry_after = concurrency_retry_after(inner, state.latency);
+    Some(
+        ratelimit::too_many_requests(
+            format!(
+                "Concurrent batch limit reached: the {plan_name} allows {cap} batch{} pending or \
+                 processing at once; submit again when one finishes",
+                if cap == 1 { "" } else { "es" }
+            ),
+            retry_after,
+        )
+        .with_field("code", json!("concurrent_batch_limit"))
+        .with_field("limit", json!(cap)),
+    )
+}
+
+/// Seconds until the in-flight batch closest to done should finish (at least 1): its unfinished
+/// items, `concurrency` at a time, at the simulated render latency.
+fn concurrency_retry_after(inner: &Inner, latency: Duration) -> i64 {
+    let soonest = inner
+        .batches
+        .values()
+        .filter(|b| !b.status.is_terminal())
+        .map(|b| {
+            let left = b.count(|i| matches!(i, Item::Pending | Item::Running));
+            let waves = u64::from(left).div_ceil(b.concurrency.max(1) as u64);
+            latency.as_secs_f64() * waves as f64
+        })
+        .fold(f64::INFINITY, f64::min);
+    if soonest.is_finite() {
+        (soonest.ceil() as i64).max(1)
+    } else {
+        1
+    }
 }
 
 fn quota_exceeded(as_429: bool) -> ApiError {

@@ -15,6 +15,7 @@ use shared::pictify::wire::{
 };
 use tracing::{error, info};
 
+use crate::config::Plan;
 use crate::error::FieldError;
 use crate::faults::item_failure_message;
 use crate::render::Template;
@@ -36,7 +37,12 @@ pub(crate) struct ValidBatch {
 
 /// Checks a submit body against the documented limits, collecting every problem.
 /// `layout`/`layouts` are validated but otherwise ignored: templates here have one layout.
-pub(crate) fn validate(body: &Value, max_items: usize) -> Result<ValidBatch, Vec<FieldError>> {
+/// `plan` only shapes the message when a batch has too many items.
+pub(crate) fn validate(
+    body: &Value,
+    max_items: usize,
+    plan: Option<Plan>,
+) -> Result<ValidBatch, Vec<FieldError>> {
     let Some(obj) = body.as_object() else {
         return Err(vec![FieldError::new(
             "body",
@@ -60,10 +66,17 @@ pub(crate) fn validate(body: &Value, max_items: usize) -> Result<ValidBatch, Vec
         Some(Value::Array(sets)) if sets.len() > max_items => errors.push(FieldError::new(
             "variableSets",
             "too_long",
-            format!(
-                "variableSets has {} items; at most {max_items} are allowed",
-                sets.len()
-            ),
+            match plan {
+                Some(plan) => format!(
+                    "variableSets has {} items; the {plan} plan allows at most {max_items} items \
+                     per batch",
+                    sets.len()
+                ),
+                None => format!(
+                    "variableSets has {} items; at most {max_items} are allowed",
+                    sets.len()
+                ),
+            },
         )),
         Some(Value::Array(sets)) => {
             for (i, set) in sets.iter().enumerate() {
@@ -300,8 +313,10 @@ async fn run_item(state: &Arc<AppState>, batch_id: &str, index: usize) {
         return;
     };
     let faults = state.lock().faults.clone();
-    if faults.render_latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.render_latency_ms)).await;
+    // The plan's simulated render time, then any injected extra latency.
+    let latency = state.latency + Duration::from_millis(faults.render_latency_ms);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let empty = VariableSet::new();
     let variables = job.sets.get(index).unwrap_or(&empty);
@@ -351,6 +366,11 @@ async fn run_item(state: &Arc<AppState>, batch_id: &str, index: usize) {
         if success {
             inner.ledger.items_rendered += 1;
             inner.ledger.renders_billed += 1;
+            let used = inner.renders_this_month();
+            inner.ledger.renders_this_month += 1;
+            if state.limits.monthly_renders.is_some_and(|cap| used >= cap) {
+                inner.ledger.overage_items += 1;
+            }
             inner.quota = inner.quota.map(|left| left.saturating_sub(1));
         } else {
             inner.ledger.items_failed += 1;
@@ -455,7 +475,7 @@ mod tests {
     use serde_json::json;
 
     fn problems(body: Value) -> Vec<String> {
-        validate(&body, 100)
+        validate(&body, 100, None)
             .err()
             .unwrap_or_default()
             .into_iter()
@@ -465,7 +485,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_fields_are_absent() {
-        let ok = validate(&json!({"variableSets": [{"a": 1}]}), 100).unwrap();
+        let ok = validate(&json!({"variableSets": [{"a": 1}]}), 100, None).unwrap();
         assert_eq!(
             (ok.format, ok.quality, ok.concurrency),
             (Format::Png, 0.9, 5)

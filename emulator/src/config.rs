@@ -43,7 +43,19 @@ pub struct Config {
     pub quota: Option<u64>,
     /// Answer an exhausted quota with 429 `{code:"quota_exceeded"}` instead of 402.
     pub quota_as_429: bool,
+    /// Items per batch when neither `plan` nor `limits.items_per_batch` sets one.
     pub max_items_per_batch: usize,
+    /// A Pictify plan whose limits apply (items per batch, concurrent batches, requests per
+    /// minute and day, monthly renders); `None` = no plan limits (the default).
+    pub plan: Option<Plan>,
+    /// Explicit limits; each one set here replaces the plan's (and works without a plan).
+    pub limits: PlanLimits,
+    /// Seconds each item takes to render (before `time_scale`); `None` = none without a plan,
+    /// [`Plan::RENDER_SECONDS`] with one.
+    pub render_seconds: Option<f64>,
+    /// Multiplies simulated time (render latency, and the concurrency `Retry-After` estimate):
+    /// `0.01` makes a 1 s render take 10 ms.
+    pub time_scale: f64,
 }
 
 impl Default for Config {
@@ -66,8 +78,124 @@ impl Default for Config {
             quota: None,
             quota_as_429: false,
             max_items_per_batch: 100,
+            plan: None,
+            limits: PlanLimits::default(),
+            render_seconds: None,
+            time_scale: 1.0,
         }
     }
+}
+
+impl Config {
+    /// The limits in force: each explicit `limits` field, else the plan's, else none.
+    pub fn effective_limits(&self) -> PlanLimits {
+        let plan = self.plan.map(Plan::limits).unwrap_or_default();
+        let o = &self.limits;
+        PlanLimits {
+            items_per_batch: o.items_per_batch.or(plan.items_per_batch),
+            concurrent_batches: o.concurrent_batches.or(plan.concurrent_batches),
+            requests_per_minute: o.requests_per_minute.or(plan.requests_per_minute),
+            requests_per_day: o.requests_per_day.or(plan.requests_per_day),
+            monthly_renders: o.monthly_renders.or(plan.monthly_renders),
+        }
+    }
+
+    /// Simulated time per rendered item, already scaled; zero without a plan or `render_seconds`.
+    pub fn render_latency(&self) -> Duration {
+        let seconds = self.render_seconds.unwrap_or(if self.plan.is_some() {
+            Plan::RENDER_SECONDS
+        } else {
+            0.0
+        });
+        scaled(seconds, self.time_scale)
+    }
+}
+
+/// `seconds * scale` as a `Duration`; negative, NaN or absurd values become zero.
+pub(crate) fn scaled(seconds: f64, scale: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds * scale).unwrap_or(Duration::ZERO)
+}
+
+/// Pictify's plans (docs: api-reference/batch, api-reference/overview, dashboard/usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plan {
+    Free,
+    Pro,
+    Business,
+    Enterprise,
+}
+
+impl Plan {
+    /// Default render time per item once a plan is chosen (a modest HTML render; tune with
+    /// `render_seconds`).
+    pub const RENDER_SECONDS: f64 = 1.0;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plan::Free => "Free",
+            Plan::Pro => "Pro",
+            Plan::Business => "Business",
+            Plan::Enterprise => "Enterprise",
+        }
+    }
+
+    /// The documented limits. Enterprise's request limits and monthly renders are "custom":
+    /// unlimited here unless overridden.
+    pub fn limits(self) -> PlanLimits {
+        let (items, concurrent, per_minute, per_day, monthly) = match self {
+            Plan::Free => (10, Some(1), Some(60), Some(1_000), Some(100)),
+            Plan::Pro => (100, Some(3), Some(300), Some(10_000), Some(5_000)),
+            Plan::Business => (1_000, Some(10), Some(1_000), Some(100_000), Some(50_000)),
+            Plan::Enterprise => (10_000, None, None, None, None),
+        };
+        PlanLimits {
+            items_per_batch: Some(items),
+            concurrent_batches: concurrent,
+            requests_per_minute: per_minute,
+            requests_per_day: per_day,
+            monthly_renders: monthly,
+        }
+    }
+
+    /// Paid plans keep rendering past the monthly renders (billed as overage); Free stops.
+    pub fn allows_overage(self) -> bool {
+        self != Plan::Free
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Plan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "free" => Ok(Plan::Free),
+            "pro" => Ok(Plan::Pro),
+            "business" => Ok(Plan::Business),
+            "enterprise" => Ok(Plan::Enterprise),
+            other => Err(format!(
+                "unknown plan `{other}` (expected free, pro, business or enterprise)"
+            )),
+        }
+    }
+}
+
+/// Account limits; `None` = unlimited. As `Config::limits`, each `Some` overrides the plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanLimits {
+    pub items_per_batch: Option<usize>,
+    /// Batches pending or processing at once (across all keys: one account).
+    pub concurrent_batches: Option<u32>,
+    /// Per API key, as a token bucket refilled evenly over the minute.
+    pub requests_per_minute: Option<u32>,
+    /// Per API key, reset at midnight UTC.
+    pub requests_per_day: Option<u64>,
+    /// Rendered items per calendar month (UTC) before the hard limit (Free) or overage (paid).
+    pub monthly_renders: Option<u64>,
 }
 
 /// A subscription that exists from start-up, so local runs and tests know its secret.
@@ -112,5 +240,52 @@ impl FromStr for RateLimit {
                 "unknown rate-limit plan `{other}` (expected free, pro or business)"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_plan_and_no_overrides_means_no_limits_and_no_latency() {
+        let config = Config::default();
+        assert_eq!(config.effective_limits(), PlanLimits::default());
+        assert_eq!(config.render_latency(), Duration::ZERO);
+    }
+
+    #[test]
+    fn plans_carry_the_documented_limits_and_overrides_win() {
+        let free = Plan::Free.limits();
+        assert_eq!(
+            (
+                free.items_per_batch,
+                free.concurrent_batches,
+                free.requests_per_minute
+            ),
+            (Some(10), Some(1), Some(60))
+        );
+        let enterprise = Plan::Enterprise.limits();
+        assert_eq!(
+            (enterprise.items_per_batch, enterprise.concurrent_batches),
+            (Some(10_000), None)
+        );
+        let config = Config {
+            plan: Some(Plan::Business),
+            limits: PlanLimits {
+                concurrent_batches: Some(2),
+                ..PlanLimits::default()
+            },
+            time_scale: 0.01,
+            ..Config::default()
+        };
+        let limits = config.effective_limits();
+        assert_eq!(
+            (limits.items_per_batch, limits.concurrent_batches),
+            (Some(1_000), Some(2))
+        );
+        assert_eq!(config.render_latency(), Duration::from_millis(10));
+        assert_eq!("ENTERPRISE".parse::<Plan>(), Ok(Plan::Enterprise));
+        assert!("gold".parse::<Plan>().is_err());
     }
 }

@@ -22,6 +22,30 @@ pub struct Ledger {
     pub deliveries: DeliveryCounts,
     /// Non-2xx answers to submits, by status code.
     pub rejected: BTreeMap<String, u64>,
+    /// The most batches pending or processing at the same moment.
+    #[serde(default)]
+    pub max_batches_in_flight: u64,
+    /// 429 answers (any route) by cause.
+    #[serde(default)]
+    pub throttled: ThrottleCounts,
+    /// Items rendered past the monthly renders on a plan that allows overage (billed extra).
+    #[serde(default)]
+    pub overage_items: u64,
+    /// Items rendered in the current calendar month (UTC), counted against `monthly_renders`.
+    #[serde(default)]
+    pub renders_this_month: u64,
+}
+
+/// 429s by cause: `rate` (requests per minute), `daily` (requests per day), `concurrency`
+/// (too many batches in flight), `quota` (monthly renders used up, Free), `injected` (faults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ThrottleCounts {
+    pub rate: u64,
+    pub daily: u64,
+    pub concurrency: u64,
+    pub quota: u64,
+    pub injected: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{Config, PresetSubscription, RateLimit};
+pub use config::{Config, Plan, PlanLimits, PresetSubscription, RateLimit};
 pub use faults::Faults;
-pub use ledger::{AcceptedBatch, DeliveryCounts, Ledger};
+pub use ledger::{AcceptedBatch, DeliveryCounts, Ledger, ThrottleCounts};
 
 use state::AppState;
 

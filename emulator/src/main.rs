@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use pictify_emulator::render::TemplateStore;
-use pictify_emulator::{Config, Faults, RateLimit};
+use pictify_emulator::{Config, Faults, Plan, PlanLimits, RateLimit};
 use tracing_subscriber::EnvFilter;
 
 /// A local stand-in for Pictify's batch API: real HTTP, real signed webhooks, real images.
@@ -38,7 +38,33 @@ struct Args {
     /// Seed for fault decisions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Per-key request limits of a plan: free, pro or business.
+    /// A Pictify plan: free, pro, business or enterprise. Enforces its items per batch,
+    /// concurrent batches, requests per minute/day and monthly renders (default: no limits).
+    #[arg(long)]
+    plan: Option<Plan>,
+    /// Most items (variable sets) per batch; overrides the plan's.
+    #[arg(long)]
+    items_per_batch: Option<usize>,
+    /// Most batches pending or processing at once; overrides the plan's.
+    #[arg(long)]
+    concurrent_batches: Option<u32>,
+    /// Requests per minute per API key; overrides the plan's.
+    #[arg(long)]
+    requests_per_minute: Option<u32>,
+    /// Requests per day per API key; overrides the plan's.
+    #[arg(long)]
+    requests_per_day: Option<u64>,
+    /// Renders per calendar month; overrides the plan's (Free and no plan: then 429
+    /// `quota_exceeded`; paid plans: overage, counted in the ledger).
+    #[arg(long)]
+    monthly_quota: Option<u64>,
+    /// Seconds each item takes to render (default: 1 with a plan, 0 without).
+    #[arg(long)]
+    render_seconds: Option<f64>,
+    /// Multiplies simulated time: 0.01 makes a 1 s render take 10 ms.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Per-key request limits only (older flag): free, pro or business.
     #[arg(long)]
     rate_limit: Option<RateLimit>,
     /// Renders left on the account (default: unlimited).
@@ -103,6 +129,16 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         rate_limit: args.rate_limit,
         quota: args.quota,
         quota_as_429: args.quota_as_429,
+        plan: args.plan,
+        limits: PlanLimits {
+            items_per_batch: args.items_per_batch,
+            concurrent_batches: args.concurrent_batches,
+            requests_per_minute: args.requests_per_minute,
+            requests_per_day: args.requests_per_day,
+            monthly_renders: args.monthly_quota,
+        },
+        render_seconds: args.render_seconds,
+        time_scale: args.time_scale,
         webhook_retry_scale: args.webhook_retry_scale,
         correlation_fields: args.correlation_fields,
         ..Config::default()
@@ -122,5 +158,15 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
             .with_context(|| format!("parsing faults in {}", path.display()))?;
     }
     config.render.rasterize = !args.no_render;
+    anyhow::ensure!(
+        config.time_scale.is_finite() && config.time_scale >= 0.0,
+        "--time-scale must be a non-negative number"
+    );
+    anyhow::ensure!(
+        config
+            .render_seconds
+            .is_none_or(|s| s.is_finite() && s >= 0.0),
+        "--render-seconds must be a non-negative number"
+    );
     Ok(config)
 }

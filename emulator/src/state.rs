@@ -6,18 +6,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use shared::pictify::wire::{BatchStatus, Format, Subscription, VariableSet};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, PlanLimits};
 use crate::faults::Faults;
 use crate::ledger::{AcceptedBatch, Ledger};
 use crate::render::{Renderer, Template};
@@ -32,6 +32,14 @@ pub(crate) struct AppState {
     pub http: reqwest::Client,
     pub tasks: Tasks,
     pub shutdown: watch::Receiver<bool>,
+    /// The limits in force (`Config::effective_limits`), resolved once at start.
+    pub limits: PlanLimits,
+    /// Per-key request limits, from the plan/overrides or the older `rate_limit` field.
+    pub rate: Option<crate::ratelimit::Limit>,
+    /// Most items a batch may carry.
+    pub items_cap: usize,
+    /// Simulated render time per item (already time-scaled).
+    pub latency: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -55,6 +63,8 @@ pub(crate) struct Inner {
     pub ledger: Ledger,
     pub quota: Option<u64>,
     pub rate: HashMap<String, crate::ratelimit::Bucket>,
+    /// The (year, month) `ledger.renders_this_month` counts.
+    month: Option<(i32, u32)>,
     ids: Option<StdRng>,
 }
 
@@ -62,6 +72,25 @@ impl Inner {
     /// `prefix` + 24 random hex digits.
     pub fn new_id(&mut self, prefix: &str) -> String {
         format!("{prefix}{}", self.random_hex(12))
+    }
+
+    /// Batches pending or processing (what the concurrent-batch limit counts).
+    pub fn in_flight(&self) -> usize {
+        self.batches
+            .values()
+            .filter(|b| !b.status.is_terminal())
+            .count()
+    }
+
+    /// Renders this calendar month (UTC), starting the count afresh when the month turns.
+    pub fn renders_this_month(&mut self) -> u64 {
+        let now = Utc::now();
+        let month = Some((now.year(), now.month()));
+        if self.month != month {
+            self.month = month;
+            self.ledger.renders_this_month = 0;
+        }
+        self.ledger.renders_this_month
     }
 
     pub fn random_hex(&mut self, bytes: usize) -> String {
@@ -157,6 +186,18 @@ impl AppState {
             .timeout(config.webhook_timeout)
             .no_proxy()
             .build()?;
+        let limits = config.effective_limits();
+        let rate = if limits.requests_per_minute.is_some() || limits.requests_per_day.is_some() {
+            let older = config.rate_limit;
+            Some(crate::ratelimit::Limit {
+                per_minute: limits.requests_per_minute.or(older.map(|r| r.per_minute)),
+                per_day: limits.requests_per_day.or(older.and_then(|r| r.per_day)),
+            })
+        } else {
+            config.rate_limit.map(Into::into)
+        };
+        let items_cap = limits.items_per_batch.unwrap_or(config.max_items_per_batch);
+        let latency = config.render_latency();
         let inner = Inner {
             faults: config.faults.clone(),
             quota: config.quota,
@@ -171,6 +212,10 @@ impl AppState {
             http,
             tasks: Tasks::default(),
             shutdown,
+            limits,
+            rate,
+            items_cap,
+            latency,
             inner: Mutex::new(inner),
         })
     }

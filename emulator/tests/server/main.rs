@@ -8,5 +8,6 @@ mod support;
 mod batches;
 mod faults;
 mod limits;
+mod plans;
 mod validation;
 mod webhooks;
