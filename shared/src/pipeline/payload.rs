@@ -132,11 +132,13 @@ impl Pipeline {
         job: &JobId,
         key: ChunkKey,
     ) -> Result<ChunkPayload, StepError> {
-        self.read_payload(&self.payload_ref(job, key).await?).await
+        let bucket = self.job_bucket(job).await?;
+        let at = layout::chunk_payload_ref(&bucket, job, &key.label(), &self.settings);
+        self.read_payload(&at).await
     }
 
-    /// Where a chunk's payload is stored (it lives in the job's bucket).
-    async fn payload_ref(&self, job: &JobId, key: ChunkKey) -> Result<ObjectRef, StepError> {
+    /// The bucket a job's payloads live in (the bucket of its upload).
+    async fn job_bucket(&self, job: &JobId) -> Result<String, StepError> {
         let stored = self
             .store
             .job(job)
@@ -144,12 +146,7 @@ impl Pipeline {
             .ok_or_else(|| StepError::Missing {
                 what: format!("job {job}"),
             })?;
-        Ok(layout::chunk_payload_ref(
-            &stored.source.bucket,
-            job,
-            &key.label(),
-            &self.settings,
-        ))
+        Ok(stored.source.bucket)
     }
 
     /// Rebuilds a chunk's queue message from its stored payload (resume, re-queue, tests). Sending
@@ -159,7 +156,17 @@ impl Pipeline {
         job: &JobId,
         key: ChunkKey,
     ) -> Result<ChunkMessage, StepError> {
-        let at = self.payload_ref(job, key).await?;
+        let bucket = self.job_bucket(job).await?;
+        self.stored_chunk_message(&bucket, job, key).await
+    }
+
+    async fn stored_chunk_message(
+        &self,
+        bucket: &str,
+        job: &JobId,
+        key: ChunkKey,
+    ) -> Result<ChunkMessage, StepError> {
+        let at = layout::chunk_payload_ref(bucket, job, &key.label(), &self.settings);
         let bytes = self.payload_bytes(&at).await?;
         let inline = if self.fits_inline(bytes.len()) {
             String::from_utf8(bytes)
@@ -177,16 +184,18 @@ impl Pipeline {
     }
 
     /// Sends chunk messages again (their first send may have been lost): a duplicate is harmless,
-    /// the submitter's `begin_submit` is conditional.
+    /// the submitter's `begin_submit` is conditional. The job is read once for all of them.
     pub async fn resend_chunks(&self, job: &JobId, keys: &[ChunkKey]) -> Result<(), StepError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let bucket = self.job_bucket(job).await?;
         let mut messages = Vec::with_capacity(keys.len());
         for key in keys {
-            messages.push(self.chunk_message(job, *key).await?);
+            messages.push(self.stored_chunk_message(&bucket, job, *key).await?);
         }
-        if !messages.is_empty() {
-            self.queue.send(&messages).await?;
-            info!(job_id = %job, chunks = messages.len(), "chunk messages sent again");
-        }
+        self.queue.send(&messages).await?;
+        info!(job_id = %job, chunks = messages.len(), "chunk messages sent again");
         Ok(())
     }
 

@@ -237,6 +237,15 @@ impl Harness {
         self.play_webhooks(0).await;
     }
 
+    /// Alerts of one kind raised so far.
+    fn alerts_of_kind(&self, kind: &str) -> usize {
+        self.alerts
+            .alerts()
+            .iter()
+            .filter(|a| a.kind == kind)
+            .count()
+    }
+
     fn advance(&self, by: std::time::Duration) {
         self.clock
             .0
@@ -361,14 +370,7 @@ async fn retryable_failures_are_retried_in_a_new_chunk_and_permanent_ones_fail()
         (Some("failed"), Some("INVALID_VARIABLE"))
     );
     // 2 of 20 failed in the first batch: 10% > 5%, so one alert for that batch only.
-    assert_eq!(
-        h.alerts
-            .alerts()
-            .iter()
-            .filter(|a| a.kind == "batch_high_failure_rate")
-            .count(),
-        1
-    );
+    assert_eq!(h.alerts_of_kind("batch_high_failure_rate"), 1);
 }
 
 #[tokio::test]
@@ -421,14 +423,7 @@ async fn an_auth_failure_pauses_submissions_and_alerts_once() {
         h.pipeline.submit(&second).await.unwrap(),
         SubmitOutcome::Paused { .. }
     ));
-    assert_eq!(
-        h.alerts
-            .alerts()
-            .iter()
-            .filter(|a| a.kind == "submissions_paused")
-            .count(),
-        1
-    );
+    assert_eq!(h.alerts_of_kind("submissions_paused"), 1);
     h.store.resume_submissions().await.unwrap();
     assert!(matches!(
         h.pipeline.submit(&first).await.unwrap(),
@@ -833,14 +828,7 @@ async fn a_chunk_whose_payload_is_gone_fails_its_rows_once_and_its_message_is_ac
         h.manifest_lines().await[0]["errorCode"],
         "CHUNK_UNSUBMITTABLE"
     );
-    let alerts = h.alerts.alerts();
-    assert_eq!(
-        alerts
-            .iter()
-            .filter(|a| a.kind == "chunk_unsubmittable")
-            .count(),
-        1
-    );
+    assert_eq!(h.alerts_of_kind("chunk_unsubmittable"), 1);
 }
 
 #[tokio::test]
