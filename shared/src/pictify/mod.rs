@@ -3,9 +3,11 @@
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod plan;
 pub mod validate;
 pub mod wire;
 
 pub use client::{PictifyClient, PictifyConfig};
 pub use error::{FieldError, PictifyError};
+pub use plan::{Plan, PlanLimits};
 pub use events::{ParsedWebhook, WebhookEvent, WebhookParseError, parse_webhook};
