@@ -123,6 +123,7 @@ pub fn run_all(options: &Options) -> anyhow::Result<Vec<Row>> {
         rows.push(Row::info("4", "local pipeline", "skipped (--skip-local)"));
     } else {
         rows.extend(local_rows(options, sizes.local_rows)?);
+        rows.extend(pacing_rows(options)?);
     }
     rows.extend(report::lambda_rows(&options.repo));
     Ok(rows)
@@ -398,6 +399,128 @@ fn local_rows(options: &Options, rows: u64) -> anyhow::Result<Vec<Row>> {
         }
     }
     out.push(chromium_row(&options.repo, per_image_ms, &dir)?);
+    Ok(out)
+}
+
+/// A plan's run for the pacing figure: rows, and the emulator's render seconds per item.
+struct PacedRun {
+    plan: &'static str,
+    chunk: u64,
+    batches: u64,
+    requests_per_minute: u64,
+    render_seconds: f64,
+    rows: u64,
+}
+
+/// Items a batch renders at once at Pictify (the `concurrency` field's default).
+const ITEMS_AT_ONCE: u64 = 5;
+
+impl PacedRun {
+    /// The plan's most rows a minute: the window full of batches, each taking its render time,
+    /// or the request budget (a POST and a results GET per batch), whichever binds.
+    fn max_rows_per_minute(&self) -> f64 {
+        let batch_secs = self.chunk.div_ceil(ITEMS_AT_ONCE) as f64 * self.render_seconds;
+        let by_window = (self.batches * self.chunk) as f64 / batch_secs * 60.0;
+        let by_requests = (self.requests_per_minute / 2 * self.chunk) as f64;
+        by_window.min(by_requests)
+    }
+}
+
+/// Figure 5: a local run paced to Free, Pro and Business against the emulator enforcing the
+/// same plan (placeholder images, render time simulated), as a fraction of the plan's maximum.
+/// The row counts fill whole rounds of the window, so the last round is not half empty.
+fn pacing_rows(options: &Options) -> anyhow::Result<Vec<Row>> {
+    let batch = std::env::current_exe()?.with_file_name("pictify-batch");
+    if !batch.exists() {
+        return Ok(vec![Row::info(
+            "5",
+            "pacing",
+            "skipped: pictify-batch not built",
+        )]);
+    }
+    let rounds = if options.tiny { 2 } else { 10 };
+    let runs = [
+        PacedRun {
+            plan: "free",
+            chunk: 10,
+            batches: 1,
+            requests_per_minute: 60,
+            render_seconds: 1.0,
+            rows: 10 * 3 * rounds,
+        },
+        PacedRun {
+            plan: "pro",
+            chunk: 100,
+            batches: 3,
+            requests_per_minute: 300,
+            render_seconds: 0.2,
+            rows: 300 * rounds,
+        },
+        PacedRun {
+            plan: "business",
+            chunk: 100,
+            batches: 10,
+            requests_per_minute: 1_000,
+            render_seconds: 0.2,
+            rows: 1_000 * rounds,
+        },
+    ];
+    let dir = options.data_dir.join("pacing");
+    let mut out = Vec::new();
+    for run in runs {
+        let csv = dir.join(format!("cards-{}.csv", run.rows));
+        data::ensure(&csv, Shape::CardCsvRows(run.rows))?;
+        let out_dir = dir.join(format!("out-{}-{}", run.plan, run.rows));
+        if out_dir.exists() {
+            std::fs::remove_dir_all(&out_dir)?;
+        }
+        let args: Vec<String> = [
+            "run",
+            &csv.to_string_lossy(),
+            "--template",
+            "tmpl_blog_card",
+            "--out",
+            &out_dir.to_string_lossy(),
+            "--no-render",
+            "--plan",
+            run.plan,
+            "--emulator-render-seconds",
+            &run.render_seconds.to_string(),
+            // The plan's monthly renders would stop a long benchmark: not what is measured.
+            "--emulator-monthly-quota",
+            "100000000",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        eprintln!("  running pictify-batch {}", args.join(" "));
+        let log = dir.join(format!("pacing-{}-{}.log", run.plan, run.rows));
+        let timed = run_timed(&batch, &args, &log)?;
+        if !timed.ok {
+            bail!(
+                "pictify-batch --plan {} failed; see {}",
+                run.plan,
+                log.display()
+            );
+        }
+        let per_minute = run.rows as f64 / timed.secs * 60.0;
+        let max = run.max_rows_per_minute();
+        let share = per_minute / max;
+        out.push(Row::check(
+            "5",
+            &format!(
+                "paced to {}: {} rows, chunks of {}, {} at once, {:.1} s/item",
+                run.plan, run.rows, run.chunk, run.batches, run.render_seconds
+            ),
+            &format!(
+                "{per_minute:.0} rows/min of the plan's {max:.0} = {:.0}% ({:.1} s wall, start-up and manifest included)",
+                share * 100.0,
+                timed.secs
+            ),
+            "≥ 90% of the plan's maximum",
+            share >= 0.9,
+        ));
+    }
     Ok(out)
 }
 

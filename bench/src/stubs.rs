@@ -19,7 +19,8 @@ use shared::pictify::wire::{
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, ObjectBody, ObjectStore,
-    PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch, WorkQueue,
+    PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, Slot, SubmitSwitch, SubmitWindow,
+    WorkQueue,
 };
 
 /// Port calls by operation name, e.g. `store.record_render`.
@@ -228,6 +229,57 @@ impl SubmitSwitch for NullStore {
     async fn resume_submissions(&self) -> PortResult<()> {
         self.calls.hit("store.resume_submissions");
         Ok(())
+    }
+}
+
+/// Nothing is ever paced: every slot and request is granted, nothing is parked.
+#[async_trait]
+impl SubmitWindow for NullStore {
+    async fn acquire_slot(
+        &self,
+        _job: &JobId,
+        _key: ChunkKey,
+        _size: u32,
+        _now: i64,
+        _expires_at: i64,
+    ) -> PortResult<bool> {
+        self.calls.hit("store.acquire_slot");
+        Ok(true)
+    }
+
+    async fn release_slot(&self, _job: &JobId, _key: ChunkKey) -> PortResult<bool> {
+        self.calls.hit("store.release_slot");
+        Ok(false)
+    }
+
+    async fn live_slots(&self, _now: i64) -> PortResult<Vec<Slot>> {
+        self.calls.hit("store.live_slots");
+        Ok(Vec::new())
+    }
+
+    async fn park(&self, _job: &JobId, _key: ChunkKey, _now: i64) -> PortResult<()> {
+        self.calls.hit("store.park");
+        Ok(())
+    }
+
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.calls.hit("store.next_parked");
+        Ok(None)
+    }
+
+    async fn unpark(&self, _job: &JobId, _key: ChunkKey) -> PortResult<bool> {
+        self.calls.hit("store.unpark");
+        Ok(false)
+    }
+
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
+        self.calls.hit("store.parked");
+        Ok(Vec::new())
+    }
+
+    async fn take_request(&self, _second: i64, _limit: u32) -> PortResult<bool> {
+        self.calls.hit("store.take_request");
+        Ok(true)
     }
 }
 

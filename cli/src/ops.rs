@@ -220,6 +220,26 @@ pub async fn resume_submissions(args: StateArgs) -> Result<Outcome, Failure> {
         }
         None => println!("submissions were not paused"),
     }
+    if args.state.is_none() {
+        // Deployed: the parked chunks wait for a hand-over; start it now rather than at the
+        // reconciler's next pass. (A local run hands its own over on `run --resume`.)
+        let pipeline = shared::wiring::pipeline_from_env()
+            .await
+            .map_err(|e| Failure::usage(format!("{e:#}")))?
+            .pipeline;
+        let mut handed = 0;
+        loop {
+            let n = pipeline
+                .hand_over()
+                .await
+                .map_err(|e| Failure::Internal(e.into()))?;
+            handed += n;
+            if n == 0 {
+                break;
+            }
+        }
+        println!("{handed} parked chunk(s) sent to the submitter");
+    }
     Ok(Outcome::AllRendered)
 }
 

@@ -18,14 +18,15 @@ use clap::Args;
 use rand::{RngCore, SeedableRng};
 use shared::domain::{ChunkMessage, ChunkState, Job, JobId, JobStatus};
 use shared::local::{FanoutAlerts, FsObjectStore, LogAlerts, MemoryAlerts, MemoryQueue};
+use shared::pictify::plan::{Plan, PlanLimits};
 use shared::pictify::wire::{CreateSubscription, Format, event_names, headers};
 use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
 use shared::pipeline::{
     IngestOutcome, KeepReason, MessageFate, Pipeline, StepError, WebhookRequest,
 };
-use shared::ports::{Alerts, ChunkLedger, JobLedger, SubmitSwitch, SystemClock};
+use shared::ports::{Alerts, ChunkLedger, JobLedger, SubmitSwitch, SubmitWindow, SystemClock};
 use shared::secret::Secret;
-use shared::settings::Settings;
+use shared::settings::{MAX_CHUNK_ROWS, Pacing, Settings};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -69,9 +70,26 @@ pub struct RunArgs {
     /// as file:// URLs, which the local emulator can read (real Pictify needs public http(s) URLs).
     #[arg(long = "file-column", value_name = "COLUMN")]
     pub file_column: Vec<String>,
-    /// Chunks (of up to 100 rows) in flight at Pictify at once (submitted, not yet completed).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub concurrency: u32,
+    /// Your Pictify plan: sets the chunk size, batches at once and requests a minute (and, with
+    /// the emulator, the limits it enforces). Without it: chunks of 100, 4 batches at once.
+    #[arg(long, value_name = "free|pro|business|enterprise")]
+    pub plan: Option<Plan>,
+    /// Batches in flight at Pictify at once (submitted, not yet completed) [default: the plan's,
+    /// else 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: Option<u32>,
+    /// Items per batch (rows per chunk, at most 100) [default: the plan's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_batch_items: Option<u32>,
+    /// Requests a minute to Pictify [default: the plan's; none without a plan].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub requests_per_minute: Option<u32>,
+    /// Emulator: simulated render seconds per item (benchmarks; default 0, as fast as it can).
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    pub emulator_render_seconds: f64,
+    /// Emulator: renders a month before the plan's hard limit or overage (benchmarks).
+    #[arg(long, hide = true)]
+    pub emulator_monthly_quota: Option<u64>,
     /// Continue the interrupted run in --out instead of starting over; finished rows are not rendered again.
     #[arg(long)]
     pub resume: bool,
@@ -137,7 +155,6 @@ impl OutDir {
 
 /// What the submitter tasks report to the run loop.
 enum RunEvent {
-    Paused(String),
     SubmitError(String),
 }
 
@@ -145,7 +162,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome, Failure> {
     let started = Instant::now();
     let prepared = prepare_run(&args).await?;
     let services = start_services(&args, &prepared).await?;
-    let job = match drive(&args, &prepared, &services).await {
+    let job = match drive(&prepared, &services).await {
         Ok(job) => job,
         Err(failure) => {
             services.shutdown().await;
@@ -255,8 +272,10 @@ async fn start_services(args: &RunArgs, prepared: &Prepared) -> Result<Services,
     let alerts: Vec<Arc<dyn Alerts>> = vec![memory_alerts.clone(), Arc::new(LogAlerts)];
     let settings = Settings {
         submit_grace: Duration::from_secs(15),
+        pacing: pacing(args),
         ..Settings::default()
     };
+    info!(pacing = %settings.pacing.describe(), "pacing");
     let pipeline = Pipeline {
         store: prepared.store.clone(),
         objects: prepared.objects.clone(),
@@ -277,9 +296,31 @@ async fn start_services(args: &RunArgs, prepared: &Prepared) -> Result<Services,
     })
 }
 
+/// Batches at once when neither `--concurrency` nor a limited plan says (the local emulator
+/// renders every batch of the window in parallel).
+const DEFAULT_CONCURRENCY: u32 = 4;
+
+/// The run's pace: the plan's, with each explicit flag over it. The window is always kept
+/// locally (an unlimited plan gets the default), so the emulator is never flooded.
+fn pacing(args: &RunArgs) -> Pacing {
+    let mut pacing = args.plan.map_or_else(Pacing::unlimited, Pacing::for_plan);
+    if let Some(items) = args.max_batch_items {
+        pacing.chunk_rows = (items as usize).min(MAX_CHUNK_ROWS);
+    }
+    pacing.max_concurrent_batches = Some(
+        args.concurrency
+            .or(pacing.max_concurrent_batches)
+            .unwrap_or(DEFAULT_CONCURRENCY),
+    );
+    if args.requests_per_minute.is_some() {
+        pacing.requests_per_minute = args.requests_per_minute;
+    }
+    pacing
+}
+
 /// Runs the job to a terminal status: submitter tasks, ingest, recovery of an interrupted run,
 /// then a wait with progress, the local reconciler, and the stop conditions.
-async fn drive(args: &RunArgs, prepared: &Prepared, services: &Services) -> Result<Job, Failure> {
+async fn drive(prepared: &Prepared, services: &Services) -> Result<Job, Failure> {
     let (store, pipeline) = (&prepared.store, &services.pipeline);
     let upload = &prepared.placed.upload;
     let job_id = JobId::for_upload(&upload.bucket, &upload.key, &prepared.placed.version);
@@ -294,22 +335,23 @@ async fn drive(args: &RunArgs, prepared: &Prepared, services: &Services) -> Resu
             .await
             .map_err(anyhow::Error::from)?;
     }
+    clear_window(store).await.map_err(anyhow::Error::from)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let gate = Arc::new(Gate {
-        store: store.clone(),
-        job: job_id.clone(),
-        limit: args.concurrency as usize,
-        turn: tokio::sync::Mutex::new(()),
-    });
+    // Submitters only take a slot or park (the window in the store holds the pace), so a few
+    // more than the window keep it full while others are parking.
+    let window = pipeline
+        .settings
+        .pacing
+        .max_concurrent_batches
+        .unwrap_or(DEFAULT_CONCURRENCY);
     let submitters = Submitters(
-        (0..args.concurrency)
+        (0..window + 2)
             .map(|_| {
                 tokio::spawn(submitter(
                     pipeline.clone(),
                     services.queue.clone(),
-                    gate.clone(),
                     stop.clone(),
                     events_tx.clone(),
                 ))
@@ -351,16 +393,18 @@ async fn drive(args: &RunArgs, prepared: &Prepared, services: &Services) -> Resu
             pipeline.finish_job(job.clone()).await.map_err(step_error)?;
             continue;
         }
-        while let Ok(event) = events.try_recv() {
-            match event {
-                RunEvent::Paused(reason) => {
-                    stopped(&mut bar);
-                    return Err(Failure::usage(format!(
-                        "Pictify refused the submission: {reason}. Nothing more is submitted; fix the API key or quota and run again with --resume"
-                    )));
-                }
-                RunEvent::SubmitError(e) => submit_errors.push(e),
-            }
+        while let Ok(RunEvent::SubmitError(e)) = events.try_recv() {
+            submit_errors.push(e);
+        }
+        if let Some(reason) = store
+            .submissions_paused()
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            stopped(&mut bar);
+            return Err(Failure::usage(format!(
+                "Pictify refused the submission: {reason}. Nothing more is submitted; fix the API key or quota and run again with --resume"
+            )));
         }
         if submit_errors.len() > MAX_SUBMIT_ERRORS {
             stopped(&mut bar);
@@ -638,6 +682,16 @@ async fn start_backend(
             ..Default::default()
         },
         webhook_retry_scale: 0.01,
+        // The emulated account is the one the flags describe, so the run meets its limits.
+        plan: args.plan,
+        limits: PlanLimits {
+            items_per_batch: args.max_batch_items.map(|n| n as usize),
+            concurrent_batches: args.concurrency,
+            requests_per_minute: args.requests_per_minute,
+            monthly_renders: args.emulator_monthly_quota,
+            ..PlanLimits::default()
+        },
+        render_seconds: Some(args.emulator_render_seconds),
         subscriptions: events
             .iter()
             .map(|event| pictify_emulator::PresetSubscription {
@@ -702,51 +756,33 @@ async fn webhook(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Byt
     (status, [(CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
-/// Keeps at most `limit` chunks of the job in flight at Pictify (submitting or submitted, not
-/// completed): submitting is quick, so without it every chunk would be handed over at once and
-/// the local emulator would render thousands of items in parallel and time out.
-struct Gate {
-    store: Arc<SqliteJobStore>,
-    job: JobId,
-    limit: usize,
-    turn: tokio::sync::Mutex<()>,
+/// A new run owns the window: slots and parked chunks left by an interrupted process are
+/// dropped (their chunks are still `queued` or `submitting`, and `recover` sends them again).
+async fn clear_window(store: &SqliteJobStore) -> shared::ports::PortResult<()> {
+    for slot in store.live_slots(i64::MIN).await? {
+        store.release_slot(&slot.job, slot.key).await?;
+    }
+    for (job, key) in store.parked().await? {
+        store.unpark(&job, key).await?;
+    }
+    Ok(())
 }
 
-/// One submitter: waits for a free slot, pops a chunk message and calls the pipeline's submit step.
+/// One submitter: pops a chunk message and hands it to the pipeline, which submits it within
+/// the plan's window or parks it (a completed batch hands its slot to the next parked chunk).
 async fn submitter(
     pipeline: Pipeline,
     queue: Arc<MemoryQueue>,
-    gate: Arc<Gate>,
     stop: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<RunEvent>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        // One submitter at a time checks for a slot and submits, so the limit holds exactly.
-        let turn = gate.turn.lock().await;
-        match gate.store.chunks_in_flight(&gate.job).await {
-            Ok(n) if n >= gate.limit => {
-                drop(turn);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot count chunks in flight; submitting anyway"),
-        }
         let Some(message) = queue.pop() else {
-            drop(turn);
             tokio::time::sleep(Duration::from_millis(25)).await;
             continue;
         };
         match pipeline.handle_chunk_message(&message).await {
             MessageFate::Acknowledge => {}
-            MessageFate::Keep {
-                why: KeepReason::Paused { reason },
-                ..
-            } => {
-                queue.push(message);
-                let _ = events.send(RunEvent::Paused(reason));
-                return;
-            }
             MessageFate::Keep { after, why } => {
                 if let KeepReason::Error { error } = why {
                     let _ = events.send(RunEvent::SubmitError(format!(
@@ -757,7 +793,6 @@ async fn submitter(
                 redeliver_later(&queue, message, after.unwrap_or(REDELIVER_AFTER));
             }
         }
-        drop(turn);
     }
 }
 

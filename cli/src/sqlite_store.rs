@@ -20,12 +20,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use shared::domain::window::{choose_slot, next_in_turn};
 use shared::domain::{
     Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
-    RenderLog, RenderRecord, Reopen, SubmitSwitch,
+    RenderLog, RenderRecord, Reopen, Slot, SlotChoice, SubmitSwitch, SubmitWindow,
 };
 
 const SCHEMA: &str = "
@@ -39,11 +40,16 @@ CREATE TABLE IF NOT EXISTS failures (fingerprint TEXT PRIMARY KEY, body TEXT NOT
 CREATE TABLE IF NOT EXISTS alerted (job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, PRIMARY KEY (job, seq, attempt));
 CREATE TABLE IF NOT EXISTS job_alerts (job TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (job, kind));
 CREATE TABLE IF NOT EXISTS control (name TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (n INTEGER PRIMARY KEY, job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, taken_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS parked (job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (job, seq, attempt));
+CREATE TABLE IF NOT EXISTS requests (second INTEGER PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ext_id TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL);
 ";
 
 /// Key of the submissions switch in `control`.
 const PAUSED: &str = "submissions_paused";
+/// Key of the job served last from the parking lot, in `control` (its `reason` is the job id).
+const TURN: &str = "window_turn";
 
 #[derive(Debug, thiserror::Error)]
 enum StoreError {
@@ -116,21 +122,6 @@ impl SqliteJobStore {
                 }
                 save_chunk(tx, next)
             })
-        })
-        .await
-    }
-
-    /// Chunks of a job handed to Pictify and not yet completed (`submitting` or `submitted`):
-    /// the local run keeps at most `--concurrency` of them in flight.
-    pub async fn chunks_in_flight(&self, job: &JobId) -> PortResult<usize> {
-        let job = job.clone();
-        self.call("count chunks in flight", move |tx| {
-            let n: i64 = tx.query_row(
-                "SELECT count(*) FROM chunks WHERE job = ?1 AND json_extract(body, '$.state') IN ('submitting', 'submitted')",
-                params![job.as_str()],
-                |r| r.get(0),
-            )?;
-            Ok(usize::try_from(n).unwrap_or(0))
         })
         .await
     }
@@ -652,12 +643,181 @@ impl SubmitSwitch for SqliteJobStore {
     }
 }
 
+fn job_id(raw: String) -> Result<JobId> {
+    JobId::parse(&raw).map_err(StoreError::BadId)
+}
+
+fn load_slots(tx: &Transaction<'_>) -> Result<Vec<(u32, Slot)>> {
+    let mut stmt =
+        tx.prepare("SELECT n, job, seq, attempt, taken_at, expires_at FROM slots ORDER BY n")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, String>(1)?,
+            ChunkKey {
+                seq: r.get(2)?,
+                attempt: r.get(3)?,
+            },
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut slots = Vec::new();
+    for row in rows {
+        let (n, job, key, taken_at, expires_at) = row?;
+        let slot = Slot {
+            job: job_id(job)?,
+            key,
+            taken_at,
+            expires_at,
+        };
+        slots.push((n, slot));
+    }
+    Ok(slots)
+}
+
+fn load_parked(tx: &Transaction<'_>) -> Result<Vec<(JobId, ChunkKey)>> {
+    let mut stmt = tx.prepare("SELECT job, seq, attempt FROM parked ORDER BY job, seq, attempt")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            ChunkKey {
+                seq: r.get(1)?,
+                attempt: r.get(2)?,
+            },
+        ))
+    })?;
+    let mut parked = Vec::new();
+    for row in rows {
+        let (job, key) = row?;
+        parked.push((job_id(job)?, key));
+    }
+    Ok(parked)
+}
+
+#[async_trait]
+impl SubmitWindow for SqliteJobStore {
+    async fn acquire_slot(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        size: u32,
+        now: i64,
+        expires_at: i64,
+    ) -> PortResult<bool> {
+        let job = job.clone();
+        self.call("acquire slot", move |tx| {
+            let n = match choose_slot(&load_slots(tx)?, &job, key, size, now) {
+                SlotChoice::Renew(n) | SlotChoice::Take(n) => n,
+                SlotChoice::Full => return Ok(false),
+            };
+            tx.execute(
+                "INSERT INTO slots (n, job, seq, attempt, taken_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(n) DO UPDATE SET job = excluded.job, seq = excluded.seq, attempt = excluded.attempt,
+                 taken_at = excluded.taken_at, expires_at = excluded.expires_at",
+                params![n, job.as_str(), key.seq, key.attempt, now, expires_at],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_slot(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let job = job.clone();
+        self.call("release slot", move |tx| {
+            let deleted = tx.execute(
+                "DELETE FROM slots WHERE job = ?1 AND seq = ?2 AND attempt = ?3",
+                params![job.as_str(), key.seq, key.attempt],
+            )?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn live_slots(&self, now: i64) -> PortResult<Vec<Slot>> {
+        self.call("live slots", move |tx| {
+            Ok(load_slots(tx)?
+                .into_iter()
+                .map(|(_, slot)| slot)
+                .filter(|slot| slot.is_live(now))
+                .collect())
+        })
+        .await
+    }
+
+    async fn park(&self, job: &JobId, key: ChunkKey, now: i64) -> PortResult<()> {
+        let job = job.clone();
+        self.call("park", move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO parked (job, seq, attempt, at) VALUES (?1, ?2, ?3, ?4)",
+                params![job.as_str(), key.seq, key.attempt, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.call("next parked", |tx| {
+            let last: Option<String> = tx
+                .query_row(
+                    "SELECT reason FROM control WHERE name = ?1",
+                    params![TURN],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let last = last.and_then(|raw| JobId::parse(&raw).ok());
+            Ok(next_in_turn(&load_parked(tx)?, last.as_ref()))
+        })
+        .await
+    }
+
+    async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let job = job.clone();
+        self.call("unpark", move |tx| {
+            let deleted = tx.execute(
+                "DELETE FROM parked WHERE job = ?1 AND seq = ?2 AND attempt = ?3",
+                params![job.as_str(), key.seq, key.attempt],
+            )?;
+            if deleted == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO control (name, reason, at) VALUES (?1, ?2, 0)
+                 ON CONFLICT(name) DO UPDATE SET reason = excluded.reason",
+                params![TURN, job.as_str()],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
+        self.call("parked", load_parked).await
+    }
+
+    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+        self.call("take request", move |tx| {
+            tx.execute(
+                "DELETE FROM requests WHERE second < ?1",
+                params![second - 60],
+            )?;
+            let taken = tx.execute(
+                "INSERT INTO requests (second, count) VALUES (?1, 1)
+                 ON CONFLICT(second) DO UPDATE SET count = count + 1 WHERE count < ?2",
+                params![second, limit],
+            )?;
+            Ok(taken == 1)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     //! The shared `JobStore` contract (`shared::store_contract`), run against SQLite, plus what
-    //! only this store does: refusing another batch id, durability across a reopen, the in-flight
-    //! count and forgetting a batch of a dead local run.
+    //! only this store does: refusing another batch id, durability across a reopen, and forgetting a batch of a dead local run.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -763,25 +923,6 @@ mod tests {
             Some((job.clone(), key))
         );
         assert_eq!(reopened.jobs().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn chunks_in_flight_counts_submitting_and_submitted() {
-        let (store, job, key, _dir) = store_with_chunk().await;
-        store
-            .put_chunks(&[Chunk::new(job.clone(), ChunkKey::initial(1), vec![4])])
-            .await
-            .unwrap();
-        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 0);
-        store.begin_submit(&job, key, 100, GRACE).await.unwrap();
-        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 1);
-        store.record_submitted(&job, key, "b1", 101).await.unwrap();
-        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 1);
-        store
-            .complete_chunk(&completion(&job, key, 3, false))
-            .await
-            .unwrap();
-        assert_eq!(store.chunks_in_flight(&job).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -234,11 +234,55 @@ pub trait SubmitSwitch: Send + Sync {
     async fn resume_submissions(&self) -> PortResult<()>;
 }
 
+/// Window slots and turns: domain rules (`crate::domain::window`), re-exported here.
+pub use crate::domain::window::{Slot, SlotChoice};
+
+/// The plan's pace, shared by every submitter and every job (`pipeline::window`): the in-flight
+/// window of batch slots, the parking lot of chunks waiting for a slot (or for submissions to
+/// resume), and the per-second request budget.
+#[async_trait]
+pub trait SubmitWindow: Send + Sync {
+    /// Takes one of `size` slots for the chunk until `expires_at`, or renews the slot it holds
+    /// already. `false` when `size` unexpired slots are held by other chunks.
+    async fn acquire_slot(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        size: u32,
+        now: i64,
+        expires_at: i64,
+    ) -> PortResult<bool>;
+
+    /// Gives the chunk's slot back; `false` when it held none.
+    async fn release_slot(&self, job: &JobId, key: ChunkKey) -> PortResult<bool>;
+
+    /// The slots held and unexpired at `now`.
+    async fn live_slots(&self, now: i64) -> PortResult<Vec<Slot>>;
+
+    /// Parks a chunk until a slot frees (or submissions resume); parking it again changes nothing.
+    async fn park(&self, job: &JobId, key: ChunkKey, now: i64) -> PortResult<()>;
+
+    /// The parked chunk whose turn is next: jobs take turns (the job after the one served last,
+    /// in id order, wrapping around), and a job's chunks go in key order.
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>>;
+
+    /// Takes the chunk out of the parking lot and makes its job the one served last; `false`
+    /// when it was not parked (someone else took it).
+    async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool>;
+
+    /// Every parked chunk, in turn order within each job.
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>>;
+
+    /// Counts one request to Pictify in the clock second `second`; `false` when `limit` requests
+    /// were counted in that second already.
+    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool>;
+}
+
 /// Job, chunk and render state in one store (DynamoDB, or embedded / in-memory), by concern:
 /// a caller that needs one concern can ask for just that trait.
-pub trait JobStore: JobLedger + ChunkLedger + RenderLog + SubmitSwitch {}
+pub trait JobStore: JobLedger + ChunkLedger + RenderLog + SubmitSwitch + SubmitWindow {}
 
-impl<T: JobLedger + ChunkLedger + RenderLog + SubmitSwitch + ?Sized> JobStore for T {}
+impl<T: JobLedger + ChunkLedger + RenderLog + SubmitSwitch + SubmitWindow + ?Sized> JobStore for T {}
 
 /// The slice of Pictify the pipeline uses.
 #[async_trait]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::pictify::plan::Plan;
 use crate::pictify::wire::Format;
 
 /// Everything the pipeline steps need to know that is not a port.
@@ -24,8 +25,6 @@ pub struct Settings {
     pub submit_grace: Duration,
     /// Delay before retrying a 429 without Retry-After, or a 5xx.
     pub retry_delay: Duration,
-    /// How long paused submissions keep their messages invisible before checking again.
-    pub paused_delay: Duration,
     pub webhook_max_body_bytes: usize,
     pub signature_tolerance: Duration,
     /// A submitted batch with no `batch.completed` after this long is polled by the reconciler
@@ -35,6 +34,86 @@ pub struct Settings {
     pub job_deadline: Duration,
     /// What happens to rows Pictify rendered whose `render.completed` (their URL) never came.
     pub missing_url_policy: MissingUrlPolicy,
+    /// How hard the pipeline may drive the customer's Pictify account.
+    pub pacing: Pacing,
+}
+
+/// The pace the customer's Pictify plan allows: chunk size, batches at Pictify at once, and
+/// requests a minute. Set by `PICTIFY_PLAN` and refined by the explicit `PICTIFY_MAX_*` /
+/// `PICTIFY_REQUESTS_PER_MINUTE` variables; unset, nothing is limited (chunks of 100).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pacing {
+    pub plan: Option<Plan>,
+    /// Rows per chunk: min(100, the plan's items per batch).
+    pub chunk_rows: usize,
+    /// Batches pending or processing at Pictify at once, across every job and submitter
+    /// (`None`: unlimited, no window is kept).
+    pub max_concurrent_batches: Option<u32>,
+    /// Requests a minute to Pictify across the whole stack (`None`: no budget is kept).
+    pub requests_per_minute: Option<u32>,
+    /// A window slot is a lease: a holder that died without releasing it loses it after this.
+    pub slot_lease: Duration,
+}
+
+/// Rows per chunk when the plan allows more: a chunk is one SQS message (≤ 256 KiB) and one
+/// payload; 100 keeps both small and is the seed's documented batch size.
+pub const MAX_CHUNK_ROWS: usize = 100;
+
+impl Pacing {
+    /// No limits: chunks of 100, no window, no request budget (the seed's behaviour).
+    pub fn unlimited() -> Self {
+        Pacing {
+            plan: None,
+            chunk_rows: MAX_CHUNK_ROWS,
+            max_concurrent_batches: None,
+            requests_per_minute: None,
+            slot_lease: Duration::from_secs(1800),
+        }
+    }
+
+    /// A plan's documented limits.
+    pub fn for_plan(plan: Plan) -> Self {
+        let limits = plan.limits();
+        Pacing {
+            plan: Some(plan),
+            chunk_rows: limits
+                .items_per_batch
+                .unwrap_or(MAX_CHUNK_ROWS)
+                .clamp(1, MAX_CHUNK_ROWS),
+            max_concurrent_batches: limits.concurrent_batches,
+            requests_per_minute: limits.requests_per_minute,
+            ..Pacing::unlimited()
+        }
+    }
+
+    /// Requests a second the budget allows: whole seconds never exceed the minute's budget.
+    pub fn requests_per_second(&self) -> Option<u32> {
+        self.requests_per_minute.map(|rpm| (rpm / 60).max(1))
+    }
+
+    /// One line for logs and the CLI: `Pro: chunks of 100, 3 batches at once, 300 requests/min`.
+    pub fn describe(&self) -> String {
+        let plan = self
+            .plan
+            .map_or("no plan".to_owned(), |p| p.name().to_owned());
+        let window = self
+            .max_concurrent_batches
+            .map_or("unlimited batches at once".to_owned(), |n| {
+                format!("{n} batch{} at once", if n == 1 { "" } else { "es" })
+            });
+        let rate = self
+            .requests_per_minute
+            .map_or("no request budget".to_owned(), |n| {
+                format!("{n} requests/min")
+            });
+        format!("{plan}: chunks of {}, {window}, {rate}", self.chunk_rows)
+    }
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing::unlimited()
+    }
 }
 
 /// Rows reported successful by the batch poll but without a recorded URL (a lost webhook).
@@ -72,12 +151,12 @@ impl Default for Settings {
             max_attempts: 3,
             submit_grace: Duration::from_secs(120),
             retry_delay: Duration::from_secs(30),
-            paused_delay: Duration::from_secs(900),
             webhook_max_body_bytes: 256 * 1024,
             signature_tolerance: Duration::from_secs(300),
             stuck_after: Duration::from_secs(900),
             job_deadline: Duration::from_secs(6 * 3600),
             missing_url_policy: MissingUrlPolicy::Leave,
+            pacing: Pacing::unlimited(),
         }
     }
 }
@@ -151,10 +230,6 @@ impl Settings {
             s.retry_delay =
                 Duration::from_secs(parse_in("RETRY_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
         }
-        if let Some(v) = get("PAUSED_DELAY_SECONDS") {
-            s.paused_delay =
-                Duration::from_secs(parse_in("PAUSED_DELAY_SECONDS", &v, 0.0, 43_200.0)? as u64);
-        }
         if let Some(v) = get("STUCK_AFTER_SECONDS") {
             s.stuck_after =
                 Duration::from_secs(parse_in("STUCK_AFTER_SECONDS", &v, 0.0, 604_800.0)? as u64);
@@ -173,12 +248,49 @@ impl Settings {
                 problem,
             })?;
         }
+        s.pacing = pacing_from(&get)?;
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =
                 parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
         }
         Ok(s)
     }
+}
+
+/// `PICTIFY_PLAN` first, then each explicit limit over it. `0` or `unlimited` lifts a limit.
+fn pacing_from(get: &impl Fn(&str) -> Option<String>) -> Result<Pacing, SettingError> {
+    let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let mut pacing = match set("PICTIFY_PLAN") {
+        Some(v) => Pacing::for_plan(v.trim().parse().map_err(|problem| SettingError {
+            name: "PICTIFY_PLAN",
+            problem,
+        })?),
+        None => Pacing::unlimited(),
+    };
+    if let Some(v) = set("PICTIFY_MAX_BATCH_ITEMS") {
+        let items = parse_in("PICTIFY_MAX_BATCH_ITEMS", &v, 1.0, 10_000.0)? as usize;
+        pacing.chunk_rows = items.min(MAX_CHUNK_ROWS);
+    }
+    if let Some(v) = set("PICTIFY_MAX_CONCURRENT_BATCHES") {
+        pacing.max_concurrent_batches = limit("PICTIFY_MAX_CONCURRENT_BATCHES", &v, 1_000.0)?;
+    }
+    if let Some(v) = set("PICTIFY_REQUESTS_PER_MINUTE") {
+        pacing.requests_per_minute = limit("PICTIFY_REQUESTS_PER_MINUTE", &v, 1_000_000.0)?;
+    }
+    if let Some(v) = set("SLOT_LEASE_SECONDS") {
+        pacing.slot_lease =
+            Duration::from_secs(parse_in("SLOT_LEASE_SECONDS", &v, 60.0, 86_400.0)? as u64);
+    }
+    Ok(pacing)
+}
+
+/// A count limit where `0` or `unlimited` means none.
+fn limit(name: &'static str, raw: &str, max: f64) -> Result<Option<u32>, SettingError> {
+    if raw.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let value = parse_in(name, raw, 0.0, max)? as u32;
+    Ok((value > 0).then_some(value))
 }
 
 fn parse_in(name: &'static str, raw: &str, min: f64, max: f64) -> Result<f64, SettingError> {
@@ -233,6 +345,55 @@ mod tests {
         let err = Settings::from_lookup(|n| (n == "MISSING_URL_POLICY").then(|| "retry".into()))
             .unwrap_err();
         assert!(err.to_string().contains("MISSING_URL_POLICY"));
+    }
+
+    #[test]
+    fn a_plan_sets_the_pace_and_explicit_limits_refine_it() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let unset = Settings::from_lookup(|_| None).unwrap().pacing;
+        assert_eq!(unset, Pacing::unlimited());
+        let free = Settings::from_lookup(vars(&[("PICTIFY_PLAN", "free")]))
+            .unwrap()
+            .pacing;
+        assert_eq!(
+            (
+                free.chunk_rows,
+                free.max_concurrent_batches,
+                free.requests_per_minute
+            ),
+            (10, Some(1), Some(60))
+        );
+        let business = Settings::from_lookup(vars(&[
+            ("PICTIFY_PLAN", "Business"),
+            ("PICTIFY_MAX_CONCURRENT_BATCHES", "4"),
+            ("PICTIFY_REQUESTS_PER_MINUTE", "unlimited"),
+        ]))
+        .unwrap()
+        .pacing;
+        assert_eq!(
+            (
+                business.chunk_rows,
+                business.max_concurrent_batches,
+                business.requests_per_minute
+            ),
+            (100, Some(4), None)
+        );
+        let err = Settings::from_lookup(vars(&[("PICTIFY_PLAN", "gold")])).unwrap_err();
+        assert!(err.to_string().contains("PICTIFY_PLAN"), "{err}");
+        let err = Settings::from_lookup(vars(&[("PICTIFY_MAX_BATCH_ITEMS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("PICTIFY_MAX_BATCH_ITEMS"), "{err}");
+        assert_eq!(Pacing::for_plan(Plan::Pro).requests_per_second(), Some(5));
+        assert_eq!(
+            Pacing::for_plan(Plan::Pro).describe(),
+            "Pro: chunks of 100, 3 batches at once, 300 requests/min"
+        );
     }
 
     #[test]

@@ -78,6 +78,12 @@ where
         a_job_alert_is_claimed_once_per_job_and_kind,
         every_chunk_state_answers_every_request_as_the_domain_rules_say,
         every_job_status_moves_only_as_the_domain_rules_say,
+        the_window_holds_at_most_size_slots_and_a_holder_renews,
+        an_expired_slot_is_free_and_release_frees_only_the_holders,
+        racing_acquirers_never_overfill_the_window,
+        parked_chunks_are_served_one_job_after_another,
+        a_parked_chunk_is_unparked_once,
+        the_request_budget_counts_per_second,
     ];
     let mut failed = Vec::new();
     for (name, check) in all {
@@ -677,6 +683,128 @@ async fn finishing_a_job_records_status_manifest_and_time_and_deactivates_it(sto
         !is_active(&*store, &id).await,
         "a finished job is not active"
     );
+}
+
+// ---- the in-flight window (`domain::window`) ---------------------------------------------------
+
+fn jk(job: u8, seq: u32) -> (JobId, ChunkKey) {
+    (
+        JobId::parse(&format!("job_{job:02}")).must("job id"),
+        ChunkKey::initial(seq),
+    )
+}
+
+async fn the_window_holds_at_most_size_slots_and_a_holder_renews(store: Store) {
+    let (a, b, c) = (jk(1, 1), jk(1, 2), jk(2, 1));
+    assert!(store.acquire_slot(&a.0, a.1, 2, 10, 100).await.must("a"));
+    assert!(store.acquire_slot(&b.0, b.1, 2, 10, 100).await.must("b"));
+    assert!(
+        !store
+            .acquire_slot(&c.0, c.1, 2, 10, 100)
+            .await
+            .must("c: full")
+    );
+    // The holder renews its own slot (a redelivered message), never taking a second one.
+    assert!(
+        store
+            .acquire_slot(&a.0, a.1, 2, 20, 200)
+            .await
+            .must("a renews")
+    );
+    let live = store.live_slots(30).await.must("live");
+    assert_eq!(live.len(), 2, "{live:?}");
+    let renewed = live
+        .iter()
+        .find(|s| s.is_held_by(&a.0, a.1))
+        .must("a's slot");
+    assert_eq!((renewed.taken_at, renewed.expires_at), (20, 200));
+}
+
+async fn an_expired_slot_is_free_and_release_frees_only_the_holders(store: Store) {
+    let (a, b, c) = (jk(1, 1), jk(1, 2), jk(2, 1));
+    assert!(store.acquire_slot(&a.0, a.1, 1, 10, 50).await.must("a"));
+    assert!(
+        !store
+            .acquire_slot(&b.0, b.1, 1, 49, 100)
+            .await
+            .must("b before expiry")
+    );
+    assert!(
+        store
+            .acquire_slot(&b.0, b.1, 1, 50, 100)
+            .await
+            .must("b at expiry")
+    );
+    assert_eq!(store.live_slots(60).await.must("live").len(), 1);
+    assert!(!store.release_slot(&a.0, a.1).await.must("a lost it"));
+    assert!(!store.release_slot(&c.0, c.1).await.must("c never held one"));
+    assert!(store.release_slot(&b.0, b.1).await.must("b releases"));
+    assert!(store.live_slots(60).await.must("live").is_empty());
+    assert!(store.acquire_slot(&c.0, c.1, 1, 60, 100).await.must("c"));
+}
+
+async fn racing_acquirers_never_overfill_the_window(store: Store) {
+    let tries = futures::stream::iter(1..=12u32)
+        .map(|seq| {
+            let store = store.clone();
+            async move {
+                let (job, key) = jk((seq % 3) as u8, seq);
+                store
+                    .acquire_slot(&job, key, 3, 10, 100)
+                    .await
+                    .must("acquire")
+            }
+        })
+        .buffer_unordered(12)
+        .collect::<Vec<bool>>()
+        .await;
+    assert_eq!(tries.iter().filter(|got| **got).count(), 3, "{tries:?}");
+    assert_eq!(store.live_slots(10).await.must("live").len(), 3);
+}
+
+async fn parked_chunks_are_served_one_job_after_another(store: Store) {
+    for (job, seq) in [(1, 3), (1, 1), (1, 2), (2, 7), (2, 8), (3, 1)] {
+        let (j, k) = jk(job, seq);
+        store.park(&j, k, 5).await.must("park");
+        store.park(&j, k, 6).await.must("park again");
+    }
+    assert_eq!(store.parked().await.must("parked").len(), 6);
+    let mut order = Vec::new();
+    while let Some((job, key)) = store.next_parked().await.must("next") {
+        assert!(store.unpark(&job, key).await.must("unpark"));
+        order.push(jk_label(&job, key));
+    }
+    assert_eq!(
+        order,
+        ["01/1", "02/7", "03/1", "01/2", "02/8", "01/3"],
+        "jobs take turns, each job's chunks in key order"
+    );
+}
+
+fn jk_label(job: &JobId, key: ChunkKey) -> String {
+    format!("{}/{}", &job.as_str()[4..], key.seq)
+}
+
+async fn a_parked_chunk_is_unparked_once(store: Store) {
+    let (j, k) = jk(1, 1);
+    assert!(!store.unpark(&j, k).await.must("never parked"));
+    store.park(&j, k, 5).await.must("park");
+    assert!(store.unpark(&j, k).await.must("first"));
+    assert!(!store.unpark(&j, k).await.must("second"));
+    assert_eq!(store.next_parked().await.must("next"), None);
+}
+
+async fn the_request_budget_counts_per_second(store: Store) {
+    for n in 0..3 {
+        assert!(store.take_request(100, 3).await.must("take"), "request {n}");
+    }
+    assert!(
+        !store
+            .take_request(100, 3)
+            .await
+            .must("fourth in the second")
+    );
+    assert!(store.take_request(101, 3).await.must("next second"));
 }
 
 async fn pausing_reports_true_only_to_the_first_caller_until_resumed(store: Store) {

@@ -25,8 +25,8 @@ use shared::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, Bat
 use shared::pipeline::{IngestOutcome, Pipeline};
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, JobStore, ObjectBody,
-    ObjectStore, PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch,
-    SystemClock, WorkQueue,
+    ObjectStore, PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, Slot, SubmitSwitch,
+    SubmitWindow, SystemClock, WorkQueue,
 };
 use shared::secret::Secret;
 use shared::settings::Settings;
@@ -677,6 +677,50 @@ impl SubmitSwitch for SlimStore {
 
     async fn resume_submissions(&self) -> PortResult<()> {
         self.inner.resume_submissions().await
+    }
+}
+
+#[async_trait]
+impl SubmitWindow for SlimStore {
+    async fn acquire_slot(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        size: u32,
+        now: i64,
+        expires_at: i64,
+    ) -> PortResult<bool> {
+        self.inner
+            .acquire_slot(job, key, size, now, expires_at)
+            .await
+    }
+
+    async fn release_slot(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        self.inner.release_slot(job, key).await
+    }
+
+    async fn live_slots(&self, now: i64) -> PortResult<Vec<Slot>> {
+        self.inner.live_slots(now).await
+    }
+
+    async fn park(&self, job: &JobId, key: ChunkKey, now: i64) -> PortResult<()> {
+        self.inner.park(job, key, now).await
+    }
+
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.inner.next_parked().await
+    }
+
+    async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        self.inner.unpark(job, key).await
+    }
+
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
+        self.inner.parked().await
+    }
+
+    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+        self.inner.take_request(second, limit).await
     }
 }
 

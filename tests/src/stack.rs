@@ -42,6 +42,12 @@ pub struct StackOptions {
     /// roll per idempotency key (job id + chunk), so a run is only repeatable with a fixed name;
     /// `None`: a fresh unique bucket (tests that share a moto server must not collide).
     pub bucket: Option<String>,
+    /// The emulated Pictify account: a plan and explicit limits over it (none: no limits).
+    pub plan: Option<pictify_emulator::Plan>,
+    pub limits: pictify_emulator::PlanLimits,
+    /// Simulated seconds per rendered item (with a plan: 1) and the factor applied to them.
+    pub render_seconds: Option<f64>,
+    pub time_scale: f64,
 }
 
 impl Default for StackOptions {
@@ -53,19 +59,28 @@ impl Default for StackOptions {
             settings: Settings {
                 retry_delay: Duration::from_secs(1),
                 submit_grace: Duration::from_secs(2),
-                paused_delay: Duration::from_secs(2),
                 ..Settings::default()
             },
             client_timeout: Duration::from_secs(10),
             bucket: None,
+            plan: None,
+            limits: pictify_emulator::PlanLimits::default(),
+            render_seconds: None,
+            time_scale: 1.0,
         }
     }
 }
+
+/// SQS's redrive: a message received this often without being deleted goes to the DLQ
+/// (template.yaml's `maxReceiveCount`).
+pub const MAX_RECEIVE_COUNT: u32 = 10;
 
 pub struct Stack {
     pub pipeline: Pipeline,
     pub queue: Arc<SqsWorkQueue>,
     pub queue_url: String,
+    /// The work queue's dead-letter queue (redrive after `MAX_RECEIVE_COUNT` receives).
+    pub dlq_url: String,
     pub bucket: String,
     pub table: String,
     pub s3: aws_sdk_s3::Client,
@@ -111,7 +126,9 @@ impl Stack {
             }
             None => fresh_bucket(&s3c, "uploads").await?,
         };
+        let dlq_url = fresh_queue(&sqsc, "dlq").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
+        redrive(&sqsc, &queue_url, &dlq_url).await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
         let table = unique_name("jobs");
         create_table(&dyn_c, &table)
@@ -132,6 +149,10 @@ impl Stack {
                 ..Default::default()
             },
             webhook_retry_scale: 0.001,
+            plan: options.plan,
+            limits: options.limits,
+            render_seconds: options.render_seconds,
+            time_scale: options.time_scale,
             subscriptions: ["render.completed", "render.failed", "batch.completed"]
                 .map(|event| PresetSubscription {
                     event: event.into(),
@@ -170,6 +191,7 @@ impl Stack {
             pipeline,
             queue,
             queue_url,
+            dlq_url,
             bucket,
             table,
             s3: s3c,
@@ -272,6 +294,28 @@ impl Stack {
         Ok(messages.len())
     }
 
+    /// Messages in the dead-letter queue (visible or not).
+    pub async fn dlq_depth(&self) -> anyhow::Result<u64> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.dlq_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .sdk_context("dlq attributes")?;
+        let attributes = out.attributes.unwrap_or_default();
+        let count = |name: A| -> u64 {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(count(A::ApproximateNumberOfMessages) + count(A::ApproximateNumberOfMessagesNotVisible))
+    }
+
     /// Drives the queue until the job is terminal (webhooks arrive on their own).
     pub async fn run_until_done(&self, job: &JobId, limit: Duration) -> anyhow::Result<Job> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -354,6 +398,30 @@ impl Stack {
         let bytes = out.body.collect().await?.into_bytes();
         Ok(String::from_utf8(bytes.to_vec())?)
     }
+}
+
+/// Points the work queue's redrive at the DLQ, as template.yaml does.
+async fn redrive(sqs: &aws_sdk_sqs::Client, queue_url: &str, dlq_url: &str) -> anyhow::Result<()> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .sdk_context("dlq arn")?;
+    let arn = out
+        .attributes
+        .and_then(|a| a.get(&A::QueueArn).cloned())
+        .context("the DLQ has no ARN")?;
+    let policy = json!({ "deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVE_COUNT });
+    sqs.set_queue_attributes()
+        .queue_url(queue_url)
+        .attributes(A::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .sdk_context("set redrive policy")?;
+    Ok(())
 }
 
 /// Reads a file from the repository's `events/` directory.

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::pictify::wire::{Format, VariableSet, error_codes};
 
 mod rules;
+pub mod window;
 
 pub use rules::{BeginSubmit, Complete, RecordSubmitted, Reopen, Transition};
 

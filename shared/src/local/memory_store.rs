@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::domain::window::{choose_slot, next_in_turn};
 use crate::domain::{
     Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
-    RenderLog, RenderRecord, Reopen, SubmitSwitch,
+    RenderLog, RenderRecord, Reopen, Slot, SlotChoice, SubmitSwitch, SubmitWindow,
 };
 
 /// A webhook that matched nothing (kept for assertions and operators).
@@ -49,6 +50,11 @@ struct State {
     job_alerts: BTreeSet<(JobId, String)>,
     paused: Option<(String, i64)>,
     orphans: Vec<Orphan>,
+    slots: BTreeMap<u32, Slot>,
+    parked: BTreeSet<(JobId, ChunkKey)>,
+    last_served: Option<JobId>,
+    /// Requests counted per clock second (only the latest seconds are kept).
+    requests: BTreeMap<i64, u32>,
 }
 
 /// The in-memory job store for unit tests and in-process runs.
@@ -389,6 +395,84 @@ impl SubmitSwitch for MemoryJobStore {
     async fn resume_submissions(&self) -> PortResult<()> {
         self.lock().paused = None;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SubmitWindow for MemoryJobStore {
+    async fn acquire_slot(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        size: u32,
+        now: i64,
+        expires_at: i64,
+    ) -> PortResult<bool> {
+        let mut state = self.lock();
+        let slots: Vec<(u32, Slot)> = state.slots.iter().map(|(n, s)| (*n, s.clone())).collect();
+        let n = match choose_slot(&slots, job, key, size, now) {
+            SlotChoice::Renew(n) | SlotChoice::Take(n) => n,
+            SlotChoice::Full => return Ok(false),
+        };
+        let slot = Slot {
+            job: job.clone(),
+            key,
+            taken_at: now,
+            expires_at,
+        };
+        state.slots.insert(n, slot);
+        Ok(true)
+    }
+
+    async fn release_slot(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let mut state = self.lock();
+        let before = state.slots.len();
+        state.slots.retain(|_, s| !s.is_held_by(job, key));
+        Ok(state.slots.len() < before)
+    }
+
+    async fn live_slots(&self, now: i64) -> PortResult<Vec<Slot>> {
+        let state = self.lock();
+        Ok(state
+            .slots
+            .values()
+            .filter(|s| s.is_live(now))
+            .cloned()
+            .collect())
+    }
+
+    async fn park(&self, job: &JobId, key: ChunkKey, _now: i64) -> PortResult<()> {
+        self.lock().parked.insert((job.clone(), key));
+        Ok(())
+    }
+
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let state = self.lock();
+        Ok(next_in_turn(&state.parked, state.last_served.as_ref()))
+    }
+
+    async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let mut state = self.lock();
+        if !state.parked.remove(&(job.clone(), key)) {
+            return Ok(false);
+        }
+        state.last_served = Some(job.clone());
+        Ok(true)
+    }
+
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
+        Ok(self.lock().parked.iter().cloned().collect())
+    }
+
+    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+        let mut state = self.lock();
+        state.requests.retain(|s, _| *s > second - 60);
+        let count = state.requests.entry(second).or_default();
+        if *count >= limit {
+            return Ok(false);
+        }
+        *count += 1;
+        Ok(true)
     }
 }
 

@@ -9,5 +9,5 @@ pub mod wire;
 
 pub use client::{PictifyClient, PictifyConfig};
 pub use error::{FieldError, PictifyError};
-pub use plan::{Plan, PlanLimits};
 pub use events::{ParsedWebhook, WebhookEvent, WebhookParseError, parse_webhook};
+pub use plan::{Plan, PlanLimits};

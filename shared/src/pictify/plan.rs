@@ -84,4 +84,3 @@ pub struct PlanLimits {
     /// Rendered items per calendar month (UTC) before the hard limit (Free) or overage (paid).
     pub monthly_renders: Option<u64>,
 }
-

@@ -45,9 +45,12 @@ impl Pipeline {
                 what: format!("chunk {} (of batch {batch_id})", key.label()),
             })?;
         if chunk.state == ChunkState::Completed {
+            // A repeat may follow a crash between the completion and the slot's release.
+            self.free_slot(&job_id, key).await?;
             self.finish_job_if_done(&job_id).await?;
             return Ok(BatchApplied::AlreadyApplied);
         }
+        self.spend_request().await?;
         let results = self.pictify.get_batch_results(batch_id).await?;
         if !results.status.is_terminal() {
             // batch.completed raced ahead of the poll: fail so the delivery is retried later.
@@ -66,6 +69,8 @@ impl Pipeline {
         let applied = self
             .apply_results(&job, key, chunk.rows.len(), &results, duration_ms)
             .await?;
+        // The batch has left Pictify: its slot goes to the next parked chunk.
+        self.free_slot(&job_id, key).await?;
         self.finish_job_if_done(&job_id).await?;
         Ok(if applied {
             BatchApplied::Applied

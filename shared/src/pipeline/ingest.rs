@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::payload::{CHUNK_ROWS, EncodedChunk};
+use super::payload::EncodedChunk;
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
 use crate::domain::{ChunkKey, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef};
@@ -120,7 +120,8 @@ impl Pipeline {
         let parser = tokio::task::spawn_blocking({
             let spec = spec.clone();
             let job_id = job_id.clone();
-            move || parse_into_chunks(body.reader, format, &spec, &job_id, &tx)
+            let chunk_rows = self.settings.pacing.chunk_rows;
+            move || parse_into_chunks(body.reader, format, &spec, &job_id, chunk_rows, &tx)
         });
 
         let mut pending: Vec<EncodedChunk> = Vec::with_capacity(CHUNKS_PER_FLUSH);
@@ -236,6 +237,7 @@ fn parse_into_chunks(
     format: DatasetFormat,
     spec: &JobSpec,
     job: &JobId,
+    chunk_rows: usize,
     tx: &mpsc::Sender<Parsed>,
 ) {
     let done = |rows, error| {
@@ -252,8 +254,8 @@ fn parse_into_chunks(
     };
     let mut rows = 0u64;
     let mut seq = 0u32;
-    let mut numbers = Vec::with_capacity(CHUNK_ROWS);
-    let mut sets: Vec<VariableSet> = Vec::with_capacity(CHUNK_ROWS);
+    let mut numbers = Vec::with_capacity(chunk_rows);
+    let mut sets: Vec<VariableSet> = Vec::with_capacity(chunk_rows);
     // `rows` so far, for the report of an encoding failure (not expected: the maps are JSON).
     let flush =
         |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, seq: &mut u32, rows: u64| -> bool {
@@ -285,7 +287,7 @@ fn parse_into_chunks(
                 rows += 1;
                 numbers.push(row.number);
                 sets.push(row.variables);
-                numbers.len() < CHUNK_ROWS || flush(&mut numbers, &mut sets, &mut seq, rows)
+                numbers.len() < chunk_rows || flush(&mut numbers, &mut sets, &mut seq, rows)
             }
             Ok(Item::Rejected(rejected)) => {
                 rows += 1;

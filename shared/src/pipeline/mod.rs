@@ -15,6 +15,8 @@
 //!                                 │
 //!                             manifest              one line per input row
 //!                                 │
+//!                              window               the plan's pace: slots, parking, requests
+//!                                 │
 //!                      payload      alerting        chunk payloads; alert rules and sending
 //! ```
 //!
@@ -31,6 +33,7 @@ mod reconcile;
 mod reopen;
 mod submit;
 mod webhook;
+mod window;
 
 use std::sync::Arc;
 
@@ -38,10 +41,9 @@ pub use alerting::{batch_failure_alert, failure_rate};
 pub use batch::BatchApplied;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
-pub use payload::CHUNK_ROWS;
 pub use reconcile::ReconcileReport;
 pub use reopen::{ReopenOutcome, Selection};
-pub use submit::{KeepReason, MessageFate, SubmitOutcome};
+pub use submit::{KeepReason, MessageFate, ParkReason, SubmitOutcome};
 pub use webhook::{WebhookReply, WebhookRequest};
 
 use crate::ports::{Alerts, Clock, JobStore, ObjectStore, PictifyApi, PortError, WorkQueue};

@@ -8,9 +8,6 @@ use super::{Pipeline, StepError};
 use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkPayload, InlinePayload, JobId, ObjectRef};
 use crate::layout;
 
-/// Rows per chunk: Pictify's per-batch maximum.
-pub const CHUNK_ROWS: usize = 100;
-
 /// Room left in a queue message for the envelope around an inline payload.
 const ENVELOPE_BYTES: usize = 512;
 

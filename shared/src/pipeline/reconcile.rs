@@ -3,6 +3,7 @@
 //! CLI); every action it takes is one the normal path could have taken, so running it twice, or
 //! alongside the webhooks, changes nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,7 +11,7 @@ use tracing::{info, warn};
 
 use super::alerting::deadline_alert;
 use super::{BatchApplied, Pipeline, StepError};
-use crate::domain::{ChunkState, Job, JobId, JobStatus};
+use crate::domain::{ChunkKey, ChunkState, Job, JobId, JobStatus};
 use crate::ports::AlertKind;
 
 /// What one pass did.
@@ -27,7 +28,33 @@ pub struct ReconcileReport {
     pub finished: u64,
     /// Jobs past their deadline, alerted now (each job is alerted once).
     pub overdue: u64,
+    /// Window slots still held for chunks that are done (a crash after the completion).
+    pub released: u64,
+    /// Parked chunks handed a free slot.
+    pub handed_over: u64,
     pub errors: u64,
+}
+
+/// What the window looks like at the start of a pass: chunks waiting on purpose are not
+/// re-sent (a parked chunk waits for a slot; a chunk holding a slot has its message out).
+#[derive(Default)]
+struct Waiting {
+    parked: HashSet<(JobId, ChunkKey)>,
+    slotted: HashSet<(JobId, ChunkKey)>,
+    paused: bool,
+}
+
+impl Waiting {
+    /// Parked, or everything waits for a resume: its turn will come without a re-send.
+    fn held_back(&self, job: &JobId, key: ChunkKey) -> bool {
+        self.paused || self.parked.contains(&(job.clone(), key))
+    }
+
+    /// Queued on purpose: held back, or holding a slot with its message out (a hand-over, or a
+    /// 429 / 5xx waiting out its delay).
+    fn queued_on_purpose(&self, job: &JobId, key: ChunkKey) -> bool {
+        self.held_back(job, key) || self.slotted.contains(&(job.clone(), key))
+    }
 }
 
 impl Pipeline {
@@ -35,12 +62,16 @@ impl Pipeline {
     /// its `batch.completed` before it is polled.
     pub async fn reconcile(&self, stuck_after: Duration) -> Result<ReconcileReport, StepError> {
         let mut report = ReconcileReport::default();
+        let waiting = self.reconcile_window(stuck_after, &mut report).await?;
         for id in self.store.active_jobs().await? {
             report.jobs += 1;
             let Some(job) = self.store.job(&id).await? else {
                 continue;
             };
-            if let Err(e) = self.reconcile_job(job, stuck_after, &mut report).await {
+            if let Err(e) = self
+                .reconcile_job(job, stuck_after, &waiting, &mut report)
+                .await
+            {
                 report.errors += 1;
                 warn!(job_id = %id, error = %e, "reconciling the job failed; the next pass retries");
             }
@@ -52,6 +83,8 @@ impl Pipeline {
             resent = report.resent,
             finished = report.finished,
             overdue = report.overdue,
+            released = report.released,
+            handed_over = report.handed_over,
             errors = report.errors,
             "reconcile pass done"
         );
@@ -68,16 +101,66 @@ impl Pipeline {
             jobs: 1,
             ..ReconcileReport::default()
         };
+        let waiting = self.reconcile_window(stuck_after, &mut report).await?;
         if let Some(job) = self.store.job(id).await? {
-            self.reconcile_job(job, stuck_after, &mut report).await?;
+            self.reconcile_job(job, stuck_after, &waiting, &mut report)
+                .await?;
         }
         Ok(report)
+    }
+
+    /// The window's backstop: frees slots of chunks that are done, renews the leases of
+    /// batches still at Pictify, re-sends a handed-over chunk whose message was lost, and hands
+    /// free slots to parked chunks.
+    async fn reconcile_window(
+        &self,
+        stuck_after: Duration,
+        report: &mut ReconcileReport,
+    ) -> Result<Waiting, StepError> {
+        let now = self.clock.now();
+        let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
+        let mut waiting = Waiting {
+            parked: self.store.parked().await?.into_iter().collect(),
+            paused: self.store.submissions_paused().await?.is_some(),
+            ..Waiting::default()
+        };
+        for slot in self.store.live_slots(now).await? {
+            let (job, key) = (&slot.job, slot.key);
+            let state = self.store.chunk(job, key).await?.map(|c| c.state);
+            match state {
+                None | Some(ChunkState::Completed) => {
+                    if self.store.release_slot(job, key).await? {
+                        report.released += 1;
+                        info!(job_id = %job, chunk = %key.label(), "slot of a finished chunk released");
+                    }
+                    continue;
+                }
+                Some(ChunkState::Submitting | ChunkState::Submitted) => {
+                    self.take_slot(job, key).await?;
+                }
+                Some(ChunkState::Queued) => {
+                    let lost = slot.taken_at <= stuck_before
+                        && !waiting.paused
+                        && !waiting.parked.contains(&(job.clone(), key));
+                    if lost {
+                        info!(job_id = %job, chunk = %key.label(), "handed-over chunk never submitted; message sent again");
+                        self.take_slot(job, key).await?;
+                        self.resend_chunks(job, &[key]).await?;
+                        report.resent += 1;
+                    }
+                }
+            }
+            waiting.slotted.insert((job.clone(), key));
+        }
+        report.handed_over += self.hand_over().await? as u64;
+        Ok(waiting)
     }
 
     async fn reconcile_job(
         &self,
         job: Job,
         stuck_after: Duration,
+        waiting: &Waiting,
         report: &mut ReconcileReport,
     ) -> Result<(), StepError> {
         if job.status.is_terminal() {
@@ -100,13 +183,6 @@ impl Pipeline {
         let grace_before =
             now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
         let chunks = self.store.chunks_of_job(&job.id).await?;
-        // Queued chunks of a job with work at Pictify are most likely waiting their turn behind
-        // the concurrency cap, and while submissions are paused their messages wait on purpose:
-        // they are re-sent only when nothing else is moving.
-        let busy = chunks
-            .iter()
-            .any(|c| matches!(c.state, ChunkState::Submitting | ChunkState::Submitted))
-            || self.store.submissions_paused().await?.is_some();
         let mut resend = Vec::new();
         for chunk in chunks {
             match (chunk.state, &chunk.batch_id) {
@@ -127,16 +203,18 @@ impl Pipeline {
                     }
                 }
                 (ChunkState::Submitting, _)
-                    if chunk.submitting_since.is_some_and(|t| t <= grace_before) =>
+                    if chunk.submitting_since.is_some_and(|t| t <= grace_before)
+                        && !waiting.held_back(&job.id, chunk.key) =>
                 {
                     // The submitter resends it with the same idempotency key: a replay, never a second batch.
                     resend.push(chunk.key);
                     info!(job_id = %job.id, chunk = %chunk.key.label(), "unknown submit outcome re-queued");
                 }
                 (ChunkState::Queued, _)
-                    if !busy && chunk.queued_at.is_some_and(|t| t <= stuck_before) =>
+                    if chunk.queued_at.is_some_and(|t| t <= stuck_before)
+                        && !waiting.queued_on_purpose(&job.id, chunk.key) =>
                 {
-                    // Its message may have died with a Lambda.
+                    // Neither parked nor holding a slot: its message may have died with a Lambda.
                     resend.push(chunk.key);
                     info!(job_id = %job.id, chunk = %chunk.key.label(), "chunk still queued; message sent again");
                 }

@@ -15,13 +15,13 @@ use serde::Serialize;
 use tracing::info;
 
 use super::manifest::{RowOutcome, row_outcomes};
-use super::payload::CHUNK_ROWS;
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{ChunkKey, ChunkPayload, Job, JobId, JobStatus, RowState, is_retryable};
 use crate::layout;
 use crate::pictify::wire::VariableSet;
 use crate::ports::{MAX_REOPEN_CHUNKS, Reopen};
+use crate::settings::MAX_CHUNK_ROWS;
 
 /// Which rows get another attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,8 @@ impl Pipeline {
         if picked.is_empty() {
             return Ok(ReopenOutcome::NothingToDo);
         }
-        let capacity = MAX_REOPEN_CHUNKS * CHUNK_ROWS;
+        let chunk_rows = self.settings.pacing.chunk_rows;
+        let capacity = MAX_REOPEN_CHUNKS * chunk_rows;
         let left = picked.len().saturating_sub(capacity) as u64;
         let picked = &picked[..picked.len().min(capacity)];
 
@@ -96,7 +97,7 @@ impl Pipeline {
             .map_or(0, |s| s + 1);
         let now = self.clock.now();
         let (mut chunks, mut messages) = (Vec::new(), Vec::new());
-        for (n, group) in picked.chunks(CHUNK_ROWS).enumerate() {
+        for (n, group) in picked.chunks(chunk_rows).enumerate() {
             let mut rows = Vec::with_capacity(group.len());
             let mut variable_sets = Vec::with_capacity(group.len());
             for p in group {
@@ -162,7 +163,7 @@ impl Pipeline {
             .collect();
         rendered.sort_by_key(|p| p.row);
         let mut missing = Vec::new();
-        for group in rendered.chunks(CHUNK_ROWS) {
+        for group in rendered.chunks(MAX_CHUNK_ROWS) {
             let mut fingerprints = Vec::with_capacity(group.len());
             for p in group {
                 let variables = self.variables_of(job, p, payloads).await?;

@@ -4,6 +4,11 @@
 //! Unknown outcomes (timeout, connection lost, crash between the call and the write): the chunk
 //! stays `submitting` and is not resent before `SUBMIT_GRACE_SECONDS`; then it is resent with the
 //! SAME idempotency key, so Pictify replays its first answer instead of rendering again.
+//!
+//! Pacing (`window`): a chunk first takes a slot of the plan's in-flight window; with the window
+//! full, or submissions paused, it is parked and its message acknowledged. It keeps its slot
+//! while its batch is at Pictify, and while it waits out a 429, a 5xx or an unknown outcome (so
+//! a window that disagrees with Pictify's count shrinks instead of bouncing other chunks).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,8 +34,8 @@ pub enum SubmitOutcome {
     AlreadyDone,
     /// Put the message back, visible again after this delay.
     RetryLater(Duration),
-    /// Submissions are paused (401/402): keep the message, retry after this delay.
-    Paused { reason: String, delay: Duration },
+    /// Parked in the store until a window slot frees or submissions resume: acknowledge.
+    Parked(ParkReason),
     /// Pictify refused the chunk (400/404/422): its rows are failed; acknowledge.
     Rejected { message: String },
 }
@@ -53,10 +58,17 @@ pub enum MessageFate {
 pub enum KeepReason {
     /// Rate limited, a 5xx, or an unknown outcome waiting out its grace period.
     Later,
-    /// Submissions are paused for the account (401/402/quota) until an operator resumes them.
-    Paused { reason: String },
     /// A step error that trying again can fix (a store or network hiccup).
     Error { error: String },
+}
+
+/// Why a chunk was parked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParkReason {
+    /// Every slot of the plan's window is held.
+    WindowFull,
+    /// Submissions are paused for the account (401/402/quota) until an operator resumes them.
+    Paused { reason: String },
 }
 
 /// A chunk that can never render, and how to say so.
@@ -78,19 +90,13 @@ impl Pipeline {
             Ok(
                 SubmitOutcome::Submitted { .. }
                 | SubmitOutcome::AlreadyDone
+                | SubmitOutcome::Parked(_)
                 | SubmitOutcome::Rejected { .. },
             ) => return MessageFate::Acknowledge,
             Ok(SubmitOutcome::RetryLater(delay)) => {
                 return MessageFate::Keep {
                     after: Some(delay),
                     why: KeepReason::Later,
-                };
-            }
-            Ok(SubmitOutcome::Paused { reason, delay }) => {
-                warn!(job_id = %job, chunk = %chunk, reason = %reason, "submissions paused; message kept");
-                return MessageFate::Keep {
-                    after: Some(delay),
-                    why: KeepReason::Paused { reason },
                 };
             }
             Err(e) => e,
@@ -141,10 +147,14 @@ impl Pipeline {
     pub async fn submit(&self, message: &ChunkMessage) -> Result<SubmitOutcome, StepError> {
         let (job, key) = (&message.job, message.key);
         if let Some(reason) = self.store.submissions_paused().await? {
-            return Ok(SubmitOutcome::Paused {
-                reason,
-                delay: self.settings.paused_delay,
-            });
+            self.park_chunk(job, key).await?;
+            info!(job_id = %job, chunk = %key.label(), reason = %reason, "submissions paused; chunk parked");
+            return Ok(SubmitOutcome::Parked(ParkReason::Paused { reason }));
+        }
+        if !self.take_slot(job, key).await? {
+            self.park_chunk(job, key).await?;
+            info!(job_id = %job, chunk = %key.label(), "window full; chunk parked");
+            return Ok(SubmitOutcome::Parked(ParkReason::WindowFull));
         }
         let now = self.clock.now();
         let attempt = match self
@@ -154,10 +164,14 @@ impl Pipeline {
         {
             BeginSubmit::Proceed { attempt } => attempt,
             BeginSubmit::AlreadySubmitted { batch_id } => {
+                // Its batch is at Pictify: the slot we hold (renewed, or taken) is that batch's.
                 info!(job_id = %job, chunk = %key.label(), batch_id = %batch_id, "redelivered chunk already submitted");
                 return Ok(SubmitOutcome::AlreadyDone);
             }
-            BeginSubmit::Completed => return Ok(SubmitOutcome::AlreadyDone),
+            BeginSubmit::Completed => {
+                self.free_slot(job, key).await?;
+                return Ok(SubmitOutcome::AlreadyDone);
+            }
             BeginSubmit::InProgress { since } => {
                 let waited = u64::try_from(now - since).unwrap_or(0);
                 let left = self
@@ -171,6 +185,7 @@ impl Pipeline {
             }
             BeginSubmit::Unknown => {
                 error!(job_id = %job, chunk = %key.label(), "message for a chunk we have no record of; dropping it");
+                self.free_slot(job, key).await?;
                 return Ok(SubmitOutcome::AlreadyDone);
             }
         };
@@ -184,6 +199,7 @@ impl Pipeline {
             layouts: None,
         };
         let idempotency_key = key.idempotency_key(job);
+        self.spend_request().await?;
         let started = std::time::Instant::now();
         let result = self
             .pictify
@@ -258,7 +274,9 @@ impl Pipeline {
             retry: None,
             alert: true,
         };
-        if self.store.complete_chunk(&completion).await? {
+        let applied = self.store.complete_chunk(&completion).await?;
+        self.free_slot(job, key).await?;
+        if applied {
             let alert = chunk_failed_alert(
                 failure.alert,
                 job,
@@ -302,6 +320,8 @@ impl Pipeline {
             }
             PictifyError::Unauthorized { ref message }
             | PictifyError::Quota { ref message, .. } => {
+                // Nothing is sent until an operator resumes (`resume-submissions`), which hands
+                // the parked chunks over again: one alert, no retry loop.
                 let reason = format!("{e}");
                 self.store.release_submit(job, key).await?;
                 if self
@@ -312,10 +332,9 @@ impl Pipeline {
                     error!(job_id = %job, chunk = %chunk, reason = %message, "submissions paused");
                     self.alert(submissions_paused_alert(job, &reason)).await;
                 }
-                Ok(SubmitOutcome::Paused {
-                    reason,
-                    delay: self.settings.paused_delay,
-                })
+                self.store.release_slot(job, key).await?;
+                self.park_chunk(job, key).await?;
+                Ok(SubmitOutcome::Parked(ParkReason::Paused { reason }))
             }
             PictifyError::NotFound { ref message }
             | PictifyError::InvalidRequest { ref message, .. } => {

@@ -3,6 +3,7 @@
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use tracing::warn;
@@ -40,6 +41,15 @@ impl ConditionFailure for PutItemError {
     fn condition_failure(&self) -> Option<Option<Item>> {
         match self {
             PutItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl ConditionFailure for DeleteItemError {
+    fn condition_failure(&self) -> Option<Option<Item>> {
+        match self {
+            DeleteItemError::ConditionalCheckFailedException(e) => Some(e.item.clone()),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@ mod codec;
 mod errors;
 #[cfg(feature = "test-support")]
 mod test_support;
+mod window;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,310 @@
+//! The in-flight window on the table (`SubmitWindow`; rules in `domain::window`):
+//! - slots: `pk = WINDOW`, `sk = SLOT#<n>`, holder `jobId` + `chunk`, `takenAt`, `expiresAt`.
+//!   A chunk takes a slot with a conditional put (the slot is absent or expired) and renews or
+//!   releases it with a write conditioned on being its holder, so racing submitters never hold
+//!   more than `size`.
+//! - the parking lot: `pk = PARKED`, `sk = <jobId>#<chunk>`; the job served last is
+//!   `pk = WINDOW`, `sk = #TURN`. The next turn is one Query (`sk` after the last job's, limit 1).
+//! - the request budget: `pk = WINDOW`, `sk = #REQ#<second>`, an atomic counter with a TTL.
+
+use tracing::debug;
+
+use super::codec::{Item, Reader, describe, key, n, s};
+use super::errors::{checked, sdk_error};
+use super::{DynamoJobStore, PK, SK, TTL};
+use crate::domain::window::choose_slot;
+use crate::domain::{ChunkKey, JobId};
+use crate::ports::{PortError, PortResult, Slot, SlotChoice, SubmitWindow};
+
+const WINDOW_PK: &str = "WINDOW";
+const SLOT_PREFIX: &str = "SLOT#";
+const PARKED_PK: &str = "PARKED";
+const TURN_SK: &str = "#TURN";
+const REQUEST_PREFIX: &str = "#REQ#";
+/// Conditional writes lost to a racing submitter before giving up for now (the caller parks).
+const ACQUIRE_TRIES: usize = 8;
+
+fn slot_sk(n: u32) -> String {
+    format!("{SLOT_PREFIX}{n:04}")
+}
+
+/// `<jobId>#<chunk label>`: sorts by job, then (up to seq 99 999) by key.
+fn parked_sk(job: &JobId, key: ChunkKey) -> String {
+    format!("{job}#{}", key.label())
+}
+
+/// The first sort key after every parked chunk of `job` (`$` sorts right after `#`).
+fn after_job(job: &JobId) -> String {
+    format!("{job}$")
+}
+
+fn holder(item: &Item) -> Result<(JobId, ChunkKey), String> {
+    let r = Reader::new(item);
+    let job = r.s("jobId").map_err(|e| e.to_string())?;
+    let chunk = r.s("chunk").map_err(|e| e.to_string())?;
+    let job = JobId::parse(job)?;
+    let key = ChunkKey::parse_label(chunk).ok_or_else(|| format!("bad chunk label `{chunk}`"))?;
+    Ok((job, key))
+}
+
+impl DynamoJobStore {
+    /// Every item of a partition (optionally from a sort key on), in sort-key order.
+    async fn query_all(&self, operation: &str, pk: &str, prefix: &str) -> PortResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error(operation, e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(last) if !last.is_empty() => start = Some(last),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    async fn slots(&self, operation: &str) -> PortResult<Vec<(u32, Slot)>> {
+        let mut slots = Vec::new();
+        for item in self.query_all(operation, WINDOW_PK, SLOT_PREFIX).await? {
+            let bad = |reason: String| {
+                PortError::permanent(operation, format!("slot {}: {reason}", describe(&item)))
+            };
+            let index = item
+                .get(SK)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix(SLOT_PREFIX))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| bad("bad sort key".into()))?;
+            let (job, key) = holder(&item).map_err(bad)?;
+            let r = Reader::new(&item);
+            let taken_at = r.n("takenAt").map_err(|e| bad(e.to_string()))?;
+            let expires_at = r.n("expiresAt").map_err(|e| bad(e.to_string()))?;
+            let slot = Slot {
+                job,
+                key,
+                taken_at,
+                expires_at,
+            };
+            slots.push((index, slot));
+        }
+        Ok(slots)
+    }
+
+    /// The first parked item at or after `from` (`None`: from the start).
+    async fn first_parked(&self, from: Option<String>) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let operation = "next_parked";
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", s(PARKED_PK))
+            .consistent_read(true)
+            .limit(1);
+        query = match from {
+            Some(from) => query
+                .key_condition_expression("#pk = :pk AND #sk >= :from")
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":from", s(from)),
+            None => query.key_condition_expression("#pk = :pk"),
+        };
+        let out = query.send().await.map_err(|e| sdk_error(operation, e))?;
+        match out.items.unwrap_or_default().first() {
+            Some(item) => holder(item)
+                .map(Some)
+                .map_err(|e| PortError::permanent(operation, e)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SubmitWindow for DynamoJobStore {
+    async fn acquire_slot(
+        &self,
+        job: &JobId,
+        key: ChunkKey,
+        size: u32,
+        now: i64,
+        expires_at: i64,
+    ) -> PortResult<bool> {
+        let operation = format!("acquire_slot {job} {}", key.label());
+        for _ in 0..ACQUIRE_TRIES {
+            let slots = self.slots(&operation).await?;
+            let (n, condition) = match choose_slot(&slots, job, key, size, now) {
+                SlotChoice::Full => return Ok(false),
+                SlotChoice::Renew(n) => (n, "#job = :job AND #chunk = :chunk"),
+                SlotChoice::Take(n) => (n, "attribute_not_exists(#pk) OR #expires <= :now"),
+            };
+            let mut item = key_item(n);
+            item.insert("jobId".into(), s(job.as_str()));
+            item.insert("chunk".into(), s(key.label()));
+            item.insert("takenAt".into(), self::n(now));
+            item.insert("expiresAt".into(), self::n(expires_at));
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression(condition);
+            put = if condition.contains("#job") {
+                put.expression_attribute_names("#job", "jobId")
+                    .expression_attribute_names("#chunk", "chunk")
+                    .expression_attribute_values(":job", s(job.as_str()))
+                    .expression_attribute_values(":chunk", s(key.label()))
+            } else {
+                put.expression_attribute_names("#pk", PK)
+                    .expression_attribute_names("#expires", "expiresAt")
+                    .expression_attribute_values(":now", self::n(now))
+            };
+            if checked(&operation, put.send().await)?.is_ok() {
+                return Ok(true);
+            }
+            debug!(job_id = %job, chunk = %key.label(), slot = n, "lost a race for a window slot; looking again");
+        }
+        Ok(false)
+    }
+
+    async fn release_slot(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let operation = format!("release_slot {job} {}", key.label());
+        let slots = self.slots(&operation).await?;
+        let Some((n, _)) = slots.iter().find(|(_, s)| s.is_held_by(job, key)) else {
+            return Ok(false);
+        };
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(*n)))
+            .condition_expression("#job = :job AND #chunk = :chunk")
+            .expression_attribute_names("#job", "jobId")
+            .expression_attribute_names("#chunk", "chunk")
+            .expression_attribute_values(":job", s(job.as_str()))
+            .expression_attribute_values(":chunk", s(key.label()))
+            .send()
+            .await;
+        Ok(checked(&operation, result)?.is_ok())
+    }
+
+    async fn live_slots(&self, now: i64) -> PortResult<Vec<Slot>> {
+        let slots = self.slots("live_slots").await?;
+        Ok(slots
+            .into_iter()
+            .map(|(_, slot)| slot)
+            .filter(|slot| slot.is_live(now))
+            .collect())
+    }
+
+    async fn park(&self, job: &JobId, key: ChunkKey, now: i64) -> PortResult<()> {
+        let operation = format!("park {job} {}", key.label());
+        let mut item = self::key(PARKED_PK.to_owned(), &parked_sk(job, key));
+        item.insert("jobId".into(), s(job.as_str()));
+        item.insert("chunk".into(), s(key.label()));
+        item.insert("parkedAt".into(), n(now));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&operation, e))?;
+        Ok(())
+    }
+
+    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let turn = self
+            .get("next_parked", WINDOW_PK.to_owned(), TURN_SK)
+            .await?;
+        let last = turn
+            .as_ref()
+            .and_then(|item| item.get("jobId"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|raw| JobId::parse(raw).ok());
+        if let Some(last) = last {
+            if let Some(next) = self.first_parked(Some(after_job(&last))).await? {
+                return Ok(Some(next));
+            }
+        }
+        self.first_parked(None).await
+    }
+
+    async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
+        let operation = format!("unpark {job} {}", key.label());
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(PARKED_PK.to_owned(), &parked_sk(job, key))))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        if checked(&operation, result)?.is_err() {
+            return Ok(false);
+        }
+        // Racing unparkers may overwrite each other's turn: a turn can repeat, none is skipped
+        // for long (the next call moves on again).
+        let mut turn = self::key(WINDOW_PK.to_owned(), TURN_SK);
+        turn.insert("jobId".into(), s(job.as_str()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(turn))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&operation, e))?;
+        Ok(true)
+    }
+
+    async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
+        let operation = "parked";
+        let items = self.query_all(operation, PARKED_PK, "").await?;
+        let mut parked = items
+            .iter()
+            .map(holder)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PortError::permanent(operation, e))?;
+        // Labels sort like keys only up to seq 99 999; the key never lies.
+        parked.sort();
+        Ok(parked)
+    }
+
+    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+        let operation = "take_request";
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                WINDOW_PK.to_owned(),
+                &format!("{REQUEST_PREFIX}{second}"),
+            )))
+            .update_expression("ADD #count :one SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":ttl", n(second + 3_600))
+            .send()
+            .await;
+        Ok(checked(operation, result)?.is_ok())
+    }
+}
+
+fn key_item(n: u32) -> Item {
+    key(WINDOW_PK.to_owned(), &slot_sk(n))
+}

@@ -1,0 +1,150 @@
+//! The in-flight window's rules, shared by every store: which slot a chunk may take, and whose
+//! turn it is in the parking lot.
+//!
+//! - A slot is a lease held by one chunk (its job and key). An expired lease is a free slot, so
+//!   a holder that crashed cannot keep one.
+//! - A chunk that holds a slot renews it rather than taking a second one.
+//! - At most `size` unexpired slots are held; slots are numbered `0..size` (a window that shrank
+//!   keeps its higher slots until they are released or expire, and they count as held).
+//! - Turns: jobs take turns (the job after the one served last, in id order, wrapping around);
+//!   within a job, chunks go in key order. Two jobs running together both progress, whatever
+//!   their sizes, and a job that starts later waits for at most one chunk of each other job.
+
+use super::{ChunkKey, JobId};
+
+/// A slot of the in-flight window, held by one chunk until its batch completes (or the lease
+/// runs out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub job: JobId,
+    pub key: ChunkKey,
+    /// When the holder took (or last renewed) it.
+    pub taken_at: i64,
+    pub expires_at: i64,
+}
+
+impl Slot {
+    pub fn is_live(&self, now: i64) -> bool {
+        self.expires_at > now
+    }
+
+    pub fn is_held_by(&self, job: &JobId, key: ChunkKey) -> bool {
+        &self.job == job && self.key == key
+    }
+}
+
+/// What a chunk asking for a slot gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotChoice {
+    /// It holds slot `n` already: renew it.
+    Renew(u32),
+    /// Slot `n` is free (never taken, or expired): take it.
+    Take(u32),
+    /// `size` live slots are held by others.
+    Full,
+}
+
+/// Chooses a slot for `(job, key)` given the slots as stored (index, slot).
+pub fn choose_slot(
+    slots: &[(u32, Slot)],
+    job: &JobId,
+    key: ChunkKey,
+    size: u32,
+    now: i64,
+) -> SlotChoice {
+    if let Some((n, _)) = slots
+        .iter()
+        .find(|(_, s)| s.is_live(now) && s.is_held_by(job, key))
+    {
+        return SlotChoice::Renew(*n);
+    }
+    let live = slots.iter().filter(|(_, s)| s.is_live(now)).count();
+    if live >= size as usize {
+        return SlotChoice::Full;
+    }
+    (0..size)
+        .find(|n| !slots.iter().any(|(i, s)| i == n && s.is_live(now)))
+        .map_or(SlotChoice::Full, SlotChoice::Take)
+}
+
+/// The parked chunk whose turn is next, from the parked chunks in (job, key) order.
+pub fn next_in_turn<'a>(
+    parked: impl IntoIterator<Item = &'a (JobId, ChunkKey)> + Clone,
+    last_served: Option<&JobId>,
+) -> Option<(JobId, ChunkKey)> {
+    let after = last_served.and_then(|last| parked.clone().into_iter().find(|(j, _)| j > last));
+    after
+        .or_else(|| parked.into_iter().next())
+        .map(|(j, k)| (j.clone(), *k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u8) -> JobId {
+        JobId::parse(&format!("job_{n:02}")).unwrap()
+    }
+
+    fn slot(j: u8, seq: u32, expires_at: i64) -> Slot {
+        Slot {
+            job: job(j),
+            key: ChunkKey::initial(seq),
+            taken_at: 0,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_holder_renews_and_others_take_the_lowest_free_slot() {
+        let slots = vec![(0, slot(1, 1, 100)), (2, slot(1, 2, 100))];
+        let (j1, j2) = (job(1), job(2));
+        assert_eq!(
+            choose_slot(&slots, &j1, ChunkKey::initial(2), 3, 10),
+            SlotChoice::Renew(2)
+        );
+        assert_eq!(
+            choose_slot(&slots, &j2, ChunkKey::initial(1), 3, 10),
+            SlotChoice::Take(1)
+        );
+        assert_eq!(
+            choose_slot(&slots, &j2, ChunkKey::initial(1), 2, 10),
+            SlotChoice::Full
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_a_free_slot_and_a_shrunk_window_counts_its_high_slots() {
+        let slots = vec![(0, slot(1, 1, 5)), (4, slot(1, 2, 100))];
+        let j2 = job(2);
+        assert_eq!(
+            choose_slot(&slots, &j2, ChunkKey::initial(1), 2, 10),
+            SlotChoice::Take(0)
+        );
+        assert_eq!(
+            choose_slot(&slots, &j2, ChunkKey::initial(1), 1, 10),
+            SlotChoice::Full
+        );
+        // The expired holder itself takes a fresh slot, not its dead one by renewal.
+        assert_eq!(
+            choose_slot(&slots, &job(1), ChunkKey::initial(1), 2, 10),
+            SlotChoice::Take(0)
+        );
+    }
+
+    #[test]
+    fn jobs_take_turns_in_id_order_and_wrap_around() {
+        let parked = vec![
+            (job(1), ChunkKey::initial(5)),
+            (job(1), ChunkKey::initial(6)),
+            (job(2), ChunkKey::initial(1)),
+            (job(3), ChunkKey::initial(9)),
+        ];
+        let next = |last: Option<u8>| next_in_turn(&parked, last.map(job).as_ref());
+        assert_eq!(next(None), Some((job(1), ChunkKey::initial(5))));
+        assert_eq!(next(Some(1)), Some((job(2), ChunkKey::initial(1))));
+        assert_eq!(next(Some(2)), Some((job(3), ChunkKey::initial(9))));
+        assert_eq!(next(Some(3)), Some((job(1), ChunkKey::initial(5))));
+        assert_eq!(next_in_turn(&Vec::new(), None), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! Pacing to a Pictify plan, end to end through moto and the emulator enforcing that plan (with
+//! its render time scaled down): the window stays full but never over the plan, nothing is
+//! refused for concurrency or rate, waiting burns no receive counts (nothing reaches the DLQ,
+//! even across a 3-hour pause), two jobs share the window fairly, and an exhausted quota pauses
+//! with one alert and resumes when raised.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use integration_tests::stack::{Stack, StackOptions};
+use pictify_emulator::{Plan, PlanLimits};
+use shared::domain::{Job, JobId, JobStatus};
+use shared::ports::{ChunkLedger, Clock, SubmitSwitch, SubmitWindow};
+use shared::settings::{Pacing, Settings};
+
+/// The tests measure utilisation: one at a time, so they do not share the machine's two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn blog_csv(rows: usize) -> Vec<u8> {
+    let mut s = String::from("title,author,publishDate\n");
+    for i in 0..rows {
+        s.push_str(&format!("Post {i},Author {i},2026-01-{:02}\n", i % 28 + 1));
+    }
+    s.into_bytes()
+}
+
+fn job_id_of(ingest_answer: &serde_json::Value) -> anyhow::Result<JobId> {
+    let raw = ingest_answer["outcomes"][0]["job"]
+        .as_str()
+        .unwrap_or_default();
+    JobId::parse(raw).map_err(anyhow::Error::msg)
+}
+
+/// A stack whose emulator enforces `plan` (render time × `time_scale`) and whose pipeline paces
+/// itself by the same plan.
+async fn stack_on(plan: Plan, limits: PlanLimits, time_scale: f64) -> anyhow::Result<Stack> {
+    let defaults = StackOptions::default();
+    Stack::start(StackOptions {
+        plan: Some(plan),
+        limits,
+        time_scale,
+        settings: Settings {
+            pacing: Pacing::for_plan(plan),
+            ..defaults.settings.clone()
+        },
+        ..defaults
+    })
+    .await
+}
+
+async fn start_job(stack: &Stack, name: &str, rows: usize) -> anyhow::Result<JobId> {
+    let key = format!("uploads/tmpl_blog_card/{name}.csv");
+    stack.upload(&key, blog_csv(rows)).await?;
+    job_id_of(&stack.ingest(&key).await?)
+}
+
+/// Every chunk of the job became exactly one batch.
+async fn each_chunk_once(stack: &Stack, job: &Job) -> anyhow::Result<()> {
+    let ledger = stack.emulator.ledger();
+    for chunk in stack.store.chunks_of_job(&job.id).await? {
+        let key = chunk.idempotency_key();
+        anyhow::ensure!(
+            ledger.accepted_with_key(&key) == 1,
+            "chunk {key} became {} batches",
+            ledger.accepted_with_key(&key)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pro_5000_rows_keep_the_three_batch_window_full_with_no_refusal_and_nothing_in_the_dlq()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    // 100 items at 5 at a time, 1 s each, scaled by 0.1: a batch renders in about 2 s.
+    let stack = stack_on(Plan::Pro, PlanLimits::default(), 0.1).await?;
+    let job = start_job(&stack, "pro", 5_000).await?;
+    let job = stack.run_until_done(&job, Duration::from_secs(300)).await?;
+
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!((job.counters.rendered, job.counters.chunks), (5_000, 50));
+    each_chunk_once(&stack, &job).await?;
+    let ledger = stack.emulator.ledger();
+    println!(
+        "pro: max {} in flight, mean {:.2} while work remained, throttled {:?}",
+        ledger.max_batches_in_flight, ledger.mean_batches_in_flight, ledger.throttled
+    );
+    assert_eq!(ledger.max_batches_in_flight, 3, "never more than Pro's 3");
+    assert_eq!(
+        (ledger.throttled.concurrency, ledger.throttled.rate),
+        (0, 0),
+        "no submit refused for concurrency or rate"
+    );
+    assert_eq!(stack.dlq_depth().await?, 0);
+    assert!(
+        ledger.mean_batches_in_flight >= 2.7,
+        "the window stays full while work remains: mean {:.2} of 3",
+        ledger.mean_batches_in_flight
+    );
+    assert!(stack.store.live_slots(i64::MIN).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn free_renders_ten_item_batches_one_at_a_time() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    // Free's 100 renders a month, exactly: 10 batches of 10.
+    let stack = stack_on(Plan::Free, PlanLimits::default(), 0.1).await?;
+    let job = start_job(&stack, "free", 100).await?;
+    let job = stack.run_until_done(&job, Duration::from_secs(180)).await?;
+
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!((job.counters.rendered, job.counters.chunks), (100, 10));
+    each_chunk_once(&stack, &job).await?;
+    let ledger = stack.emulator.ledger();
+    println!(
+        "free: max {} in flight, mean {:.2} while work remained, throttled {:?}",
+        ledger.max_batches_in_flight, ledger.mean_batches_in_flight, ledger.throttled
+    );
+    assert!(ledger.batches_accepted.iter().all(|b| b.total_items == 10));
+    assert_eq!(ledger.max_batches_in_flight, 1);
+    assert_eq!(ledger.throttled, Default::default(), "no 429 of any cause");
+    assert_eq!(stack.dlq_depth().await?, 0);
+    Ok(())
+}
+
+/// The wall clock, moved on: the reconciler's passes during a long pause.
+struct Later(i64);
+
+impl Clock for Later {
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp() + self.0
+    }
+}
+
+#[tokio::test]
+async fn a_three_hour_pause_parks_every_chunk_sends_nothing_to_the_dlq_and_resumes_to_the_end()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack_on(Plan::Pro, PlanLimits::default(), 0.01).await?;
+    stack.store.pause_submissions("account on hold", 0).await?;
+    let job = start_job(&stack, "paused", 1_000).await?;
+    while stack.drain_once().await? > 0 {}
+
+    // Three hours of reconciler passes, every 5 minutes, with the queue drained between them.
+    for pass in 1..=36 {
+        let mut later = stack.pipeline.clone();
+        later.clock = Arc::new(Later(pass * 300));
+        later.reconcile(later.settings.stuck_after).await?;
+        while stack.drain_once().await? > 0 {}
+    }
+    assert_eq!(stack.emulator.ledger().submit_requests, 0);
+    assert_eq!(
+        stack.store.parked().await?.len(),
+        10,
+        "every chunk waits parked"
+    );
+    assert_eq!(
+        stack.dlq_depth().await?,
+        0,
+        "no receive count spent waiting"
+    );
+
+    stack.store.resume_submissions().await?;
+    while stack.pipeline.hand_over().await? > 0 {}
+    let job = stack.run_until_done(&job, Duration::from_secs(120)).await?;
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.counters.rendered, 1_000);
+    each_chunk_once(&stack, &job).await?;
+    assert_eq!(stack.dlq_depth().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_jobs_running_together_share_the_window_and_finish_within_20_percent()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    // A batch of 100 renders in about 1 s.
+    let stack = stack_on(Plan::Pro, PlanLimits::default(), 0.05).await?;
+    let started = Instant::now();
+    let jobs = [
+        start_job(&stack, "first", 1_500).await?,
+        start_job(&stack, "second", 1_500).await?,
+    ];
+    let mut finished = [None, None];
+    while finished.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(240),
+            "jobs not done"
+        );
+        for (i, id) in jobs.iter().enumerate() {
+            if finished[i].is_none() && stack.job(id).await?.status.is_terminal() {
+                finished[i] = Some(started.elapsed());
+            }
+        }
+        if stack.drain_once().await? == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let [Some(a), Some(b)] = finished else {
+        anyhow::bail!("unreachable: both finished");
+    };
+    let (fast, slow) = (a.min(b).as_secs_f64(), a.max(b).as_secs_f64());
+    println!("fairness: finished after {a:?} and {b:?}");
+    assert!(
+        (slow - fast) / slow <= 0.20,
+        "the jobs finished {a:?} and {b:?} after the start: more than 20% apart"
+    );
+    for id in &jobs {
+        assert_eq!(stack.job(id).await?.counters.rendered, 1_500);
+    }
+    assert!(stack.emulator.ledger().max_batches_in_flight <= 3);
+    assert_eq!(stack.dlq_depth().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_pauses_with_one_alert_and_resumes_once_raised() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let quota = |monthly| PlanLimits {
+        monthly_renders: Some(monthly),
+        ..PlanLimits::default()
+    };
+    // Free: 10-item batches, one at a time; 30 renders left this month for a 60-row job.
+    let stack = stack_on(Plan::Free, quota(30), 0.01).await?;
+    let id = start_job(&stack, "quota", 60).await?;
+    let started = Instant::now();
+    while stack.store.submissions_paused().await?.is_none() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "never paused");
+        if stack.drain_once().await? == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Let the batches already at Pictify finish; everything else waits parked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while stack.drain_once().await? > 0 {}
+    let job = stack.job(&id).await?;
+    assert_eq!(job.status, JobStatus::Running, "paused, not failed");
+    assert_eq!(job.counters.rendered, 30);
+    assert_eq!(stack.store.parked().await?.len(), 3);
+    assert_eq!(stack.alerts_of_kind("submissions_paused"), 1);
+    assert_eq!(
+        stack.emulator.ledger().throttled.quota,
+        1,
+        "asked once, not in a loop"
+    );
+
+    stack.emulator.set_limits(PlanLimits {
+        monthly_renders: Some(1_000),
+        ..Plan::Free.limits()
+    })?;
+    stack.store.resume_submissions().await?;
+    while stack.pipeline.hand_over().await? > 0 {}
+    let job = stack.run_until_done(&id, Duration::from_secs(120)).await?;
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.counters.rendered, 60);
+    each_chunk_once(&stack, &job).await?;
+    assert_eq!(stack.alerts_of_kind("submissions_paused"), 1);
+    assert_eq!(stack.dlq_depth().await?, 0);
+    Ok(())
+}
