@@ -29,6 +29,7 @@ use crate::batch;
 use crate::config::Plan;
 use crate::error::{ApiError, FieldError, JsonBody, MAX_BODY_BYTES, RawBody, parse_json};
 use crate::faults::{Faults, dice};
+use crate::limits;
 use crate::ratelimit;
 use crate::state::{AppState, Batch, Inner, Item, StoredAnswer};
 use crate::subscriptions;
@@ -64,7 +65,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/_emulator/ledger", get(ledger))
-        .route("/_emulator/faults", get(get_faults).put(put_faults));
+        .route("/_emulator/faults", get(get_faults).put(put_faults))
+        .route("/_emulator/limits", get(limits::get).put(limits::put));
     pictify
         .merge(local)
         .fallback(|| async { ApiError::not_found("Route") })
@@ -107,22 +109,8 @@ async fn rate_limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(limit) = state.rate else {
+    let Some(decision) = rate_decision(&state, key) else {
         return next.run(req).await;
-    };
-    let decision = {
-        let mut inner = state.lock();
-        let bucket = inner
-            .rate
-            .entry(key)
-            .or_insert_with(|| ratelimit::Bucket::full(limit));
-        let decision = ratelimit::check(bucket, limit);
-        match decision.rejection.as_ref().map(|(cause, _)| cause) {
-            Some(ratelimit::Cause::PerMinute) => inner.ledger.throttled.rate += 1,
-            Some(ratelimit::Cause::Daily) => inner.ledger.throttled.daily += 1,
-            None => {}
-        }
-        decision
     };
     let mut response = match decision.rejection {
         Some((_, rejection)) => rejection.into_response(),
@@ -130,6 +118,24 @@ async fn rate_limit(
     };
     response.headers_mut().extend(decision.headers);
     response
+}
+
+/// Takes a token from `key`'s bucket; `None` when requests are not limited. The limits are read
+/// here at each request (under the lock) because they can change at run time.
+fn rate_decision(state: &AppState, key: String) -> Option<ratelimit::Decision> {
+    let mut inner = state.lock();
+    let limit = inner.rate_limit()?;
+    let bucket = inner
+        .rate
+        .entry(key)
+        .or_insert_with(|| ratelimit::Bucket::full(limit));
+    let decision = ratelimit::check(bucket, limit);
+    match decision.rejection.as_ref().map(|(cause, _)| cause) {
+        Some(ratelimit::Cause::PerMinute) => inner.ledger.throttled.rate += 1,
+        Some(ratelimit::Cause::Daily) => inner.ledger.throttled.daily += 1,
+        None => {}
+    }
+    Some(decision)
 }
 
 /// Counts submit requests and their rejections, wherever they were rejected (auth, limits, body).
@@ -162,8 +168,14 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let value = parse_json(&headers, &body)?;
-    let valid = batch::validate(&value, state.items_cap, state.config.plan)
-        .map_err(ApiError::validation)?;
+    // Read at each submit: the items cap can change at run time.
+    let items_cap = state
+        .lock()
+        .limits
+        .items_per_batch
+        .unwrap_or(state.config.max_items_per_batch);
+    let valid =
+        batch::validate(&value, items_cap, state.config.plan).map_err(ApiError::validation)?;
     let fingerprint = fingerprint(&uid, &value);
     let late_answer = submit_faults(&state, idempotency_key.as_deref(), &fingerprint)?;
     let template = state
@@ -232,8 +244,7 @@ async fn submit(
             },
         );
         inner.batch_order.push(batch_id.clone());
-        let in_flight = inner.in_flight() as u64;
-        inner.ledger.max_batches_in_flight = inner.ledger.max_batches_in_flight.max(in_flight);
+        inner.batch_accepted();
         if let Some(key) = &idempotency_key {
             let stored = StoredAnswer {
                 fingerprint,
@@ -330,7 +341,7 @@ fn plan_limits(state: &AppState, inner: &mut Inner, items: u64) -> Option<ApiErr
     let plan = state.config.plan;
     let plan_name = plan.map_or_else(|| "account".to_owned(), |p| format!("{p} plan"));
     let overage = plan.is_some_and(Plan::allows_overage);
-    if let Some(monthly) = state.limits.monthly_renders.filter(|_| !overage) {
+    if let Some(monthly) = inner.limits.monthly_renders.filter(|_| !overage) {
         let used = inner.renders_this_month();
         if used.saturating_add(items) > monthly {
             inner.ledger.throttled.quota += 1;
@@ -346,7 +357,7 @@ fn plan_limits(state: &AppState, inner: &mut Inner, items: u64) -> Option<ApiErr
             );
         }
     }
-    let cap = state.limits.concurrent_batches?;
+    let cap = inner.limits.concurrent_batches?;
     if inner.in_flight() < cap as usize {
         return None;
     }
@@ -434,6 +445,7 @@ async fn cancel(
     }
     batch.status = BatchStatus::Cancelled;
     batch.completed_at = Some(Utc::now());
+    inner.in_flight_changed();
     info!(batch_id = %id, skipped, "batch cancelled");
     Ok(Json(CancelResult {
         batch_id: id,

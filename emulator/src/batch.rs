@@ -368,7 +368,7 @@ async fn run_item(state: &Arc<AppState>, batch_id: &str, index: usize) {
             inner.ledger.renders_billed += 1;
             let used = inner.renders_this_month();
             inner.ledger.renders_this_month += 1;
-            if state.limits.monthly_renders.is_some_and(|cap| used >= cap) {
+            if inner.limits.monthly_renders.is_some_and(|cap| used >= cap) {
                 inner.ledger.overage_items += 1;
             }
             inner.quota = inner.quota.map(|left| left.saturating_sub(1));
@@ -442,7 +442,7 @@ fn finish(state: &Arc<AppState>, batch_id: &str) {
         let ended = batch.completed_at.unwrap_or_else(Utc::now);
         let duration = (ended - batch.created_at).num_milliseconds().max(0) as u64;
         info!(batch_id, status = ?batch.status, rendered, failed, duration_ms = duration, "batch finished");
-        (
+        let summary = (
             BatchCompleted {
                 batch_id: batch.id.clone(),
                 template_uid: Some(batch.template.id.clone()),
@@ -454,7 +454,11 @@ fn finish(state: &Arc<AppState>, batch_id: &str) {
             },
             batch.fingerprint,
             batch.template.id.clone(),
-        )
+        );
+        // The batch left the in-flight count (unless a cancel already took it out: then the
+        // recount finds no change, which is harmless).
+        inner.in_flight_changed();
+        summary
     };
     let (data, fingerprint, template_id) = summary;
     match serde_json::to_value(data) {

@@ -25,6 +25,11 @@ pub struct Ledger {
     /// The most batches pending or processing at the same moment.
     #[serde(default)]
     pub max_batches_in_flight: u64,
+    /// Time-weighted mean of the batches pending or processing, from the first accepted batch
+    /// to the last one (while the client still had work to send; the drain after the last
+    /// submit is left out). 0 with fewer than two batches accepted.
+    #[serde(default)]
+    pub mean_batches_in_flight: f64,
     /// 429 answers (any route) by cause.
     #[serde(default)]
     pub throttled: ThrottleCounts,

@@ -2,7 +2,8 @@
 //!
 //! `start(Config)` binds a real HTTP server implementing the batch endpoints, webhook
 //! subscriptions (with signed, retried deliveries), rate limits, quota, idempotency and
-//! deterministic fault injection; `GET /_emulator/ledger` lets tests audit what happened.
+//! deterministic fault injection; `GET /_emulator/ledger` lets tests audit what happened, and
+//! `PUT /_emulator/limits` changes the plan limits while it runs.
 
 mod api;
 mod batch;
@@ -10,6 +11,7 @@ mod config;
 mod error;
 mod faults;
 mod ledger;
+mod limits;
 mod ratelimit;
 pub mod render;
 mod state;
@@ -62,6 +64,23 @@ impl RunningEmulator {
     /// Replaces the active faults (takes effect for the next decision).
     pub fn set_faults(&self, faults: Faults) {
         self.state.lock().faults = faults;
+    }
+
+    /// The plan limits in force (plan, overrides and run-time changes; `None` = unlimited,
+    /// except that `items_per_batch` is always set: every batch has a cap).
+    pub fn limits(&self) -> PlanLimits {
+        self.state.lock().limits
+    }
+
+    /// Replaces every limit (takes effect for the next request) and returns the limits now in
+    /// force, as `PUT /_emulator/limits` does; change one with
+    /// `set_limits(PlanLimits { monthly_renders: Some(5_000), ..emu.limits() })`.
+    /// `items_per_batch: None` restores the default cap (`Config::max_items_per_batch`).
+    /// Refuses (and changes nothing) a zero `items_per_batch` or `requests_per_minute`.
+    pub fn set_limits(&self, limits: PlanLimits) -> anyhow::Result<PlanLimits> {
+        limits::check(limits.items_per_batch, limits.requests_per_minute)
+            .map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
+        Ok(self.state.change_limits(|current| *current = limits))
     }
 
     /// Stops accepting connections, lets in-flight requests finish (bounded), and aborts

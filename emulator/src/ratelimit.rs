@@ -55,6 +55,12 @@ impl Bucket {
             used_today: 0,
         }
     }
+
+    /// Full again at `limit`'s capacity (after the limit changed); today's count is kept.
+    pub fn refill(&mut self, limit: Limit) {
+        self.tokens = capacity(limit);
+        self.refilled_at = Instant::now();
+    }
 }
 
 fn capacity(limit: Limit) -> f64 {

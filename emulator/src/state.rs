@@ -32,12 +32,6 @@ pub(crate) struct AppState {
     pub http: reqwest::Client,
     pub tasks: Tasks,
     pub shutdown: watch::Receiver<bool>,
-    /// The limits in force (`Config::effective_limits`), resolved once at start.
-    pub limits: PlanLimits,
-    /// Per-key request limits, from the plan/overrides or the older `rate_limit` field.
-    pub rate: Option<crate::ratelimit::Limit>,
-    /// Most items a batch may carry.
-    pub items_cap: usize,
     /// Simulated render time per item (already time-scaled).
     pub latency: Duration,
     inner: Mutex<Inner>,
@@ -61,6 +55,11 @@ pub(crate) struct Inner {
     pub queues: HashMap<String, mpsc::UnboundedSender<Delivery>>,
     /// Counters; `batches_accepted` is filled in by `ledger_snapshot`.
     pub ledger: Ledger,
+    /// The limits in force: resolved from the config at start (see `starting_limits`), replaced
+    /// by `AppState::change_limits`. Read under the lock at every check, never copied for later.
+    pub limits: PlanLimits,
+    /// Time-weighted in-flight count, for `ledger.mean_batches_in_flight`.
+    pub in_flight_clock: InFlightClock,
     pub quota: Option<u64>,
     pub rate: HashMap<String, crate::ratelimit::Bucket>,
     /// The (year, month) `ledger.renders_this_month` counts.
@@ -82,6 +81,30 @@ impl Inner {
             .count()
     }
 
+    /// The per-key request limits in force, if any (`None` = requests are not limited).
+    pub fn rate_limit(&self) -> Option<crate::ratelimit::Limit> {
+        let limit = crate::ratelimit::Limit {
+            per_minute: self.limits.requests_per_minute,
+            per_day: self.limits.requests_per_day,
+        };
+        (limit.per_minute.is_some() || limit.per_day.is_some()).then_some(limit)
+    }
+
+    /// Call after anything that may change the in-flight count (a batch accepted, finished or
+    /// cancelled), under the same lock, so the time-weighted mean and the maximum stay exact.
+    pub fn in_flight_changed(&mut self) {
+        let in_flight = self.in_flight() as u64;
+        self.in_flight_clock.changed(Instant::now(), in_flight);
+        self.ledger.max_batches_in_flight = self.ledger.max_batches_in_flight.max(in_flight);
+    }
+
+    /// Call once a batch has been created: an in-flight change that also moves the end of the
+    /// window `mean_batches_in_flight` is measured over.
+    pub fn batch_accepted(&mut self) {
+        self.in_flight_changed();
+        self.in_flight_clock.accepted();
+    }
+
     /// Renders this calendar month (UTC), starting the count afresh when the month turns.
     pub fn renders_this_month(&mut self) -> u64 {
         let now = Utc::now();
@@ -98,6 +121,59 @@ impl Inner {
         let mut buf = vec![0u8; bytes];
         rng.fill_bytes(&mut buf);
         hex::encode(buf)
+    }
+}
+
+/// The integral of the in-flight count over time, kept incrementally: each change adds the
+/// previous count times the time it lasted. Taking a snapshot of the integral at every acceptance
+/// lets the mean cover exactly the window from the first to the last accepted batch, when the
+/// client still had work to send; the tail after the last submit (draining) is left out.
+#[derive(Debug, Default)]
+pub(crate) struct InFlightClock {
+    /// Batches pending or processing since `changed_at`.
+    count: u64,
+    changed_at: Option<Instant>,
+    /// Batch-seconds in flight up to `changed_at`.
+    integral: f64,
+    first_accept: Option<Instant>,
+    last_accept: Option<Instant>,
+    /// `integral` at `last_accept`.
+    integral_at_last_accept: f64,
+}
+
+impl InFlightClock {
+    /// The in-flight count became `count` at `now`.
+    pub fn changed(&mut self, now: Instant, count: u64) {
+        if let Some(since) = self.changed_at {
+            let lasted = now.saturating_duration_since(since).as_secs_f64();
+            self.integral += self.count as f64 * lasted;
+        }
+        self.count = count;
+        self.changed_at = Some(now);
+    }
+
+    /// A batch was accepted at the last `changed` instant.
+    pub fn accepted(&mut self) {
+        let Some(now) = self.changed_at else {
+            return;
+        };
+        self.first_accept.get_or_insert(now);
+        self.last_accept = Some(now);
+        self.integral_at_last_accept = self.integral;
+    }
+
+    /// Mean batches in flight from the first to the last acceptance; 0 when fewer than two
+    /// batches were accepted (or both at the same instant): an empty window has no mean.
+    pub fn mean(&self) -> f64 {
+        let (Some(first), Some(last)) = (self.first_accept, self.last_accept) else {
+            return 0.0;
+        };
+        let window = last.saturating_duration_since(first).as_secs_f64();
+        if window > 0.0 {
+            self.integral_at_last_accept / window
+        } else {
+            0.0
+        }
     }
 }
 
@@ -186,20 +262,10 @@ impl AppState {
             .timeout(config.webhook_timeout)
             .no_proxy()
             .build()?;
-        let limits = config.effective_limits();
-        let rate = if limits.requests_per_minute.is_some() || limits.requests_per_day.is_some() {
-            let older = config.rate_limit;
-            Some(crate::ratelimit::Limit {
-                per_minute: limits.requests_per_minute.or(older.map(|r| r.per_minute)),
-                per_day: limits.requests_per_day.or(older.and_then(|r| r.per_day)),
-            })
-        } else {
-            config.rate_limit.map(Into::into)
-        };
-        let items_cap = limits.items_per_batch.unwrap_or(config.max_items_per_batch);
         let latency = config.render_latency();
         let inner = Inner {
             faults: config.faults.clone(),
+            limits: starting_limits(&config),
             quota: config.quota,
             ids: None,
             ..Inner::default()
@@ -212,9 +278,6 @@ impl AppState {
             http,
             tasks: Tasks::default(),
             shutdown,
-            limits,
-            rate,
-            items_cap,
             latency,
             inner: Mutex::new(inner),
         })
@@ -227,9 +290,29 @@ impl AppState {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Applies `change` to the limits in force (under one lock, so concurrent changes compose)
+    /// and returns the result. An absent items limit means the default cap, since every batch
+    /// has one. A change of the per-minute request limit refills every key's bucket to the new
+    /// capacity (the daily counts are kept), so the new limit applies from the next request.
+    pub fn change_limits(&self, change: impl FnOnce(&mut PlanLimits)) -> PlanLimits {
+        let mut inner = self.lock();
+        let before = inner.limits;
+        change(&mut inner.limits);
+        let default_cap = self.config.max_items_per_batch;
+        inner.limits.items_per_batch = inner.limits.items_per_batch.or(Some(default_cap));
+        let per_minute_changed = inner.limits.requests_per_minute != before.requests_per_minute;
+        if let Some(limit) = inner.rate_limit().filter(|_| per_minute_changed) {
+            for bucket in inner.rate.values_mut() {
+                bucket.refill(limit);
+            }
+        }
+        inner.limits
+    }
+
     pub fn ledger_snapshot(&self) -> Ledger {
         let inner = self.lock();
         let mut ledger = inner.ledger.clone();
+        ledger.mean_batches_in_flight = inner.in_flight_clock.mean();
         ledger.batches_accepted = inner
             .batch_order
             .iter()
@@ -258,6 +341,20 @@ impl AppState {
     }
 }
 
+/// The limits at start: the plan and overrides (`Config::effective_limits`), the older
+/// `rate_limit` where neither sets a request limit, and the default items cap where nothing sets
+/// one.
+fn starting_limits(config: &Config) -> PlanLimits {
+    let limits = config.effective_limits();
+    let older = config.rate_limit;
+    PlanLimits {
+        items_per_batch: Some(limits.items_per_batch.unwrap_or(config.max_items_per_batch)),
+        requests_per_minute: limits.requests_per_minute.or(older.map(|r| r.per_minute)),
+        requests_per_day: limits.requests_per_day.or(older.and_then(|r| r.per_day)),
+        ..limits
+    }
+}
+
 /// Background tasks (batch workers, webhook deliveries), aborted together on shutdown.
 #[derive(Default)]
 pub(crate) struct Tasks {
@@ -282,4 +379,34 @@ impl Tasks {
 
 pub(crate) fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn the_mean_is_time_weighted_between_the_first_and_last_acceptance() {
+        let t = Instant::now();
+        let mut clock = InFlightClock::default();
+        assert_eq!(clock.mean(), 0.0);
+        clock.changed(t, 1);
+        clock.accepted();
+        assert_eq!(clock.mean(), 0.0, "one batch: an empty window");
+        // One batch for 100 ms, two for 300 ms, then none for 100 ms, then the last submit.
+        clock.changed(at(t, 100), 2);
+        clock.accepted();
+        clock.changed(at(t, 400), 0);
+        clock.changed(at(t, 500), 1);
+        clock.accepted();
+        let expected = (1.0 * 0.1 + 2.0 * 0.3) / 0.5;
+        assert!((clock.mean() - expected).abs() < 1e-9, "{}", clock.mean());
+        // What happens after the last submit (draining) does not count.
+        clock.changed(at(t, 5_000), 0);
+        assert!((clock.mean() - expected).abs() < 1e-9, "{}", clock.mean());
+    }
 }
