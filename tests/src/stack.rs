@@ -48,6 +48,10 @@ pub struct StackOptions {
     /// Simulated seconds per rendered item (with a plan: 1) and the factor applied to them.
     pub render_seconds: Option<f64>,
     pub time_scale: f64,
+    /// The webhook events the emulator delivers to the stack (all three by default). Tests
+    /// that measure pacing leave out `render.completed`: one delivery per item through moto
+    /// would measure moto, and the batch poll counts the renders anyway.
+    pub events: Vec<&'static str>,
 }
 
 impl Default for StackOptions {
@@ -67,6 +71,7 @@ impl Default for StackOptions {
             limits: pictify_emulator::PlanLimits::default(),
             render_seconds: None,
             time_scale: 1.0,
+            events: vec!["render.completed", "render.failed", "batch.completed"],
         }
     }
 }
@@ -153,13 +158,15 @@ impl Stack {
             limits: options.limits,
             render_seconds: options.render_seconds,
             time_scale: options.time_scale,
-            subscriptions: ["render.completed", "render.failed", "batch.completed"]
+            subscriptions: options
+                .events
+                .iter()
                 .map(|event| PresetSubscription {
-                    event: event.into(),
+                    event: (*event).into(),
                     target_url: target_url.clone(),
                     secret: webhook_secret.clone(),
                 })
-                .to_vec(),
+                .collect(),
             ..EmulatorConfig::default()
         })
         .await?;

@@ -32,13 +32,15 @@ fn job_id_of(ingest_answer: &serde_json::Value) -> anyhow::Result<JobId> {
 }
 
 /// A stack whose emulator enforces `plan` (render time × `time_scale`) and whose pipeline paces
-/// itself by the same plan.
+/// itself by the same plan. Without `render.completed` deliveries (one per item through moto
+/// would measure moto): rows count as rendered from the batch poll.
 async fn stack_on(plan: Plan, limits: PlanLimits, time_scale: f64) -> anyhow::Result<Stack> {
     let defaults = StackOptions::default();
     Stack::start(StackOptions {
         plan: Some(plan),
         limits,
         time_scale,
+        events: vec!["render.failed", "batch.completed"],
         settings: Settings {
             pacing: Pacing::for_plan(plan),
             ..defaults.settings.clone()

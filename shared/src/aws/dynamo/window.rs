@@ -48,20 +48,32 @@ fn holder(item: &Item) -> Result<(JobId, ChunkKey), String> {
 }
 
 impl DynamoJobStore {
-    /// Every item of a partition (optionally from a sort key on), in sort-key order.
-    async fn query_all(&self, operation: &str, pk: &str, prefix: &str) -> PortResult<Vec<Item>> {
+    /// Every item of a partition whose sort key starts with `prefix` (`None`: all), in
+    /// sort-key order.
+    async fn query_all(
+        &self,
+        operation: &str,
+        pk: &str,
+        prefix: Option<&str>,
+    ) -> PortResult<Vec<Item>> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let out = self
+            let query = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
                 .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(prefix))
+                .expression_attribute_values(":pk", s(pk));
+            // DynamoDB refuses an empty begins_with prefix.
+            let query = match prefix {
+                Some(prefix) => query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_names("#sk", SK)
+                    .expression_attribute_values(":prefix", s(prefix)),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let out = query
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
@@ -78,7 +90,7 @@ impl DynamoJobStore {
 
     async fn slots(&self, operation: &str) -> PortResult<Vec<(u32, Slot)>> {
         let mut slots = Vec::new();
-        for item in self.query_all(operation, WINDOW_PK, SLOT_PREFIX).await? {
+        for item in self.query_all(operation, WINDOW_PK, Some(SLOT_PREFIX)).await? {
             let bad = |reason: String| {
                 PortError::permanent(operation, format!("slot {}: {reason}", describe(&item)))
             };
@@ -271,7 +283,7 @@ impl SubmitWindow for DynamoJobStore {
 
     async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>> {
         let operation = "parked";
-        let items = self.query_all(operation, PARKED_PK, "").await?;
+        let items = self.query_all(operation, PARKED_PK, None).await?;
         let mut parked = items
             .iter()
             .map(holder)
