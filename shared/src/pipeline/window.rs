@@ -67,11 +67,11 @@ impl Pipeline {
     /// Hands free slots to parked chunks, in turn, and sends their messages; returns how many.
     /// Nothing moves while submissions are paused.
     pub async fn hand_over(&self) -> Result<usize, StepError> {
+        if self.store.submissions_paused().await?.is_some() {
+            return Ok(0);
+        }
         let mut sent = 0;
         while sent < HAND_OVER_MAX {
-            if self.store.submissions_paused().await?.is_some() {
-                break;
-            }
             let Some((job, key)) = self.store.next_parked().await? else {
                 break;
             };

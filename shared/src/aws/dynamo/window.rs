@@ -90,7 +90,10 @@ impl DynamoJobStore {
 
     async fn slots(&self, operation: &str) -> PortResult<Vec<(u32, Slot)>> {
         let mut slots = Vec::new();
-        for item in self.query_all(operation, WINDOW_PK, Some(SLOT_PREFIX)).await? {
+        for item in self
+            .query_all(operation, WINDOW_PK, Some(SLOT_PREFIX))
+            .await?
+        {
             let bad = |reason: String| {
                 PortError::permanent(operation, format!("slot {}: {reason}", describe(&item)))
             };
@@ -245,10 +248,10 @@ impl SubmitWindow for DynamoJobStore {
             .and_then(|item| item.get("jobId"))
             .and_then(|v| v.as_s().ok())
             .and_then(|raw| JobId::parse(raw).ok());
-        if let Some(last) = last {
-            if let Some(next) = self.first_parked(Some(after_job(&last))).await? {
-                return Ok(Some(next));
-            }
+        if let Some(last) = last
+            && let Some(next) = self.first_parked(Some(after_job(&last))).await?
+        {
+            return Ok(Some(next));
         }
         self.first_parked(None).await
     }
