@@ -21,15 +21,18 @@ pub struct Options {
     /// `--nocapture` output of the `pipeline_e2e` request-count test, when scripts/bench ran it.
     pub aws_log: Option<PathBuf>,
     pub skip_local: bool,
+    /// Only figure 5 (pacing to a plan).
+    pub only_pacing: bool,
 }
 
 const USAGE: &str =
-    "usage: pictify-bench [--tiny] [--data DIR] [--repo DIR] [--aws-log FILE] [--skip-local]
+    "usage: pictify-bench [--tiny] [--data DIR] [--repo DIR] [--aws-log FILE] [--skip-local] [--only-pacing]
   --tiny        every measurement on a tiny input (seconds; what CI runs)
   --data DIR    scratch dir for generated inputs (default <repo>/target/bench-data)
   --repo DIR    repository root (default: the current directory)
   --aws-log F   output of `cargo test --test pipeline_e2e a_1000_row_job -- --nocapture`
-  --skip-local  skip the pictify-batch runs (figure 4)";
+  --skip-local  skip the pictify-batch runs (figures 4 and 5)
+  --only-pacing only figure 5: runs paced to Free, Pro and Business";
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
@@ -38,6 +41,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         repo: PathBuf::from("."),
         aws_log: None,
         skip_local: false,
+        only_pacing: false,
     };
     let mut data_dir = None;
     let mut it = args.iter();
@@ -50,6 +54,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         match arg.as_str() {
             "--tiny" => options.tiny = true,
             "--skip-local" => options.skip_local = true,
+            "--only-pacing" => options.only_pacing = true,
             "--data" => data_dir = Some(value()?),
             "--repo" => options.repo = value()?,
             "--aws-log" => options.aws_log = Some(value()?),

@@ -94,6 +94,9 @@ fn rss_mib(figures: &Figures) -> f64 {
 }
 
 pub fn run_all(options: &Options) -> anyhow::Result<Vec<Row>> {
+    if options.only_pacing {
+        return pacing_rows(options);
+    }
     let sizes = Sizes::of(options.tiny);
     let dir = &options.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

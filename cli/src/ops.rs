@@ -142,6 +142,29 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
     );
     println!("chunks {} created, {} done", c.chunks, c.chunks_done);
     let now = chrono::Utc::now().timestamp();
+    // The window is the account's: this job's share of it, and what waits.
+    let slots = stack
+        .store
+        .live_slots(now)
+        .await
+        .context("reading the window")?;
+    let parked = stack.store.parked().await.context("reading the parking lot")?;
+    let mine = |j: &shared::domain::JobId| *j == job.id;
+    println!(
+        "window: {} batch slot(s) held ({} by this job); {} chunk(s) parked ({} of this job)",
+        slots.len(),
+        slots.iter().filter(|s| mine(&s.job)).count(),
+        parked.len(),
+        parked.iter().filter(|(j, _)| mine(j)).count()
+    );
+    if let Some(reason) = stack
+        .store
+        .submissions_paused()
+        .await
+        .context("reading the pause flag")?
+    {
+        println!("submissions are PAUSED: {reason} (resume with `pictify-batch resume-submissions`)");
+    }
     let oldest = chunks
         .iter()
         .filter(|ch| ch.state != ChunkState::Completed)

@@ -149,13 +149,19 @@ async fn a_three_hour_pause_parks_every_chunk_sends_nothing_to_the_dlq_and_resum
     let job = start_job(&stack, "paused", 1_000).await?;
     while stack.drain_once().await? > 0 {}
 
-    // Three hours of reconciler passes, every 5 minutes, with the queue drained between them.
+    // Three hours of reconciler passes, every 5 minutes: none re-sends or hands over anything
+    // (a re-sent message is a receive count spent), and nothing reaches the queue.
     for pass in 1..=36 {
         let mut later = stack.pipeline.clone();
         later.clock = Arc::new(Later(pass * 300));
-        later.reconcile(later.settings.stuck_after).await?;
-        while stack.drain_once().await? > 0 {}
+        let report = later.reconcile(later.settings.stuck_after).await?;
+        assert_eq!(
+            (report.resent, report.handed_over, report.errors),
+            (0, 0, 0),
+            "pass {pass}: {report:?}"
+        );
     }
+    assert_eq!(stack.drain_once().await?, 0, "nothing was queued while paused");
     assert_eq!(stack.emulator.ledger().submit_requests, 0);
     assert_eq!(
         stack.store.parked().await?.len(),
