@@ -19,8 +19,8 @@ use shared::pictify::wire::{
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, ObjectBody, ObjectStore,
-    PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, Slot, SubmitSwitch, SubmitWindow,
-    WorkQueue,
+    PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, RequestBudget, Slot, SubmitSwitch,
+    SubmitWindow, WorkQueue,
 };
 
 /// Port calls by operation name, e.g. `store.record_render`.
@@ -277,9 +277,13 @@ impl SubmitWindow for NullStore {
         Ok(Vec::new())
     }
 
-    async fn take_request(&self, _second: i64, _limit: u32) -> PortResult<bool> {
+    async fn take_request(
+        &self,
+        _budget: RequestBudget,
+        _now_ms: i64,
+    ) -> PortResult<Option<Duration>> {
         self.calls.hit("store.take_request");
-        Ok(true)
+        Ok(None)
     }
 }
 

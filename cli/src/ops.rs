@@ -148,7 +148,11 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
         .live_slots(now)
         .await
         .context("reading the window")?;
-    let parked = stack.store.parked().await.context("reading the parking lot")?;
+    let parked = stack
+        .store
+        .parked()
+        .await
+        .context("reading the parking lot")?;
     let mine = |j: &shared::domain::JobId| *j == job.id;
     println!(
         "window: {} batch slot(s) held ({} by this job); {} chunk(s) parked ({} of this job)",
@@ -163,7 +167,9 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
         .await
         .context("reading the pause flag")?
     {
-        println!("submissions are PAUSED: {reason} (resume with `pictify-batch resume-submissions`)");
+        println!(
+            "submissions are PAUSED: {reason} (resume with `pictify-batch resume-submissions`)"
+        );
     }
     let oldest = chunks
         .iter()

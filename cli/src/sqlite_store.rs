@@ -26,7 +26,8 @@ use shared::domain::{
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
-    RenderLog, RenderRecord, Reopen, Slot, SlotChoice, SubmitSwitch, SubmitWindow,
+    RenderLog, RenderRecord, Reopen, RequestBucket, RequestBudget, Slot, SlotChoice, SubmitSwitch,
+    SubmitWindow,
 };
 
 const SCHEMA: &str = "
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS job_alerts (job TEXT NOT NULL, kind TEXT NOT NULL, at
 CREATE TABLE IF NOT EXISTS control (name TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (n INTEGER PRIMARY KEY, job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, taken_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS parked (job TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (job, seq, attempt));
-CREATE TABLE IF NOT EXISTS requests (second INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS request_bucket (id INTEGER PRIMARY KEY CHECK (id = 0), tokens REAL NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ext_id TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL);
 ";
 
@@ -796,18 +797,35 @@ impl SubmitWindow for SqliteJobStore {
         self.call("parked", load_parked).await
     }
 
-    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+    async fn take_request(
+        &self,
+        budget: RequestBudget,
+        now_ms: i64,
+    ) -> PortResult<Option<Duration>> {
         self.call("take request", move |tx| {
-            tx.execute(
-                "DELETE FROM requests WHERE second < ?1",
-                params![second - 60],
-            )?;
-            let taken = tx.execute(
-                "INSERT INTO requests (second, count) VALUES (?1, 1)
-                 ON CONFLICT(second) DO UPDATE SET count = count + 1 WHERE count < ?2",
-                params![second, limit],
-            )?;
-            Ok(taken == 1)
+            let stored = tx
+                .query_row(
+                    "SELECT tokens, at_ms FROM request_bucket WHERE id = 0",
+                    [],
+                    |r| {
+                        Ok(RequestBucket {
+                            tokens: r.get(0)?,
+                            at_ms: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?;
+            match budget.take(stored, now_ms) {
+                Ok(next) => {
+                    tx.execute(
+                        "INSERT INTO request_bucket (id, tokens, at_ms) VALUES (0, ?1, ?2)
+                         ON CONFLICT(id) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
+                        params![next.tokens, next.at_ms],
+                    )?;
+                    Ok(None)
+                }
+                Err(wait) => Ok(Some(wait)),
+            }
         })
         .await
     }

@@ -235,7 +235,7 @@ pub trait SubmitSwitch: Send + Sync {
 }
 
 /// Window slots and turns: domain rules (`crate::domain::window`), re-exported here.
-pub use crate::domain::window::{Slot, SlotChoice};
+pub use crate::domain::window::{RequestBucket, RequestBudget, Slot, SlotChoice};
 
 /// The plan's pace, shared by every submitter and every job (`pipeline::window`): the in-flight
 /// window of batch slots, the parking lot of chunks waiting for a slot (or for submissions to
@@ -273,9 +273,13 @@ pub trait SubmitWindow: Send + Sync {
     /// Every parked chunk, in turn order within each job.
     async fn parked(&self) -> PortResult<Vec<(JobId, ChunkKey)>>;
 
-    /// Counts one request to Pictify in the clock second `second`; `false` when `limit` requests
-    /// were counted in that second already.
-    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool>;
+    /// Takes one token of the stack's request bucket at `now_ms` (`RequestBudget::take`,
+    /// atomically): `None` when taken, else how long until a token is there.
+    async fn take_request(
+        &self,
+        budget: RequestBudget,
+        now_ms: i64,
+    ) -> PortResult<Option<Duration>>;
 }
 
 /// Job, chunk and render state in one store (DynamoDB, or embedded / in-memory), by concern:
@@ -366,6 +370,11 @@ pub trait Alerts: Send + Sync {
 /// Wall-clock seconds, injectable for tests.
 pub trait Clock: Send + Sync {
     fn now(&self) -> i64;
+
+    /// Milliseconds, for the request budget (a test clock's seconds are enough).
+    fn now_ms(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 pub struct SystemClock;
@@ -373,6 +382,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
         chrono::Utc::now().timestamp()
+    }
+
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
     }
 }
 

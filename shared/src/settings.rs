@@ -86,11 +86,6 @@ impl Pacing {
         }
     }
 
-    /// Requests a second the budget allows: whole seconds never exceed the minute's budget.
-    pub fn requests_per_second(&self) -> Option<u32> {
-        self.requests_per_minute.map(|rpm| (rpm / 60).max(1))
-    }
-
     /// One line for logs and the CLI: `Pro: chunks of 100, 3 batches at once, 300 requests/min`.
     pub fn describe(&self) -> String {
         let plan = self
@@ -389,7 +384,6 @@ mod tests {
         assert!(err.to_string().contains("PICTIFY_PLAN"), "{err}");
         let err = Settings::from_lookup(vars(&[("PICTIFY_MAX_BATCH_ITEMS", "0")])).unwrap_err();
         assert!(err.to_string().contains("PICTIFY_MAX_BATCH_ITEMS"), "{err}");
-        assert_eq!(Pacing::for_plan(Plan::Pro).requests_per_second(), Some(5));
         assert_eq!(
             Pacing::for_plan(Plan::Pro).describe(),
             "Pro: chunks of 100, 3 batches at once, 300 requests/min"

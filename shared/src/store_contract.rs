@@ -83,7 +83,7 @@ where
         racing_acquirers_never_overfill_the_window,
         parked_chunks_are_served_one_job_after_another,
         a_parked_chunk_is_unparked_once,
-        the_request_budget_counts_per_second,
+        the_request_budget_is_one_bucket_for_every_caller,
     ];
     let mut failed = Vec::new();
     for (name, check) in all {
@@ -794,17 +794,16 @@ async fn a_parked_chunk_is_unparked_once(store: Store) {
     assert_eq!(store.next_parked().await.must("next"), None);
 }
 
-async fn the_request_budget_counts_per_second(store: Store) {
-    for n in 0..3 {
-        assert!(store.take_request(100, 3).await.must("take"), "request {n}");
+async fn the_request_budget_is_one_bucket_for_every_caller(store: Store) {
+    let budget = crate::ports::RequestBudget::per_minute(60);
+    for n in 0..2 {
+        let wait = store.take_request(budget, 100_000).await.must("take");
+        assert_eq!(wait, None, "request {n}: the burst");
     }
-    assert!(
-        !store
-            .take_request(100, 3)
-            .await
-            .must("fourth in the second")
-    );
-    assert!(store.take_request(101, 3).await.must("next second"));
+    let wait = store.take_request(budget, 100_000).await.must("third");
+    assert!(wait.is_some_and(|w| w > Duration::ZERO), "{wait:?}");
+    let wait = store.take_request(budget, 101_100).await.must("refilled");
+    assert_eq!(wait, None, "a token refills in ~1.03 s");
 }
 
 async fn pausing_reports_true_only_to_the_first_caller_until_resumed(store: Store) {

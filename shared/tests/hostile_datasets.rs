@@ -25,8 +25,8 @@ use shared::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, Bat
 use shared::pipeline::{IngestOutcome, Pipeline};
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, JobStore, ObjectBody,
-    ObjectStore, PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, Slot, SubmitSwitch,
-    SubmitWindow, SystemClock, WorkQueue,
+    ObjectStore, PictifyApi, PortResult, RenderLog, RenderRecord, Reopen, RequestBudget, Slot,
+    SubmitSwitch, SubmitWindow, SystemClock, WorkQueue,
 };
 use shared::secret::Secret;
 use shared::settings::Settings;
@@ -719,8 +719,12 @@ impl SubmitWindow for SlimStore {
         self.inner.parked().await
     }
 
-    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
-        self.inner.take_request(second, limit).await
+    async fn take_request(
+        &self,
+        budget: RequestBudget,
+        now_ms: i64,
+    ) -> PortResult<Option<Duration>> {
+        self.inner.take_request(budget, now_ms).await
     }
 }
 

@@ -161,7 +161,11 @@ async fn a_three_hour_pause_parks_every_chunk_sends_nothing_to_the_dlq_and_resum
             "pass {pass}: {report:?}"
         );
     }
-    assert_eq!(stack.drain_once().await?, 0, "nothing was queued while paused");
+    assert_eq!(
+        stack.drain_once().await?,
+        0,
+        "nothing was queued while paused"
+    );
     assert_eq!(stack.emulator.ledger().submit_requests, 0);
     assert_eq!(
         stack.store.parked().await?.len(),

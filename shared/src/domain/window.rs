@@ -9,6 +9,14 @@
 //! - Turns: jobs take turns (the job after the one served last, in id order, wrapping around);
 //!   within a job, chunks go in key order. Two jobs running together both progress, whatever
 //!   their sizes, and a job that starts later waits for at most one chunk of each other job.
+//! - Requests: one token bucket for the stack (`RequestBudget`). Its burst lets a results poll
+//!   and the next submit go in the same second; its refill is the minute's budget less the
+//!   burst, so no 60 seconds ever hold more than the plan's requests a minute, however Pictify
+//!   counts them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::{ChunkKey, JobId};
 
@@ -78,6 +86,55 @@ pub fn next_in_turn<'a>(
         .map(|(j, k)| (j.clone(), *k))
 }
 
+/// The request bucket as stored: tokens left at a moment (milliseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RequestBucket {
+    pub tokens: f64,
+    pub at_ms: i64,
+}
+
+/// The shape of the stack's request budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestBudget {
+    pub burst: f64,
+    pub refill_per_ms: f64,
+}
+
+impl RequestBudget {
+    /// From requests a minute: a burst of two seconds' worth (at least 2), refilled at the
+    /// minute's budget less the burst.
+    pub fn per_minute(requests: u32) -> Self {
+        let rpm = f64::from(requests.max(1));
+        let burst = (rpm / 30.0).max(2.0).min(rpm);
+        RequestBudget {
+            burst,
+            refill_per_ms: (rpm - burst).max(1.0) / 60_000.0,
+        }
+    }
+
+    /// Takes one token at `now_ms`: the bucket to store, or how long until a token is there.
+    pub fn take(
+        &self,
+        stored: Option<RequestBucket>,
+        now_ms: i64,
+    ) -> Result<RequestBucket, Duration> {
+        let bucket = stored.unwrap_or(RequestBucket {
+            tokens: self.burst,
+            at_ms: now_ms,
+        });
+        let elapsed = now_ms.saturating_sub(bucket.at_ms).max(0) as f64;
+        let tokens = (bucket.tokens + elapsed * self.refill_per_ms).min(self.burst);
+        if tokens >= 1.0 {
+            return Ok(RequestBucket {
+                tokens: tokens - 1.0,
+                at_ms: now_ms.max(bucket.at_ms),
+            });
+        }
+        let wait_ms = ((1.0 - tokens) / self.refill_per_ms).ceil().max(1.0);
+        Err(Duration::from_millis(wait_ms as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +187,38 @@ mod tests {
             choose_slot(&slots, &job(1), ChunkKey::initial(1), 2, 10),
             SlotChoice::Take(0)
         );
+    }
+
+    #[test]
+    fn the_request_budget_never_spends_more_than_a_minutes_worth_in_any_60_seconds() {
+        let budget = RequestBudget::per_minute(60);
+        assert_eq!(budget.burst, 2.0);
+        // Take as fast as the bucket allows for ten minutes; count every 60 s window.
+        let (mut bucket, mut now, mut taken) = (None, 0i64, Vec::new());
+        while now < 600_000 {
+            match budget.take(bucket, now) {
+                Ok(next) => {
+                    bucket = Some(next);
+                    taken.push(now);
+                }
+                Err(wait) => now += wait.as_millis() as i64,
+            }
+        }
+        let most = taken
+            .iter()
+            .map(|start| {
+                taken
+                    .iter()
+                    .filter(|t| **t >= *start && **t < start + 60_000)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(most <= 60, "{most} requests in one minute");
+        assert!(taken.len() >= 570, "the budget is used: {}", taken.len());
+        // A results poll and the next submit fit in the same moment.
+        let fresh = budget.take(None, 0).unwrap();
+        assert!(budget.take(Some(fresh), 0).is_ok());
     }
 
     #[test]

@@ -26,7 +26,8 @@ use crate::domain::{
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
-    RenderLog, RenderRecord, Reopen, Slot, SlotChoice, SubmitSwitch, SubmitWindow,
+    RenderLog, RenderRecord, Reopen, RequestBucket, RequestBudget, Slot, SlotChoice, SubmitSwitch,
+    SubmitWindow,
 };
 
 /// A webhook that matched nothing (kept for assertions and operators).
@@ -53,8 +54,7 @@ struct State {
     slots: BTreeMap<u32, Slot>,
     parked: BTreeSet<(JobId, ChunkKey)>,
     last_served: Option<JobId>,
-    /// Requests counted per clock second (only the latest seconds are kept).
-    requests: BTreeMap<i64, u32>,
+    requests: Option<RequestBucket>,
 }
 
 /// The in-memory job store for unit tests and in-process runs.
@@ -464,15 +464,19 @@ impl SubmitWindow for MemoryJobStore {
         Ok(self.lock().parked.iter().cloned().collect())
     }
 
-    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+    async fn take_request(
+        &self,
+        budget: RequestBudget,
+        now_ms: i64,
+    ) -> PortResult<Option<Duration>> {
         let mut state = self.lock();
-        state.requests.retain(|s, _| *s > second - 60);
-        let count = state.requests.entry(second).or_default();
-        if *count >= limit {
-            return Ok(false);
+        match budget.take(state.requests, now_ms) {
+            Ok(bucket) => {
+                state.requests = Some(bucket);
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(wait)),
         }
-        *count += 1;
-        Ok(true)
     }
 }
 

@@ -11,8 +11,9 @@
 //!   turn (jobs take turns, so two jobs running together both progress): the slot is taken for
 //!   the parked chunk before its message is sent, so the next submit is not raced for it. The
 //!   reconciler repeats the hand-over as the backstop for a hand-over that died half-way.
-//! - **Requests.** Every call to Pictify first takes a token from a per-second budget
-//!   (`requests_per_minute / 60`), so the steady state meets no 429.
+//! - **Requests.** Every call to Pictify first takes a token of one bucket for the stack
+//!   (`domain::window::RequestBudget`: never more than the minute's requests in any 60 s), so
+//!   the steady state meets no 429.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tracing::{info, warn};
 
 use super::{Pipeline, StepError};
 use crate::domain::{ChunkKey, JobId};
+use crate::ports::RequestBudget;
 
 /// Chunks handed over in one call at most (an unlimited window resuming a long pause hands
 /// the rest over on the next call: the reconciler's pass, or the next completion).
@@ -27,7 +29,7 @@ const HAND_OVER_MAX: usize = 500;
 /// How long a Pictify call waits for the request budget before going ahead anyway (a 429 is
 /// then handled as any other).
 const BUDGET_WAIT_MAX: Duration = Duration::from_secs(30);
-const BUDGET_POLL: Duration = Duration::from_millis(100);
+const BUDGET_POLL_MAX: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     /// Takes a window slot for the chunk, or renews the one it holds; always `true` without a
@@ -97,29 +99,27 @@ impl Pipeline {
         Ok(sent)
     }
 
-    /// Waits for a request token of the shared per-second budget (none without a budget).
+    /// Waits for a token of the stack's request bucket (none without a budget).
     pub(crate) async fn spend_request(&self) -> Result<(), StepError> {
-        let Some(per_second) = self.settings.pacing.requests_per_second() else {
+        let Some(per_minute) = self.settings.pacing.requests_per_minute else {
             return Ok(());
         };
+        let budget = RequestBudget::per_minute(per_minute);
         let started = std::time::Instant::now();
         loop {
-            if self
-                .store
-                .take_request(self.clock.now(), per_second)
-                .await?
-            {
+            let Some(wait) = self.store.take_request(budget, self.clock.now_ms()).await? else {
                 return Ok(());
-            }
+            };
             if started.elapsed() >= BUDGET_WAIT_MAX {
                 warn!(
-                    per_second,
+                    per_minute,
                     waited_s = started.elapsed().as_secs(),
                     "request budget still spent; calling Pictify anyway"
                 );
                 return Ok(());
             }
-            tokio::time::sleep(BUDGET_POLL).await;
+            // Others take tokens too: come back when one should be there, not later.
+            tokio::time::sleep(wait.min(BUDGET_POLL_MAX)).await;
         }
     }
 }

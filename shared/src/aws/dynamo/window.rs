@@ -5,22 +5,27 @@
 //!   more than `size`.
 //! - the parking lot: `pk = PARKED`, `sk = <jobId>#<chunk>`; the job served last is
 //!   `pk = WINDOW`, `sk = #TURN`. The next turn is one Query (`sk` after the last job's, limit 1).
-//! - the request budget: `pk = WINDOW`, `sk = #REQ#<second>`, an atomic counter with a TTL.
+//! - the request bucket: `pk = WINDOW`, `sk = #BUDGET`, `tokens` and `atMs`, replaced with a
+//!   put conditioned on the `atMs` it was read at (a racing taker makes us read again).
+
+use std::time::Duration;
 
 use tracing::debug;
 
 use super::codec::{Item, Reader, describe, key, n, s};
 use super::errors::{checked, sdk_error};
-use super::{DynamoJobStore, PK, SK, TTL};
+use super::{DynamoJobStore, PK, SK};
 use crate::domain::window::choose_slot;
 use crate::domain::{ChunkKey, JobId};
-use crate::ports::{PortError, PortResult, Slot, SlotChoice, SubmitWindow};
+use crate::ports::{
+    PortError, PortResult, RequestBucket, RequestBudget, Slot, SlotChoice, SubmitWindow,
+};
 
 const WINDOW_PK: &str = "WINDOW";
 const SLOT_PREFIX: &str = "SLOT#";
 const PARKED_PK: &str = "PARKED";
 const TURN_SK: &str = "#TURN";
-const REQUEST_PREFIX: &str = "#REQ#";
+const BUDGET_SK: &str = "#BUDGET";
 /// Conditional writes lost to a racing submitter before giving up for now (the caller parks).
 const ACQUIRE_TRIES: usize = 8;
 
@@ -297,26 +302,53 @@ impl SubmitWindow for DynamoJobStore {
         Ok(parked)
     }
 
-    async fn take_request(&self, second: i64, limit: u32) -> PortResult<bool> {
+    async fn take_request(
+        &self,
+        budget: RequestBudget,
+        now_ms: i64,
+    ) -> PortResult<Option<Duration>> {
         let operation = "take_request";
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                WINDOW_PK.to_owned(),
-                &format!("{REQUEST_PREFIX}{second}"),
-            )))
-            .update_expression("ADD #count :one SET #ttl = :ttl")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
-            .expression_attribute_names("#count", "count")
-            .expression_attribute_names("#ttl", TTL)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
-            .expression_attribute_values(":ttl", n(second + 3_600))
-            .send()
-            .await;
-        Ok(checked(operation, result)?.is_ok())
+        for _ in 0..ACQUIRE_TRIES {
+            let item = self.get(operation, WINDOW_PK.to_owned(), BUDGET_SK).await?;
+            let stored = match &item {
+                Some(item) => {
+                    let r = Reader::new(item);
+                    let bad = |e: super::ItemError| PortError::permanent(operation, e);
+                    Some(RequestBucket {
+                        tokens: r.n("tokens").map_err(bad)?,
+                        at_ms: r.n("atMs").map_err(bad)?,
+                    })
+                }
+                None => None,
+            };
+            let next = match budget.take(stored, now_ms) {
+                Ok(next) => next,
+                Err(wait) => return Ok(Some(wait)),
+            };
+            let mut put = self::key(WINDOW_PK.to_owned(), BUDGET_SK);
+            put.insert("tokens".into(), n(next.tokens));
+            put.insert("atMs".into(), n(next.at_ms));
+            let request = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(put));
+            // Replace exactly the bucket we read (or create it if there was none).
+            let request = match stored {
+                Some(old) => request
+                    .condition_expression("#at = :at")
+                    .expression_attribute_names("#at", "atMs")
+                    .expression_attribute_values(":at", n(old.at_ms)),
+                None => request
+                    .condition_expression("attribute_not_exists(#pk)")
+                    .expression_attribute_names("#pk", PK),
+            };
+            if checked(operation, request.send().await)?.is_ok() {
+                return Ok(None);
+            }
+        }
+        // Lost every race: someone is taking tokens right now; try again shortly.
+        Ok(Some(Duration::from_millis(50)))
     }
 }
 
