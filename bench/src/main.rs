@@ -21,7 +21,7 @@ pub struct Options {
     /// `--nocapture` output of the `pipeline_e2e` request-count test, when scripts/bench ran it.
     pub aws_log: Option<PathBuf>,
     pub skip_local: bool,
-    /// Only figure 5 (pacing to a plan).
+    /// Only figure 6 (pacing to a plan).
     pub only_pacing: bool,
 }
 
@@ -31,8 +31,8 @@ const USAGE: &str =
   --data DIR    scratch dir for generated inputs (default <repo>/target/bench-data)
   --repo DIR    repository root (default: the current directory)
   --aws-log F   output of `cargo test --test pipeline_e2e a_1000_row_job -- --nocapture`
-  --skip-local  skip the pictify-batch runs (figures 4 and 5)
-  --only-pacing only figure 5: runs paced to Free, Pro and Business";
+  --skip-local  skip the pictify-batch runs (figures 4 and 6)
+  --only-pacing only figure 6: runs paced to Free, Pro and Business";
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {

@@ -429,7 +429,7 @@ impl PacedRun {
     }
 }
 
-/// Figure 5: a local run paced to Free, Pro and Business against the emulator enforcing the
+/// Figure 6: a local run paced to Free, Pro and Business against the emulator enforcing the
 /// same plan (placeholder images, render time simulated), as a fraction of the plan's maximum.
 /// The row counts fill whole rounds of the window, so the last round is not half empty.
 fn pacing_rows(options: &Options) -> anyhow::Result<Vec<Row>> {
@@ -512,7 +512,7 @@ fn pacing_rows(options: &Options) -> anyhow::Result<Vec<Row>> {
         let max = run.max_rows_per_minute();
         let share = per_minute / max;
         out.push(Row::check(
-            "5",
+            "6",
             &format!(
                 "paced to {}: {} rows, chunks of {}, {} at once, {:.1} s/item",
                 run.plan, run.rows, run.chunk, run.batches, run.render_seconds
