@@ -536,7 +536,11 @@ fn rendering_secs(log: &Path) -> anyhow::Result<f64> {
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     let at = |needle: &str, last: bool| -> Option<chrono::DateTime<chrono::FixedOffset>> {
         let mut lines = text.lines().filter(|l| l.contains(needle));
-        let line = if last { lines.last() } else { lines.next() }?;
+        let line = if last {
+            lines.next_back()
+        } else {
+            lines.next()
+        }?;
         chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()
     };
     let (Some(first), Some(last)) = (at("chunk submitted", false), at("batch applied", true))

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod counting;
+pub mod datasets;
 pub mod stack;
 
 pub use aws::{

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use integration_tests::datasets::{blog_csv, job_id_of};
 use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::{Plan, PlanLimits};
 use shared::domain::{Job, JobId, JobStatus};
@@ -15,21 +16,6 @@ use shared::settings::{Pacing, Settings};
 
 /// The tests measure utilisation: one at a time, so they do not share the machine's two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn blog_csv(rows: usize) -> Vec<u8> {
-    let mut s = String::from("title,author,publishDate\n");
-    for i in 0..rows {
-        s.push_str(&format!("Post {i},Author {i},2026-01-{:02}\n", i % 28 + 1));
-    }
-    s.into_bytes()
-}
-
-fn job_id_of(ingest_answer: &serde_json::Value) -> anyhow::Result<JobId> {
-    let raw = ingest_answer["outcomes"][0]["job"]
-        .as_str()
-        .unwrap_or_default();
-    JobId::parse(raw).map_err(anyhow::Error::msg)
-}
 
 /// A stack whose emulator enforces `plan` (render time × `time_scale`) and whose pipeline paces
 /// itself by the same plan. Without `render.completed` deliveries (one per item through moto

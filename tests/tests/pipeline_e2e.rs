@@ -4,30 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use integration_tests::datasets::{blog_csv, job_id_of};
 use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::Faults;
-use shared::domain::{JobId, JobStatus};
+use shared::domain::JobStatus;
 use shared::pipeline::{ReopenOutcome, Selection};
 use shared::ports::ChunkLedger;
 use shared::settings::Settings;
-
-fn blog_csv(rows: usize) -> Vec<u8> {
-    let mut s = String::from("title,author,publishDate\n");
-    for i in 0..rows {
-        s.push_str(&format!(
-            "\"Post {i}, a story\",Author {i},2026-01-{:02}\n",
-            i % 28 + 1
-        ));
-    }
-    s.into_bytes()
-}
-
-fn job_id_of(ingest_answer: &serde_json::Value) -> anyhow::Result<JobId> {
-    let raw = ingest_answer["outcomes"][0]["job"]
-        .as_str()
-        .unwrap_or_default();
-    JobId::parse(raw).map_err(anyhow::Error::msg)
-}
 
 #[tokio::test]
 async fn a_250_row_csv_renders_in_three_batches_each_accepted_once() -> anyhow::Result<()> {

@@ -119,6 +119,46 @@ impl DynamoJobStore {
         Ok(checked(operation, result)?.is_ok())
     }
 
+    /// Every item of a partition whose sort key starts with `prefix` (`None`: all), in
+    /// sort-key order.
+    pub(super) async fn query_all(
+        &self,
+        operation: &str,
+        pk: &str,
+        prefix: Option<&str>,
+    ) -> PortResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":pk", s(pk));
+            // DynamoDB refuses an empty begins_with prefix.
+            let query = match prefix {
+                Some(prefix) => query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_names("#sk", SK)
+                    .expression_attribute_values(":prefix", s(prefix)),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let out = query
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error(operation, e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(last) if !last.is_empty() => start = Some(last),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
     async fn put_chunk_if_absent(&self, chunk: &Chunk) -> PortResult<()> {
         let operation = format!("put_chunks {} {}", chunk.job, chunk.key.label());
         if !self.put_if_absent(&operation, chunk_item(chunk)?).await? {
@@ -342,34 +382,15 @@ impl JobLedger for DynamoJobStore {
     }
 
     async fn active_jobs(&self) -> PortResult<Vec<JobId>> {
-        let operation = "active_jobs";
         let mut jobs = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", s(ACTIVE_PK))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error(operation, e))?;
-            for item in out.items.unwrap_or_default() {
-                let id = item
-                    .get(SK)
-                    .and_then(|v| v.as_s().ok())
-                    .and_then(|sk| sk.strip_prefix("JOB#"));
-                match id.map(JobId::parse) {
-                    Some(Ok(id)) => jobs.push(id),
-                    _ => warn!(item = %describe(&item), "ignoring a malformed active-job marker"),
-                }
-            }
-            match out.last_evaluated_key {
-                Some(last) if !last.is_empty() => start = Some(last),
-                _ => break,
+        for item in self.query_all("active_jobs", ACTIVE_PK, None).await? {
+            let id = item
+                .get(SK)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix("JOB#"));
+            match id.map(JobId::parse) {
+                Some(Ok(id)) => jobs.push(id),
+                _ => warn!(item = %describe(&item), "ignoring a malformed active-job marker"),
             }
         }
         Ok(jobs)
@@ -619,32 +640,13 @@ impl ChunkLedger for DynamoJobStore {
 
     async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>> {
         let operation = format!("chunks_of_job {job}");
-        let mut chunks = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#sk", SK)
-                .expression_attribute_values(":pk", s(job_pk(job)))
-                .expression_attribute_values(":prefix", s(CHUNK_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error(&operation, e))?;
-            for item in out.items.unwrap_or_default() {
-                chunks
-                    .push(chunk_from_item(&item).map_err(|e| PortError::permanent(&operation, e))?);
-            }
-            match out.last_evaluated_key {
-                Some(last) if !last.is_empty() => start = Some(last),
-                _ => break,
-            }
-        }
+        let mut chunks = self
+            .query_all(&operation, &job_pk(job), Some(CHUNK_PREFIX))
+            .await?
+            .iter()
+            .map(chunk_from_item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PortError::permanent(&operation, e))?;
         // Labels sort like keys until seq passes 99 999 or attempt passes 9; the key never lies.
         chunks.sort_by_key(|c| c.key);
         Ok(chunks)

@@ -53,46 +53,6 @@ fn holder(item: &Item) -> Result<(JobId, ChunkKey), String> {
 }
 
 impl DynamoJobStore {
-    /// Every item of a partition whose sort key starts with `prefix` (`None`: all), in
-    /// sort-key order.
-    async fn query_all(
-        &self,
-        operation: &str,
-        pk: &str,
-        prefix: Option<&str>,
-    ) -> PortResult<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", s(pk));
-            // DynamoDB refuses an empty begins_with prefix.
-            let query = match prefix {
-                Some(prefix) => query
-                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                    .expression_attribute_names("#sk", SK)
-                    .expression_attribute_values(":prefix", s(prefix)),
-                None => query.key_condition_expression("#pk = :pk"),
-            };
-            let out = query
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error(operation, e))?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(last) if !last.is_empty() => start = Some(last),
-                _ => break,
-            }
-        }
-        Ok(items)
-    }
-
     async fn slots(&self, operation: &str) -> PortResult<Vec<(u32, Slot)>> {
         let mut slots = Vec::new();
         for item in self
