@@ -41,13 +41,14 @@ pub struct ReconcileReport {
 struct Waiting {
     parked: HashSet<(JobId, ChunkKey)>,
     slotted: HashSet<(JobId, ChunkKey)>,
-    paused: bool,
+    /// Submissions are paused, or the window could not be read: nothing is re-sent this pass.
+    hold_all: bool,
 }
 
 impl Waiting {
-    /// Parked, or everything waits for a resume: its turn will come without a re-send.
+    /// Parked, or everything waits: its turn will come without a re-send.
     fn held_back(&self, job: &JobId, key: ChunkKey) -> bool {
-        self.paused || self.parked.contains(&(job.clone(), key))
+        self.hold_all || self.parked.contains(&(job.clone(), key))
     }
 
     /// Queued on purpose: held back, or holding a slot with its message out (a hand-over, or a
@@ -62,7 +63,17 @@ impl Pipeline {
     /// its `batch.completed` before it is polled.
     pub async fn reconcile(&self, stuck_after: Duration) -> Result<ReconcileReport, StepError> {
         let mut report = ReconcileReport::default();
-        let waiting = self.reconcile_window(stuck_after, &mut report).await?;
+        let waiting = match self.reconcile_window(stuck_after, &mut report).await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                report.errors += 1;
+                warn!(error = %e, "reconciling the window failed; nothing is re-sent this pass");
+                Waiting {
+                    hold_all: true,
+                    ..Waiting::default()
+                }
+            }
+        };
         for id in self.store.active_jobs().await? {
             report.jobs += 1;
             let Some(job) = self.store.job(&id).await? else {
@@ -121,7 +132,7 @@ impl Pipeline {
         let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
         let mut waiting = Waiting {
             parked: self.store.parked().await?.into_iter().collect(),
-            paused: self.store.submissions_paused().await?.is_some(),
+            hold_all: self.store.submissions_paused().await?.is_some(),
             ..Waiting::default()
         };
         for slot in self.store.live_slots(now).await? {
@@ -140,7 +151,7 @@ impl Pipeline {
                 }
                 Some(ChunkState::Queued) => {
                     let lost = slot.taken_at <= stuck_before
-                        && !waiting.paused
+                        && !waiting.hold_all
                         && !waiting.parked.contains(&(job.clone(), key));
                     if lost {
                         info!(job_id = %job, chunk = %key.label(), "handed-over chunk never submitted; message sent again");

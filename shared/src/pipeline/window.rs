@@ -81,8 +81,8 @@ impl Pipeline {
                 break;
             }
             if !self.store.unpark(&job, key).await? {
-                // Another hand-over took it (and holds its own slot for it): give ours back.
-                self.store.release_slot(&job, key).await?;
+                // A racing hand-over took it first. Slots belong to chunks, so the slot we took
+                // is the one it renewed (or took) for the message it sends: keep it.
                 continue;
             }
             if let Err(e) = self.resend_chunks(&job, &[key]).await {
