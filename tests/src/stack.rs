@@ -23,7 +23,7 @@ use shared::settings::Settings;
 
 use crate::aws::{
     SdkResultExt, aws_config, create_bucket, dynamodb, fresh_bucket, fresh_queue, fresh_topic,
-    unique_name,
+    queue_arn, unique_name,
 };
 use crate::counting::RequestCounter;
 
@@ -410,17 +410,7 @@ impl Stack {
 /// Points the work queue's redrive at the DLQ, as template.yaml does.
 async fn redrive(sqs: &aws_sdk_sqs::Client, queue_url: &str, dlq_url: &str) -> anyhow::Result<()> {
     use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(dlq_url)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .sdk_context("dlq arn")?;
-    let arn = out
-        .attributes
-        .and_then(|a| a.get(&A::QueueArn).cloned())
-        .context("the DLQ has no ARN")?;
+    let arn = queue_arn(sqs, dlq_url).await?;
     let policy = json!({ "deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVE_COUNT });
     sqs.set_queue_attributes()
         .queue_url(queue_url)

@@ -72,6 +72,13 @@ impl Pipeline {
         if self.store.submissions_paused().await?.is_some() {
             return Ok(0);
         }
+        // Every parked submit asks; a full window (the usual answer) costs one read.
+        if let Some(size) = self.settings.pacing.max_concurrent_batches {
+            let held = self.store.live_slots(self.clock.now()).await?.len();
+            if held >= size as usize {
+                return Ok(0);
+            }
+        }
         let mut sent = 0;
         while sent < HAND_OVER_MAX {
             let Some((job, key)) = self.store.next_parked().await? else {

@@ -124,29 +124,31 @@ impl SubmitWindow for DynamoJobStore {
         let operation = format!("acquire_slot {job} {}", key.label());
         for _ in 0..ACQUIRE_TRIES {
             let slots = self.slots(&operation).await?;
-            let (n, condition) = match choose_slot(&slots, job, key, size, now) {
+            let (n, renew) = match choose_slot(&slots, job, key, size, now) {
                 SlotChoice::Full => return Ok(false),
-                SlotChoice::Renew(n) => (n, "#job = :job AND #chunk = :chunk"),
-                SlotChoice::Take(n) => (n, "attribute_not_exists(#pk) OR #expires <= :now"),
+                SlotChoice::Renew(n) => (n, true),
+                SlotChoice::Take(n) => (n, false),
             };
             let mut item = key_item(n);
             item.insert("jobId".into(), s(job.as_str()));
             item.insert("chunk".into(), s(key.label()));
             item.insert("takenAt".into(), self::n(now));
             item.insert("expiresAt".into(), self::n(expires_at));
-            let mut put = self
+            let put = self
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression(condition);
-            put = if condition.contains("#job") {
-                put.expression_attribute_names("#job", "jobId")
+                .set_item(Some(item));
+            // Renew only our own slot; take only a slot that is absent or expired.
+            let put = if renew {
+                put.condition_expression("#job = :job AND #chunk = :chunk")
+                    .expression_attribute_names("#job", "jobId")
                     .expression_attribute_names("#chunk", "chunk")
                     .expression_attribute_values(":job", s(job.as_str()))
                     .expression_attribute_values(":chunk", s(key.label()))
             } else {
-                put.expression_attribute_names("#pk", PK)
+                put.condition_expression("attribute_not_exists(#pk) OR #expires <= :now")
+                    .expression_attribute_names("#pk", PK)
                     .expression_attribute_names("#expires", "expiresAt")
                     .expression_attribute_values(":now", self::n(now))
             };
@@ -194,14 +196,7 @@ impl SubmitWindow for DynamoJobStore {
         item.insert("jobId".into(), s(job.as_str()));
         item.insert("chunk".into(), s(key.label()));
         item.insert("parkedAt".into(), n(now));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&operation, e))?;
-        Ok(())
+        self.put_record(&operation, item).await
     }
 
     async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
@@ -239,13 +234,7 @@ impl SubmitWindow for DynamoJobStore {
         // for long (the next call moves on again).
         let mut turn = self::key(WINDOW_PK.to_owned(), TURN_SK);
         turn.insert("jobId".into(), s(job.as_str()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(turn))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&operation, e))?;
+        self.put_record(&operation, turn).await?;
         Ok(true)
     }
 
