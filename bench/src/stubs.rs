@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shared::domain::{
-    Chunk, ChunkKey, ChunkMessage, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation,
-    ObjectRef,
+    Chunk, ChunkKey, ChunkMessage, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
+    ManifestLocation, ObjectRef,
 };
 use shared::local::FsObjectStore;
 use shared::pictify::PictifyError;
@@ -80,6 +80,16 @@ impl JobLedger for NullStore {
     async fn finish_ingest(&self, _job: &Job) -> PortResult<()> {
         self.calls.hit("store.finish_ingest");
         Ok(())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        _job: &JobId,
+        _checkpoint: &IngestCheckpoint,
+        _rejected_sample: &[(u64, String)],
+    ) -> PortResult<bool> {
+        self.calls.hit("store.save_checkpoint");
+        Ok(true)
     }
 
     async fn reopen_job(&self, _reopen: &Reopen) -> PortResult<bool> {
@@ -385,6 +395,11 @@ impl WorkQueue for NullQueue {
         }
         self.messages
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn continue_ingest(&self, _job: &JobId) -> PortResult<()> {
+        self.calls.hit("queue.continue_ingest");
         Ok(())
     }
 }

@@ -360,10 +360,17 @@ async fn drive(prepared: &Prepared, services: &Services) -> Result<Job, Failure>
     );
     drop(events_tx);
 
-    let ingest = pipeline
+    let mut ingest = pipeline
         .ingest(upload, Some(&prepared.placed.version))
         .await
         .map_err(step_error)?;
+    // With INGEST_HANDOFF_ROWS set, ingest comes in pieces, as in Lambda.
+    while let Some(job) = services.queue.pop_continuation() {
+        ingest = pipeline
+            .continue_ingest(&job, None)
+            .await
+            .map_err(step_error)?;
+    }
     info!(?ingest, "ingest returned");
     let duplicate = matches!(ingest, IngestOutcome::Duplicate { .. });
     let emulator = services.backend.emulator_base().is_some();

@@ -22,7 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::domain::window::{choose_slot, next_in_turn};
 use shared::domain::{
-    Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
+    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
+    RecordSubmitted,
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -329,6 +330,22 @@ impl JobLedger for SqliteJobStore {
                 tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: &IngestCheckpoint,
+        rejected_sample: &[(u64, String)],
+    ) -> PortResult<bool> {
+        let (id, checkpoint, sample) = (job.clone(), *checkpoint, rejected_sample.to_vec());
+        self.call("save checkpoint", move |tx| match load_job(tx, &id)? {
+            Some(job) => job
+                .save_checkpoint(&checkpoint, &sample)
+                .save_with(|next| save_job(tx, next)),
+            None => Ok(false),
         })
         .await
     }

@@ -2,6 +2,7 @@
 //! local adapters implement them; steps never see an SDK type.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, Job, JobId, JobStatus, ManifestLocation,
-    ObjectRef,
+    Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, IngestCheckpoint, Job, JobId, JobStatus,
+    ManifestLocation, ObjectRef,
 };
 use crate::pictify::PictifyError;
 use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
@@ -66,6 +67,31 @@ pub trait ObjectStore: Send + Sync {
     /// A blocking streaming reader over the object, pinned to `version` when given (a changed object
     /// is an error, never silently different rows). Read it from a blocking thread.
     async fn open(&self, object: &ObjectRef, version: Option<&str>) -> PortResult<ObjectBody>;
+    /// [`ObjectStore::open`] from byte `offset` on (a resumed read). The default reads and
+    /// discards the bytes before it; stores that can seek or ask for a range do that instead.
+    async fn open_at(
+        &self,
+        object: &ObjectRef,
+        version: Option<&str>,
+        offset: u64,
+    ) -> PortResult<ObjectBody> {
+        let mut body = self.open(object, version).await?;
+        let operation = format!("skip to byte {offset} of {object}");
+        let reader = tokio::task::spawn_blocking(move || {
+            let skipped =
+                std::io::copy(&mut (&mut body.reader).take(offset), &mut std::io::sink())?;
+            if skipped < offset {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the object ends at byte {skipped}"),
+                ));
+            }
+            Ok(body)
+        })
+        .await
+        .map_err(|e| PortError::permanent(operation.clone(), e))?;
+        reader.map_err(|e| PortError::permanent(operation, e))
+    }
     async fn get_bytes(&self, object: &ObjectRef) -> PortResult<Option<Vec<u8>>>;
     async fn put_bytes(
         &self,
@@ -77,7 +103,8 @@ pub trait ObjectStore: Send + Sync {
     -> PortResult<()>;
 }
 
-/// The work queue carrying chunks to the submitter.
+/// The queues work travels on: chunks to the submitter, and the rest of an ingest to a fresh
+/// ingest invocation.
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
     /// Largest message body the queue accepts; bigger payloads go by reference.
@@ -85,6 +112,8 @@ pub trait WorkQueue: Send + Sync {
     /// Send every message (batched as the queue allows); an entry the queue refuses is retried and
     /// then reported as an error, never dropped.
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()>;
+    /// Asks a fresh ingest invocation to carry on with `job` from its checkpoint.
+    async fn continue_ingest(&self, job: &JobId) -> PortResult<()>;
 }
 
 /// What `begin_submit` found: a domain answer (`crate::domain::rules`), re-exported here.
@@ -142,6 +171,14 @@ pub trait JobLedger: Send + Sync {
 
     /// Ingest finished: status `running` (or terminal), counters and samples set.
     async fn finish_ingest(&self, job: &Job) -> PortResult<()>;
+    /// Records how far an ingest has got ([`Job::save_checkpoint`]'s rule); `false` when the
+    /// job is no longer ingesting or another invocation got further.
+    async fn save_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: &IngestCheckpoint,
+        rejected_sample: &[(u64, String)],
+    ) -> PortResult<bool>;
 
     /// Applies a `Reopen` exactly once; `false` when the job was no longer in `reopen.from`.
     /// At most `MAX_REOPEN_CHUNKS` chunks at a time (one DynamoDB transaction).

@@ -36,6 +36,15 @@ pub struct Settings {
     pub missing_url_policy: MissingUrlPolicy,
     /// How hard the pipeline may drive the customer's Pictify account.
     pub pacing: Pacing,
+    /// An ingest invocation hands the rest of the upload to a fresh one this long before its
+    /// deadline (Lambda's remaining time).
+    pub ingest_handoff_margin: Duration,
+    /// An ingest invocation hands the rest on after reading this many rows (`None`: only the
+    /// deadline does). For tests and for spreading one huge upload over many invocations.
+    pub ingest_handoff_rows: Option<u64>,
+    /// An ingest whose checkpoint has not moved for this long has died (no invocation lives
+    /// past 15 minutes): the reconciler has it carried on.
+    pub ingest_stall: Duration,
 }
 
 /// The pace the customer's Pictify plan allows: chunk size, batches at Pictify at once, and
@@ -152,6 +161,9 @@ impl Default for Settings {
             job_deadline: Duration::from_secs(6 * 3600),
             missing_url_policy: MissingUrlPolicy::Leave,
             pacing: Pacing::unlimited(),
+            ingest_handoff_margin: Duration::from_secs(60),
+            ingest_handoff_rows: None,
+            ingest_stall: Duration::from_secs(960),
         }
     }
 }
@@ -244,6 +256,19 @@ impl Settings {
             })?;
         }
         s.pacing = pacing_from(&get)?;
+        if let Some(v) = get("INGEST_HANDOFF_MARGIN_SECONDS") {
+            s.ingest_handoff_margin =
+                Duration::from_secs(
+                    parse_in("INGEST_HANDOFF_MARGIN_SECONDS", &v, 5.0, 600.0)? as u64
+                );
+        }
+        if let Some(v) = get("INGEST_HANDOFF_ROWS").filter(|v| !v.trim().is_empty()) {
+            s.ingest_handoff_rows = Some(parse_in("INGEST_HANDOFF_ROWS", &v, 100.0, 1e12)? as u64);
+        }
+        if let Some(v) = get("INGEST_STALL_SECONDS") {
+            s.ingest_stall =
+                Duration::from_secs(parse_in("INGEST_STALL_SECONDS", &v, 0.0, 86_400.0)? as u64);
+        }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =
                 parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;

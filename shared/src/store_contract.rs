@@ -22,9 +22,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 
+use crate::dataset::ReadPosition;
 use crate::domain::{
-    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, Job, JobId, JobSpec, JobStatus,
-    ManifestLocation, ObjectRef, RecordSubmitted, RowError,
+    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobSpec,
+    JobStatus, ManifestLocation, ObjectRef, RecordSubmitted, RowError,
 };
 use crate::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, RenderRecord, Reopen};
 
@@ -66,6 +67,7 @@ where
         a_completion_applies_when_its_retry_chunk_exists_already,
         completing_a_chunk_of_a_missing_job_changes_nothing,
         finish_ingest_applies_once_and_keeps_batch_counters,
+        an_ingest_checkpoint_moves_only_forward_and_only_while_ingesting,
         finishing_needs_the_job,
         a_job_transitions_only_from_the_expected_status,
         finishing_a_job_records_status_manifest_and_time_and_deactivates_it,
@@ -156,6 +158,7 @@ pub fn job_for(key: &str) -> Job {
         render_ms_total: 0,
         manifest: None,
         reopened: 0,
+        checkpoint: None,
     }
 }
 
@@ -632,6 +635,71 @@ async fn finish_ingest_applies_once_and_keeps_batch_counters(store: Store) {
         (JobStatus::Running, expected, Some(120))
     );
     assert_eq!(stored.rejected_sample, ingested.rejected_sample);
+}
+
+async fn an_ingest_checkpoint_moves_only_forward_and_only_while_ingesting(store: Store) {
+    let job = job();
+    store.create_job(&job).await.must("create");
+    let at = |offset: u64, rows: u64| IngestCheckpoint {
+        position: ReadPosition {
+            offset,
+            rows,
+            closed: false,
+        },
+        rejected: 1,
+        chunks: rows / 100,
+        pieces: 2,
+        saved_at: 500 + offset as i64,
+    };
+    let sample = vec![(3, "missing title".to_owned())];
+    assert!(
+        store
+            .save_checkpoint(&job.id, &at(1_000, 200), &sample)
+            .await
+            .must("save")
+    );
+    // A piece touching the same point (a fresh `saved_at`) is not behind.
+    assert!(
+        store
+            .save_checkpoint(&job.id, &at(1_000, 200), &sample)
+            .await
+            .must("touch")
+    );
+    assert!(
+        !store
+            .save_checkpoint(&job.id, &at(400, 100), &[])
+            .await
+            .must("behind"),
+        "a checkpoint behind the stored one is refused"
+    );
+    let stored = stored_job(&*store, &job.id).await;
+    assert_eq!(
+        (stored.checkpoint, stored.rejected_sample),
+        (Some(at(1_000, 200)), sample)
+    );
+    assert!(
+        store
+            .save_checkpoint(&job.id, &at(9_000, 900), &[])
+            .await
+            .must("forward")
+    );
+    let mut ingested = job.clone();
+    ingested.status = JobStatus::Running;
+    store.finish_ingest(&ingested).await.must("finish ingest");
+    assert!(
+        !store
+            .save_checkpoint(&job.id, &at(10_000, 1_000), &[])
+            .await
+            .must("after ingest"),
+        "no checkpoint once the job is past ingest"
+    );
+    assert!(
+        !store
+            .save_checkpoint(&JobId::parse("job_nope").must("id"), &at(1, 1), &[])
+            .await
+            .must("missing"),
+        "no checkpoint for a missing job"
+    );
 }
 
 async fn finishing_needs_the_job(store: Store) {

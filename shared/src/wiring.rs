@@ -64,7 +64,11 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
     .context("building the Pictify client")?;
     let webhook_secrets = secrets.webhook_secrets;
 
-    let queue = Arc::new(SqsWorkQueue::new(sqs, queue_url));
+    let mut queue = SqsWorkQueue::new(sqs, queue_url);
+    if let Some(url) = optional_env("INGEST_QUEUE_URL") {
+        queue = queue.with_ingest_queue(url);
+    }
+    let queue = Arc::new(queue);
     let pipeline = Pipeline {
         store: Arc::new(DynamoJobStore::new(dynamo, table)),
         objects: Arc::new(S3ObjectStore::new(s3)),

@@ -640,3 +640,85 @@ fn without_fields_a_csv_reads_to_the_same_variables_and_rejections() {
     assert_eq!(valid(&without).len(), 2);
     assert!(valid(&without).iter().all(|r| r.fields.is_empty()));
 }
+
+// ---------- resuming a read at a row boundary ----------
+
+/// Reads `data` whole, then resumes a fresh reader at every position the first read passed
+/// through (after each item, and before the first): every resumed read must yield exactly the
+/// items the whole read yielded from there on, errors included.
+fn assert_resumes_everywhere(format: DatasetFormat, data: &[u8], rules: RowRules) {
+    let mut whole = DatasetReader::new(data, format, rules.clone()).expect("dataset opens");
+    let mut positions = vec![whole.position()];
+    let mut items = Vec::new();
+    while let Some(item) = whole.next() {
+        // An error ends a read: no position after it is one to resume from.
+        if item.is_ok() {
+            positions.push(whole.position());
+        }
+        items.push(item.map_err(|e| e.to_string()));
+    }
+    assert!(items.len() > 3, "the sample has rows");
+    for (start, at) in positions.iter().enumerate() {
+        let offset = usize::try_from(at.offset).expect("offset fits");
+        let resumed = DatasetReader::resume(data, &data[offset..], format, rules.clone(), *at)
+            .expect("a resumed read opens");
+        let rest: Vec<_> = resumed
+            .map(|item| item.map_err(|e| e.to_string()))
+            .collect();
+        // A resumed read reports a later error with the same message.
+        assert_eq!(rest, items[start..], "resumed at {at:?} (item {start})");
+    }
+}
+
+#[test]
+fn a_csv_read_resumes_at_any_row_boundary_with_bom_crlf_and_quoted_newlines() {
+    let mut data = b"\xEF\xBB\xBFtitle,author\r\n".to_vec();
+    for i in 0..40 {
+        match i % 5 {
+            0 => data.extend_from_slice(
+                format!("\"multi\r\nline {i}\",\"a, \"\"b\"\"\"\r\n").as_bytes(),
+            ),
+            1 => data.extend_from_slice(format!("plain {i},x\r\n").as_bytes()),
+            2 => data.extend_from_slice(b"ragged,row,here\r\n"),
+            3 => data.extend_from_slice(format!("\r\n\"lf only\n{i}\",y\n").as_bytes()),
+            _ => data.extend_from_slice(format!(",empty title {i}\r\n").as_bytes()),
+        }
+    }
+    data.extend_from_slice(b"last,row"); // no final terminator
+    assert_resumes_everywhere(DatasetFormat::Csv, &data, required(&["title"]));
+}
+
+#[test]
+fn a_json_array_read_resumes_at_any_element_boundary() {
+    let mut data = b"\xEF\xBB\xBF[\n".to_vec();
+    for i in 0..30 {
+        let element = match i % 4 {
+            0 => format!("{{\"title\": \"t{i}, [with] {{braces}}\"}}"),
+            1 => "42".to_owned(),
+            2 => format!("{{\"title\": \"nested\", \"tags\": [{i}, {{\"x\": \"]\"}}]}}"),
+            _ => "{\"title\": \"\"}".to_owned(),
+        };
+        data.extend_from_slice(element.as_bytes());
+        data.extend_from_slice(if i < 29 { b",\r\n" } else { b"\n" });
+    }
+    data.extend_from_slice(b"]  \n");
+    assert_resumes_everywhere(DatasetFormat::Json, &data, required(&["title"]));
+    // Data after the array fails a resumed read the same way.
+    let mut trailing = data.clone();
+    trailing.extend_from_slice(b"{}");
+    assert_resumes_everywhere(DatasetFormat::Json, &trailing, RowRules::default());
+}
+
+#[test]
+fn a_json_lines_read_resumes_at_any_line_boundary() {
+    let mut data = b"\xEF\xBB\xBF".to_vec();
+    for i in 0..30 {
+        let line = match i % 3 {
+            0 => format!("{{\"title\": \"t{i}\"}}\r\n"),
+            1 => "\n  \n{not json}\n".to_owned(),
+            _ => format!("{{\"title\": \"line {i}\\nescaped\"}}\n"),
+        };
+        data.extend_from_slice(line.as_bytes());
+    }
+    assert_resumes_everywhere(DatasetFormat::JsonLines, &data, required(&["title"]));
+}

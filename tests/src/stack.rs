@@ -84,6 +84,8 @@ pub struct Stack {
     pub pipeline: Pipeline,
     pub queue: Arc<SqsWorkQueue>,
     pub queue_url: String,
+    /// Ingest continuations (template.yaml's `IngestQueue`).
+    pub ingest_queue_url: String,
     /// The work queue's dead-letter queue (redrive after `MAX_RECEIVE_COUNT` receives).
     pub dlq_url: String,
     pub bucket: String,
@@ -134,6 +136,7 @@ impl Stack {
         let dlq_url = fresh_queue(&sqsc, "dlq").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
         redrive(&sqsc, &queue_url, &dlq_url).await?;
+        let ingest_queue_url = fresh_queue(&sqsc, "ingest").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
         let table = unique_name("jobs");
         create_table(&dyn_c, &table)
@@ -181,7 +184,10 @@ impl Stack {
         let memory_alerts = Arc::new(MemoryAlerts::new());
         let sinks: Vec<Arc<dyn Alerts>> =
             vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
-        let queue = Arc::new(SqsWorkQueue::new(sqsc.clone(), queue_url.clone()));
+        let queue = Arc::new(
+            SqsWorkQueue::new(sqsc.clone(), queue_url.clone())
+                .with_ingest_queue(ingest_queue_url.clone()),
+        );
         let store = Arc::new(DynamoJobStore::new(dyn_c, table.clone()));
         let pipeline = Pipeline {
             store: store.clone(),
@@ -198,6 +204,7 @@ impl Stack {
             pipeline,
             queue,
             queue_url,
+            ingest_queue_url,
             dlq_url,
             bucket,
             table,
@@ -253,6 +260,48 @@ impl Stack {
         ingest::function_handler(&self.pipeline, event)
             .await
             .map_err(|e| anyhow::anyhow!("ingest: {e}"))
+    }
+
+    /// One poll of the ingest queue into the ingest handler (as `pipeline`, with `context`'s
+    /// deadline), acting like Lambda's event source mapping with batch size 1. Returns the
+    /// handler's answer, or `None` when the queue was empty.
+    pub async fn drain_ingest_once(
+        &self,
+        pipeline: &Pipeline,
+        context: Context,
+    ) -> anyhow::Result<Option<Value>> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.ingest_queue_url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .sdk_context("receive ingest message")?;
+        let Some(message) = out.messages.unwrap_or_default().into_iter().next() else {
+            return Ok(None);
+        };
+        let event = json!({ "Records": [{
+            "messageId": message.message_id, "receiptHandle": message.receipt_handle,
+            "body": message.body, "eventSource": "aws:sqs",
+        }]});
+        let answer = ingest::function_handler(pipeline, LambdaEvent::new(event, context))
+            .await
+            .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+        let failed = answer["batchItemFailures"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !failed && let Some(receipt) = &message.receipt_handle {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.ingest_queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .sdk_context("delete ingest message")?;
+        }
+        Ok(Some(answer))
     }
 
     /// One poll of the queue into the submitter handler, acting like Lambda's event source

@@ -220,6 +220,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         render_ms_total: 0,
         manifest: None,
         reopened: 0,
+        checkpoint: None,
     };
     stack.store.create_job(&job_item).await?;
     stack

@@ -1,8 +1,12 @@
-//! ingest handler: S3 notification → `Pipeline::ingest` for each created object.
+//! ingest handler: S3 notification → `Pipeline::ingest_until` for each created object, and ingest
+//! queue message (SQS) → `Pipeline::continue_ingest` for an upload handed on by an earlier
+//! invocation. Each piece stops `INGEST_HANDOFF_MARGIN_SECONDS` before the invocation's deadline.
 
-use lambda_runtime::{Diagnostic, LambdaEvent};
-use serde_json::Value;
-use shared::domain::ObjectRef;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use serde_json::{Value, json};
+use shared::domain::{ContinueIngest, ObjectRef};
 use shared::pipeline::{IngestOutcome, Pipeline, StepError};
 use shared::s3_event::{S3Notification, Trigger};
 use tracing::{error, info};
@@ -10,7 +14,7 @@ use tracing::{error, info};
 /// Why an invocation failed; Lambda retries the event (ingest is idempotent).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("not an S3 notification: {0}")]
+    #[error("neither an S3 notification nor an ingest queue message: {0}")]
     NotAnS3Notification(#[source] serde_json::Error),
     /// Every upload that failed, with its error (the others were ingested).
     #[error("{}", describe_failures(.0))]
@@ -42,11 +46,30 @@ impl From<IngestError> for Diagnostic {
     }
 }
 
-/// Handles one notification. An error makes Lambda retry the event; ingest is idempotent.
+/// When this invocation should hand the rest of an upload on: its deadline less the margin.
+/// `None` when the runtime gave no deadline (a local invoke).
+pub fn hand_off_at(context: &Context, margin: Duration) -> Option<Instant> {
+    if context.deadline == 0 {
+        return None;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let left = u64::try_from(u128::from(context.deadline).saturating_sub(now_ms)).ok()?;
+    Some(Instant::now() + Duration::from_millis(left).saturating_sub(margin))
+}
+
+/// Handles one event: an S3 notification, or a batch from the ingest queue. An error makes
+/// Lambda retry the event (or the message); ingest is idempotent and resumes from its checkpoint.
 pub async fn function_handler(
     pipeline: &Pipeline,
     event: LambdaEvent<Value>,
 ) -> Result<Value, IngestError> {
+    let hand_off_at = hand_off_at(&event.context, pipeline.settings.ingest_handoff_margin);
+    if is_sqs_event(&event.payload) {
+        return Ok(continue_ingests(pipeline, event.payload, hand_off_at).await);
+    }
     let notification: S3Notification =
         serde_json::from_value(event.payload).map_err(IngestError::NotAnS3Notification)?;
     if notification.records.is_empty() {
@@ -65,7 +88,10 @@ pub async fn function_handler(
                 outcomes.push(serde_json::json!({ "skipped": reason }));
             }
             Trigger::Ingest { upload, version } => {
-                match pipeline.ingest(&upload, version.as_deref()).await {
+                match pipeline
+                    .ingest_until(&upload, version.as_deref(), hand_off_at)
+                    .await
+                {
                     Ok(outcome) => outcomes.push(describe(&outcome)),
                     Err(e) => {
                         error!(upload = %upload, error = %e, retryable = e.is_retryable(), "ingest failed; the event will be retried");
@@ -81,6 +107,44 @@ pub async fn function_handler(
     Ok(serde_json::json!({ "outcomes": outcomes }))
 }
 
+fn is_sqs_event(payload: &Value) -> bool {
+    payload["Records"][0]["eventSource"] == "aws:sqs"
+}
+
+/// Ingest queue messages: each carries on one job. A message that fails is reported in
+/// `batchItemFailures` and comes back after its visibility timeout; an unreadable one is
+/// dropped with an error log (it would fail the same way forever; the reconciler still sees
+/// the stalled job).
+async fn continue_ingests(
+    pipeline: &Pipeline,
+    payload: Value,
+    hand_off_at: Option<Instant>,
+) -> Value {
+    let records = payload["Records"].as_array().cloned().unwrap_or_default();
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for record in records {
+        let message_id = record["messageId"].as_str().unwrap_or_default().to_owned();
+        let body = record["body"].as_str().unwrap_or_default();
+        let job = match serde_json::from_str::<ContinueIngest>(body) {
+            Ok(message) => message.continue_ingest,
+            Err(e) => {
+                error!(message_id = %message_id, error = %e, "ingest queue message unreadable; dropped");
+                outcomes.push(json!({ "dropped": message_id }));
+                continue;
+            }
+        };
+        match pipeline.continue_ingest(&job, hand_off_at).await {
+            Ok(outcome) => outcomes.push(describe(&outcome)),
+            Err(e) => {
+                error!(job_id = %job, error = %e, retryable = e.is_retryable(), "ingest continuation failed; the message comes back");
+                failures.push(json!({ "itemIdentifier": message_id }));
+            }
+        }
+    }
+    json!({ "outcomes": outcomes, "batchItemFailures": failures })
+}
+
 fn describe(outcome: &IngestOutcome) -> Value {
     match outcome {
         IngestOutcome::Skipped { reason } => serde_json::json!({ "skipped": reason }),
@@ -90,6 +154,9 @@ fn describe(outcome: &IngestOutcome) -> Value {
         }
         IngestOutcome::Failed { job, reason } => {
             serde_json::json!({ "job": job, "failed": reason })
+        }
+        IngestOutcome::HandedOff { job, checkpoint } => {
+            serde_json::json!({ "job": job, "handedOff": checkpoint })
         }
     }
 }

@@ -159,12 +159,25 @@ impl ObjectStore for S3ObjectStore {
     /// (`tokio::task::spawn_blocking`), never on an async worker, where it would panic.
     /// The body streams; nothing beyond the SDK's small buffers is held in memory.
     async fn open(&self, object: &ObjectRef, version: Option<&str>) -> PortResult<ObjectBody> {
-        let operation = format!("open {object}");
+        self.open_at(object, version, 0).await
+    }
+
+    /// A ranged GET: a resumed ingest reads only what is left.
+    async fn open_at(
+        &self,
+        object: &ObjectRef,
+        version: Option<&str>,
+        offset: u64,
+    ) -> PortResult<ObjectBody> {
+        let operation = format!("open {object} at byte {offset}");
         let mut request = self
             .client
             .get_object()
             .bucket(&object.bucket)
             .key(&object.key);
+        if offset > 0 {
+            request = request.range(format!("bytes={offset}-"));
+        }
         request = match version.map(Pin::of) {
             Some(Pin::ETag(etag)) => request.if_match(etag),
             Some(Pin::VersionId(id)) => request.version_id(id),

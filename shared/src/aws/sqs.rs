@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use backon::{ExponentialBuilder, RetryableWithContext as _};
 
 use super::s3::sdk_port_error;
-use crate::domain::ChunkMessage;
+use crate::domain::{ChunkMessage, ContinueIngest, JobId};
 use crate::ports::{PortError, PortResult, WorkQueue};
 
 /// AWS's message size limit (moto accepts 1 MiB; we hold ourselves to AWS's). It also caps the
@@ -42,6 +42,11 @@ pub struct MessageTooLarge {
     pub size: usize,
     pub max: usize,
 }
+
+/// An ingest hand-off with no ingest queue configured.
+#[derive(Debug, thiserror::Error)]
+#[error("INGEST_QUEUE_URL is not set: an ingest cannot be handed to a fresh invocation")]
+pub struct NoIngestQueue;
 
 /// Entries SQS did not accept after every attempt, with SQS's reason for each.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,8 @@ fn batches(pending: &[usize], bodies: &[String], max: usize) -> Vec<Vec<usize>> 
 pub struct SqsWorkQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    /// Where ingest hand-offs go (`INGEST_QUEUE_URL`); only ingest and the reconciler send them.
+    ingest_queue_url: Option<String>,
 }
 
 /// Where a send stands between attempts: entries to (re)send, entries that failed for good, the
@@ -126,7 +133,14 @@ impl SqsWorkQueue {
         SqsWorkQueue {
             client,
             queue_url: queue_url.into(),
+            ingest_queue_url: None,
         }
+    }
+
+    /// Where ingest hand-offs go.
+    pub fn with_ingest_queue(mut self, url: impl Into<String>) -> Self {
+        self.ingest_queue_url = Some(url.into());
+        self
     }
 
     pub fn queue_url(&self) -> &str {
@@ -244,6 +258,25 @@ impl WorkQueue for SqsWorkQueue {
     /// (sender-fault entries are not), then everything still unsent is reported by chunk label.
     /// Messages already sent stay sent: a caller retrying the whole call may duplicate some,
     /// which the submitter's `begin_submit` absorbs.
+    async fn continue_ingest(&self, job: &JobId) -> PortResult<()> {
+        let operation = format!("hand on the ingest of {job}");
+        let Some(url) = &self.ingest_queue_url else {
+            return Err(PortError::permanent(operation, NoIngestQueue));
+        };
+        let body = serde_json::to_string(&ContinueIngest {
+            continue_ingest: job.clone(),
+        })
+        .map_err(|e| PortError::permanent(operation.clone(), e))?;
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_port_error(operation, e))?;
+        Ok(())
+    }
+
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()> {
         let bodies = encode_messages(messages, SQS_MAX_MESSAGE_BYTES)?;
         let bodies = &bodies;

@@ -40,6 +40,11 @@ impl<R: Read> CsvSource<R> {
         }
     }
 
+    /// Byte offset of the next unread byte: after a record, where the next one starts.
+    pub(super) fn offset(&self) -> u64 {
+        self.input.offset()
+    }
+
     /// Reads the next record; `None` at the end of input. A record whose raw bytes exceed the
     /// limit is still consumed to its end (so the next record starts in the right place) but
     /// its contents are discarded as they stream past.

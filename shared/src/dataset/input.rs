@@ -31,6 +31,15 @@ impl<R: Read> Input<R> {
         })
     }
 
+    /// Input that starts at `offset` of the original file (a resumed read): no BOM is looked
+    /// for, since the bytes are not the start of the file.
+    pub(super) fn at(reader: R, offset: u64) -> Self {
+        Self {
+            inner: BufReader::with_capacity(BUFFER_BYTES, Cursor::new(Vec::new()).chain(reader)),
+            offset,
+        }
+    }
+
     /// The buffered bytes, refilled when empty; an empty slice means end of input.
     pub(super) fn fill(&mut self) -> Result<&[u8], DatasetError> {
         loop {

@@ -52,6 +52,30 @@ impl<R: Read> JsonArraySource<R> {
         })
     }
 
+    /// Continues an array read elsewhere: `input` starts just after an element's `,`, or after
+    /// the closing `]` when `closed`.
+    pub(super) fn resume(input: Input<R>, max_row_bytes: usize, closed: bool) -> Self {
+        Self {
+            input,
+            buf: Vec::new(),
+            limit: max_row_bytes,
+            state: if closed {
+                ArrayState::Closed
+            } else {
+                ArrayState::Elements
+            },
+        }
+    }
+
+    /// Whether the closing `]` has been read.
+    pub(super) fn closed(&self) -> bool {
+        self.state != ArrayState::Elements
+    }
+
+    pub(super) fn offset(&self) -> u64 {
+        self.input.offset()
+    }
+
     pub(super) fn next_element(&mut self) -> Result<Option<Element>, DatasetError> {
         match self.state {
             ArrayState::Finished => return Ok(None),
@@ -161,6 +185,19 @@ impl<R: Read> JsonLinesSource<R> {
             buf: Vec::new(),
             limit: max_row_bytes,
         })
+    }
+
+    /// Continues a file read elsewhere: `input` starts at the beginning of a line.
+    pub(super) fn resume(input: Input<R>, max_row_bytes: usize) -> Self {
+        Self {
+            input,
+            buf: Vec::new(),
+            limit: max_row_bytes,
+        }
+    }
+
+    pub(super) fn offset(&self) -> u64 {
+        self.input.offset()
     }
 
     /// The next non-blank line (without its terminator); blank lines are skipped entirely.

@@ -133,6 +133,22 @@ impl Item {
     }
 }
 
+/// Where a read stopped between two rows, so another process can carry on from there with
+/// [`DatasetReader::resume`] and see exactly the rows (numbers, contents, rejections) the
+/// uninterrupted read would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadPosition {
+    /// Byte offset in the file (a BOM included) where the next row starts: a CSV record or a
+    /// JSON line boundary, or just after the `,` that ended a JSON array element.
+    pub offset: u64,
+    /// The number the next row will take (= data rows read so far).
+    pub rows: u64,
+    /// JSON arrays: the closing `]` was read already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
+}
+
 /// Pull-based reader: each `next()` reads just enough input for one row. After the first
 /// `Err` the iterator is finished.
 pub struct DatasetReader<R: Read> {
@@ -181,6 +197,45 @@ impl<R: Read> DatasetReader<R> {
             next_number: 0,
             finished: false,
         })
+    }
+
+    /// Carries on a read stopped at `at` (from [`DatasetReader::position`]). `head` reads the
+    /// file from its start: only a CSV header is read from it. `rest` reads the file from
+    /// `at.offset`. The rules must be the ones the first read used.
+    pub fn resume(
+        head: R,
+        rest: R,
+        format: DatasetFormat,
+        rules: RowRules,
+        at: ReadPosition,
+    ) -> Result<Self, DatasetError> {
+        let mut reader = Self::new(head, format, rules)?;
+        let rest = Input::at(rest, at.offset);
+        let limit = reader.rules.max_row_bytes;
+        reader.source = match reader.source {
+            Source::Csv { columns, .. } => Source::Csv {
+                source: Box::new(CsvSource::new(rest, limit)),
+                columns,
+            },
+            Source::Json(_) => Source::Json(JsonArraySource::resume(rest, limit, at.closed)),
+            Source::Lines(_) => Source::Lines(JsonLinesSource::resume(rest, limit)),
+        };
+        reader.next_number = at.rows;
+        Ok(reader)
+    }
+
+    /// Where the read stands between two rows (call it after an item, or before the first).
+    pub fn position(&self) -> ReadPosition {
+        let (offset, closed) = match &self.source {
+            Source::Csv { source, .. } => (source.offset(), false),
+            Source::Json(source) => (source.offset(), source.closed()),
+            Source::Lines(source) => (source.offset(), false),
+        };
+        ReadPosition {
+            offset,
+            rows: self.next_number,
+            closed,
+        }
     }
 
     /// The CSV header (BOM stripped, names trimmed); `None` for JSON formats.

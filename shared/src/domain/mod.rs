@@ -13,6 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dataset::ReadPosition;
 use crate::pictify::wire::{Format, VariableSet, error_codes};
 
 mod rules;
@@ -261,6 +262,30 @@ pub struct Job {
     /// policy for rows whose URL never arrived).
     #[serde(default)]
     pub reopened: u32,
+    /// While `ingesting`: how far the upload has been read and queued (none before the first
+    /// checkpoint). The next ingest invocation carries on from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<IngestCheckpoint>,
+}
+
+/// How far ingest has read an upload. Everything before `position` is queued: its chunks are
+/// stored and sent, its rejections counted. Ingest saves one every few thousand rows and when it
+/// hands the rest to a fresh invocation; a resumed ingest makes from here exactly the chunks an
+/// uninterrupted one would have made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestCheckpoint {
+    /// Where the next row starts; `position.rows` rows were read before it.
+    pub position: ReadPosition,
+    /// Of those rows, how many were rejected.
+    pub rejected: u64,
+    /// Chunks made from them (the next chunk is `c{chunks + 1}`).
+    pub chunks: u64,
+    /// Invocations that have worked on this ingest so far (1 for the first).
+    pub pieces: u32,
+    /// When it was saved: an ingest whose checkpoint stops moving has died (the reconciler
+    /// resumes it).
+    pub saved_at: i64,
 }
 
 impl Job {
@@ -441,6 +466,13 @@ pub struct ChunkPayload {
     pub concurrency: Option<u32>,
     pub rows: Vec<u64>,
     pub variable_sets: Vec<VariableSet>,
+}
+
+/// The ingest queue's message: carry on with this job's ingest from its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinueIngest {
+    pub continue_ingest: JobId,
 }
 
 /// A work-queue message: the payload inline when it fits, else a reference to its stored copy.

@@ -45,7 +45,10 @@
 
 use std::time::Duration;
 
-use super::{Chunk, ChunkOutcome, ChunkState, Counters, Job, JobId, JobStatus, ManifestLocation};
+use super::{
+    Chunk, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
+    ManifestLocation,
+};
 
 /// What a rule decided: the answer for the caller and, when the rule changes the state, the
 /// state to store next.
@@ -262,6 +265,31 @@ impl Job {
         Transition::to(next, true)
     }
 
+    /// A checkpoint of an ingest still running: applies while the job is `ingesting` and the
+    /// checkpoint is not behind the stored one (two invocations may resume the same job; the one
+    /// further on wins). `true` when it applied.
+    /// `rejected_sample` is the job's sample of rejections up to the checkpoint.
+    pub fn save_checkpoint(
+        &self,
+        checkpoint: &IngestCheckpoint,
+        rejected_sample: &[(u64, String)],
+    ) -> Transition<Job, bool> {
+        let behind = self
+            .checkpoint
+            .is_some_and(|stored| stored.position.offset > checkpoint.position.offset);
+        if self.status != JobStatus::Ingesting || behind {
+            return Transition::stay(false);
+        }
+        Transition::to(
+            Job {
+                checkpoint: Some(*checkpoint),
+                rejected_sample: rejected_sample.to_vec(),
+                ..self.clone()
+            },
+            true,
+        )
+    }
+
     /// Compare-and-set on the status: `from → to`; `false` when the job is not in `from`.
     pub fn transition(&self, from: JobStatus, to: JobStatus) -> Transition<Job, bool> {
         if self.status != from {
@@ -395,6 +423,7 @@ mod tests {
             ingested_at: None,
             completed_at: None,
             render_ms_total: 0,
+            checkpoint: None,
             manifest: None,
             reopened: 0,
         }

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 
 use crate::domain::window::{choose_slot, next_in_turn};
 use crate::domain::{
-    Chunk, ChunkKey, Complete, Job, JobId, JobStatus, ManifestLocation, RecordSubmitted,
+    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
+    RecordSubmitted,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -120,6 +121,21 @@ impl JobLedger for MemoryJobStore {
             tracing::debug!(job_id = %job.id, status = stored.status.as_str(), "ingest already finished");
         }
         Ok(())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: &IngestCheckpoint,
+        rejected_sample: &[(u64, String)],
+    ) -> PortResult<bool> {
+        let mut state = self.lock();
+        Ok(match state.jobs.get_mut(job) {
+            Some(stored) => stored
+                .save_checkpoint(checkpoint, rejected_sample)
+                .apply(stored),
+            None => false,
+        })
     }
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {

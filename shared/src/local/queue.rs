@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::aws::sqs::{SQS_MAX_MESSAGE_BYTES, encode_messages};
-use crate::domain::ChunkMessage;
+use crate::domain::{ChunkMessage, JobId};
 use crate::ports::{PortResult, WorkQueue};
 
 /// Cloning shares the queue, so a test can keep a handle while the pipeline owns another.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryQueue {
     messages: Arc<Mutex<VecDeque<ChunkMessage>>>,
+    /// Jobs whose ingest was handed on (the caller runs `continue_ingest` for each).
+    continuations: Arc<Mutex<VecDeque<JobId>>>,
 }
 
 impl MemoryQueue {
@@ -23,6 +25,14 @@ impl MemoryQueue {
     /// Takes every queued message, oldest first.
     pub fn drain(&self) -> Vec<ChunkMessage> {
         self.lock().drain(..).collect()
+    }
+
+    /// The oldest ingest hand-off not yet taken.
+    pub fn pop_continuation(&self) -> Option<JobId> {
+        self.continuations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front()
     }
 
     pub fn pop(&self) -> Option<ChunkMessage> {
@@ -63,13 +73,21 @@ impl WorkQueue for MemoryQueue {
         self.lock().extend(messages.iter().cloned());
         Ok(())
     }
+
+    async fn continue_ingest(&self, job: &JobId) -> PortResult<()> {
+        self.continuations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push_back(job.clone());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::domain::{ChunkKey, JobId};
+    use crate::domain::ChunkKey;
 
     fn message(seq: u32) -> ChunkMessage {
         ChunkMessage {

@@ -1,13 +1,26 @@
 //! ingest: stream the upload, map and validate rows, record the job, cut chunks of ≤100 valid rows
 //! and queue them. Memory stays flat: rows flow through a bounded channel from a blocking parser.
+//!
+//! An upload of any size: ingest saves a checkpoint (where the next row starts, and what the rows
+//! before it made) every few thousand rows. When its invocation nears its end (`hand_off_at`) or
+//! has read `INGEST_HANDOFF_ROWS` rows, it queues everything before its last safe point, saves
+//! that point and hands the rest to a fresh invocation (`WorkQueue::continue_ingest`). A piece
+//! that dies is carried on from the last checkpoint by a redelivered event, its continuation
+//! message or the reconciler. Chunk numbers and contents follow from the position alone, so the
+//! chunks made in N pieces are the chunks one pass makes, and a piece done twice writes the same
+//! chunks again (conditional writes; the submitter ignores chunks already submitted).
+
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::payload::EncodedChunk;
 use super::{Pipeline, StepError};
-use crate::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
-use crate::domain::{ChunkKey, ChunkPayload, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef};
+use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, RowRules};
+use crate::domain::{
+    ChunkKey, ChunkPayload, Counters, IngestCheckpoint, Job, JobId, JobSpec, JobStatus, ObjectRef,
+};
 use crate::layout::{self, UploadKind};
 use crate::metrics::{self, Unit};
 use crate::pictify::wire::VariableSet;
@@ -16,19 +29,31 @@ use crate::pictify::wire::VariableSet;
 const CHUNKS_PER_FLUSH: usize = 10;
 /// Rejections kept on the job item for `status`; the manifest lists every one.
 const REJECTED_SAMPLE: usize = 20;
+/// The parser offers a safe point at least this often (in rows), so even a file of rejected
+/// rows can be handed on.
+const SAFE_POINT_ROWS: u64 = 1_000;
+/// A checkpoint is saved after this many rows (and at every hand-off).
+const CHECKPOINT_ROWS: u64 = 5_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
     Skipped {
         reason: String,
     },
-    /// The job already exists past ingest (a redelivered event).
+    /// The job already exists past ingest (a redelivered event), or another invocation got
+    /// further with it.
     Duplicate {
         job: JobId,
     },
     Ingested {
         job: JobId,
         counters: Counters,
+    },
+    /// This invocation's share is done: everything before `checkpoint` is queued and a fresh
+    /// invocation was asked to carry on from it.
+    HandedOff {
+        job: JobId,
+        checkpoint: IngestCheckpoint,
     },
     /// The dataset could not be read; nothing (more) was queued.
     Failed {
@@ -37,19 +62,55 @@ pub enum IngestOutcome {
     },
 }
 
-/// What the blocking parser hands to the async side.
+/// What the blocking parser hands to the async side, in file order.
 enum Parsed {
     Chunk(EncodedChunk),
     Rejected(u64, String),
-    Done { rows: u64, error: Option<String> },
+    /// Every row before this point is in a chunk sent above, or rejected above: the read can
+    /// stop and be carried on from here.
+    Safe(IngestCheckpoint),
+    Done {
+        rows: u64,
+        error: Option<String>,
+    },
+}
+
+/// The upload as one piece reads it: from the top (`rest: None`), or the top for a CSV header
+/// and `rest` from the checkpoint on.
+struct UploadReaders {
+    head: Box<dyn std::io::Read + Send>,
+    rest: Option<Box<dyn std::io::Read + Send>>,
+}
+
+/// Where the parser starts: the job's checkpoint, or the top of the file.
+fn starting_point(job: &Job) -> IngestCheckpoint {
+    job.checkpoint.unwrap_or(IngestCheckpoint {
+        position: ReadPosition::default(),
+        rejected: 0,
+        chunks: 0,
+        pieces: 0,
+        saved_at: job.created_at,
+    })
 }
 
 impl Pipeline {
-    /// Ingests one uploaded object. `version` is the event's ETag / version id when known.
+    /// Ingests one uploaded object in one pass (unless `INGEST_HANDOFF_ROWS` says otherwise).
+    /// `version` is the event's ETag / version id when known.
     pub async fn ingest(
         &self,
         upload: &ObjectRef,
         version: Option<&str>,
+    ) -> Result<IngestOutcome, StepError> {
+        self.ingest_until(upload, version, None).await
+    }
+
+    /// Ingests an upload, handing the rest on once `hand_off_at` has passed (the invocation's
+    /// deadline less a margin). A job already ingesting carries on from its checkpoint.
+    pub async fn ingest_until(
+        &self,
+        upload: &ObjectRef,
+        version: Option<&str>,
+        hand_off_at: Option<Instant>,
     ) -> Result<IngestOutcome, StepError> {
         let (template_id, format) = match layout::classify(&upload.key, &self.settings) {
             UploadKind::Dataset {
@@ -73,7 +134,7 @@ impl Pipeline {
         let sidecar = self.objects.get_bytes(&layout::sidecar_of(upload)).await?;
         let spec = layout::job_spec(&template_id, sidecar.as_deref(), &self.settings);
         let now = self.clock.now();
-        let mut job = Job {
+        let job = Job {
             id: job_id.clone(),
             source: upload.clone(),
             source_version: version.clone(),
@@ -90,6 +151,7 @@ impl Pipeline {
             render_ms_total: 0,
             manifest: None,
             reopened: 0,
+            checkpoint: None,
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {
@@ -97,19 +159,69 @@ impl Pipeline {
             return Ok(IngestOutcome::Duplicate { job: job_id });
         }
         if !created {
-            // An earlier attempt died mid-ingest: redo it. Chunk writes are conditional and
-            // the submitter ignores chunks already submitted, so nothing is done twice.
+            // An earlier attempt died mid-ingest: carry on from its checkpoint.
             warn!(job_id = %job_id, "resuming an interrupted ingest");
-            job = stored;
         }
-        let spec = match spec {
-            Ok(spec) => spec,
-            Err(reason) => return self.fail_ingest(job, reason).await,
-        };
-        info!(job_id = %job_id, upload = %upload, template_id = %spec.template_id, "ingest started");
+        if let Err(reason) = spec {
+            return self.fail_ingest(stored, reason).await;
+        }
+        self.ingest_rest(stored, format, hand_off_at).await
+    }
 
-        let body = match self.objects.open(upload, Some(&version)).await {
-            Ok(body) => body,
+    /// Carries on with a job's ingest from its checkpoint (an ingest queue message, or the
+    /// reconciler's repair of an ingest that died).
+    pub async fn continue_ingest(
+        &self,
+        job_id: &JobId,
+        hand_off_at: Option<Instant>,
+    ) -> Result<IngestOutcome, StepError> {
+        let Some(job) = self.store.job(job_id).await? else {
+            return Err(StepError::Missing {
+                what: format!("job {job_id}"),
+            });
+        };
+        if job.status != JobStatus::Ingesting {
+            info!(job_id = %job_id, status = job.status.as_str(), "ingest continuation for a job past ingest");
+            return Ok(IngestOutcome::Duplicate {
+                job: job_id.clone(),
+            });
+        }
+        let Some(format) = DatasetFormat::from_key(&job.source.key) else {
+            let reason = format!("{} is not a dataset (.csv, .json, .jsonl)", job.source);
+            return self.fail_ingest(job, reason).await;
+        };
+        self.ingest_rest(job, format, hand_off_at).await
+    }
+
+    /// Reads the upload from the job's checkpoint on: to the end, or to the hand-off.
+    async fn ingest_rest(
+        &self,
+        mut job: Job,
+        format: DatasetFormat,
+        hand_off_at: Option<Instant>,
+    ) -> Result<IngestOutcome, StepError> {
+        let job_id = job.id.clone();
+        let mut start = starting_point(&job);
+        start.pieces += 1;
+        start.saved_at = self.clock.now();
+        // Claims this piece: a fresh `saved_at` keeps the reconciler from starting another.
+        if !self
+            .store
+            .save_checkpoint(&job_id, &start, &job.rejected_sample)
+            .await?
+        {
+            info!(job_id = %job_id, "another invocation is further on with this ingest");
+            return Ok(IngestOutcome::Duplicate { job: job_id });
+        }
+        info!(
+            job_id = %job_id, upload = %job.source, template_id = %job.spec.template_id,
+            piece = start.pieces, from_row = start.position.rows, from_byte = start.position.offset,
+            "ingest started"
+        );
+
+        let opened = self.open_from(&job, &start.position).await;
+        let readers = match opened {
+            Ok(readers) => readers,
             Err(e) => {
                 return self
                     .fail_ingest(job, format!("cannot read the upload: {e}"))
@@ -118,30 +230,59 @@ impl Pipeline {
         };
         let (tx, mut rx) = mpsc::channel::<Parsed>(CHUNKS_PER_FLUSH * 2);
         let parser = tokio::task::spawn_blocking({
-            let spec = spec.clone();
-            let job_id = job_id.clone();
+            let spec = job.spec.clone();
+            let id = job_id.clone();
             let chunk_rows = self.settings.pacing.chunk_rows;
-            move || parse_into_chunks(body.reader, format, &spec, &job_id, chunk_rows, &tx)
+            move || parse_into_chunks(readers, format, &spec, &id, start, chunk_rows, &tx)
         });
 
+        let hand_off_rows = self.settings.ingest_handoff_rows;
         let mut pending: Vec<EncodedChunk> = Vec::with_capacity(CHUNKS_PER_FLUSH);
-        let mut counters = Counters::default();
+        let mut saved = start;
+        let mut counters = Counters {
+            rows: start.position.rows,
+            rejected: start.rejected,
+            chunks: start.chunks,
+            ..Counters::default()
+        };
         let mut dataset_error = None;
         while let Some(parsed) = rx.recv().await {
             match parsed {
                 Parsed::Chunk(payload) => {
                     pending.push(payload);
                     if pending.len() == CHUNKS_PER_FLUSH {
-                        counters.chunks += self
-                            .queue_chunks(&upload.bucket, std::mem::take(&mut pending))
+                        self.queue_chunks(&job.source.bucket, std::mem::take(&mut pending))
                             .await?;
-                        info!(job_id = %job_id, chunks = counters.chunks, "ingest progress");
                     }
                 }
                 Parsed::Rejected(number, reason) => {
-                    counters.rejected += 1;
-                    if job.rejected_sample.len() < REJECTED_SAMPLE {
+                    // A piece carried on from a safe point inside a chunk reads some rows again.
+                    let seen = job.rejected_sample.iter().any(|(n, _)| *n == number);
+                    if !seen && job.rejected_sample.len() < REJECTED_SAMPLE {
                         job.rejected_sample.push((number, reason));
+                    }
+                }
+                Parsed::Safe(mut point) => {
+                    point.pieces = start.pieces;
+                    let read = point.position.rows - start.position.rows;
+                    let hand_off = hand_off_at.is_some_and(|at| Instant::now() >= at)
+                        || hand_off_rows.is_some_and(|limit| read >= limit);
+                    if hand_off {
+                        // Every chunk before the point goes out before the point is saved.
+                        self.queue_chunks(&job.source.bucket, std::mem::take(&mut pending))
+                            .await?;
+                        drop(rx); // the parser stops at its next row
+                        self.join_parser(parser).await?;
+                        return self.hand_off(&job, point).await;
+                    }
+                    if pending.is_empty()
+                        && point.position.rows - saved.position.rows >= CHECKPOINT_ROWS
+                    {
+                        point.saved_at = self.clock.now();
+                        let sample = sample_before(&job.rejected_sample, &point);
+                        self.store.save_checkpoint(&job_id, &point, &sample).await?;
+                        info!(job_id = %job_id, rows = point.position.rows, chunks = point.chunks, "ingest progress");
+                        saved = point;
                     }
                 }
                 Parsed::Done { rows, error } => {
@@ -150,11 +291,10 @@ impl Pipeline {
                 }
             }
         }
-        counters.chunks += self.queue_chunks(&upload.bucket, pending).await?;
-        parser.await.map_err(|source| StepError::Crashed {
-            what: "the dataset parser",
-            source,
-        })?;
+        self.queue_chunks(&job.source.bucket, pending).await?;
+        let end = self.join_parser(parser).await?;
+        counters.rejected = end.rejected;
+        counters.chunks = end.chunks;
 
         if counters.rows == 0
             && let Some(reason) = dataset_error
@@ -168,7 +308,7 @@ impl Pipeline {
         self.store.finish_ingest(&job).await?;
         info!(
             job_id = %job_id, rows = counters.rows, rejected = counters.rejected, chunks = counters.chunks,
-            dataset_error = job.error.as_deref().unwrap_or(""), "ingest finished"
+            pieces = start.pieces, dataset_error = job.error.as_deref().unwrap_or(""), "ingest finished"
         );
         metrics::emit(
             &[
@@ -185,14 +325,67 @@ impl Pipeline {
         })
     }
 
-    /// Stores each payload, records the chunks, then queues them. Returns how many were queued.
+    /// The readers a piece needs: from the top of the file, or the file's head (a CSV header)
+    /// and the rest from the checkpoint's byte on.
+    async fn open_from(&self, job: &Job, at: &ReadPosition) -> Result<UploadReaders, StepError> {
+        let version = Some(job.source_version.as_str());
+        let head = self.objects.open(&job.source, version).await?.reader;
+        if *at == ReadPosition::default() {
+            return Ok(UploadReaders { head, rest: None });
+        }
+        let rest = self
+            .objects
+            .open_at(&job.source, version, at.offset)
+            .await?;
+        Ok(UploadReaders {
+            head,
+            rest: Some(rest.reader),
+        })
+    }
+
+    async fn join_parser(
+        &self,
+        parser: tokio::task::JoinHandle<IngestCheckpoint>,
+    ) -> Result<IngestCheckpoint, StepError> {
+        parser.await.map_err(|source| StepError::Crashed {
+            what: "the dataset parser",
+            source,
+        })
+    }
+
+    /// Saves the safe point and asks a fresh invocation to carry on from it.
+    async fn hand_off(
+        &self,
+        job: &Job,
+        mut point: IngestCheckpoint,
+    ) -> Result<IngestOutcome, StepError> {
+        point.saved_at = self.clock.now();
+        let sample = sample_before(&job.rejected_sample, &point);
+        if !self.store.save_checkpoint(&job.id, &point, &sample).await? {
+            info!(job_id = %job.id, "another invocation is further on with this ingest");
+            return Ok(IngestOutcome::Duplicate {
+                job: job.id.clone(),
+            });
+        }
+        self.queue.continue_ingest(&job.id).await?;
+        info!(
+            job_id = %job.id, piece = point.pieces, rows = point.position.rows, chunks = point.chunks,
+            byte = point.position.offset, "ingest handed on to a fresh invocation"
+        );
+        Ok(IngestOutcome::HandedOff {
+            job: job.id.clone(),
+            checkpoint: point,
+        })
+    }
+
+    /// Stores each payload, records the chunks, then queues them.
     async fn queue_chunks(
         &self,
         bucket: &str,
         payloads: Vec<EncodedChunk>,
-    ) -> Result<u64, StepError> {
+    ) -> Result<(), StepError> {
         if payloads.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let mut chunks = Vec::with_capacity(payloads.len());
         let mut messages = Vec::with_capacity(payloads.len());
@@ -203,11 +396,17 @@ impl Pipeline {
         }
         self.store.put_chunks(&chunks).await?;
         self.queue.send(&messages).await?;
-        Ok(chunks.len() as u64)
+        Ok(())
     }
 
     async fn fail_ingest(&self, mut job: Job, reason: String) -> Result<IngestOutcome, StepError> {
         warn!(job_id = %job.id, reason = %reason, "dataset rejected");
+        // Rows an earlier piece queued are in flight: they count, and the job waits for them.
+        if let Some(point) = job.checkpoint {
+            job.counters.rows = point.position.rows;
+            job.counters.rejected = point.rejected;
+            job.counters.chunks = point.chunks;
+        }
         job.status = JobStatus::Running;
         job.error = Some(reason.clone());
         job.ingested_at = Some(self.clock.now());
@@ -218,6 +417,15 @@ impl Pipeline {
             reason,
         })
     }
+}
+
+/// The rejections a checkpoint covers (rows after it are read again by the next piece).
+fn sample_before(sample: &[(u64, String)], point: &IngestCheckpoint) -> Vec<(u64, String)> {
+    sample
+        .iter()
+        .filter(|(number, _)| *number < point.position.rows)
+        .cloned()
+        .collect()
 }
 
 fn placeholder_spec(template_id: &str) -> JobSpec {
@@ -231,15 +439,19 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
     }
 }
 
-/// Runs on a blocking thread: reads the whole file, sending chunks and rejections as they come.
+/// Runs on a blocking thread: reads the file from `start` on, sending chunks, rejections and safe
+/// points in file order. Returns where it stopped (the end of the file, or the last row read
+/// before the async side hung up).
 fn parse_into_chunks(
-    reader: Box<dyn std::io::Read + Send>,
+    UploadReaders { head, rest }: UploadReaders,
     format: DatasetFormat,
     spec: &JobSpec,
     job: &JobId,
+    start: IngestCheckpoint,
     chunk_rows: usize,
     tx: &mpsc::Sender<Parsed>,
-) {
+) -> IngestCheckpoint {
+    let mut at = start;
     let done = |rows, error| {
         let _ = tx.blocking_send(Parsed::Done { rows, error });
     };
@@ -248,24 +460,32 @@ fn parse_into_chunks(
         keep_fields: false,
         ..layout::row_rules(spec)
     };
-    let dataset = match DatasetReader::new(reader, format, rules) {
-        Ok(d) => d,
-        Err(e) => return done(0, Some(e.to_string())),
+    let opened = match rest {
+        None => DatasetReader::new(head, format, rules),
+        Some(rest) => DatasetReader::resume(head, rest, format, rules, start.position),
     };
-    let mut rows = 0u64;
-    let mut seq = 0u32;
+    let mut dataset = match opened {
+        Ok(d) => d,
+        Err(e) => {
+            done(at.position.rows, Some(e.to_string()));
+            return at;
+        }
+    };
     let mut numbers = Vec::with_capacity(chunk_rows);
     let mut sets: Vec<VariableSet> = Vec::with_capacity(chunk_rows);
-    // `rows` so far, for the report of an encoding failure (not expected: the maps are JSON).
+    // Where the chunk being filled started: the last safe point while it is not sent.
+    let mut chunk_start: Option<IngestCheckpoint> = None;
+    let mut last_safe = start.position.rows;
+    // Sends the chunk being filled; `false` when the receiver is gone or encoding failed.
     let flush =
-        |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, seq: &mut u32, rows: u64| -> bool {
+        |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, at: &mut IngestCheckpoint| -> bool {
             if numbers.is_empty() {
                 return true;
             }
-            *seq += 1;
+            at.chunks += 1;
             let payload = ChunkPayload {
                 job: job.clone(),
-                key: ChunkKey::initial(*seq),
+                key: ChunkKey::initial(u32::try_from(at.chunks).unwrap_or(u32::MAX)),
                 template_id: spec.template_id.clone(),
                 format: spec.format,
                 quality: spec.quality,
@@ -276,39 +496,59 @@ fn parse_into_chunks(
             match EncodedChunk::encode(payload) {
                 Ok(encoded) => tx.blocking_send(Parsed::Chunk(encoded)).is_ok(),
                 Err(e) => {
-                    done(rows, Some(e.to_string()));
+                    done(at.position.rows, Some(e.to_string()));
                     false
                 }
             }
         };
-    for item in dataset {
+    while let Some(item) = dataset.next() {
         let sent = match item {
             Ok(Item::Valid(row)) => {
-                rows += 1;
+                if numbers.is_empty() {
+                    chunk_start = Some(at);
+                }
+                at.position = dataset.position();
                 numbers.push(row.number);
                 sets.push(row.variables);
-                numbers.len() < chunk_rows || flush(&mut numbers, &mut sets, &mut seq, rows)
+                numbers.len() < chunk_rows || {
+                    let sent = flush(&mut numbers, &mut sets, &mut at);
+                    chunk_start = None;
+                    last_safe = at.position.rows;
+                    sent && tx.blocking_send(Parsed::Safe(at)).is_ok()
+                }
             }
             Ok(Item::Rejected(rejected)) => {
-                rows += 1;
-                tx.blocking_send(Parsed::Rejected(
-                    rejected.number,
-                    rejected.reason.to_string(),
-                ))
-                .is_ok()
+                at.position = dataset.position();
+                at.rejected += 1;
+                let sent = tx
+                    .blocking_send(Parsed::Rejected(
+                        rejected.number,
+                        rejected.reason.to_string(),
+                    ))
+                    .is_ok();
+                // Offer a safe point now and then even when few rows are valid.
+                if sent && at.position.rows - last_safe >= SAFE_POINT_ROWS {
+                    last_safe = at.position.rows;
+                    tx.blocking_send(Parsed::Safe(chunk_start.unwrap_or(at)))
+                        .is_ok()
+                } else {
+                    sent
+                }
             }
             Err(e) => {
-                if flush(&mut numbers, &mut sets, &mut seq, rows) {
+                if flush(&mut numbers, &mut sets, &mut at) {
+                    let rows = at.position.rows;
                     done(rows, Some(format!("after {rows} rows: {e}")));
                 }
-                return;
+                return at;
             }
         };
         if !sent {
-            return; // the receiver is gone: the async side failed and reports why
+            return at; // the receiver is gone: the async side failed or handed off
         }
     }
-    if flush(&mut numbers, &mut sets, &mut seq, rows) {
-        done(rows, None);
+    if flush(&mut numbers, &mut sets, &mut at) {
+        done(at.position.rows, None);
     }
+    at
 }

@@ -32,6 +32,8 @@ pub struct ReconcileReport {
     pub released: u64,
     /// Parked chunks handed a free slot.
     pub handed_over: u64,
+    /// Ingests whose checkpoint stopped moving (the invocation died), handed to a fresh one.
+    pub ingests_resumed: u64,
     pub errors: u64,
 }
 
@@ -96,6 +98,7 @@ impl Pipeline {
             overdue = report.overdue,
             released = report.released,
             handed_over = report.handed_over,
+            ingests_resumed = report.ingests_resumed,
             errors = report.errors,
             "reconcile pass done"
         );
@@ -187,7 +190,7 @@ impl Pipeline {
                 return self.finish_job(job).await;
             }
             JobStatus::Running => {}
-            // Ingest is retried by S3's own redelivery.
+            JobStatus::Ingesting => return self.resume_if_stalled(&job, now, report).await,
             _ => return Ok(()),
         }
         let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
@@ -235,6 +238,26 @@ impl Pipeline {
         self.resend_chunks(&job.id, &resend).await?;
         report.resent += resend.len() as u64;
         self.finish_job_if_done(&job.id).await
+    }
+
+    /// An ingest whose checkpoint has not moved for `ingest_stall` died with its invocation (a
+    /// timeout, a crash, a lost hand-off): a fresh invocation carries it on from the checkpoint.
+    async fn resume_if_stalled(
+        &self,
+        job: &Job,
+        now: i64,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StepError> {
+        let last_progress = job.checkpoint.map_or(job.created_at, |c| c.saved_at);
+        let stall = i64::try_from(self.settings.ingest_stall.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(last_progress) < stall {
+            return Ok(());
+        }
+        let rows = job.checkpoint.map_or(0, |c| c.position.rows);
+        warn!(job_id = %job.id, idle_seconds = now - last_progress, rows, "ingest stalled; handing it to a fresh invocation");
+        self.queue.continue_ingest(&job.id).await?;
+        report.ingests_resumed += 1;
+        Ok(())
     }
 
     /// One `job_deadline_exceeded` alert for a job still unfinished past the deadline.

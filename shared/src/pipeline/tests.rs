@@ -969,3 +969,200 @@ async fn the_reconciler_frees_a_leaked_slot_and_hands_it_over() {
     let message = h.queue.pop().expect("the parked chunk was sent");
     assert_eq!(message.key, ChunkKey::initial(2));
 }
+
+// ---------- ingest in pieces ----------
+
+/// A CSV with what breaks naive splitting: a BOM, CRLF and LF endings, quoted newlines and
+/// commas, blank lines, and rejected rows (an empty required title, a ragged row).
+fn awkward_csv(rows: usize) -> Vec<u8> {
+    let mut data = b"\xEF\xBB\xBFtitle,author,publishDate\r\n".to_vec();
+    for i in 0..rows {
+        let line = match i % 7 {
+            0 => format!("\"Post {i}\r\nsecond line\",\"Doe, \"\"J\"\"\",2026-01-01\r\n"),
+            1 => format!(",Nobody {i},2026-01-02\r\n"),
+            2 => format!("Post {i},ragged\n"),
+            3 => format!("\r\nPost {i},\"multi\nline\",2026-01-03\n"),
+            _ => format!("Post {i},Author {i},2026-01-04\r\n"),
+        };
+        data.extend_from_slice(line.as_bytes());
+    }
+    data
+}
+
+/// The chunks a run queued, as (key, rows, variable sets), in queue order.
+fn queued_chunks(queue: &MemoryQueue) -> Vec<(ChunkKey, Vec<u64>, Vec<serde_json::Value>)> {
+    queue
+        .drain()
+        .into_iter()
+        .map(|m| {
+            let payload = m.payload.unwrap().decode().unwrap();
+            let sets = payload
+                .variable_sets
+                .into_iter()
+                .map(serde_json::Value::Object)
+                .collect();
+            (m.key, payload.rows, sets)
+        })
+        .collect()
+}
+
+fn sidecar_requiring_title() -> ObjectRef {
+    crate::layout::sidecar_of(&upload())
+}
+
+/// Runs ingest to the end, following every hand-off; returns the outcomes in order.
+async fn ingest_in_pieces(h: &Harness) -> Vec<IngestOutcome> {
+    let mut outcomes = vec![h.ingest().await];
+    while let Some(job) = h.queue.pop_continuation() {
+        outcomes.push(h.pipeline.continue_ingest(&job, None).await.unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn an_ingest_in_pieces_makes_exactly_the_chunks_of_one_pass() {
+    let data = awkward_csv(7_000);
+    let sidecar = br#"{"required": ["title"]}"#.to_vec();
+    let whole = harness();
+    let pieces = harness_with(crate::settings::Settings {
+        ingest_handoff_rows: Some(700),
+        ..Default::default()
+    });
+    for h in [&whole, &pieces] {
+        h.objects
+            .put_bytes(
+                &sidecar_requiring_title(),
+                sidecar.clone(),
+                "application/json",
+            )
+            .await
+            .unwrap();
+        h.put_upload(data.clone()).await;
+    }
+    let one = ingest_in_pieces(&whole).await;
+    let many = ingest_in_pieces(&pieces).await;
+    assert_eq!(one.len(), 1);
+    let handed_off = many
+        .iter()
+        .filter(|o| matches!(o, IngestOutcome::HandedOff { .. }))
+        .count();
+    assert!(
+        handed_off >= 9,
+        "7,000 rows in pieces of ≥700: {handed_off} hand-offs"
+    );
+    let (
+        IngestOutcome::Ingested {
+            counters: a,
+            job: job_a,
+        },
+        Some(IngestOutcome::Ingested {
+            counters: b,
+            job: job_b,
+        }),
+    ) = (&one[0], many.last())
+    else {
+        panic!("both runs finish ingest: {one:?} / {:?}", many.last());
+    };
+    assert_eq!(a, b);
+    assert_eq!((a.rows, a.rejected), (7_000, 2_000));
+    assert_eq!(queued_chunks(&whole.queue), queued_chunks(&pieces.queue));
+    let (ja, jb) = (
+        whole.store.job(job_a).await.unwrap().unwrap(),
+        pieces.store.job(job_b).await.unwrap().unwrap(),
+    );
+    assert_eq!(ja.rejected_sample, jb.rejected_sample);
+    assert_eq!(jb.checkpoint.map(|c| c.pieces), Some(handed_off as u32 + 1));
+}
+
+#[tokio::test]
+async fn a_piece_run_twice_or_a_late_continuation_duplicates_nothing() {
+    let h = harness_with(crate::settings::Settings {
+        ingest_handoff_rows: Some(1_000),
+        ..Default::default()
+    });
+    h.put_upload(csv(3_500)).await;
+    let IngestOutcome::HandedOff { job, checkpoint } = h.ingest().await else {
+        panic!("the first piece hands off");
+    };
+    assert_eq!(checkpoint.position.rows, 1_000);
+    // The S3 event is redelivered while the continuation waits: it carries on from the
+    // checkpoint, not from row 0.
+    // Both invocations work on the same piece at once, as when a continuation is delivered
+    // twice.
+    let source = upload();
+    let (again, twice) = tokio::join!(
+        h.pipeline.ingest(&source, None),
+        h.pipeline.continue_ingest(&job, None)
+    );
+    for outcome in [again.unwrap(), twice.unwrap()] {
+        assert!(
+            matches!(outcome, IngestOutcome::HandedOff { checkpoint, .. } if checkpoint.position.rows == 2_000),
+            "{outcome:?}"
+        );
+    }
+    while let Some(next) = h.queue.pop_continuation() {
+        h.pipeline.continue_ingest(&next, None).await.unwrap();
+    }
+    // A continuation delivered again after the end changes nothing.
+    assert!(matches!(
+        h.pipeline.continue_ingest(&job, None).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+    let stored = h.store.job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.counters.rows, stored.counters.chunks),
+        (JobStatus::Running, 3_500, 35)
+    );
+    let chunks = h.store.chunks_of_job(&job).await.unwrap();
+    assert_eq!(chunks.len(), 35);
+    let messages = h.queue.drain();
+    let distinct: std::collections::BTreeSet<u32> = messages.iter().map(|m| m.key.seq).collect();
+    assert_eq!(
+        distinct,
+        (1..=35).collect(),
+        "every chunk queued, none missing"
+    );
+    // The piece done twice sent its chunks twice: the submitter submits each once.
+    messages.into_iter().for_each(|m| h.queue.push(m));
+    h.submit_all().await;
+    assert_eq!(
+        h.pictify.batches.lock().unwrap().len(),
+        35,
+        "one batch per chunk"
+    );
+}
+
+#[tokio::test]
+async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() {
+    let h = harness_with(crate::settings::Settings {
+        ingest_handoff_rows: Some(1_000),
+        ..Default::default()
+    });
+    h.put_upload(csv(2_500)).await;
+    let IngestOutcome::HandedOff { job, .. } = h.ingest().await else {
+        panic!("the first piece hands off");
+    };
+    // The continuation is lost with its invocation.
+    assert_eq!(h.queue.pop_continuation(), Some(job.clone()));
+    let stuck = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        h.pipeline.reconcile(stuck).await.unwrap().ingests_resumed,
+        0,
+        "not stalled yet"
+    );
+    h.clock
+        .0
+        .fetch_add(961, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        h.pipeline.reconcile(stuck).await.unwrap().ingests_resumed,
+        1
+    );
+    while let Some(next) = h.queue.pop_continuation() {
+        h.pipeline.continue_ingest(&next, None).await.unwrap();
+    }
+    let stored = h.store.job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.counters.rows, stored.counters.chunks),
+        (JobStatus::Running, 2_500, 25)
+    );
+}

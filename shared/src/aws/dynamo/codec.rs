@@ -102,6 +102,9 @@ pub(super) fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// The checkpoint's offset, kept beside its JSON so a save can be conditioned on it.
+pub(super) const INGEST_OFFSET: &str = "ingestOffset";
+
 pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     let c = job.counters;
     let mut item = key(job_pk(&job.id), JOB_SK);
@@ -140,6 +143,10 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
         put("manifest", json("manifest location", manifest)?);
     }
     put("reopened", n(job.reopened));
+    if let Some(checkpoint) = &job.checkpoint {
+        put("ingestCheckpoint", json("ingest checkpoint", checkpoint)?);
+        put(INGEST_OFFSET, n(checkpoint.position.offset));
+    }
     Ok(item)
 }
 
@@ -173,6 +180,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         render_ms_total: r.n_or_zero("renderMsTotal")?,
         manifest: r.opt_json("manifest")?,
         reopened: r.n_or_zero("reopened")?,
+        checkpoint: r.opt_json("ingestCheckpoint")?,
     })
 }
 

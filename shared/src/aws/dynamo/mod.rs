@@ -24,16 +24,18 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tracing::{debug, warn};
 
 use self::codec::{
-    ACTIVE_PK, ALERT_PREFIX, BATCH_SK, CHUNK_PREFIX, CONTROL_PK, FAILURE_SK, JOB_SK, PK, RENDER_SK,
-    Reader, SK, SUBMISSIONS_SK, TTL, chunk_from_item, chunk_item, chunk_sk, describe,
-    fingerprint_pks, job_from_item, job_item, job_pk, json, key, n, s, truncate,
+    ACTIVE_PK, ALERT_PREFIX, BATCH_SK, CHUNK_PREFIX, CONTROL_PK, FAILURE_SK, INGEST_OFFSET, JOB_SK,
+    PK, RENDER_SK, Reader, SK, SUBMISSIONS_SK, TTL, chunk_from_item, chunk_item, chunk_sk,
+    describe, fingerprint_pks, job_from_item, job_item, job_pk, json, key, n, s, truncate,
 };
 pub use self::codec::{Item, ItemError};
 pub use self::errors::StoreError;
 use self::errors::{checked, sdk_error};
 #[cfg(feature = "test-support")]
 pub use self::test_support::create_table;
-use crate::domain::{Chunk, ChunkKey, ChunkState, Job, JobId, JobStatus, ManifestLocation};
+use crate::domain::{
+    Chunk, ChunkKey, ChunkState, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
+};
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, MAX_REOPEN_CHUNKS,
     PortError, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch,
@@ -470,6 +472,38 @@ impl JobLedger for DynamoJobStore {
                 Ok(())
             }
         }
+    }
+
+    /// One conditional update: while `ingesting`, and never moving the offset back.
+    async fn save_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: &IngestCheckpoint,
+        rejected_sample: &[(u64, String)],
+    ) -> PortResult<bool> {
+        let operation = format!("save_checkpoint {job}");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job), JOB_SK)))
+            .update_expression(
+                "SET #checkpoint = :checkpoint, #offset = :offset, #sample = :sample",
+            )
+            .condition_expression(
+                "#status = :ingesting AND (attribute_not_exists(#offset) OR #offset <= :offset)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#checkpoint", "ingestCheckpoint")
+            .expression_attribute_names("#offset", INGEST_OFFSET)
+            .expression_attribute_names("#sample", "rejectedSample")
+            .expression_attribute_values(":ingesting", s(JobStatus::Ingesting.as_str()))
+            .expression_attribute_values(":checkpoint", json("ingest checkpoint", checkpoint)?)
+            .expression_attribute_values(":offset", n(checkpoint.position.offset))
+            .expression_attribute_values(":sample", json("rejected sample", &rejected_sample)?)
+            .send()
+            .await;
+        Ok(checked(&operation, result)?.is_ok())
     }
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {

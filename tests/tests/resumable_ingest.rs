@@ -1,0 +1,241 @@
+//! Ingest that outlives one Lambda invocation, against moto and the emulator: an upload read in
+//! pieces (a hand-off every N rows, or at the invocation's deadline) makes exactly the chunks one
+//! pass makes, redelivered events and continuations duplicate nothing, and an ingest whose
+//! invocation died is carried on by the reconciler.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use integration_tests::datasets::{awkward_csv, job_id_of};
+use integration_tests::stack::{Stack, StackOptions};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::Value;
+use shared::domain::{ChunkPayload, JobId, JobStatus, ObjectRef};
+use shared::layout::{chunk_payload_ref, sidecar_of};
+use shared::pipeline::Pipeline;
+use shared::ports::{ChunkLedger, ObjectStore};
+
+const TEMPLATE_DIR: &str = "uploads/tmpl_blog_card/";
+
+/// Uploads the dataset with a sidecar that makes `title` required (so some rows are rejected).
+async fn upload_with_sidecar(stack: &Stack, name: &str, data: Vec<u8>) -> anyhow::Result<String> {
+    let key = format!("{TEMPLATE_DIR}{name}");
+    let sidecar = sidecar_of(&ObjectRef {
+        bucket: stack.bucket.clone(),
+        key: key.clone(),
+    });
+    stack
+        .upload(&sidecar.key, br#"{"required": ["title"]}"#.to_vec())
+        .await?;
+    stack.upload(&key, data).await?;
+    Ok(key)
+}
+
+/// The stack's pipeline with other ingest settings (as another deployment's environment).
+fn with_ingest(stack: &Stack, handoff_rows: Option<u64>, stall: Duration) -> Pipeline {
+    let mut pipeline = stack.pipeline.clone();
+    pipeline.settings.ingest_handoff_rows = handoff_rows;
+    pipeline.settings.ingest_stall = stall;
+    pipeline
+}
+
+async fn ingest_event(
+    stack: &Stack,
+    pipeline: &Pipeline,
+    key: &str,
+    context: Context,
+) -> anyhow::Result<Value> {
+    ingest::function_handler(pipeline, LambdaEvent::new(stack.s3_event(key)?, context))
+        .await
+        .map_err(|e| anyhow::anyhow!("ingest: {e}"))
+}
+
+/// Feeds the ingest queue to the ingest handler until it is empty; returns the answers.
+async fn drain_ingest(
+    stack: &Stack,
+    pipeline: &Pipeline,
+    context: &Context,
+) -> anyhow::Result<Vec<Value>> {
+    let mut answers = Vec::new();
+    while let Some(answer) = stack.drain_ingest_once(pipeline, context.clone()).await? {
+        answers.push(answer);
+        anyhow::ensure!(answers.len() < 1_000, "the ingest never ends");
+    }
+    Ok(answers)
+}
+
+fn handed_off(answer: &Value) -> bool {
+    answer["outcomes"][0].get("handedOff").is_some()
+}
+
+/// Every chunk of a job as stored for the submitter: (label, rows, variable sets).
+async fn stored_chunks(
+    stack: &Stack,
+    job: &JobId,
+) -> anyhow::Result<Vec<(String, Vec<u64>, Value)>> {
+    let objects = shared::aws::s3::S3ObjectStore::new(stack.s3.clone());
+    let mut chunks = Vec::new();
+    for chunk in stack.store.chunks_of_job(job).await? {
+        let label = chunk.key.label();
+        let at = chunk_payload_ref(&stack.bucket, job, &label, &stack.pipeline.settings);
+        let bytes = objects
+            .get_bytes(&at)
+            .await?
+            .with_context(|| format!("payload of {label}"))?;
+        let payload: ChunkPayload = serde_json::from_slice(&bytes)?;
+        chunks.push((
+            label,
+            payload.rows,
+            serde_json::to_value(payload.variable_sets)?,
+        ));
+    }
+    Ok(chunks)
+}
+
+/// A Lambda context whose deadline has passed: every piece hands on at its first safe point.
+fn expired_context() -> Context {
+    let mut context = Context::default();
+    context.deadline = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    context
+}
+
+#[tokio::test]
+async fn an_upload_read_in_twelve_pieces_makes_the_chunks_of_one_pass() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let data = awkward_csv(12_000);
+    let whole_key = upload_with_sidecar(&stack, "whole.csv", data.clone()).await?;
+    let pieces_key = upload_with_sidecar(&stack, "pieces.csv", data).await?;
+
+    let whole = job_id_of(&stack.ingest(&whole_key).await?)?;
+    let pieced = with_ingest(&stack, Some(1_000), Duration::from_secs(960));
+    let first = ingest_event(&stack, &pieced, &pieces_key, Context::default()).await?;
+    anyhow::ensure!(handed_off(&first), "the first piece hands on: {first}");
+    let job = job_id_of(&first)?;
+    // S3 redelivers the upload event while the continuation waits: it carries on from the
+    // checkpoint too, and both continuations then find the work done or further on.
+    let redelivered = ingest_event(&stack, &pieced, &pieces_key, Context::default()).await?;
+    anyhow::ensure!(handed_off(&redelivered), "{redelivered}");
+    let answers = drain_ingest(&stack, &pieced, &Context::default()).await?;
+    // Every answer but the late continuation's did a piece of the work.
+    let worked = |a: &&Value| handed_off(a) || a["outcomes"][0].get("counters").is_some();
+    let pieces = 2 + answers.iter().filter(worked).count();
+    assert!(
+        pieces >= 12,
+        "12,000 rows in pieces of 1,000: {pieces} pieces"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["outcomes"][0].get("duplicate").is_some()),
+        "one continuation came after the end"
+    );
+
+    let (a, b) = (stack.job(&whole).await?, stack.job(&job).await?);
+    assert_eq!(
+        (a.status, b.status),
+        (JobStatus::Running, JobStatus::Running)
+    );
+    assert_eq!(
+        (b.counters.rows, b.counters.rejected, b.counters.chunks),
+        (12_000, 1_200, 108)
+    );
+    assert_eq!(a.counters, b.counters);
+    assert_eq!(a.rejected_sample, b.rejected_sample);
+    assert_eq!(
+        stored_chunks(&stack, &whole).await?,
+        stored_chunks(&stack, &job).await?
+    );
+    assert_eq!(b.checkpoint.map(|c| c.pieces), Some(pieces as u32));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ingest_at_its_deadline_hands_on_and_the_job_completes() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = upload_with_sidecar(&stack, "late.csv", awkward_csv(1_500)).await?;
+    let first = ingest_event(&stack, &stack.pipeline, &key, expired_context()).await?;
+    anyhow::ensure!(
+        handed_off(&first),
+        "past its deadline, ingest hands on: {first}"
+    );
+    let answers = drain_ingest(&stack, &stack.pipeline, &expired_context()).await?;
+    assert!(answers.len() >= 10, "{} continuations", answers.len());
+
+    let job = stack
+        .run_until_done(&job_id_of(&first)?, Duration::from_secs(120))
+        .await?;
+    let c = job.counters;
+    assert_eq!(
+        (
+            job.status,
+            c.rows,
+            c.rendered,
+            c.rejected,
+            c.failed,
+            c.in_flight()
+        ),
+        (JobStatus::Partial, 1_500, 1_350, 150, 0, 0)
+    );
+    let manifest = stack
+        .get_text(&job.manifest.context("manifest")?.jsonl.key)
+        .await?;
+    let rows: Vec<u64> = manifest
+        .lines()
+        .map(|line| {
+            Ok(serde_json::from_str::<Value>(line)?["row"]
+                .as_u64()
+                .unwrap_or(u64::MAX))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(
+        rows,
+        (0..1_500).collect::<Vec<u64>>(),
+        "one manifest line per row, in order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = upload_with_sidecar(&stack, "dies.csv", awkward_csv(2_500)).await?;
+    let pieced = with_ingest(&stack, Some(1_000), Duration::from_secs(960));
+    let first = ingest_event(&stack, &pieced, &key, Context::default()).await?;
+    let job = job_id_of(&first)?;
+    // The invocation that took the continuation died, and SQS gave up on it.
+    stack
+        .sqs
+        .purge_queue()
+        .queue_url(&stack.ingest_queue_url)
+        .send()
+        .await?;
+    let report = pieced.reconcile(Duration::from_secs(3600)).await?;
+    assert_eq!(
+        report.ingests_resumed, 0,
+        "a fresh checkpoint is not a stall"
+    );
+    let impatient = with_ingest(&stack, Some(1_000), Duration::ZERO);
+    assert_eq!(
+        impatient
+            .reconcile(Duration::from_secs(3600))
+            .await?
+            .ingests_resumed,
+        1
+    );
+    drain_ingest(&stack, &pieced, &Context::default()).await?;
+
+    let stored = stack.job(&job).await?;
+    assert_eq!(
+        (
+            stored.status,
+            stored.counters.rows,
+            stored.counters.rejected,
+            stored.counters.chunks
+        ),
+        (JobStatus::Running, 2_500, 250, 23)
+    );
+    Ok(())
+}
