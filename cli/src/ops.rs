@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use shared::domain::{ChunkState, Job, JobId};
+use shared::domain::{ChunkState, Job, JobId, JobStatus};
 use shared::local::{FsObjectStore, LogAlerts, MemoryQueue};
 use shared::pictify::{PictifyClient, PictifyConfig};
 use shared::pipeline::{Pipeline, ReopenOutcome, Selection};
@@ -122,6 +122,17 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
     );
     if let Some(error) = &job.error {
         println!("dataset problem: {error}");
+    }
+    if let (JobStatus::Ingesting, Some(point)) = (job.status, job.checkpoint) {
+        println!(
+            "ingest: {} rows read ({} rejected, {} chunks) up to byte {} in {} piece(s); last checkpoint {}s ago",
+            point.position.rows,
+            point.rejected,
+            point.chunks,
+            point.position.offset,
+            point.pieces,
+            chrono::Utc::now().timestamp() - point.saved_at
+        );
     }
     println!(
         "rows {}  rendered {}  failed {}  rejected {}  in flight {}  failure rate {:.1}%",

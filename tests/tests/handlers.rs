@@ -189,6 +189,36 @@ async fn webhook_refuses_a_tampered_body_and_changes_nothing() -> anyhow::Result
     Ok(())
 }
 
+/// A job the reconciler cannot repair fails the invocation, so `ReconcilerErrorsAlarm` sees it;
+/// the pass still goes through every other job.
+#[tokio::test]
+async fn reconciler_fails_its_invocation_when_a_job_cannot_be_repaired() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let job = JobId::parse("job_0000000000000000000000000000feed").map_err(anyhow::Error::msg)?;
+    seed_job(&stack, &job, ChunkKey::initial(1)).await?;
+    // A finisher died and the upload is gone since: the manifest cannot be written.
+    assert!(
+        stack
+            .store
+            .transition_job(&job, JobStatus::Running, JobStatus::Finishing)
+            .await?
+    );
+    let event = LambdaEvent::new(json!({ "source": "aws.events" }), Context::default());
+    let error = reconciler::function_handler(&stack.pipeline, event)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the pass reports the job it could not finish"))?;
+    let diagnostic = lambda_runtime::Diagnostic::from(error);
+    assert_eq!(diagnostic.error_type, "ReconcileErrors");
+    assert!(
+        diagnostic.error_message.contains("1 job(s)"),
+        "{}",
+        diagnostic.error_message
+    );
+    assert_eq!(stack.job(&job).await?.status, JobStatus::Finishing);
+    Ok(())
+}
+
 /// Records the job and chunk the sample SQS event refers to, with its payload stored.
 async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<()> {
     let job_item = Job {
