@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shared::domain::{
     Chunk, ChunkKey, ChunkMessage, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    ManifestLocation, ObjectRef,
+    JobStep, ManifestLocation, ObjectRef,
 };
 use shared::local::FsObjectStore;
 use shared::pictify::PictifyError;
@@ -82,6 +82,11 @@ impl JobLedger for NullStore {
         Ok(())
     }
 
+    async fn mark_progress(&self, _job: &JobId, _status: JobStatus, _now: i64) -> PortResult<bool> {
+        self.calls.hit("store.mark_progress");
+        Ok(true)
+    }
+
     async fn save_checkpoint(
         &self,
         _job: &JobId,
@@ -138,6 +143,11 @@ impl ChunkLedger for NullStore {
 
     async fn chunks_of_job(&self, _job: &JobId) -> PortResult<Vec<Chunk>> {
         self.calls.hit("store.chunks_of_job");
+        Ok(Vec::new())
+    }
+
+    async fn chunks_by_key(&self, _job: &JobId, _keys: &[ChunkKey]) -> PortResult<Vec<Chunk>> {
+        self.calls.hit("store.chunks_by_key");
         Ok(Vec::new())
     }
 
@@ -398,8 +408,12 @@ impl WorkQueue for NullQueue {
         Ok(())
     }
 
-    async fn continue_ingest(&self, _job: &JobId) -> PortResult<()> {
-        self.calls.hit("queue.continue_ingest");
+    fn takes_steps(&self) -> bool {
+        false
+    }
+
+    async fn queue_step(&self, _step: &JobStep) -> PortResult<()> {
+        self.calls.hit("queue.queue_step");
         Ok(())
     }
 }

@@ -360,17 +360,12 @@ async fn drive(prepared: &Prepared, services: &Services) -> Result<Job, Failure>
     );
     drop(events_tx);
 
-    let mut ingest = pipeline
+    // The local queue takes no long steps: ingest reads the whole file and the manifest is
+    // written in place.
+    let ingest = pipeline
         .ingest(upload, Some(&prepared.placed.version))
         .await
         .map_err(step_error)?;
-    // With INGEST_HANDOFF_ROWS set, ingest comes in pieces, as in Lambda.
-    while let Some(job) = services.queue.pop_continuation() {
-        ingest = pipeline
-            .continue_ingest(&job, None)
-            .await
-            .map_err(step_error)?;
-    }
     info!(?ingest, "ingest returned");
     let duplicate = matches!(ingest, IngestOutcome::Duplicate { .. });
     let emulator = services.backend.emulator_base().is_some();

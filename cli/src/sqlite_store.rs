@@ -334,6 +334,17 @@ impl JobLedger for SqliteJobStore {
         .await
     }
 
+    async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool> {
+        let id = job.clone();
+        self.call("mark progress", move |tx| match load_job(tx, &id)? {
+            Some(job) => job
+                .mark_progress(status, now)
+                .save_with(|next| save_job(tx, next)),
+            None => Ok(false),
+        })
+        .await
+    }
+
     async fn save_checkpoint(
         &self,
         job: &JobId,
@@ -435,6 +446,20 @@ impl ChunkLedger for SqliteJobStore {
                 tx.prepare("SELECT body FROM chunks WHERE job = ?1 ORDER BY seq, attempt")?;
             let bodies = stmt.query_map(params![job.as_str()], |r| r.get::<_, String>(0))?;
             bodies.map(|b| from_json(&b?)).collect()
+        })
+        .await
+    }
+
+    async fn chunks_by_key(&self, job: &JobId, keys: &[ChunkKey]) -> PortResult<Vec<Chunk>> {
+        let (job, mut keys) = (job.clone(), keys.to_vec());
+        keys.sort_unstable();
+        keys.dedup();
+        self.call("read chunks", move |tx| {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.extend(load_chunk(tx, &job, key)?);
+            }
+            Ok(found)
         })
         .await
     }

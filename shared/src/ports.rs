@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    ManifestLocation, ObjectRef,
+    JobStep, ManifestLocation, ObjectRef,
 };
 use crate::pictify::PictifyError;
 use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
@@ -101,7 +101,62 @@ pub trait ObjectStore: Send + Sync {
     ) -> PortResult<()>;
     async fn put_file(&self, object: &ObjectRef, path: &Path, content_type: &str)
     -> PortResult<()>;
+
+    /// Starts an object written in parts (S3 multipart upload); returns the upload's id. Nothing
+    /// is visible at the key until [`ObjectStore::finish_upload`]. Stores that cannot refuse.
+    async fn start_upload(&self, object: &ObjectRef, content_type: &str) -> PortResult<String> {
+        let _ = content_type;
+        Err(PortError::permanent(
+            format!("start an upload in parts to {object}"),
+            NoPartUploads,
+        ))
+    }
+
+    /// Uploads part `number` (from 1); every part but the last must be at least
+    /// [`MIN_PART_BYTES`]. Returns the part's ETag.
+    async fn upload_part(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> PortResult<String> {
+        let _ = (upload, number, bytes);
+        Err(PortError::permanent(
+            format!("upload a part to {object}"),
+            NoPartUploads,
+        ))
+    }
+
+    /// Puts the parts together as the object.
+    async fn finish_upload(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        parts: &[UploadedPart],
+    ) -> PortResult<()> {
+        let _ = (upload, parts);
+        Err(PortError::permanent(
+            format!("finish an upload to {object}"),
+            NoPartUploads,
+        ))
+    }
 }
+
+/// S3's smallest part but the last (5 MiB); moto enforces it too.
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// A part uploaded so far: its number and ETag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub etag: String,
+}
+
+/// An object store that cannot write an object in parts.
+#[derive(Debug, thiserror::Error)]
+#[error("this object store cannot write objects in parts")]
+pub struct NoPartUploads;
 
 /// The queues work travels on: chunks to the submitter, and the rest of an ingest to a fresh
 /// ingest invocation.
@@ -112,8 +167,12 @@ pub trait WorkQueue: Send + Sync {
     /// Send every message (batched as the queue allows); an entry the queue refuses is retried and
     /// then reported as an error, never dropped.
     async fn send(&self, messages: &[ChunkMessage]) -> PortResult<()>;
-    /// Asks a fresh ingest invocation to carry on with `job` from its checkpoint.
-    async fn continue_ingest(&self, job: &JobId) -> PortResult<()>;
+    /// Whether long steps can go to a worker of their own (the step queue). When not (a local
+    /// run, an operator's CLI), the caller does the step itself: ingest reads on, the manifest
+    /// is written in place.
+    fn takes_steps(&self) -> bool;
+    /// Sends a long step to the step queue's worker.
+    async fn queue_step(&self, step: &JobStep) -> PortResult<()>;
 }
 
 /// What `begin_submit` found: a domain answer (`crate::domain::rules`), re-exported here.
@@ -171,6 +230,9 @@ pub trait JobLedger: Send + Sync {
 
     /// Ingest finished: status `running` (or terminal), counters and samples set.
     async fn finish_ingest(&self, job: &Job) -> PortResult<()>;
+    /// The step working on a job in `status` is alive at `now` ([`Job::progress_at`]); `false`
+    /// when the job is no longer in that status.
+    async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool>;
     /// Records how far an ingest has got ([`Job::save_checkpoint`]'s rule); `false` when the
     /// job is no longer ingesting or another invocation got further.
     async fn save_checkpoint(
@@ -210,6 +272,9 @@ pub trait ChunkLedger: Send + Sync {
     async fn chunk(&self, job: &JobId, key: ChunkKey) -> PortResult<Option<Chunk>>;
 
     async fn chunks_of_job(&self, job: &JobId) -> PortResult<Vec<Chunk>>;
+    /// The chunks of `keys` that exist, in key order (a page of a job's chunks, by key, so a
+    /// reader of a huge job never holds them all).
+    async fn chunks_by_key(&self, job: &JobId, keys: &[ChunkKey]) -> PortResult<Vec<Chunk>>;
 
     /// Conditional intent write before calling Pictify (see `BeginSubmit`). A chunk stuck in
     /// `submitting` for longer than `grace` may be attempted again (with the same idempotency key).

@@ -42,9 +42,12 @@ pub struct Settings {
     /// An ingest invocation hands the rest on after reading this many rows (`None`: only the
     /// deadline does). For tests and for spreading one huge upload over many invocations.
     pub ingest_handoff_rows: Option<u64>,
-    /// An ingest whose checkpoint has not moved for this long has died (no invocation lives
-    /// past 15 minutes): the reconciler has it carried on.
-    pub ingest_stall: Duration,
+    /// A long step (an ingest piece, a manifest writer) that has shown no progress for this long
+    /// has died (no invocation lives past 15 minutes): the reconciler starts it again.
+    pub step_stall: Duration,
+    /// How long Pictify keeps a rendered image (7 days). Render records live as long: a URL older
+    /// than that points at nothing.
+    pub image_retention: Duration,
 }
 
 /// The pace the customer's Pictify plan allows: chunk size, batches at Pictify at once, and
@@ -163,7 +166,8 @@ impl Default for Settings {
             pacing: Pacing::unlimited(),
             ingest_handoff_margin: Duration::from_secs(60),
             ingest_handoff_rows: None,
-            ingest_stall: Duration::from_secs(960),
+            step_stall: Duration::from_secs(960),
+            image_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -265,9 +269,14 @@ impl Settings {
         if let Some(v) = get("INGEST_HANDOFF_ROWS").filter(|v| !v.trim().is_empty()) {
             s.ingest_handoff_rows = Some(parse_in("INGEST_HANDOFF_ROWS", &v, 100.0, 1e12)? as u64);
         }
-        if let Some(v) = get("INGEST_STALL_SECONDS") {
-            s.ingest_stall =
-                Duration::from_secs(parse_in("INGEST_STALL_SECONDS", &v, 0.0, 86_400.0)? as u64);
+        if let Some(v) = get("IMAGE_RETENTION_DAYS") {
+            s.image_retention = Duration::from_secs(
+                (parse_in("IMAGE_RETENTION_DAYS", &v, 1.0, 365.0)? * 86_400.0) as u64,
+            );
+        }
+        if let Some(v) = get("STEP_STALL_SECONDS") {
+            s.step_stall =
+                Duration::from_secs(parse_in("STEP_STALL_SECONDS", &v, 0.0, 86_400.0)? as u64);
         }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
             s.webhook_max_body_bytes =

@@ -159,6 +159,7 @@ pub fn job_for(key: &str) -> Job {
         manifest: None,
         reopened: 0,
         checkpoint: None,
+        progress_at: None,
     }
 }
 
@@ -970,6 +971,19 @@ async fn chunks_of_job_lists_one_jobs_chunks_in_key_order(store: Store) {
     let mut expected = keys.to_vec();
     expected.sort();
     assert_eq!(listed, expected);
+    // A page by key: the existing ones, in key order, each once, none of another job's.
+    let mut asked: Vec<ChunkKey> = (0..150).map(|seq| key(seq, 0)).collect();
+    asked.extend([key(1, 10), key(1, 10), key(1, 3), key(100_000, 0)]);
+    asked.reverse();
+    let page: Vec<ChunkKey> = store
+        .chunks_by_key(&job.id, &asked)
+        .await
+        .must("chunks by key")
+        .iter()
+        .map(|c| c.key)
+        .collect();
+    let expected = vec![key(0, 0), key(1, 0), key(1, 10), key(2, 0), key(100_000, 0)];
+    assert_eq!(page, expected);
 }
 
 async fn reopening_applies_once_only_from_the_expected_status(store: Store) {

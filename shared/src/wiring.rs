@@ -65,12 +65,14 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
     let webhook_secrets = secrets.webhook_secrets;
 
     let mut queue = SqsWorkQueue::new(sqs, queue_url);
-    if let Some(url) = optional_env("INGEST_QUEUE_URL") {
-        queue = queue.with_ingest_queue(url);
+    if let Some(url) = optional_env("STEP_QUEUE_URL") {
+        queue = queue.with_step_queue(url);
     }
     let queue = Arc::new(queue);
     let pipeline = Pipeline {
-        store: Arc::new(DynamoJobStore::new(dynamo, table)),
+        store: Arc::new(
+            DynamoJobStore::new(dynamo, table).with_record_ttl(settings.image_retention),
+        ),
         objects: Arc::new(S3ObjectStore::new(s3)),
         queue: queue.clone(),
         pictify: Arc::new(pictify),

@@ -84,8 +84,8 @@ pub struct Stack {
     pub pipeline: Pipeline,
     pub queue: Arc<SqsWorkQueue>,
     pub queue_url: String,
-    /// Ingest continuations (template.yaml's `IngestQueue`).
-    pub ingest_queue_url: String,
+    /// Long steps: ingest continuations and manifests (template.yaml's `StepQueue`).
+    pub step_queue_url: String,
     /// The work queue's dead-letter queue (redrive after `MAX_RECEIVE_COUNT` receives).
     pub dlq_url: String,
     pub bucket: String,
@@ -136,7 +136,7 @@ impl Stack {
         let dlq_url = fresh_queue(&sqsc, "dlq").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
         redrive(&sqsc, &queue_url, &dlq_url).await?;
-        let ingest_queue_url = fresh_queue(&sqsc, "ingest").await?;
+        let step_queue_url = fresh_queue(&sqsc, "steps").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
         let table = unique_name("jobs");
         create_table(&dyn_c, &table)
@@ -186,7 +186,7 @@ impl Stack {
             vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
         let queue = Arc::new(
             SqsWorkQueue::new(sqsc.clone(), queue_url.clone())
-                .with_ingest_queue(ingest_queue_url.clone()),
+                .with_step_queue(step_queue_url.clone()),
         );
         let store = Arc::new(DynamoJobStore::new(dyn_c, table.clone()));
         let pipeline = Pipeline {
@@ -204,7 +204,7 @@ impl Stack {
             pipeline,
             queue,
             queue_url,
-            ingest_queue_url,
+            step_queue_url,
             dlq_url,
             bucket,
             table,
@@ -262,10 +262,10 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("ingest: {e}"))
     }
 
-    /// One poll of the ingest queue into the ingest handler (as `pipeline`, with `context`'s
+    /// One poll of the step queue into the ingest handler (as `pipeline`, with `context`'s
     /// deadline), acting like Lambda's event source mapping with batch size 1. Returns the
     /// handler's answer, or `None` when the queue was empty.
-    pub async fn drain_ingest_once(
+    pub async fn drain_steps_once(
         &self,
         pipeline: &Pipeline,
         context: Context,
@@ -273,12 +273,12 @@ impl Stack {
         let out = self
             .sqs
             .receive_message()
-            .queue_url(&self.ingest_queue_url)
+            .queue_url(&self.step_queue_url)
             .max_number_of_messages(1)
-            .wait_time_seconds(1)
+            .wait_time_seconds(0)
             .send()
             .await
-            .sdk_context("receive ingest message")?;
+            .sdk_context("receive step message")?;
         let Some(message) = out.messages.unwrap_or_default().into_iter().next() else {
             return Ok(None);
         };
@@ -295,18 +295,34 @@ impl Stack {
         if !failed && let Some(receipt) = &message.receipt_handle {
             self.sqs
                 .delete_message()
-                .queue_url(&self.ingest_queue_url)
+                .queue_url(&self.step_queue_url)
                 .receipt_handle(receipt)
                 .send()
                 .await
-                .sdk_context("delete ingest message")?;
+                .sdk_context("delete step message")?;
         }
         Ok(Some(answer))
     }
 
-    /// One poll of the queue into the submitter handler, acting like Lambda's event source
-    /// mapping: messages not reported as failures are deleted. Returns how many were received.
+    /// One poll of each queue: the step queue into the ingest handler (a manifest to write, an
+    /// ingest to carry on), then the work queue into the submitter handler, acting like Lambda's
+    /// event source mappings: messages not reported as failures are deleted. Returns how many
+    /// were received.
     pub async fn drain_once(&self) -> anyhow::Result<usize> {
+        let mut steps = 0;
+        while self
+            .drain_steps_once(&self.pipeline, Context::default())
+            .await?
+            .is_some()
+        {
+            steps += 1;
+        }
+        Ok(steps + self.drain_work_once().await?)
+    }
+
+    /// One poll of the work queue alone into the submitter handler (a test that watches a job
+    /// reach `finishing` and leaves the step queue alone).
+    pub async fn drain_work_once(&self) -> anyhow::Result<usize> {
         let out = self
             .sqs
             .receive_message()

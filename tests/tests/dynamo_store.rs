@@ -116,3 +116,68 @@ async fn a_reopen_larger_than_one_transaction_is_refused() -> anyhow::Result<()>
     assert_eq!(store.chunks_of_job(&job).await?.len(), 1);
     Ok(())
 }
+
+/// Render and failure records expire with Pictify's image retention: 7 days unless configured.
+#[tokio::test]
+async fn render_records_expire_with_the_image_retention() -> anyhow::Result<()> {
+    let client = dynamodb(&aws_config().await);
+    let table = unique_name("ttl");
+    create_table(&client, &table).await?;
+    let default = DynamoJobStore::new(client.clone(), table.clone());
+    let three_days = DynamoJobStore::new(client.clone(), table.clone())
+        .with_record_ttl(std::time::Duration::from_secs(3 * 86_400));
+    let render = |url: &str| RenderRecord {
+        url: url.into(),
+        image_id: None,
+        rendered_at: None,
+        recorded_at: 1_000,
+    };
+    default
+        .record_render("fp_default", &render("https://cdn/a.png"))
+        .await?;
+    three_days
+        .record_render("fp_short", &render("https://cdn/b.png"))
+        .await?;
+    let failure = FailureRecord {
+        code: "RENDER_TIMEOUT".into(),
+        message: "slow".into(),
+        recorded_at: 1_000,
+    };
+    three_days.record_failure("fp_short", &failure).await?;
+    let out = client.scan().table_name(&table).send().await?;
+    let mut expiries: Vec<(String, String, String)> = out
+        .items
+        .unwrap_or_default()
+        .iter()
+        .map(|item| {
+            let text = |name: &str| {
+                item.get(name)
+                    .map(|v| v.as_s().or(v.as_n()).cloned().unwrap_or_default())
+                    .unwrap_or_default()
+            };
+            (text("pk"), text("sk"), text("ttl"))
+        })
+        .collect();
+    expiries.sort();
+    assert_eq!(
+        expiries,
+        vec![
+            (
+                "FP#fp_default".into(),
+                "#RENDER".into(),
+                (1_000 + 7 * 86_400).to_string()
+            ),
+            (
+                "FP#fp_short".into(),
+                "#FAILURE".into(),
+                (1_000 + 3 * 86_400).to_string()
+            ),
+            (
+                "FP#fp_short".into(),
+                "#RENDER".into(),
+                (1_000 + 3 * 86_400).to_string()
+            ),
+        ]
+    );
+    Ok(())
+}

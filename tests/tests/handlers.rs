@@ -251,6 +251,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         manifest: None,
         reopened: 0,
         checkpoint: None,
+        progress_at: None,
     };
     stack.store.create_job(&job_item).await?;
     stack

@@ -1,12 +1,14 @@
-//! ingest handler: S3 notification → `Pipeline::ingest_until` for each created object, and ingest
-//! queue message (SQS) → `Pipeline::continue_ingest` for an upload handed on by an earlier
-//! invocation. Each piece stops `INGEST_HANDOFF_MARGIN_SECONDS` before the invocation's deadline.
+//! ingest handler: S3 notification → `Pipeline::ingest_until` for each created object; and the
+//! step queue (SQS), the long steps of a job that need this function's 15 minutes:
+//! `continueIngest` → `Pipeline::continue_ingest` (an upload handed on by an earlier invocation),
+//! `writeManifest` → `Pipeline::write_manifest_step`. An ingest piece stops
+//! `INGEST_HANDOFF_MARGIN_SECONDS` before the invocation's deadline.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use serde_json::{Value, json};
-use shared::domain::{ContinueIngest, ObjectRef};
+use shared::domain::{JobStep, ObjectRef};
 use shared::pipeline::{IngestOutcome, Pipeline, StepError};
 use shared::s3_event::{S3Notification, Trigger};
 use tracing::{error, info};
@@ -68,7 +70,7 @@ pub async fn function_handler(
 ) -> Result<Value, IngestError> {
     let hand_off_at = hand_off_at(&event.context, pipeline.settings.ingest_handoff_margin);
     if is_sqs_event(&event.payload) {
-        return Ok(continue_ingests(pipeline, event.payload, hand_off_at).await);
+        return Ok(run_steps(pipeline, event.payload, hand_off_at).await);
     }
     let notification: S3Notification =
         serde_json::from_value(event.payload).map_err(IngestError::NotAnS3Notification)?;
@@ -111,33 +113,39 @@ fn is_sqs_event(payload: &Value) -> bool {
     payload["Records"][0]["eventSource"] == "aws:sqs"
 }
 
-/// Ingest queue messages: each carries on one job. A message that fails is reported in
-/// `batchItemFailures` and comes back after its visibility timeout; an unreadable one is
-/// dropped with an error log (it would fail the same way forever; the reconciler still sees
-/// the stalled job).
-async fn continue_ingests(
-    pipeline: &Pipeline,
-    payload: Value,
-    hand_off_at: Option<Instant>,
-) -> Value {
+/// Step queue messages, each one long step of one job. A step that fails is reported in
+/// `batchItemFailures` and comes back after its visibility timeout; an unreadable message is
+/// dropped with an error log (it would fail the same way forever; the reconciler still sees the
+/// stalled job).
+async fn run_steps(pipeline: &Pipeline, payload: Value, hand_off_at: Option<Instant>) -> Value {
     let records = payload["Records"].as_array().cloned().unwrap_or_default();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for record in records {
         let message_id = record["messageId"].as_str().unwrap_or_default().to_owned();
         let body = record["body"].as_str().unwrap_or_default();
-        let job = match serde_json::from_str::<ContinueIngest>(body) {
-            Ok(message) => message.continue_ingest,
+        let step = match serde_json::from_str::<JobStep>(body) {
+            Ok(step) => step,
             Err(e) => {
-                error!(message_id = %message_id, error = %e, "ingest queue message unreadable; dropped");
+                error!(message_id = %message_id, error = %e, "step message unreadable; dropped");
                 outcomes.push(json!({ "dropped": message_id }));
                 continue;
             }
         };
-        match pipeline.continue_ingest(&job, hand_off_at).await {
-            Ok(outcome) => outcomes.push(describe(&outcome)),
+        let done = match &step {
+            JobStep::ContinueIngest(job) => pipeline
+                .continue_ingest(job, hand_off_at)
+                .await
+                .map(|outcome| describe(&outcome)),
+            JobStep::WriteManifest(job) => pipeline
+                .write_manifest_step(job)
+                .await
+                .map(|wrote| json!({ "job": job, "manifest": wrote })),
+        };
+        match done {
+            Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
-                error!(job_id = %job, error = %e, retryable = e.is_retryable(), "ingest continuation failed; the message comes back");
+                error!(job_id = %step.job(), error = %e, retryable = e.is_retryable(), "step failed; the message comes back");
                 failures.push(json!({ "itemIdentifier": message_id }));
             }
         }

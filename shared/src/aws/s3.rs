@@ -18,7 +18,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use tokio_util::io::SyncIoBridge;
 
 use crate::domain::ObjectRef;
-use crate::ports::{ObjectBody, ObjectStore, PortError, PortResult};
+use crate::ports::{ObjectBody, ObjectStore, PortError, PortResult, UploadedPart};
 
 /// An SDK error with a readable message (the SDK's own `Display` is just "service error") and the
 /// original kept as the source.
@@ -88,6 +88,8 @@ enum S3Error {
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
     #[error("cannot read the object body: {0}")]
     Body(#[source] aws_sdk_s3::primitives::ByteStreamError),
+    #[error("S3 started a multipart upload without an upload id")]
+    NoUploadId,
 }
 
 /// How a read is pinned to a version.
@@ -270,6 +272,77 @@ impl ObjectStore for S3ObjectStore {
             .key(&object.key)
             .content_type(content_type)
             .body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_port_error(operation, e))?;
+        Ok(())
+    }
+
+    async fn start_upload(&self, object: &ObjectRef, content_type: &str) -> PortResult<String> {
+        let operation = format!("start a multipart upload to {object}");
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| sdk_port_error(operation.clone(), e))?;
+        out.upload_id
+            .ok_or_else(|| PortError::permanent(operation, S3Error::NoUploadId))
+    }
+
+    async fn upload_part(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> PortResult<String> {
+        let operation = format!("upload part {number} of {object}");
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .upload_id(upload)
+            .part_number(i32::try_from(number).unwrap_or(i32::MAX))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| sdk_port_error(operation.clone(), e))?;
+        out.e_tag
+            .ok_or_else(|| PortError::permanent(operation, S3Error::NoVersion))
+    }
+
+    async fn finish_upload(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        parts: &[UploadedPart],
+    ) -> PortResult<()> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let operation = format!("complete the multipart upload to {object}");
+        let parts = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(i32::try_from(p.number).unwrap_or(i32::MAX))
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .upload_id(upload)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| sdk_port_error(operation, e))?;

@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use backon::{ExponentialBuilder, RetryableWithContext as _};
 
 use super::s3::sdk_port_error;
-use crate::domain::{ChunkMessage, ContinueIngest, JobId};
+use crate::domain::{ChunkMessage, JobStep};
 use crate::ports::{PortError, PortResult, WorkQueue};
 
 /// AWS's message size limit (moto accepts 1 MiB; we hold ourselves to AWS's). It also caps the
@@ -43,10 +43,10 @@ pub struct MessageTooLarge {
     pub max: usize,
 }
 
-/// An ingest hand-off with no ingest queue configured.
+/// A long step with no step queue configured.
 #[derive(Debug, thiserror::Error)]
-#[error("INGEST_QUEUE_URL is not set: an ingest cannot be handed to a fresh invocation")]
-pub struct NoIngestQueue;
+#[error("STEP_QUEUE_URL is not set: no worker takes long steps here")]
+pub struct NoStepQueue;
 
 /// Entries SQS did not accept after every attempt, with SQS's reason for each.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +110,8 @@ fn batches(pending: &[usize], bodies: &[String], max: usize) -> Vec<Vec<usize>> 
 pub struct SqsWorkQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
-    /// Where ingest hand-offs go (`INGEST_QUEUE_URL`); only ingest and the reconciler send them.
-    ingest_queue_url: Option<String>,
+    /// Where long steps go (`STEP_QUEUE_URL`): the rest of an ingest, a manifest to write.
+    step_queue_url: Option<String>,
 }
 
 /// Where a send stands between attempts: entries to (re)send, entries that failed for good, the
@@ -133,13 +133,13 @@ impl SqsWorkQueue {
         SqsWorkQueue {
             client,
             queue_url: queue_url.into(),
-            ingest_queue_url: None,
+            step_queue_url: None,
         }
     }
 
-    /// Where ingest hand-offs go.
-    pub fn with_ingest_queue(mut self, url: impl Into<String>) -> Self {
-        self.ingest_queue_url = Some(url.into());
+    /// Where long steps go.
+    pub fn with_step_queue(mut self, url: impl Into<String>) -> Self {
+        self.step_queue_url = Some(url.into());
         self
     }
 
@@ -258,15 +258,17 @@ impl WorkQueue for SqsWorkQueue {
     /// (sender-fault entries are not), then everything still unsent is reported by chunk label.
     /// Messages already sent stay sent: a caller retrying the whole call may duplicate some,
     /// which the submitter's `begin_submit` absorbs.
-    async fn continue_ingest(&self, job: &JobId) -> PortResult<()> {
-        let operation = format!("hand on the ingest of {job}");
-        let Some(url) = &self.ingest_queue_url else {
-            return Err(PortError::permanent(operation, NoIngestQueue));
+    fn takes_steps(&self) -> bool {
+        self.step_queue_url.is_some()
+    }
+
+    async fn queue_step(&self, step: &JobStep) -> PortResult<()> {
+        let operation = format!("queue a step of {}", step.job());
+        let Some(url) = &self.step_queue_url else {
+            return Err(PortError::permanent(operation, NoStepQueue));
         };
-        let body = serde_json::to_string(&ContinueIngest {
-            continue_ingest: job.clone(),
-        })
-        .map_err(|e| PortError::permanent(operation.clone(), e))?;
+        let body =
+            serde_json::to_string(step).map_err(|e| PortError::permanent(operation.clone(), e))?;
         self.client
             .send_message()
             .queue_url(url)

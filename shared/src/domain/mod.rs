@@ -266,6 +266,10 @@ pub struct Job {
     /// checkpoint). The next ingest invocation carries on from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<IngestCheckpoint>,
+    /// While `finishing`: when the manifest writer last showed progress (it started, or sent a
+    /// part). A writer silent for `STEP_STALL_SECONDS` has died; the reconciler starts another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<i64>,
 }
 
 /// How far ingest has read an upload. Everything before `position` is queued: its chunks are
@@ -468,11 +472,23 @@ pub struct ChunkPayload {
     pub variable_sets: Vec<VariableSet>,
 }
 
-/// The ingest queue's message: carry on with this job's ingest from its checkpoint.
+/// A long step of a job, for a worker with time (the step queue, read by the ingest function,
+/// which may run 15 minutes): `{"continueIngest": "job_…"}` or `{"writeManifest": "job_…"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ContinueIngest {
-    pub continue_ingest: JobId,
+pub enum JobStep {
+    /// Carry on with the job's ingest from its checkpoint.
+    ContinueIngest(JobId),
+    /// Write the manifest of a job in `finishing`, and finish it.
+    WriteManifest(JobId),
+}
+
+impl JobStep {
+    pub fn job(&self) -> &JobId {
+        match self {
+            JobStep::ContinueIngest(job) | JobStep::WriteManifest(job) => job,
+        }
+    }
 }
 
 /// A work-queue message: the payload inline when it fits, else a reference to its stored copy.

@@ -290,6 +290,20 @@ impl Job {
         )
     }
 
+    /// The step working on the job shows progress: applies while the job is in `status`.
+    pub fn mark_progress(&self, status: JobStatus, now: i64) -> Transition<Job, bool> {
+        if self.status != status {
+            return Transition::stay(false);
+        }
+        Transition::to(
+            Job {
+                progress_at: Some(now),
+                ..self.clone()
+            },
+            true,
+        )
+    }
+
     /// Compare-and-set on the status: `from → to`; `false` when the job is not in `from`.
     pub fn transition(&self, from: JobStatus, to: JobStatus) -> Transition<Job, bool> {
         if self.status != from {
@@ -424,6 +438,7 @@ mod tests {
             completed_at: None,
             render_ms_total: 0,
             checkpoint: None,
+            progress_at: None,
             manifest: None,
             reopened: 0,
         }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::domain::ObjectRef;
-use crate::ports::{ObjectBody, ObjectStore, PortError, PortResult};
+use crate::ports::{ObjectBody, ObjectStore, PortError, PortResult, UploadedPart};
 
 /// Objects as files under one root directory.
 #[derive(Debug, Clone)]
@@ -234,6 +234,79 @@ impl ObjectStore for FsObjectStore {
         })
         .await
     }
+
+    /// Parts are files in a hidden directory beside the object until `finish_upload`
+    /// concatenates them (streamed, never in memory) and renames the result into place.
+    async fn start_upload(&self, object: &ObjectRef, _content_type: &str) -> PortResult<String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let upload = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            UNIX_EPOCH
+                .elapsed()
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let dir = parts_dir(&self.path_of(object)?, &upload);
+        let operation = format!("start an upload to {object}");
+        blocking(operation.clone(), move || {
+            fs::create_dir_all(&dir).map_err(|e| io_error(operation, e))
+        })
+        .await?;
+        Ok(upload)
+    }
+
+    async fn upload_part(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> PortResult<String> {
+        let dir = parts_dir(&self.path_of(object)?, upload);
+        let operation = format!("write part {number} of {object}");
+        blocking(operation.clone(), move || {
+            write_atomically(&dir.join(format!("{number:05}")), |file| {
+                file.write_all(&bytes)
+            })
+            .map_err(|e| io_error(operation, e))
+        })
+        .await?;
+        Ok(format!("part-{number}"))
+    }
+
+    async fn finish_upload(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        parts: &[UploadedPart],
+    ) -> PortResult<()> {
+        let path = self.path_of(object)?;
+        let dir = parts_dir(&path, upload);
+        let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+        let operation = format!("finish the upload to {object}");
+        blocking(operation.clone(), move || {
+            write_atomically(&path, |file| {
+                for number in numbers {
+                    io::copy(&mut File::open(dir.join(format!("{number:05}")))?, file)?;
+                }
+                Ok(())
+            })
+            .and_then(|()| fs::remove_dir_all(&dir))
+            .map_err(|e| io_error(operation, e))
+        })
+        .await
+    }
+}
+
+/// Where the parts of an upload to `path` wait.
+fn parts_dir(path: &Path, upload: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.parts-{upload}"))
 }
 
 #[cfg(test)]

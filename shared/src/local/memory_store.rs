@@ -123,6 +123,14 @@ impl JobLedger for MemoryJobStore {
         Ok(())
     }
 
+    async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool> {
+        let mut state = self.lock();
+        Ok(match state.jobs.get_mut(job) {
+            Some(stored) => stored.mark_progress(status, now).apply(stored),
+            None => false,
+        })
+    }
+
     async fn save_checkpoint(
         &self,
         job: &JobId,
@@ -235,6 +243,15 @@ impl ChunkLedger for MemoryJobStore {
             .iter()
             .filter(|((owner, _), _)| owner == job)
             .map(|(_, chunk)| chunk.clone())
+            .collect())
+    }
+
+    async fn chunks_by_key(&self, job: &JobId, keys: &[ChunkKey]) -> PortResult<Vec<Chunk>> {
+        let state = self.lock();
+        let unique: std::collections::BTreeSet<ChunkKey> = keys.iter().copied().collect();
+        Ok(unique
+            .into_iter()
+            .filter_map(|key| state.chunks.get(&(job.clone(), key)).cloned())
             .collect())
     }
 

@@ -5,21 +5,31 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::aws::sqs::{SQS_MAX_MESSAGE_BYTES, encode_messages};
-use crate::domain::{ChunkMessage, JobId};
-use crate::ports::{PortResult, WorkQueue};
+use crate::aws::sqs::{NoStepQueue, SQS_MAX_MESSAGE_BYTES, encode_messages};
+use crate::domain::{ChunkMessage, JobStep};
+use crate::ports::{PortError, PortResult, WorkQueue};
 
 /// Cloning shares the queue, so a test can keep a handle while the pipeline owns another.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryQueue {
     messages: Arc<Mutex<VecDeque<ChunkMessage>>>,
-    /// Jobs whose ingest was handed on (the caller runs `continue_ingest` for each).
-    continuations: Arc<Mutex<VecDeque<JobId>>>,
+    /// Long steps handed to a worker, when this queue takes them (`with_steps`).
+    steps: Option<Arc<Mutex<VecDeque<JobStep>>>>,
 }
 
 impl MemoryQueue {
+    /// A queue that takes no long steps: the pipeline does them in place (local runs).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A queue that also keeps long steps for the caller to run (`pop_step`), as the step queue
+    /// does for the ingest function.
+    pub fn with_steps() -> Self {
+        MemoryQueue {
+            steps: Some(Arc::default()),
+            ..Self::default()
+        }
     }
 
     /// Takes every queued message, oldest first.
@@ -27,9 +37,10 @@ impl MemoryQueue {
         self.lock().drain(..).collect()
     }
 
-    /// The oldest ingest hand-off not yet taken.
-    pub fn pop_continuation(&self) -> Option<JobId> {
-        self.continuations
+    /// The oldest long step not yet taken.
+    pub fn pop_step(&self) -> Option<JobStep> {
+        self.steps
+            .as_ref()?
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop_front()
@@ -74,11 +85,21 @@ impl WorkQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn continue_ingest(&self, job: &JobId) -> PortResult<()> {
-        self.continuations
+    fn takes_steps(&self) -> bool {
+        self.steps.is_some()
+    }
+
+    async fn queue_step(&self, step: &JobStep) -> PortResult<()> {
+        let Some(steps) = &self.steps else {
+            return Err(PortError::permanent(
+                format!("queue a step of {}", step.job()),
+                NoStepQueue,
+            ));
+        };
+        steps
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push_back(job.clone());
+            .push_back(step.clone());
         Ok(())
     }
 }
@@ -87,7 +108,7 @@ impl WorkQueue for MemoryQueue {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::domain::ChunkKey;
+    use crate::domain::{ChunkKey, JobId};
 
     fn message(seq: u32) -> ChunkMessage {
         ChunkMessage {

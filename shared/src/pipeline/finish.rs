@@ -1,12 +1,16 @@
 //! Job completion: once every row is terminal, write the manifest, set the final status and
-//! notify. Whoever moves the job from `running` to `finishing` does it (ingest for an empty
-//! file, the batch that completed last, the reconciler for a finisher that died).
+//! notify. Whoever moves the job from `running` to `finishing` starts it (ingest for an empty
+//! file, the batch that completed last). The manifest of a big job takes minutes, so where there
+//! is a step queue it is written there (`JobStep::WriteManifest`, by the ingest function), never
+//! on a webhook's request; a local run writes it in place. The reconciler starts a new writer
+//! when one has shown no progress for `STEP_STALL_SECONDS`.
 
 use tracing::info;
 
 use super::alerting::job_finished_alert;
 use super::{Pipeline, ReopenOutcome, Selection, StepError};
-use crate::domain::{Job, JobId, JobStatus};
+use crate::domain::{Job, JobId, JobStatus, JobStep};
+use crate::ports::AlertKind;
 use crate::settings::MissingUrlPolicy;
 
 impl Pipeline {
@@ -27,7 +31,38 @@ impl Pipeline {
         {
             return Ok(());
         }
+        let now = self.clock.now();
+        self.store
+            .mark_progress(job_id, JobStatus::Finishing, now)
+            .await?;
+        if self.queue.takes_steps() {
+            info!(job_id = %job_id, "every row is terminal; manifest queued");
+            return Ok(self
+                .queue
+                .queue_step(&JobStep::WriteManifest(job_id.clone()))
+                .await?);
+        }
         self.finish_job(job).await
+    }
+
+    /// The step queue's `WriteManifest`: finishes a job still in `finishing` (a late duplicate
+    /// of the step finds it finished and does nothing). `false` when there was nothing to do.
+    pub async fn write_manifest_step(&self, job_id: &JobId) -> Result<bool, StepError> {
+        let Some(job) = self.store.job(job_id).await? else {
+            return Err(StepError::Missing {
+                what: format!("job {job_id}"),
+            });
+        };
+        if job.status != JobStatus::Finishing {
+            info!(job_id = %job_id, status = job.status.as_str(), "manifest step for a job not finishing");
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        self.store
+            .mark_progress(job_id, JobStatus::Finishing, now)
+            .await?;
+        self.finish_job(job).await?;
+        Ok(true)
     }
 
     /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
@@ -60,14 +95,19 @@ impl Pipeline {
             job_id = %job.id, status = status.as_str(), rows = c.rows, rendered = c.rendered, failed = c.failed,
             rejected = c.rejected, manifest = %summary.location.csv, "job finished"
         );
-        let manifest = summary.location.csv.to_string();
-        self.alert(job_finished_alert(
-            &job,
-            status,
-            &manifest,
-            summary.top_errors,
-        ))
-        .await;
+        // Once per finish (a reopened job finishes again): two writers racing on one job, or a
+        // writer started again after a crash, notify once.
+        let kind = format!("{}#{}", AlertKind::JobFinished.as_str(), job.reopened);
+        if self.store.claim_alert(&job.id, &kind, now).await? {
+            let manifest = summary.location.csv.to_string();
+            self.alert(job_finished_alert(
+                &job,
+                status,
+                &manifest,
+                summary.top_errors,
+            ))
+            .await;
+        }
         Ok(())
     }
 

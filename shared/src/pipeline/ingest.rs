@@ -4,7 +4,7 @@
 //! An upload of any size: ingest saves a checkpoint (where the next row starts, and what the rows
 //! before it made) every few thousand rows. When its invocation nears its end (`hand_off_at`) or
 //! has read `INGEST_HANDOFF_ROWS` rows, it queues everything before its last safe point, saves
-//! that point and hands the rest to a fresh invocation (`WorkQueue::continue_ingest`). A piece
+//! that point and hands the rest to a fresh invocation (a `JobStep::ContinueIngest`). A piece
 //! that dies is carried on from the last checkpoint by a redelivered event, its continuation
 //! message or the reconciler. Chunk numbers and contents follow from the position alone, so the
 //! chunks made in N pieces are the chunks one pass makes, and a piece done twice writes the same
@@ -19,7 +19,8 @@ use super::payload::EncodedChunk;
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, RowRules};
 use crate::domain::{
-    ChunkKey, ChunkPayload, Counters, IngestCheckpoint, Job, JobId, JobSpec, JobStatus, ObjectRef,
+    ChunkKey, ChunkPayload, Counters, IngestCheckpoint, Job, JobId, JobSpec, JobStatus, JobStep,
+    ObjectRef,
 };
 use crate::layout::{self, UploadKind};
 use crate::metrics::{self, Unit};
@@ -152,6 +153,7 @@ impl Pipeline {
             manifest: None,
             reopened: 0,
             checkpoint: None,
+            progress_at: None,
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {
@@ -265,8 +267,10 @@ impl Pipeline {
                 Parsed::Safe(mut point) => {
                     point.pieces = start.pieces;
                     let read = point.position.rows - start.position.rows;
-                    let hand_off = hand_off_at.is_some_and(|at| Instant::now() >= at)
-                        || hand_off_rows.is_some_and(|limit| read >= limit);
+                    // With no step queue (a local run) there is no one to hand to: read on.
+                    let hand_off = self.queue.takes_steps()
+                        && (hand_off_at.is_some_and(|at| Instant::now() >= at)
+                            || hand_off_rows.is_some_and(|limit| read >= limit));
                     if hand_off {
                         // Every chunk before the point goes out before the point is saved.
                         self.queue_chunks(&job.source.bucket, std::mem::take(&mut pending))
@@ -367,7 +371,9 @@ impl Pipeline {
                 job: job.id.clone(),
             });
         }
-        self.queue.continue_ingest(&job.id).await?;
+        self.queue
+            .queue_step(&JobStep::ContinueIngest(job.id.clone()))
+            .await?;
         info!(
             job_id = %job.id, piece = point.pieces, rows = point.position.rows, chunks = point.chunks,
             byte = point.position.offset, "ingest handed on to a fresh invocation"

@@ -3,21 +3,35 @@
 //! Rows are not stored individually, so the manifest re-reads the upload (pinned to the version
 //! the job read) with the same rules — identical row numbers and rejection reasons — and joins
 //! each row with its chunk's outcome and its fingerprint's render record.
+//!
+//! It is a stream whatever the job's size. A job's first chunks hold its rows in file order, so
+//! they are read a page (100 chunks and their retries) at a time as the rows go by; the chunks a
+//! reopen added come after them, carry rows from anywhere, and are read first (their rows are
+//! the only per-row state held for the whole job). Both files go out in parts of 8 MiB (an S3
+//! multipart upload once a file outgrows one part). Memory: one page of chunks, one group of
+//! lines, two part buffers.
 
 use std::collections::HashMap;
-use std::io::Write;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use super::alerting::top_errors;
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, fingerprint};
-use crate::domain::{Chunk, ChunkKey, Job, ManifestLocation, RowState};
+use crate::domain::{
+    Chunk, ChunkKey, Job, JobId, JobStatus, ManifestLocation, ObjectRef, RowState,
+};
 use crate::layout;
+use crate::ports::{RenderRecord, UploadedPart};
 
 /// Rows looked up together (one BatchGetItem holds 100 keys).
 const LOOKUP_GROUP: usize = 100;
+/// Chunks read per page (one BatchGetItem).
+const CHUNK_PAGE: u32 = 100;
+/// A manifest file goes out in parts of this size (S3 wants ≥ 5 MiB but the last).
+const PART_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManifestSummary {
@@ -38,6 +52,8 @@ struct Line {
     state: RowState,
     attempts: u32,
     fingerprint: Option<String>,
+    /// Render records older than this are another attempt's (see [`RowOutcome::since`]).
+    since: Option<i64>,
 }
 
 /// Where a submitted row ended: the state from the last chunk that carried it.
@@ -49,10 +65,12 @@ pub(super) struct RowOutcome {
     /// The last chunk that carried it, and the row's index in that chunk's batch.
     pub chunk: ChunkKey,
     pub index: u32,
+    /// When that chunk was created: only a render record made since can hold the row's URL.
+    pub since: Option<i64>,
 }
 
-/// Where each submitted row ended, from the chunks: later chunks (retries, and the chunks of a
-/// reopened job, numbered after all others) override earlier ones.
+/// Where each row of `chunks` ended: later chunks (retries, and the chunks of a reopened job,
+/// numbered after all others) override earlier ones.
 pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
     chunks.sort_by_key(|c| c.key);
     let mut rows: HashMap<u64, RowOutcome> = HashMap::new();
@@ -82,6 +100,7 @@ pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
                     attempts,
                     chunk: chunk.key,
                     index,
+                    since: chunk.queued_at,
                 },
             );
         }
@@ -89,22 +108,113 @@ pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
     rows
 }
 
+/// The outcome of one row: its first chunks' (`first`), overridden by a reopen's (`reopened`),
+/// whose attempts add to the first ones.
+fn combine(first: Option<&RowOutcome>, reopened: Option<&RowOutcome>) -> Option<RowOutcome> {
+    match (first, reopened) {
+        (first, Some(later)) => Some(RowOutcome {
+            attempts: later.attempts + first.map_or(0, |f| f.attempts),
+            ..later.clone()
+        }),
+        (Some(first), None) => Some(first.clone()),
+        (None, None) => None,
+    }
+}
+
+/// The outcomes of the rows of the job's first chunks, a page at a time in row order.
+struct FirstChunks {
+    job: JobId,
+    /// The next page starts at this sequence number.
+    next_seq: u32,
+    /// The last of the first chunks (the reopened ones come after).
+    last_seq: u32,
+    /// The current page's rows, and the greatest of them.
+    outcomes: HashMap<u64, RowOutcome>,
+    max_row: Option<u64>,
+}
+
+/// What the blocking reader hands to the async side.
+enum Read {
+    /// The CSV header (first, CSV only).
+    Columns(Vec<String>),
+    Items(Vec<Item>),
+}
+
+/// One manifest file being written: bytes wait in `buffer` until a part is full.
+struct PartWriter {
+    object: ObjectRef,
+    content_type: &'static str,
+    buffer: Vec<u8>,
+    /// The multipart upload, once the file outgrew one part.
+    upload: Option<String>,
+    parts: Vec<UploadedPart>,
+}
+
+impl PartWriter {
+    fn new(object: ObjectRef, content_type: &'static str) -> Self {
+        PartWriter {
+            object,
+            content_type,
+            buffer: Vec::with_capacity(PART_BYTES + 64 * 1024),
+            upload: None,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Sends the buffer as the next part once it is full; `true` when it did.
+    async fn maybe_flush(&mut self, pipeline: &Pipeline) -> Result<bool, StepError> {
+        if self.buffer.len() < PART_BYTES {
+            return Ok(false);
+        }
+        let objects = &pipeline.objects;
+        let upload = match &self.upload {
+            Some(upload) => upload.clone(),
+            None => {
+                let upload = objects
+                    .start_upload(&self.object, self.content_type)
+                    .await?;
+                self.upload = Some(upload.clone());
+                upload
+            }
+        };
+        let number = self.parts.len() as u32 + 1;
+        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_BYTES + 64 * 1024));
+        let etag = objects
+            .upload_part(&self.object, &upload, number, bytes)
+            .await?;
+        self.parts.push(UploadedPart { number, etag });
+        Ok(true)
+    }
+
+    /// The rest as the last part; a file that never outgrew one part is a single PUT.
+    async fn finish(mut self, pipeline: &Pipeline) -> Result<(), StepError> {
+        let objects = &pipeline.objects;
+        let Some(upload) = self.upload.take() else {
+            return Ok(objects
+                .put_bytes(&self.object, self.buffer, self.content_type)
+                .await?);
+        };
+        let number = self.parts.len() as u32 + 1;
+        let etag = objects
+            .upload_part(&self.object, &upload, number, self.buffer)
+            .await?;
+        self.parts.push(UploadedPart { number, etag });
+        Ok(objects
+            .finish_upload(&self.object, &upload, &self.parts)
+            .await?)
+    }
+}
+
 impl Pipeline {
     /// Writes both manifest files for a job and returns what they contain.
     pub async fn write_manifest(&self, job: &Job) -> Result<ManifestSummary, StepError> {
         let location = layout::manifest_location(&job.source, &self.settings);
-        let outcomes = row_outcomes(self.store.chunks_of_job(&job.id).await?);
         let format =
             DatasetFormat::from_key(&job.source.key).ok_or_else(|| StepError::Unreadable {
                 what: job.source.to_string(),
                 reason: "not a dataset (.csv, .json, .jsonl)".into(),
             })?;
-        let dir = tempfile::tempdir().map_err(|source| StepError::Io {
-            what: "creating a temp dir for the manifest",
-            source,
-        })?;
-        let csv_path = dir.path().join("results.csv");
-        let jsonl_path = dir.path().join("results.jsonl");
+        let (mut first, reopened) = self.scan_chunks(&job.id).await?;
 
         // The upload may be unreadable (that can be why the job failed): then the manifest has no lines.
         let body = if job.counters.rows > 0 {
@@ -116,61 +226,35 @@ impl Pipeline {
         } else {
             None
         };
-        let (tx, mut rx) = mpsc::channel::<Vec<Line>>(4);
+        let (tx, mut rx) = mpsc::channel::<Read>(4);
         let rules = layout::row_rules(&job.spec);
-        let template_id = job.spec.template_id.clone();
-        let reader = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let Some(body) = body else {
-                return Ok(Vec::new());
+                return Ok(());
             };
             let dataset =
                 DatasetReader::new(body.reader, format, rules).map_err(|e| e.to_string())?;
-            let columns = dataset
-                .columns()
-                .map(<[String]>::to_vec)
-                .unwrap_or_default();
+            if let Some(columns) = dataset.columns()
+                && tx.blocking_send(Read::Columns(columns.to_vec())).is_err()
+            {
+                return Ok(());
+            }
             let mut group = Vec::with_capacity(LOOKUP_GROUP);
-            for item in dataset {
-                let line = match item {
-                    Ok(Item::Valid(row)) => {
-                        let (state, attempts) = outcomes
-                            .get(&row.number)
-                            .map_or((RowState::InFlight { chunk: "-".into() }, 0), |o| {
-                                (o.state.clone(), o.attempts)
-                            });
-                        let fp = matches!(state, RowState::Rendered { .. })
-                            .then(|| fingerprint(&template_id, &row.variables));
-                        Line {
-                            number: row.number,
-                            fields: row.fields,
-                            state,
-                            attempts,
-                            fingerprint: fp,
-                        }
-                    }
-                    Ok(Item::Rejected(r)) => Line {
-                        number: r.number,
-                        fields: Map::new(),
-                        state: RowState::Rejected {
-                            reason: r.reason.to_string(),
-                        },
-                        attempts: 0,
-                        fingerprint: None,
-                    },
-                    // The job read up to the same point; its error is already on the job.
-                    Err(_) => break,
-                };
-                group.push(line);
+            // An error ends the rows: the job read up to the same point, and has the error.
+            for item in dataset.map_while(Result::ok) {
+                group.push(item);
                 if group.len() == LOOKUP_GROUP
-                    && tx.blocking_send(std::mem::take(&mut group)).is_err()
+                    && tx
+                        .blocking_send(Read::Items(std::mem::take(&mut group)))
+                        .is_err()
                 {
-                    return Ok(columns);
+                    return Ok(());
                 }
             }
             if !group.is_empty() {
-                let _ = tx.blocking_send(group);
+                let _ = tx.blocking_send(Read::Items(group));
             }
-            Ok(columns)
+            Ok(())
         });
 
         let mut summary = ManifestSummary {
@@ -184,77 +268,223 @@ impl Pipeline {
             top_errors: Vec::new(),
         };
         let mut codes: HashMap<String, u64> = HashMap::new();
-        let mut jsonl =
-            std::io::BufWriter::new(std::fs::File::create(&jsonl_path).map_err(|source| {
-                StepError::Io {
-                    what: "creating the manifest file",
-                    source,
+        let mut jsonl = PartWriter::new(location.jsonl.clone(), "application/x-ndjson");
+        let mut csv = PartWriter::new(location.csv.clone(), "text/csv");
+        let mut columns: Vec<String> = Vec::new();
+        let mut header_written = false;
+        while let Some(read) = rx.recv().await {
+            let items = match read {
+                Read::Columns(names) => {
+                    columns = names;
+                    continue;
                 }
-            })?);
-        while let Some(mut group) = rx.recv().await {
-            let fps: Vec<String> = group.iter().filter_map(|l| l.fingerprint.clone()).collect();
-            let renders = if fps.is_empty() {
-                HashMap::new()
-            } else {
-                self.store.renders(&fps).await?
+                Read::Items(items) => items,
             };
-            for line in &mut group {
-                if let (RowState::Rendered { url }, Some(fp)) = (&mut line.state, &line.fingerprint)
-                {
-                    *url = renders.get(fp).map(|r| r.url.clone());
-                }
-                match &line.state {
-                    RowState::Rendered { url: Some(_) } => summary.rendered += 1,
-                    RowState::Rendered { url: None } => {
-                        summary.rendered += 1;
-                        summary.url_missing += 1
-                    }
-                    RowState::Failed { code, .. } => {
-                        summary.failed += 1;
-                        *codes.entry(code.clone()).or_default() += 1;
-                    }
-                    RowState::Rejected { .. } => summary.rejected += 1,
-                    RowState::InFlight { .. } => summary.in_flight += 1,
-                }
-                summary.lines += 1;
-                serde_json::to_writer(&mut jsonl, &json_line(line)).map_err(|e| StepError::Io {
+            if !header_written {
+                write_csv_header(&mut csv.buffer, &columns)?;
+                header_written = true;
+            }
+            let mut lines = Vec::with_capacity(items.len());
+            for item in items {
+                lines.push(self.line_of(item, job, &mut first, &reopened).await?);
+            }
+            self.fill_urls(&mut lines).await?;
+            for line in &lines {
+                count(&mut summary, &mut codes, &line.state);
+                let value = json_line(line);
+                serde_json::to_writer(&mut jsonl.buffer, &value).map_err(|e| StepError::Io {
                     what: "writing a manifest line",
                     source: e.into(),
                 })?;
-                jsonl.write_all(b"\n").map_err(|source| StepError::Io {
-                    what: "writing a manifest line",
-                    source,
-                })?;
+                jsonl.buffer.push(b'\n');
+                write_csv_line(&mut csv.buffer, &value, &columns)?;
+            }
+            let sent = jsonl.maybe_flush(self).await? | csv.maybe_flush(self).await?;
+            if sent {
+                // Alive: the reconciler leaves a writer alone while it sends parts.
+                let now = self.clock.now();
+                self.store
+                    .mark_progress(&job.id, JobStatus::Finishing, now)
+                    .await?;
             }
         }
-        // The CSV needs the header, known only once the reader started, so it is written from the
-        // JSONL file afterwards rather than from lines kept in memory.
-        jsonl.flush().map_err(|source| StepError::Io {
-            what: "writing the manifest file",
+        let read = reader.await.map_err(|source| StepError::Crashed {
+            what: "the manifest reader",
             source,
         })?;
-        drop(jsonl);
-        let columns = reader
-            .await
-            .map_err(|source| StepError::Crashed {
-                what: "the manifest reader",
-                source,
-            })?
-            .unwrap_or_default();
-        write_csv_from_jsonl(&jsonl_path, &csv_path, &columns).map_err(|e| StepError::Io {
-            what: "writing the manifest CSV",
-            source: std::io::Error::other(e),
-        })?;
-
-        self.objects
-            .put_file(&location.csv, &csv_path, "text/csv")
-            .await?;
-        self.objects
-            .put_file(&location.jsonl, &jsonl_path, "application/x-ndjson")
-            .await?;
+        if let Err(reason) = read {
+            // The job's own error says why; its manifest has the lines read, here none.
+            warn!(job_id = %job.id, reason = %reason, "the upload cannot be read again for the manifest");
+        }
+        if !header_written {
+            write_csv_header(&mut csv.buffer, &columns)?;
+        }
+        csv.finish(self).await?;
+        jsonl.finish(self).await?;
         summary.top_errors = top_errors(codes);
+        info!(job_id = %job.id, lines = summary.lines, manifest = %location.csv, "manifest written");
         Ok(summary)
     }
+
+    /// Reads the attempt-0 chunks by sequence number until one is missing: the first chunks
+    /// (rows increasing) up to the first chunk whose rows do not start after every row before
+    /// it, which is the first a reopen added. Returns the first chunks' walker and the outcomes
+    /// of the reopened rows.
+    async fn scan_chunks(
+        &self,
+        job: &JobId,
+    ) -> Result<(FirstChunks, HashMap<u64, RowOutcome>), StepError> {
+        let (mut seq, mut last_first, mut max_row) = (1u32, 0u32, None::<u64>);
+        let mut reopened: Vec<Chunk> = Vec::new();
+        loop {
+            let keys: Vec<ChunkKey> = (seq..seq + CHUNK_PAGE).map(ChunkKey::initial).collect();
+            let page = self.store.chunks_by_key(job, &keys).await?;
+            let found = page.len() as u32;
+            for chunk in page {
+                let starts_after = match (chunk.rows.first(), max_row) {
+                    (Some(first), Some(max)) => *first > max,
+                    _ => true,
+                };
+                if reopened.is_empty() && starts_after {
+                    max_row = chunk.rows.last().copied().or(max_row);
+                    last_first = chunk.key.seq;
+                } else {
+                    reopened.push(chunk);
+                }
+            }
+            if found < CHUNK_PAGE {
+                break;
+            }
+            seq += CHUNK_PAGE;
+        }
+        let reopened = self.with_retries(job, reopened).await?;
+        let first = FirstChunks {
+            job: job.clone(),
+            next_seq: 1,
+            last_seq: last_first,
+            outcomes: HashMap::new(),
+            max_row: None,
+        };
+        Ok((first, row_outcomes(reopened)))
+    }
+
+    /// `chunks` and every retry chunk that follows from them.
+    async fn with_retries(
+        &self,
+        job: &JobId,
+        mut chunks: Vec<Chunk>,
+    ) -> Result<Vec<Chunk>, StepError> {
+        let mut next: Vec<ChunkKey> = retries_of(&chunks);
+        while !next.is_empty() {
+            let found = self.store.chunks_by_key(job, &next).await?;
+            next = retries_of(&found);
+            chunks.extend(found);
+        }
+        Ok(chunks)
+    }
+
+    /// A read row as a manifest line (its URL comes later, by group).
+    async fn line_of(
+        &self,
+        item: Item,
+        job: &Job,
+        first: &mut FirstChunks,
+        reopened: &HashMap<u64, RowOutcome>,
+    ) -> Result<Line, StepError> {
+        let row = match item {
+            Item::Valid(row) => row,
+            Item::Rejected(r) => {
+                return Ok(Line {
+                    number: r.number,
+                    fields: Map::new(),
+                    state: RowState::Rejected {
+                        reason: r.reason.to_string(),
+                    },
+                    attempts: 0,
+                    fingerprint: None,
+                    since: None,
+                });
+            }
+        };
+        // The first chunks hold rows in file order: read pages until one reaches this row.
+        while first.max_row.is_none_or(|max| row.number > max) && first.next_seq <= first.last_seq {
+            let end = (first.next_seq + CHUNK_PAGE).min(first.last_seq + 1);
+            let keys: Vec<ChunkKey> = (first.next_seq..end).map(ChunkKey::initial).collect();
+            let page = self.store.chunks_by_key(&first.job, &keys).await?;
+            first.max_row = page
+                .iter()
+                .filter_map(|c| c.rows.last().copied())
+                .max()
+                .or(first.max_row);
+            first.outcomes = row_outcomes(self.with_retries(&first.job, page).await?);
+            first.next_seq = end;
+        }
+        let outcome = combine(first.outcomes.get(&row.number), reopened.get(&row.number));
+        let (state, attempts, since) = outcome
+            .map_or((RowState::InFlight { chunk: "-".into() }, 0, None), |o| {
+                (o.state, o.attempts, o.since)
+            });
+        let fingerprint = matches!(state, RowState::Rendered { .. })
+            .then(|| fingerprint(&job.spec.template_id, &row.variables));
+        Ok(Line {
+            number: row.number,
+            fields: row.fields,
+            state,
+            attempts,
+            fingerprint,
+            since,
+        })
+    }
+
+    /// The image URL of every rendered line, from render records made since its chunk.
+    async fn fill_urls(&self, lines: &mut [Line]) -> Result<(), StepError> {
+        let fps: Vec<String> = lines.iter().filter_map(|l| l.fingerprint.clone()).collect();
+        if fps.is_empty() {
+            return Ok(());
+        }
+        let renders = self.store.renders(&fps).await?;
+        for line in lines {
+            if let (RowState::Rendered { url }, Some(fp)) = (&mut line.state, &line.fingerprint) {
+                *url = renders
+                    .get(fp)
+                    .filter(|r| made_since(r, line.since))
+                    .map(|r| r.url.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The retry chunks that follow from `chunks` (a retry exists when an outcome retried rows).
+fn retries_of(chunks: &[Chunk]) -> Vec<ChunkKey> {
+    chunks
+        .iter()
+        .filter(|c| c.outcome.as_ref().is_some_and(|o| !o.retried.is_empty()))
+        .map(|c| c.key.retry())
+        .collect()
+}
+
+fn count(summary: &mut ManifestSummary, codes: &mut HashMap<String, u64>, state: &RowState) {
+    match state {
+        RowState::Rendered { url: Some(_) } => summary.rendered += 1,
+        RowState::Rendered { url: None } => {
+            summary.rendered += 1;
+            summary.url_missing += 1
+        }
+        RowState::Failed { code, .. } => {
+            summary.failed += 1;
+            *codes.entry(code.clone()).or_default() += 1;
+        }
+        RowState::Rejected { .. } => summary.rejected += 1,
+        RowState::InFlight { .. } => summary.in_flight += 1,
+    }
+    summary.lines += 1;
+}
+
+/// Whether a render record can hold the URL of a row carried by a chunk created at `since`: a
+/// record made before is an earlier job's or attempt's, whose image may be gone.
+pub(super) fn made_since(record: &RenderRecord, since: Option<i64>) -> bool {
+    since.is_none_or(|since| record.recorded_at >= since)
 }
 
 fn json_line(line: &Line) -> Value {
@@ -279,55 +509,50 @@ fn json_line(line: &Line) -> Value {
     })
 }
 
+/// The JSON line's keys the CSV's first columns come from.
+const CSV_FIXED: [(&str, &str); 6] = [
+    ("row", "row"),
+    ("status", "status"),
+    ("url", "url"),
+    ("error_code", "errorCode"),
+    ("error_message", "errorMessage"),
+    ("attempts", "attempts"),
+];
+
 /// CSV columns: row, status, url, error_code, error_message, attempts, then the input's columns
 /// (CSV uploads) or one `fields` column holding the row as JSON (JSON uploads, whose keys vary).
-fn write_csv_from_jsonl(
-    jsonl: &std::path::Path,
-    csv_path: &std::path::Path,
-    columns: &[String],
-) -> std::io::Result<()> {
-    use std::io::BufRead;
-    let mut out = csv::Writer::from_path(csv_path)?;
-    let mut header: Vec<String> = [
-        "row",
-        "status",
-        "url",
-        "error_code",
-        "error_message",
-        "attempts",
-    ]
-    .map(String::from)
-    .to_vec();
+fn write_csv_header(out: &mut Vec<u8>, columns: &[String]) -> Result<(), StepError> {
+    let mut header: Vec<&str> = CSV_FIXED.iter().map(|(name, _)| *name).collect();
     if columns.is_empty() {
-        header.push("fields".into());
+        header.push("fields");
     } else {
-        header.extend(columns.iter().cloned());
+        header.extend(columns.iter().map(String::as_str));
     }
-    out.write_record(&header)?;
+    write_csv_record(out, &header)
+}
+
+fn write_csv_line(out: &mut Vec<u8>, line: &Value, columns: &[String]) -> Result<(), StepError> {
     let text = |v: &Value| match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    for line in std::io::BufReader::new(std::fs::File::open(jsonl)?).lines() {
-        let v: Value = serde_json::from_str(&line?)?;
-        let mut record: Vec<String> = [
-            "row",
-            "status",
-            "url",
-            "errorCode",
-            "errorMessage",
-            "attempts",
-        ]
-        .iter()
-        .map(|k| text(&v[*k]))
-        .collect();
-        if columns.is_empty() {
-            record.push(v["fields"].to_string());
-        } else {
-            record.extend(columns.iter().map(|c| text(&v["fields"][c.as_str()])));
-        }
-        out.write_record(&record)?;
+    let mut record: Vec<String> = CSV_FIXED.iter().map(|(_, key)| text(&line[*key])).collect();
+    if columns.is_empty() {
+        record.push(line["fields"].to_string());
+    } else {
+        record.extend(columns.iter().map(|c| text(&line["fields"][c.as_str()])));
     }
-    out.flush()
+    write_csv_record(out, &record)
+}
+
+fn write_csv_record<T: AsRef<[u8]>>(out: &mut Vec<u8>, record: &[T]) -> Result<(), StepError> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer
+        .write_record(record)
+        .and_then(|()| writer.flush().map_err(csv::Error::from))
+        .map_err(|e| StepError::Io {
+            what: "writing a manifest CSV line",
+            source: std::io::Error::other(e),
+        })
 }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::alerting::deadline_alert;
 use super::{BatchApplied, Pipeline, StepError};
-use crate::domain::{ChunkKey, ChunkState, Job, JobId, JobStatus};
+use crate::domain::{ChunkKey, ChunkState, Job, JobId, JobStatus, JobStep};
 use crate::ports::AlertKind;
 
 /// What one pass did.
@@ -185,10 +185,7 @@ impl Pipeline {
         match job.status {
             // A finisher died mid-manifest (writing it again gives the same files), or the job
             // waits for URLs under the re-render policy.
-            JobStatus::Finishing => {
-                report.finished += 1;
-                return self.finish_job(job).await;
-            }
+            JobStatus::Finishing => return self.refinish_if_stalled(job, now, report).await,
             JobStatus::Running => {}
             JobStatus::Ingesting => return self.resume_if_stalled(&job, now, report).await,
             _ => return Ok(()),
@@ -240,7 +237,37 @@ impl Pipeline {
         self.finish_job_if_done(&job.id).await
     }
 
-    /// An ingest whose checkpoint has not moved for `ingest_stall` died with its invocation (a
+    /// A job in `finishing` whose manifest writer has shown no progress for `step_stall`: a new
+    /// writer on the step queue. With no step queue (an operator's CLI, a local run), the pass
+    /// writes it itself, every pass (the re-render policy may be waiting for URLs).
+    async fn refinish_if_stalled(
+        &self,
+        job: Job,
+        now: i64,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StepError> {
+        if !self.queue.takes_steps() {
+            report.finished += 1;
+            return self.finish_job(job).await;
+        }
+        let stall = i64::try_from(self.settings.step_stall.as_secs()).unwrap_or(i64::MAX);
+        let idle = now.saturating_sub(job.progress_at.unwrap_or(i64::MIN));
+        if idle < stall {
+            return Ok(());
+        }
+        warn!(job_id = %job.id, idle_seconds = idle, "manifest writer silent; queueing another");
+        // The new writer has `step_stall` to show progress before the next one is queued.
+        self.store
+            .mark_progress(&job.id, JobStatus::Finishing, now)
+            .await?;
+        self.queue
+            .queue_step(&JobStep::WriteManifest(job.id.clone()))
+            .await?;
+        report.finished += 1;
+        Ok(())
+    }
+
+    /// An ingest whose checkpoint has not moved for `step_stall` died with its invocation (a
     /// timeout, a crash, a lost hand-off): a fresh invocation carries it on from the checkpoint.
     async fn resume_if_stalled(
         &self,
@@ -249,13 +276,15 @@ impl Pipeline {
         report: &mut ReconcileReport,
     ) -> Result<(), StepError> {
         let last_progress = job.checkpoint.map_or(job.created_at, |c| c.saved_at);
-        let stall = i64::try_from(self.settings.ingest_stall.as_secs()).unwrap_or(i64::MAX);
+        let stall = i64::try_from(self.settings.step_stall.as_secs()).unwrap_or(i64::MAX);
         if now.saturating_sub(last_progress) < stall {
             return Ok(());
         }
         let rows = job.checkpoint.map_or(0, |c| c.position.rows);
         warn!(job_id = %job.id, idle_seconds = now - last_progress, rows, "ingest stalled; handing it to a fresh invocation");
-        self.queue.continue_ingest(&job.id).await?;
+        self.queue
+            .queue_step(&JobStep::ContinueIngest(job.id.clone()))
+            .await?;
         report.ingests_resumed += 1;
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tracing::info;
 
-use super::manifest::{RowOutcome, row_outcomes};
+use super::manifest::{RowOutcome, made_since, row_outcomes};
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{ChunkKey, ChunkPayload, Job, JobId, JobStatus, RowState, is_retryable};
@@ -174,7 +174,11 @@ impl Pipeline {
                 group
                     .iter()
                     .zip(&fingerprints)
-                    .filter(|(_, fp)| !recorded.contains_key(*fp))
+                    .filter(|(p, fp)| {
+                        !recorded.get(*fp).is_some_and(|r| {
+                            made_since(r, outcomes.get(&p.row).and_then(|o| o.since))
+                        })
+                    })
                     .map(|(p, _)| *p),
             );
         }

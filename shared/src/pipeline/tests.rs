@@ -131,9 +131,18 @@ fn harness() -> Harness {
 }
 
 fn harness_with(settings: crate::settings::Settings) -> Harness {
+    harness_on(settings, MemoryQueue::new())
+}
+
+/// A harness whose queue takes long steps (as the step queue does in AWS): the test runs them.
+fn harness_with_steps(settings: crate::settings::Settings) -> Harness {
+    harness_on(settings, MemoryQueue::with_steps())
+}
+
+fn harness_on(settings: crate::settings::Settings, queue: MemoryQueue) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryJobStore::new());
-    let queue = Arc::new(MemoryQueue::new());
+    let queue = Arc::new(queue);
     let alerts = Arc::new(MemoryAlerts::new());
     let pictify = Arc::new(ScriptedPictify::default());
     let objects = Arc::new(FsObjectStore::new(dir.path().to_path_buf()));
@@ -1013,10 +1022,20 @@ fn sidecar_requiring_title() -> ObjectRef {
 /// Runs ingest to the end, following every hand-off; returns the outcomes in order.
 async fn ingest_in_pieces(h: &Harness) -> Vec<IngestOutcome> {
     let mut outcomes = vec![h.ingest().await];
-    while let Some(job) = h.queue.pop_continuation() {
+    while let Some(job) = h.pop_continuation() {
         outcomes.push(h.pipeline.continue_ingest(&job, None).await.unwrap());
     }
     outcomes
+}
+
+impl Harness {
+    /// The next ingest hand-off on the step queue.
+    fn pop_continuation(&self) -> Option<crate::domain::JobId> {
+        match self.queue.pop_step()? {
+            crate::domain::JobStep::ContinueIngest(job) => Some(job),
+            other => panic!("expected an ingest continuation, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -1024,7 +1043,7 @@ async fn an_ingest_in_pieces_makes_exactly_the_chunks_of_one_pass() {
     let data = awkward_csv(7_000);
     let sidecar = br#"{"required": ["title"]}"#.to_vec();
     let whole = harness();
-    let pieces = harness_with(crate::settings::Settings {
+    let pieces = harness_with_steps(crate::settings::Settings {
         ingest_handoff_rows: Some(700),
         ..Default::default()
     });
@@ -1076,7 +1095,7 @@ async fn an_ingest_in_pieces_makes_exactly_the_chunks_of_one_pass() {
 
 #[tokio::test]
 async fn a_piece_run_twice_or_a_late_continuation_duplicates_nothing() {
-    let h = harness_with(crate::settings::Settings {
+    let h = harness_with_steps(crate::settings::Settings {
         ingest_handoff_rows: Some(1_000),
         ..Default::default()
     });
@@ -1100,7 +1119,7 @@ async fn a_piece_run_twice_or_a_late_continuation_duplicates_nothing() {
             "{outcome:?}"
         );
     }
-    while let Some(next) = h.queue.pop_continuation() {
+    while let Some(next) = h.pop_continuation() {
         h.pipeline.continue_ingest(&next, None).await.unwrap();
     }
     // A continuation delivered again after the end changes nothing.
@@ -1134,7 +1153,7 @@ async fn a_piece_run_twice_or_a_late_continuation_duplicates_nothing() {
 
 #[tokio::test]
 async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() {
-    let h = harness_with(crate::settings::Settings {
+    let h = harness_with_steps(crate::settings::Settings {
         ingest_handoff_rows: Some(1_000),
         ..Default::default()
     });
@@ -1143,7 +1162,7 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() {
         panic!("the first piece hands off");
     };
     // The continuation is lost with its invocation.
-    assert_eq!(h.queue.pop_continuation(), Some(job.clone()));
+    assert_eq!(h.pop_continuation(), Some(job.clone()));
     let stuck = std::time::Duration::from_secs(3600);
     assert_eq!(
         h.pipeline.reconcile(stuck).await.unwrap().ingests_resumed,
@@ -1157,12 +1176,51 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() {
         h.pipeline.reconcile(stuck).await.unwrap().ingests_resumed,
         1
     );
-    while let Some(next) = h.queue.pop_continuation() {
+    while let Some(next) = h.pop_continuation() {
         h.pipeline.continue_ingest(&next, None).await.unwrap();
     }
     let stored = h.store.job(&job).await.unwrap().unwrap();
     assert_eq!(
         (stored.status, stored.counters.rows, stored.counters.chunks),
         (JobStatus::Running, 2_500, 25)
+    );
+}
+
+/// A render record from an earlier job (identical row, image since expired at Pictify) does not
+/// stand in for this job's lost `render.completed`.
+#[tokio::test]
+async fn a_render_record_older_than_the_rows_chunk_gives_no_url() {
+    let h = harness();
+    h.put_upload(csv(3)).await;
+    let variables = |i: usize| serde_json::json!({ "title": format!("Post {i}"), "author": format!("Author {i}"), "publishDate": format!("2026-01-{:02}", i % 28 + 1) });
+    let old = crate::ports::RenderRecord {
+        url: "https://cdn/expired.png".into(),
+        image_id: None,
+        rendered_at: None,
+        recorded_at: NOW - 86_400,
+    };
+    for i in [0, 1] {
+        let fp = crate::dataset::fingerprint("tmpl_blog_card", variables(i).as_object().unwrap());
+        h.store.record_render(&fp, &old).await.unwrap();
+    }
+    h.ingest().await;
+    h.submit_all().await;
+    // Row 1's render.completed arrives; row 0's and row 2's are lost.
+    let data = serde_json::json!({ "url": "https://cdn/fresh-1.png", "templateId": "tmpl_blog_card", "variables": variables(1) });
+    assert_eq!(h.deliver("render.completed", data).await.status, 200);
+    let data = serde_json::json!({ "batchId": "batch_1", "status": "completed", "totalCount": 3, "completedCount": 3, "failedCount": 0 });
+    assert_eq!(h.deliver("batch.completed", data).await.status, 200);
+    let lines = h.manifest_lines().await;
+    let seen: Vec<(&str, Option<&str>)> = lines
+        .iter()
+        .map(|l| (l["status"].as_str().unwrap(), l["url"].as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("rendered_url_missing", None),
+            ("rendered", Some("https://cdn/fresh-1.png")),
+            ("rendered_url_missing", None)
+        ]
     );
 }

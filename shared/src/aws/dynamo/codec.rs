@@ -147,6 +147,9 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
         put("ingestCheckpoint", json("ingest checkpoint", checkpoint)?);
         put(INGEST_OFFSET, n(checkpoint.position.offset));
     }
+    if let Some(at) = job.progress_at {
+        put("progressAt", n(at));
+    }
     Ok(item)
 }
 
@@ -181,6 +184,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         manifest: r.opt_json("manifest")?,
         reopened: r.n_or_zero("reopened")?,
         checkpoint: r.opt_json("ingestCheckpoint")?,
+        progress_at: r.opt_n("progressAt")?,
     })
 }
 

@@ -41,8 +41,9 @@ use crate::ports::{
     PortError, PortResult, RenderLog, RenderRecord, Reopen, SubmitSwitch,
 };
 
-/// Render/failure records only matter while their job runs; TTL keeps the table from growing.
-const RECORD_TTL_SECS: i64 = 30 * 86_400;
+/// How long render and failure records live by default: Pictify keeps rendered images 7 days,
+/// so a record older than that points at an image that is gone.
+pub const DEFAULT_RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 const ORPHAN_TTL_SECS: i64 = 14 * 86_400;
 /// An item is at most 400 KB; a webhook body kept for the operator does not need more than this.
 const ORPHAN_BODY_MAX_BYTES: usize = 64 * 1024;
@@ -65,6 +66,8 @@ const PUT_CONCURRENCY: usize = 8;
 pub struct DynamoJobStore {
     client: Client,
     table: String,
+    /// Render and failure records expire this long after they are written (DynamoDB TTL).
+    record_ttl: i64,
 }
 
 /// A batch get between rounds: the keys still to read and the items found so far.
@@ -87,7 +90,14 @@ impl DynamoJobStore {
         DynamoJobStore {
             client,
             table: table.into(),
+            record_ttl: DEFAULT_RECORD_TTL.as_secs() as i64,
         }
+    }
+
+    /// Render and failure records live `ttl` (the image retention of the Pictify account).
+    pub fn with_record_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.record_ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -177,9 +187,19 @@ impl DynamoJobStore {
         pks: Vec<String>,
         sk: &str,
     ) -> PortResult<Vec<Item>> {
-        let groups: Vec<Vec<Item>> = pks
+        let keys = pks.into_iter().map(|pk| key(pk, sk)).collect();
+        self.batch_get_keys(operation, keys).await
+    }
+
+    /// Reads items by key, 100 keys a call, a few calls at once; items not found are left out.
+    async fn batch_get_keys(
+        &self,
+        operation: &'static str,
+        keys: Vec<Item>,
+    ) -> PortResult<Vec<Item>> {
+        let groups: Vec<Vec<Item>> = keys
             .chunks(BATCH_GET_MAX_KEYS)
-            .map(|group| group.iter().map(|pk| key(pk.clone(), sk)).collect())
+            .map(<[Item]>::to_vec)
             .collect();
         let found: Vec<Vec<Item>> = futures::stream::iter(groups)
             .map(|keys| self.batch_get_group(operation, keys))
@@ -474,6 +494,24 @@ impl JobLedger for DynamoJobStore {
         }
     }
 
+    async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool> {
+        let operation = format!("mark_progress {job}");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job), JOB_SK)))
+            .update_expression("SET #progressAt = :now")
+            .condition_expression("#status = :status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#progressAt", "progressAt")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        Ok(checked(&operation, result)?.is_ok())
+    }
+
     /// One conditional update: while `ingesting`, and never moving the offset back.
     async fn save_checkpoint(
         &self,
@@ -682,6 +720,23 @@ impl ChunkLedger for DynamoJobStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PortError::permanent(&operation, e))?;
         // Labels sort like keys until seq passes 99 999 or attempt passes 9; the key never lies.
+        chunks.sort_by_key(|c| c.key);
+        Ok(chunks)
+    }
+
+    async fn chunks_by_key(&self, job: &JobId, keys: &[ChunkKey]) -> PortResult<Vec<Chunk>> {
+        let unique: std::collections::BTreeSet<ChunkKey> = keys.iter().copied().collect();
+        let wanted = unique
+            .into_iter()
+            .map(|k| key(job_pk(job), &chunk_sk(k)))
+            .collect();
+        let mut chunks = self
+            .batch_get_keys("chunks_by_key", wanted)
+            .await?
+            .iter()
+            .map(chunk_from_item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PortError::permanent(format!("chunks_by_key {job}"), e))?;
         chunks.sort_by_key(|c| c.key);
         Ok(chunks)
     }
@@ -909,7 +964,7 @@ impl RenderLog for DynamoJobStore {
         item.insert("recordedAt".into(), n(record.recorded_at));
         item.insert(
             TTL.into(),
-            n(record.recorded_at.saturating_add(RECORD_TTL_SECS)),
+            n(record.recorded_at.saturating_add(self.record_ttl)),
         );
         self.put_record("record_render", item).await
     }
@@ -921,7 +976,7 @@ impl RenderLog for DynamoJobStore {
         item.insert("recordedAt".into(), n(record.recorded_at));
         item.insert(
             TTL.into(),
-            n(record.recorded_at.saturating_add(RECORD_TTL_SECS)),
+            n(record.recorded_at.saturating_add(self.record_ttl)),
         );
         self.put_record("record_failure", item).await
     }

@@ -1,7 +1,8 @@
-//! Ingest that outlives one Lambda invocation, against moto and the emulator: an upload read in
+//! Jobs larger than one Lambda invocation, against moto and the emulator: an upload read in
 //! pieces (a hand-off every N rows, or at the invocation's deadline) makes exactly the chunks one
-//! pass makes, redelivered events and continuations duplicate nothing, and an ingest whose
-//! invocation died is carried on by the reconciler.
+//! pass makes, redelivered events and continuations duplicate nothing, an ingest whose invocation
+//! died is carried on by the reconciler; the manifest is written off the webhook's request, in
+//! parts once it outgrows one, and a writer that died is replaced.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +36,7 @@ async fn upload_with_sidecar(stack: &Stack, name: &str, data: Vec<u8>) -> anyhow
 fn with_ingest(stack: &Stack, handoff_rows: Option<u64>, stall: Duration) -> Pipeline {
     let mut pipeline = stack.pipeline.clone();
     pipeline.settings.ingest_handoff_rows = handoff_rows;
-    pipeline.settings.ingest_stall = stall;
+    pipeline.settings.step_stall = stall;
     pipeline
 }
 
@@ -57,7 +58,7 @@ async fn drain_ingest(
     context: &Context,
 ) -> anyhow::Result<Vec<Value>> {
     let mut answers = Vec::new();
-    while let Some(answer) = stack.drain_ingest_once(pipeline, context.clone()).await? {
+    while let Some(answer) = stack.drain_steps_once(pipeline, context.clone()).await? {
         answers.push(answer);
         anyhow::ensure!(answers.len() < 1_000, "the ingest never ends");
     }
@@ -209,7 +210,7 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() -> anyhow::
     stack
         .sqs
         .purge_queue()
-        .queue_url(&stack.ingest_queue_url)
+        .queue_url(&stack.step_queue_url)
         .send()
         .await?;
     let report = pieced.reconcile(Duration::from_secs(3600)).await?;
@@ -237,5 +238,115 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() -> anyhow::
         ),
         (JobStatus::Running, 2_500, 250, 23)
     );
+    Ok(())
+}
+
+/// A CSV whose rows carry `bytes` of text each (an `excerpt` column the template ignores).
+fn wide_csv(rows: usize, bytes: usize) -> Vec<u8> {
+    let mut s = String::from("title,author,publishDate,excerpt\n");
+    let filler = "x".repeat(bytes);
+    for i in 0..rows {
+        s.push_str(&format!(
+            "Post {i},Author {i},2026-01-{:02},{filler}\n",
+            i % 28 + 1
+        ));
+    }
+    s.into_bytes()
+}
+
+#[tokio::test]
+async fn a_manifest_larger_than_one_part_is_written_off_the_webhook_in_parts() -> anyhow::Result<()>
+{
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = format!("{TEMPLATE_DIR}wide.csv");
+    // ~10 MB in each manifest file: two parts of a multipart upload (moto refuses a part
+    // under 5 MiB but the last, as S3 does).
+    stack.upload(&key, wide_csv(2_000, 5_000)).await?;
+    let job = job_id_of(&stack.ingest(&key).await?)?;
+    // The batches' webhooks only queue the manifest: the job waits in `finishing` until the
+    // step queue's worker writes it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let current = stack.job(&job).await?;
+        if current.status == JobStatus::Finishing {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not finishing: {current:?}"
+        );
+        if stack.drain_work_once().await? == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        stack.job(&job).await?.manifest.is_none(),
+        "no manifest on the request path"
+    );
+    let done = stack.run_until_done(&job, Duration::from_secs(120)).await?;
+    assert_eq!(
+        (done.status, done.counters.rendered),
+        (JobStatus::Completed, 2_000)
+    );
+    let location = done.manifest.context("manifest")?;
+    let jsonl = stack.get_text(&location.jsonl.key).await?;
+    assert!(
+        jsonl.len() > 9 * 1024 * 1024,
+        "{} bytes: more than one part",
+        jsonl.len()
+    );
+    let rows: Vec<u64> = jsonl
+        .lines()
+        .map(|line| {
+            Ok(serde_json::from_str::<Value>(line)?["row"]
+                .as_u64()
+                .unwrap_or(u64::MAX))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(rows, (0..2_000).collect::<Vec<u64>>());
+    let csv = stack.get_text(&location.csv.key).await?;
+    assert_eq!(csv.lines().count(), 2_001, "header + one line per row");
+    assert_eq!(stack.alerts_of_kind("job_finished"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manifest_writer_that_died_is_replaced_and_the_job_notifies_once() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = format!("{TEMPLATE_DIR}orphaned.csv");
+    stack.upload(&key, awkward_csv(300)).await?;
+    let job = job_id_of(&stack.ingest(&key).await?)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stack.job(&job).await?.status != JobStatus::Finishing {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not finishing");
+        if stack.drain_work_once().await? == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The worker that took the manifest step died: the message is gone, nothing was written.
+    stack
+        .sqs
+        .purge_queue()
+        .queue_url(&stack.step_queue_url)
+        .send()
+        .await?;
+    let report = stack.pipeline.reconcile(Duration::from_secs(3600)).await?;
+    assert_eq!(
+        report.finished, 0,
+        "a writer that just started is left alone"
+    );
+    let impatient = with_ingest(&stack, None, Duration::ZERO);
+    assert_eq!(
+        impatient
+            .reconcile(Duration::from_secs(3600))
+            .await?
+            .finished,
+        1
+    );
+    // Two writers at once (the replaced one was only slow): one notification.
+    impatient.reconcile(Duration::from_secs(3600)).await?;
+    let done = stack.run_until_done(&job, Duration::from_secs(60)).await?;
+    assert!(done.status.is_terminal() && done.manifest.is_some());
+    assert_eq!(stack.alerts_of_kind("job_finished"), 1);
     Ok(())
 }
