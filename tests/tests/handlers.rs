@@ -203,8 +203,14 @@ async fn reconciler_fails_its_invocation_when_a_job_cannot_be_repaired() -> anyh
             .transition_job(&job, JobStatus::Running, JobStatus::Finishing)
             .await?
     );
+    // Run as the operator's CLI does, with no step queue: the pass writes the manifest itself.
+    let mut pipeline = stack.pipeline.clone();
+    pipeline.queue = std::sync::Arc::new(shared::aws::sqs::SqsWorkQueue::new(
+        stack.sqs.clone(),
+        stack.queue_url.clone(),
+    ));
     let event = LambdaEvent::new(json!({ "source": "aws.events" }), Context::default());
-    let error = reconciler::function_handler(&stack.pipeline, event)
+    let error = reconciler::function_handler(&pipeline, event)
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("the pass reports the job it could not finish"))?;

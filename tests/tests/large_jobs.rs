@@ -51,8 +51,8 @@ async fn ingest_event(
         .map_err(|e| anyhow::anyhow!("ingest: {e}"))
 }
 
-/// Feeds the ingest queue to the ingest handler until it is empty; returns the answers.
-async fn drain_ingest(
+/// Feeds the step queue to the ingest handler until it is empty; returns the answers.
+async fn drain_steps(
     stack: &Stack,
     pipeline: &Pipeline,
     context: &Context,
@@ -105,13 +105,18 @@ fn expired_context() -> Context {
 
 #[tokio::test]
 async fn an_upload_read_in_twelve_pieces_makes_the_chunks_of_one_pass() -> anyhow::Result<()> {
+    // `scripts/scale` runs 50,000.
+    let rows: u64 = std::env::var("LARGE_JOB_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12_000);
     let stack = Stack::start(StackOptions::default()).await?;
-    let data = awkward_csv(12_000);
+    let data = awkward_csv(rows as usize);
     let whole_key = upload_with_sidecar(&stack, "whole.csv", data.clone()).await?;
     let pieces_key = upload_with_sidecar(&stack, "pieces.csv", data).await?;
 
     let whole = job_id_of(&stack.ingest(&whole_key).await?)?;
-    let pieced = with_ingest(&stack, Some(1_000), Duration::from_secs(960));
+    let pieced = with_ingest(&stack, Some(rows / 12), Duration::from_secs(960));
     let first = ingest_event(&stack, &pieced, &pieces_key, Context::default()).await?;
     anyhow::ensure!(handed_off(&first), "the first piece hands on: {first}");
     let job = job_id_of(&first)?;
@@ -119,13 +124,14 @@ async fn an_upload_read_in_twelve_pieces_makes_the_chunks_of_one_pass() -> anyho
     // checkpoint too, and both continuations then find the work done or further on.
     let redelivered = ingest_event(&stack, &pieced, &pieces_key, Context::default()).await?;
     anyhow::ensure!(handed_off(&redelivered), "{redelivered}");
-    let answers = drain_ingest(&stack, &pieced, &Context::default()).await?;
+    let answers = drain_steps(&stack, &pieced, &Context::default()).await?;
     // Every answer but the late continuation's did a piece of the work.
     let worked = |a: &&Value| handed_off(a) || a["outcomes"][0].get("counters").is_some();
     let pieces = 2 + answers.iter().filter(worked).count();
     assert!(
         pieces >= 12,
-        "12,000 rows in pieces of 1,000: {pieces} pieces"
+        "{rows} rows in pieces of {}: {pieces} pieces",
+        rows / 12
     );
     assert!(
         answers
@@ -141,7 +147,7 @@ async fn an_upload_read_in_twelve_pieces_makes_the_chunks_of_one_pass() -> anyho
     );
     assert_eq!(
         (b.counters.rows, b.counters.rejected, b.counters.chunks),
-        (12_000, 1_200, 108)
+        (rows, rows / 10, (rows - rows / 10).div_ceil(100))
     );
     assert_eq!(a.counters, b.counters);
     assert_eq!(a.rejected_sample, b.rejected_sample);
@@ -162,7 +168,7 @@ async fn an_ingest_at_its_deadline_hands_on_and_the_job_completes() -> anyhow::R
         handed_off(&first),
         "past its deadline, ingest hands on: {first}"
     );
-    let answers = drain_ingest(&stack, &stack.pipeline, &expired_context()).await?;
+    let answers = drain_steps(&stack, &stack.pipeline, &expired_context()).await?;
     assert!(answers.len() >= 10, "{} continuations", answers.len());
 
     let job = stack
@@ -226,7 +232,7 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() -> anyhow::
             .ingests_resumed,
         1
     );
-    drain_ingest(&stack, &pieced, &Context::default()).await?;
+    drain_steps(&stack, &pieced, &Context::default()).await?;
 
     let stored = stack.job(&job).await?;
     assert_eq!(

@@ -16,7 +16,7 @@ use tracing::{error, info};
 /// Why an invocation failed; Lambda retries the event (ingest is idempotent).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("neither an S3 notification nor an ingest queue message: {0}")]
+    #[error("neither an S3 notification nor a step queue message: {0}")]
     NotAnS3Notification(#[source] serde_json::Error),
     /// Every upload that failed, with its error (the others were ingested).
     #[error("{}", describe_failures(.0))]
@@ -62,7 +62,7 @@ pub fn hand_off_at(context: &Context, margin: Duration) -> Option<Instant> {
     Some(Instant::now() + Duration::from_millis(left).saturating_sub(margin))
 }
 
-/// Handles one event: an S3 notification, or a batch from the ingest queue. An error makes
+/// Handles one event: an S3 notification, or a batch from the step queue. An error makes
 /// Lambda retry the event (or the message); ingest is idempotent and resumes from its checkpoint.
 pub async fn function_handler(
     pipeline: &Pipeline,

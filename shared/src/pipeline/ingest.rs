@@ -170,7 +170,7 @@ impl Pipeline {
         self.ingest_rest(stored, format, hand_off_at).await
     }
 
-    /// Carries on with a job's ingest from its checkpoint (an ingest queue message, or the
+    /// Carries on with a job's ingest from its checkpoint (a step queue message, or the
     /// reconciler's repair of an ingest that died).
     pub async fn continue_ingest(
         &self,
