@@ -80,12 +80,21 @@ pub struct Sidecar {
 }
 
 /// Builds the job spec from the key's template id, the sidecar (if any) and the defaults.
+/// A job sidecar larger than this fails its job (a real one is a few hundred bytes).
+pub const MAX_SIDECAR_BYTES: usize = 64 * 1024;
+
 pub fn job_spec(
     template_id: &str,
     sidecar: Option<&[u8]>,
     settings: &Settings,
 ) -> Result<JobSpec, String> {
     let sidecar: Sidecar = match sidecar {
+        Some(bytes) if bytes.len() > MAX_SIDECAR_BYTES => {
+            return Err(format!(
+                "job sidecar is {} bytes, over the {MAX_SIDECAR_BYTES}-byte limit",
+                bytes.len()
+            ));
+        }
         Some(bytes) => {
             serde_json::from_slice(bytes).map_err(|e| format!("job sidecar is not valid: {e}"))?
         }

@@ -57,6 +57,8 @@ pub struct ObjectBody {
     pub reader: Box<dyn std::io::Read + Send>,
     /// ETag (or version id) of what is being read.
     pub version: String,
+    /// Bytes the reader will give (from the offset asked for), when the store says.
+    pub size: Option<u64>,
 }
 
 /// Object storage (S3, or a directory).
@@ -86,7 +88,10 @@ pub trait ObjectStore: Send + Sync {
                     format!("the object ends at byte {skipped}"),
                 ));
             }
-            Ok(body)
+            Ok(ObjectBody {
+                size: body.size.map(|size| size.saturating_sub(offset)),
+                ..body
+            })
         })
         .await
         .map_err(|e| PortError::permanent(operation.clone(), e))?;

@@ -45,6 +45,8 @@ pub struct Settings {
     /// A long step (an ingest piece, a manifest writer) that has shown no progress for this long
     /// has died (no invocation lives past 15 minutes): the reconciler starts it again.
     pub step_stall: Duration,
+    /// An upload larger than this fails its job before a row is read (`UPLOAD_TOO_LARGE`).
+    pub max_upload_bytes: u64,
     /// How long Pictify keeps a rendered image (7 days). Render records live as long: a URL older
     /// than that points at nothing.
     pub image_retention: Duration,
@@ -158,7 +160,7 @@ impl Default for Settings {
             max_attempts: 3,
             submit_grace: Duration::from_secs(120),
             retry_delay: Duration::from_secs(30),
-            webhook_max_body_bytes: 256 * 1024,
+            webhook_max_body_bytes: WEBHOOK_BODY_CAP,
             signature_tolerance: Duration::from_secs(300),
             stuck_after: Duration::from_secs(900),
             job_deadline: Duration::from_secs(6 * 3600),
@@ -168,8 +170,27 @@ impl Default for Settings {
             ingest_handoff_rows: None,
             step_stall: Duration::from_secs(960),
             image_retention: Duration::from_secs(7 * 86_400),
+            max_upload_bytes: 100 * 1024 * 1024 * 1024,
         }
     }
+}
+
+/// S3's largest object (5 TiB): the most `MAX_UPLOAD_BYTES` can allow.
+pub const MAX_S3_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// Lambda's cap on a Function URL request (6 MiB): no webhook larger than this reaches us.
+pub const WEBHOOK_BODY_CAP: usize = 6 * 1024 * 1024;
+
+/// Room in a `render.completed` for everything but the row's variables: event name, timestamp,
+/// image URL and id, template id, JSON punctuation.
+const RENDER_COMPLETED_ENVELOPE: usize = 16 * 1024;
+
+/// The largest `render.completed` Pictify can send for a row of `max_row_bytes`: it echoes the
+/// row's variables as JSON, and escaping turns one input byte into at most 6 (a control
+/// character as `\u00XX`), plus the envelope. The webhook accepts at least this much, so a
+/// validly signed delivery is never refused for its size.
+pub fn largest_render_completed(max_row_bytes: usize) -> usize {
+    max_row_bytes * 6 + RENDER_COMPLETED_ENVELOPE
 }
 
 /// A setting that is present but unusable; names the variable.
@@ -279,8 +300,18 @@ impl Settings {
                 Duration::from_secs(parse_in("STEP_STALL_SECONDS", &v, 0.0, 86_400.0)? as u64);
         }
         if let Some(v) = get("WEBHOOK_MAX_BODY_BYTES") {
-            s.webhook_max_body_bytes =
-                parse_in("WEBHOOK_MAX_BODY_BYTES", &v, 1024.0, 6.0 * 1024.0 * 1024.0)? as usize;
+            // Below this, the largest allowed row's render.completed would be refused.
+            let least = largest_render_completed(crate::dataset::RowRules::default().max_row_bytes);
+            s.webhook_max_body_bytes = parse_in(
+                "WEBHOOK_MAX_BODY_BYTES",
+                &v,
+                least as f64,
+                WEBHOOK_BODY_CAP as f64,
+            )? as usize;
+        }
+        if let Some(v) = get("MAX_UPLOAD_BYTES") {
+            s.max_upload_bytes =
+                parse_in("MAX_UPLOAD_BYTES", &v, 1.0, MAX_S3_OBJECT as f64)? as u64;
         }
         Ok(s)
     }
@@ -356,6 +387,23 @@ mod tests {
         let s = Settings::from_lookup(|_| None).unwrap();
         assert_eq!(s.upload_prefix, "uploads/");
         assert_eq!(s.failure_alert_threshold, 0.05);
+    }
+
+    #[test]
+    fn the_webhook_accepts_the_render_completed_of_the_largest_allowed_row() {
+        let s = Settings::default();
+        let largest = largest_render_completed(crate::dataset::RowRules::default().max_row_bytes);
+        assert!(
+            largest <= s.webhook_max_body_bytes && s.webhook_max_body_bytes <= WEBHOOK_BODY_CAP
+        );
+        // A smaller limit would refuse such a delivery: it is not accepted as a setting.
+        let err =
+            Settings::from_lookup(|n| (n == "WEBHOOK_MAX_BODY_BYTES").then(|| "262144".into()))
+                .unwrap_err();
+        assert!(err.to_string().contains("WEBHOOK_MAX_BODY_BYTES"), "{err}");
+        let s =
+            Settings::from_lookup(|n| (n == "MAX_UPLOAD_BYTES").then(|| "1000".into())).unwrap();
+        assert_eq!(s.max_upload_bytes, 1_000);
     }
 
     #[test]

@@ -722,3 +722,49 @@ fn a_json_lines_read_resumes_at_any_line_boundary() {
     }
     assert_resumes_everywhere(DatasetFormat::JsonLines, &data, required(&["title"]));
 }
+
+// ---------- limits ----------
+
+#[test]
+fn a_csv_header_over_the_column_or_byte_limit_fails_the_dataset_by_name() {
+    let wide: Vec<String> = (0..501).map(|i| format!("c{i}")).collect();
+    let data = format!("{}\n{}\n", wide.join(","), vec!["x"; 501].join(","));
+    let error = dataset_error(DatasetFormat::Csv, data.as_bytes(), RowRules::default());
+    assert!(
+        matches!(
+            error,
+            DatasetError::TooManyColumns {
+                found: 501,
+                limit: 500
+            }
+        ),
+        "{error}"
+    );
+    let long = format!("{},b\n1,2\n", "a".repeat(70_000));
+    let error = dataset_error(DatasetFormat::Csv, long.as_bytes(), RowRules::default());
+    assert_eq!(
+        error.to_string(),
+        "the header row is 70003 bytes, over the 65536-byte limit"
+    );
+    // 500 columns is still a dataset.
+    let data = format!("{}\n{}\n", wide[..500].join(","), vec!["x"; 500].join(","));
+    assert_eq!(valid(&csv(&data)).len(), 1);
+}
+
+#[test]
+fn a_json_row_over_the_field_limit_is_rejected_and_the_others_go_through() {
+    let keys: Vec<String> = (0..501).map(|i| format!("\"k{i}\": 1")).collect();
+    let data = format!("{{\"title\": \"ok\"}}\n{{{}}}\n", keys.join(", "));
+    let items = read(DatasetFormat::JsonLines, &data);
+    assert_eq!(numbers(&items), vec![0, 1]);
+    assert_eq!(
+        rejections(&items),
+        vec![(
+            1,
+            RejectReason::TooManyFields {
+                found: 501,
+                limit: 500
+            }
+        )]
+    );
+}

@@ -38,9 +38,11 @@ async fn refused_deliveries_change_nothing() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let body = render_completed();
     let secret = stack.webhook_secret.clone();
+    // Past the webhook's limit (Lambda's 6 MiB request cap): no allowed row makes a delivery
+    // this large (`settings::largest_render_completed`), so it is not Pictify's.
     let oversized = format!(
         r#"{{"event":"render.completed","data":{{"url":"u","pad":"{}"}}}}"#,
-        "x".repeat(300 * 1024)
+        "x".repeat(stack.pipeline.settings.webhook_max_body_bytes)
     );
     let cases: Vec<(&str, Option<String>, String, u16)> = vec![
         (

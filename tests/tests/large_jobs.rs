@@ -356,3 +356,42 @@ async fn a_manifest_writer_that_died_is_replaced_and_the_job_notifies_once() -> 
     assert_eq!(stack.alerts_of_kind("job_finished"), 1);
     Ok(())
 }
+
+/// The largest row ingest accepts (256 KiB, every field at its 64 KiB limit, every byte a
+/// control character that JSON escapes to 6): Pictify's `render.completed` echoes it as ~1.5 MB
+/// of JSON, and the webhook takes it — the row gets its URL.
+#[tokio::test]
+async fn the_largest_allowed_row_renders_and_its_render_completed_is_accepted() -> anyhow::Result<()>
+{
+    let stack = Stack::start(StackOptions::default()).await?;
+    let key = format!("{TEMPLATE_DIR}largest.csv");
+    let field = "\u{1}".repeat(65_000);
+    let mut data = String::from("title,author,publishDate,excerpt,notes\n");
+    data.push_str(&format!("{field},{field},2026-01-01,{field},{field}\n"));
+    data.push_str("Small one,Author,2026-01-02,x,y\n");
+    let row_bytes = data.lines().nth(1).map_or(0, str::len);
+    assert!(
+        row_bytes > 256 * 1024 - 2_500 && row_bytes <= 256 * 1024,
+        "{row_bytes}"
+    );
+    stack.upload(&key, data.into_bytes()).await?;
+    let job = job_id_of(&stack.ingest(&key).await?)?;
+    let done = stack.run_until_done(&job, Duration::from_secs(60)).await?;
+    assert_eq!(
+        (done.status, done.counters.rendered),
+        (JobStatus::Completed, 2)
+    );
+    let manifest = stack
+        .get_text(&done.manifest.context("manifest")?.jsonl.key)
+        .await?;
+    let statuses: Vec<String> = manifest
+        .lines()
+        .map(|line| Ok(serde_json::from_str::<Value>(line)?["status"].to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(
+        statuses,
+        vec!["\"rendered\"", "\"rendered\""],
+        "both rows have their URL"
+    );
+    Ok(())
+}

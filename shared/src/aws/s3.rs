@@ -209,8 +209,10 @@ impl ObjectStore for S3ObjectStore {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| PortError::permanent(operation.clone(), S3Error::NoRuntime(e)))?;
         // Pinned on the heap so the bridge's `Unpin` bound holds whatever the SDK's reader is.
+        let size = output.content_length.and_then(|n| u64::try_from(n).ok());
         let reader = SyncIoBridge::new_with_handle(Box::pin(output.body.into_async_read()), handle);
         Ok(ObjectBody {
+            size,
             reader: Box::new(reader),
             version: read_version,
         })

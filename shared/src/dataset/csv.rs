@@ -40,6 +40,11 @@ impl<R: Read> CsvSource<R> {
         }
     }
 
+    /// The largest record from now on (the header has its own limit).
+    pub(super) fn set_limit(&mut self, max_record_bytes: usize) {
+        self.limit = max_record_bytes;
+    }
+
     /// Byte offset of the next unread byte: after a record, where the next one starts.
     pub(super) fn offset(&self) -> u64 {
         self.input.offset()

@@ -26,6 +26,10 @@ pub enum DatasetError {
     Malformed { message: String, offset: u64 },
     #[error("the dataset has more than {limit} rows")]
     TooManyRows { limit: u64 },
+    #[error("the header has {found} columns, over the {limit}-column limit")]
+    TooManyColumns { found: usize, limit: usize },
+    #[error("the header row is {bytes} bytes, over the {limit}-byte limit")]
+    HeaderTooLarge { bytes: u64, limit: u64 },
     #[error("could not read the dataset: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -54,6 +58,8 @@ pub enum RejectReason {
     },
     #[error("row is {bytes} bytes, over the {limit}-byte limit")]
     RowTooLarge { bytes: u64, limit: u64 },
+    #[error("row has {found} fields, over the {limit}-field limit")]
+    TooManyFields { found: usize, limit: usize },
     #[error("{}", utf8_sentence(.column.as_deref()))]
     InvalidUtf8 { column: Option<String> },
 }
@@ -76,6 +82,7 @@ impl RejectReason {
             Self::NotAnObject { .. } => "not_an_object",
             Self::FieldTooLarge { .. } => "field_too_large",
             Self::RowTooLarge { .. } => "row_too_large",
+            Self::TooManyFields { .. } => "too_many_fields",
             Self::InvalidUtf8 { .. } => "invalid_utf8",
         }
     }

@@ -80,6 +80,11 @@ pub struct RowRules {
     pub max_row_bytes: usize,
     /// More data rows than this fail the dataset. Default: no limit.
     pub max_rows: Option<u64>,
+    /// A CSV header with more columns fails the dataset; a JSON row with more keys is rejected.
+    /// Default 500.
+    pub max_columns: usize,
+    /// A longer CSV header row fails the dataset. Default 64 KiB.
+    pub max_header_bytes: usize,
     /// Keep `Row.fields` (the manifest shows them). Ingest needs only the variables: without
     /// the copy, each cell is moved instead of cloned (half the allocations per row).
     pub keep_fields: bool,
@@ -93,6 +98,8 @@ impl Default for RowRules {
             max_field_bytes: 64 * 1024,
             max_row_bytes: 256 * 1024,
             max_rows: None,
+            max_columns: 500,
+            max_header_bytes: 64 * 1024,
             keep_fields: true,
         }
     }
@@ -178,8 +185,9 @@ impl<R: Read> DatasetReader<R> {
         let input = Input::new(reader)?;
         let source = match format {
             DatasetFormat::Csv => {
-                let mut source = CsvSource::new(input, rules.max_row_bytes);
+                let mut source = CsvSource::new(input, rules.max_header_bytes);
                 let columns = read_header(&mut source, &rules)?;
+                source.set_limit(rules.max_row_bytes);
                 Source::Csv {
                     source: Box::new(source),
                     columns,
@@ -335,15 +343,19 @@ fn read_header<R: Read>(
     match source.next_record()? {
         None => return Err(DatasetError::Empty),
         Some(CsvRecord::TooLarge { bytes }) => {
-            return Err(DatasetError::Malformed {
-                message: format!(
-                    "the header row is {bytes} bytes, over the {}-byte limit",
-                    rules.max_row_bytes
-                ),
-                offset: 0,
+            return Err(DatasetError::HeaderTooLarge {
+                bytes,
+                limit: rules.max_header_bytes as u64,
             });
         }
         Some(CsvRecord::Fields) => {}
+    }
+    let found = source.fields().len();
+    if found > rules.max_columns {
+        return Err(DatasetError::TooManyColumns {
+            found,
+            limit: rules.max_columns,
+        });
     }
     let mut columns = Vec::new();
     let mut seen = BTreeSet::new();
@@ -488,6 +500,13 @@ fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<Strin
             return reject(number, RejectReason::NotAnObject { found });
         }
     };
+    if fields.len() > rules.max_columns {
+        let reason = RejectReason::TooManyFields {
+            found: fields.len(),
+            limit: rules.max_columns,
+        };
+        return reject(number, reason);
+    }
     // The smallest offending key is reported, whatever order the Map iterates in.
     let oversized = fields
         .iter()

@@ -170,11 +170,10 @@ impl ObjectStore for FsObjectStore {
                 _ => io_error(operation.clone(), error),
             })?;
             // Version from the open handle, not the path: the bytes we return are this file's.
-            let found = version_of(
-                &file
-                    .metadata()
-                    .map_err(|e| io_error(operation.clone(), e))?,
-            );
+            let metadata = file
+                .metadata()
+                .map_err(|e| io_error(operation.clone(), e))?;
+            let found = version_of(&metadata);
             if let Some(expected) = expected
                 && expected != found
             {
@@ -186,6 +185,7 @@ impl ObjectStore for FsObjectStore {
             Ok(ObjectBody {
                 reader: Box::new(file),
                 version: found,
+                size: Some(metadata.len()),
             })
         })
         .await

@@ -81,6 +81,8 @@ enum Parsed {
 struct UploadReaders {
     head: Box<dyn std::io::Read + Send>,
     rest: Option<Box<dyn std::io::Read + Send>>,
+    /// The whole upload's size, when the store says.
+    size: Option<u64>,
 }
 
 /// Where the parser starts: the job's checkpoint, or the top of the file.
@@ -223,6 +225,17 @@ impl Pipeline {
 
         let opened = self.open_from(&job, &start.position).await;
         let readers = match opened {
+            Ok(readers)
+                if readers.size > Some(self.settings.max_upload_bytes)
+                    && start.position == ReadPosition::default() =>
+            {
+                let reason = format!(
+                    "the upload is {} bytes, over the {}-byte limit (MAX_UPLOAD_BYTES)",
+                    readers.size.unwrap_or_default(),
+                    self.settings.max_upload_bytes
+                );
+                return self.fail_ingest(job, reason).await;
+            }
             Ok(readers) => readers,
             Err(e) => {
                 return self
@@ -333,9 +346,14 @@ impl Pipeline {
     /// and the rest from the checkpoint's byte on.
     async fn open_from(&self, job: &Job, at: &ReadPosition) -> Result<UploadReaders, StepError> {
         let version = Some(job.source_version.as_str());
-        let head = self.objects.open(&job.source, version).await?.reader;
+        let head = self.objects.open(&job.source, version).await?;
+        let (size, head) = (head.size, head.reader);
         if *at == ReadPosition::default() {
-            return Ok(UploadReaders { head, rest: None });
+            return Ok(UploadReaders {
+                head,
+                rest: None,
+                size,
+            });
         }
         let rest = self
             .objects
@@ -344,6 +362,7 @@ impl Pipeline {
         Ok(UploadReaders {
             head,
             rest: Some(rest.reader),
+            size,
         })
     }
 
@@ -449,7 +468,7 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
 /// points in file order. Returns where it stopped (the end of the file, or the last row read
 /// before the async side hung up).
 fn parse_into_chunks(
-    UploadReaders { head, rest }: UploadReaders,
+    UploadReaders { head, rest, .. }: UploadReaders,
     format: DatasetFormat,
     spec: &JobSpec,
     job: &JobId,

@@ -1224,3 +1224,40 @@ async fn a_render_record_older_than_the_rows_chunk_gives_no_url() {
         ]
     );
 }
+
+/// The job-level limits fail the job with a reason naming the limit; nothing is queued.
+#[tokio::test]
+async fn an_upload_or_sidecar_over_its_limit_fails_the_job_by_name() {
+    let h = harness_with(crate::settings::Settings {
+        max_upload_bytes: 1_000,
+        ..Default::default()
+    });
+    h.put_upload(csv(100)).await;
+    let outcome = h.ingest().await;
+    assert!(
+        matches!(&outcome, IngestOutcome::Failed { reason, .. } if reason.contains("over the 1000-byte limit (MAX_UPLOAD_BYTES)")),
+        "{outcome:?}"
+    );
+    assert!(h.queue.is_empty());
+    assert_eq!(h.job().await.status, JobStatus::Failed);
+
+    let h = harness();
+    let sidecar = format!(
+        r#"{{"required": ["title"], "mapping": {{"{}": "x"}}}}"#,
+        "a".repeat(70_000)
+    );
+    h.objects
+        .put_bytes(
+            &crate::layout::sidecar_of(&upload()),
+            sidecar.into_bytes(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    h.put_upload(csv(10)).await;
+    let outcome = h.ingest().await;
+    assert!(
+        matches!(&outcome, IngestOutcome::Failed { reason, .. } if reason.contains("job sidecar is 70045 bytes, over the 65536-byte limit")),
+        "{outcome:?}"
+    );
+}
