@@ -325,16 +325,11 @@ pub async fn retry_failed(args: RetryArgs) -> Result<Outcome, Failure> {
         .await
         .map_err(|e| Failure::Internal(e.into()))?;
     match outcome {
-        ReopenOutcome::Reopened { rows, chunks, left } => {
+        ReopenOutcome::Reopened { rows, chunks } => {
             println!(
                 "job {} reopened: {rows} rows re-queued in {chunks} new chunks",
                 job.id
             );
-            if left > 0 {
-                println!(
-                    "{left} more rows did not fit this round; run retry-failed again once the job has finished"
-                );
-            }
             match &local {
                 Some(dir) => println!(
                     "render them with: pictify-batch run <the same dataset> --out {} --resume",

@@ -160,6 +160,7 @@ pub fn job_for(key: &str) -> Job {
         reopened: 0,
         checkpoint: None,
         progress_at: None,
+        reopen_plan: None,
     }
 }
 
@@ -997,6 +998,7 @@ async fn reopening_applies_once_only_from_the_expected_status(store: Store) {
         job: job.clone(),
         from: JobStatus::Partial,
         chunks: vec![fresh.clone()],
+        planned: 1,
         unfailed: 1,
         unrendered: 1,
     };
@@ -1041,6 +1043,7 @@ async fn reopening_refuses_an_existing_chunk_and_changes_nothing(store: Store) {
         job: job.clone(),
         from: JobStatus::Failed,
         chunks: vec![new.clone(), clash],
+        planned: 2,
         unfailed: 2,
         unrendered: 0,
     };

@@ -103,6 +103,7 @@ async fn a_reopen_larger_than_one_transaction_is_refused() -> anyhow::Result<()>
         job: job.clone(),
         from: JobStatus::Ingesting,
         chunks,
+        planned: u32::try_from(MAX_REOPEN_CHUNKS)? + 1,
         unfailed: 0,
         unrendered: 0,
     };

@@ -258,6 +258,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         reopened: 0,
         checkpoint: None,
         progress_at: None,
+        reopen_plan: None,
     };
     stack.store.create_job(&job_item).await?;
     stack

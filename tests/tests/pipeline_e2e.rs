@@ -301,7 +301,7 @@ async fn retry_failed_reopens_a_finished_job_for_its_retryable_failures_only() -
         .await?;
     let retried = first.counters.failed - permanent;
     assert!(
-        matches!(outcome, ReopenOutcome::Reopened { rows, left: 0, .. } if rows == retried),
+        matches!(outcome, ReopenOutcome::Reopened { rows, .. } if rows == retried),
         "{outcome:?}"
     );
     let again = stack.run_until_done(&id, Duration::from_secs(120)).await?;

@@ -19,7 +19,7 @@ use crate::pictify::wire::{Format, VariableSet, error_codes};
 mod rules;
 pub mod window;
 
-pub use rules::{BeginSubmit, Complete, RecordSubmitted, Reopen, Transition};
+pub use rules::{BeginSubmit, Complete, RecordSubmitted, Reopen, ReopenPlan, Transition};
 
 /// Identity of a job: derived from the upload (bucket, key, version or ETag) so a redelivered S3
 /// event maps to the same job and a new version of the file to a new one.
@@ -270,6 +270,9 @@ pub struct Job {
     /// part). A writer silent for `STEP_STALL_SECONDS` has died; the reconciler starts another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_at: Option<i64>,
+    /// The chunks of the last reopen (`retry-failed`, the re-render policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopen_plan: Option<ReopenPlan>,
 }
 
 /// How far ingest has read an upload. Everything before `position` is queued: its chunks are

@@ -45,8 +45,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Chunk, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
+    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
     ManifestLocation,
 };
 
@@ -344,16 +346,22 @@ impl Job {
     }
 }
 
-/// Reopening a finished job for another attempt at some of its rows: the new chunks, the moves
-/// out of the `failed` / `rendered` counters and the status change to `running`, atomically.
+/// Reopening a finished job for another attempt at some of its rows: the first page of new
+/// chunks, the moves out of the `failed` / `rendered` counters for every row of the plan, the
+/// plan itself and the status change to `running`, atomically. The plan's other pages are
+/// written after (their payloads are stored before), so however many rows a reopen takes, the
+/// job cannot finish before every planned chunk has.
 #[derive(Debug, Clone)]
 pub struct Reopen {
     pub job: JobId,
     /// The status the job must still be in (someone else may have reopened it meanwhile).
     pub from: JobStatus,
+    /// The plan's first page of chunks: its first chunks, in key order.
     pub chunks: Vec<Chunk>,
+    /// Chunks in the whole plan, numbered on from the first of `chunks`.
+    pub planned: u32,
     /// Rows leaving `failed` (operator retry) and `rendered` (re-render of rows whose URL never
-    /// arrived); together they are every row of `chunks`.
+    /// arrived); together they are every row of the plan.
     pub unfailed: u64,
     pub unrendered: u64,
 }
@@ -365,10 +373,35 @@ impl Reopen {
         c.failed = c.failed.saturating_sub(self.unfailed);
         c.rendered = c.rendered.saturating_sub(self.unrendered);
         c.retried += self.unfailed + self.unrendered;
-        c.chunks += self.chunks.len() as u64;
+        c.chunks += u64::from(self.planned);
         job.status = JobStatus::Running;
         job.completed_at = None;
         job.reopened += 1;
+        job.reopen_plan = Some(self.plan());
+    }
+
+    /// The chunks the reopen plans, as the job keeps them.
+    pub fn plan(&self) -> ReopenPlan {
+        ReopenPlan {
+            first_seq: self.chunks.first().map_or(0, |c| c.key.seq),
+            chunks: self.planned,
+        }
+    }
+}
+
+/// The chunks of the last reopen: `chunks` chunks numbered from `first_seq`. Each chunk's
+/// payload is stored before the reopen, so a chunk record missing after a crash is made again
+/// from it (the reconciler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReopenPlan {
+    pub first_seq: u32,
+    pub chunks: u32,
+}
+
+impl ReopenPlan {
+    pub fn keys(&self) -> impl Iterator<Item = ChunkKey> {
+        (self.first_seq..self.first_seq + self.chunks).map(ChunkKey::initial)
     }
 }
 
@@ -439,6 +472,7 @@ mod tests {
             render_ms_total: 0,
             checkpoint: None,
             progress_at: None,
+            reopen_plan: None,
             manifest: None,
             reopened: 0,
         }
@@ -716,6 +750,7 @@ mod tests {
             job: partial.id.clone(),
             from: JobStatus::Partial,
             chunks: vec![queued()],
+            planned: 1,
             unfailed: 2,
             unrendered: 0,
         };

@@ -156,6 +156,7 @@ impl Pipeline {
             reopened: 0,
             checkpoint: None,
             progress_at: None,
+            reopen_plan: None,
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {

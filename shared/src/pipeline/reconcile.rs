@@ -194,6 +194,9 @@ impl Pipeline {
         let grace_before =
             now - i64::try_from(self.settings.submit_grace.as_secs()).unwrap_or(i64::MAX);
         let chunks = self.store.chunks_of_job(&job.id).await?;
+        // A reopen that died between two pages left planned chunks unwritten.
+        let existing: HashSet<ChunkKey> = chunks.iter().map(|c| c.key).collect();
+        report.resent += self.restore_planned_chunks(&job, &existing).await?;
         let mut resend = Vec::new();
         for chunk in chunks {
             match (chunk.state, &chunk.batch_id) {

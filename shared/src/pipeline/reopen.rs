@@ -9,7 +9,7 @@
 //! holds throughout and the job finishes (and writes its manifest) again on its own.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use tracing::info;
@@ -17,7 +17,9 @@ use tracing::info;
 use super::manifest::{RowOutcome, made_since, row_outcomes};
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
-use crate::domain::{ChunkKey, ChunkPayload, Job, JobId, JobStatus, RowState, is_retryable};
+use crate::domain::{
+    Chunk, ChunkKey, ChunkMessage, ChunkPayload, Job, JobId, JobStatus, RowState, is_retryable,
+};
 use crate::layout;
 use crate::pictify::wire::VariableSet;
 use crate::ports::{MAX_REOPEN_CHUNKS, Reopen};
@@ -35,9 +37,8 @@ pub enum Selection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum ReopenOutcome {
-    /// `rows` re-queued in `chunks` new chunks; `left` selected rows did not fit this round
-    /// (run it again once the job has finished).
-    Reopened { rows: u64, chunks: u64, left: u64 },
+    /// `rows` re-queued in `chunks` new chunks (any number: they are written in pages).
+    Reopened { rows: u64, chunks: u64 },
     /// No row matches the selection; the job is left as it is.
     NothingToDo,
     /// The job is not finished (or someone else reopened it first).
@@ -86,27 +87,28 @@ impl Pipeline {
             return Ok(ReopenOutcome::NothingToDo);
         }
         let chunk_rows = self.settings.pacing.chunk_rows;
-        let capacity = MAX_REOPEN_CHUNKS * chunk_rows;
-        let left = picked.len().saturating_sub(capacity) as u64;
-        let picked = &picked[..picked.len().min(capacity)];
-
         let next_seq = outcomes
             .values()
             .map(|o| o.chunk.seq)
             .max()
             .map_or(0, |s| s + 1);
-        let now = self.clock.now();
-        let (mut chunks, mut messages) = (Vec::new(), Vec::new());
-        for (n, group) in picked.chunks(chunk_rows).enumerate() {
+        drop(outcomes);
+        let groups: Vec<&[Picked]> = picked.chunks(chunk_rows).collect();
+        let planned = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+        let key_of = |n: usize| ChunkKey::initial(next_seq + n as u32);
+
+        // Every payload first: once the job is reopened, a chunk record a crash left unwritten
+        // is made again from its payload (the reconciler), so all of them must exist by then.
+        for (n, group) in groups.iter().enumerate() {
             let mut rows = Vec::with_capacity(group.len());
             let mut variable_sets = Vec::with_capacity(group.len());
-            for p in group {
+            for p in group.iter() {
                 rows.push(p.row);
                 variable_sets.push(self.variables_of(&job, p, &mut payloads).await?);
             }
             let payload = ChunkPayload {
                 job: job.id.clone(),
-                key: ChunkKey::initial(next_seq + n as u32),
+                key: key_of(n),
                 template_id: job.spec.template_id.clone(),
                 format: job.spec.format,
                 quality: job.spec.quality,
@@ -114,17 +116,35 @@ impl Pipeline {
                 rows,
                 variable_sets,
             };
-            let (chunk, message) = self.store_payload(&job.source.bucket, payload).await?;
-            chunks.push(chunk.queued_at(now));
-            messages.push(message);
+            self.store_payload(&job.source.bucket, payload).await?;
         }
+
+        // Then the pages of chunk records: the first with the reopen itself (one transaction,
+        // which only one caller wins), the others after it.
+        let now = self.clock.now();
+        let page = |from: usize| -> (Vec<Chunk>, Vec<ChunkMessage>) {
+            groups
+                .iter()
+                .enumerate()
+                .skip(from)
+                .take(MAX_REOPEN_CHUNKS)
+                .map(|(n, group)| {
+                    let key = key_of(n);
+                    let rows = group.iter().map(|p| p.row).collect();
+                    let chunk = Chunk::new(job.id.clone(), key, rows).queued_at(now);
+                    (chunk, self.message_by_reference(&job, key))
+                })
+                .unzip()
+        };
+        let (first_chunks, first_messages) = page(0);
         let unfailed = picked.iter().filter(|p| p.failed).count() as u64;
         let reopen = Reopen {
             job: job.id.clone(),
             from: job.status,
             unfailed,
             unrendered: picked.len() as u64 - unfailed,
-            chunks,
+            chunks: first_chunks,
+            planned,
         };
         if !self.store.reopen_job(&reopen).await? {
             let status = self
@@ -134,15 +154,64 @@ impl Pipeline {
                 .map_or(job.status, |j| j.status);
             return Ok(ReopenOutcome::NotFinished { status });
         }
-        // If this send is lost, the reconciler re-sends chunks left queued.
-        self.queue.send(&messages).await?;
+        // If a send is lost, the reconciler re-sends chunks left queued; if a later page is
+        // lost with this process, it makes the missing chunks from their payloads.
+        self.queue.send(&first_messages).await?;
+        for from in (MAX_REOPEN_CHUNKS..groups.len()).step_by(MAX_REOPEN_CHUNKS) {
+            let (chunks, messages) = page(from);
+            self.store.put_chunks(&chunks).await?;
+            self.queue.send(&messages).await?;
+        }
         let outcome = ReopenOutcome::Reopened {
             rows: picked.len() as u64,
-            chunks: reopen.chunks.len() as u64,
-            left,
+            chunks: u64::from(planned),
         };
         info!(job_id = %job.id, ?selection, ?outcome, "job reopened");
         Ok(outcome)
+    }
+
+    /// A planned chunk whose record is missing (its reopen died between two pages): made again
+    /// from its stored payload and queued. Returns how many were made.
+    pub(super) async fn restore_planned_chunks(
+        &self,
+        job: &Job,
+        existing: &HashSet<ChunkKey>,
+    ) -> Result<u64, StepError> {
+        let Some(plan) = job.reopen_plan else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        let (mut chunks, mut messages) = (Vec::new(), Vec::new());
+        for key in plan.keys().filter(|k| !existing.contains(k)) {
+            let at = layout::chunk_payload_ref(
+                &job.source.bucket,
+                &job.id,
+                &key.label(),
+                &self.settings,
+            );
+            let payload = self.read_payload(&at).await?;
+            chunks.push(Chunk::new(job.id.clone(), key, payload.rows).queued_at(now));
+            messages.push(self.message_by_reference(job, key));
+        }
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        info!(job_id = %job.id, chunks = chunks.len(), "planned chunks of a reopen made again from their payloads");
+        self.store.put_chunks(&chunks).await?;
+        self.queue.send(&messages).await?;
+        Ok(chunks.len() as u64)
+    }
+
+    /// A chunk's queue message carrying its stored payload by reference.
+    fn message_by_reference(&self, job: &Job, key: ChunkKey) -> ChunkMessage {
+        let at =
+            layout::chunk_payload_ref(&job.source.bucket, &job.id, &key.label(), &self.settings);
+        ChunkMessage {
+            job: job.id.clone(),
+            key,
+            payload: None,
+            payload_ref: Some(at),
+        }
     }
 
     async fn pick_missing_urls(
@@ -192,6 +261,10 @@ impl Pipeline {
         picked: &Picked,
         payloads: &mut PayloadCache,
     ) -> Result<VariableSet, StepError> {
+        // Picked rows come in row order, so their chunks mostly do too: a few cached suffice.
+        if payloads.0.len() >= PAYLOAD_CACHE && !payloads.0.contains_key(&picked.from) {
+            payloads.0.clear();
+        }
         let payload = match payloads.0.entry(picked.from) {
             Entry::Occupied(cached) => cached.into_mut(),
             Entry::Vacant(slot) => {
@@ -214,6 +287,9 @@ impl Pipeline {
             })
     }
 }
+
+/// Payloads kept while picking: enough for rows in row order, bounded for a reopen of any size.
+const PAYLOAD_CACHE: usize = 64;
 
 /// Payloads read so far (several picked rows usually share a chunk).
 #[derive(Default)]

@@ -674,14 +674,7 @@ async fn retry_failed_renders_the_retryable_failures_again_and_the_counts_still_
         .reopen(&job.id, Selection::RetryableFailures)
         .await
         .unwrap();
-    assert_eq!(
-        outcome,
-        ReopenOutcome::Reopened {
-            rows: 1,
-            chunks: 1,
-            left: 0
-        }
-    );
+    assert_eq!(outcome, ReopenOutcome::Reopened { rows: 1, chunks: 1 });
     let reopened = h.job().await;
     assert_eq!(
         (
@@ -1259,5 +1252,140 @@ async fn an_upload_or_sidecar_over_its_limit_fails_the_job_by_name() {
     assert!(
         matches!(&outcome, IngestOutcome::Failed { reason, .. } if reason.contains("job sidecar is 70045 bytes, over the 65536-byte limit")),
         "{outcome:?}"
+    );
+}
+
+// ---------- retry-failed of any size ----------
+
+/// 1,200 failed rows in chunks of 10: 120 chunks, more than one transaction's 98. One call
+/// takes them all, in pages; two calls at once reopen the job once.
+#[tokio::test]
+async fn retry_failed_takes_any_number_of_rows_in_pages_and_reopens_once() {
+    let h = harness_with(crate::settings::Settings {
+        max_attempts: 1,
+        pacing: crate::settings::Pacing {
+            chunk_rows: 10,
+            ..crate::settings::Pacing::unlimited()
+        },
+        ..Default::default()
+    });
+    let titles: Vec<String> = (0..1_200).map(|i| format!("Post {i}")).collect();
+    let failing: Vec<(&str, &'static str)> = titles
+        .iter()
+        .map(|t| (t.as_str(), "RENDER_TIMEOUT"))
+        .collect();
+    h.run_failing(1_200, &failing).await;
+    let job = h.job().await;
+    assert_eq!(
+        (job.status, job.counters.failed),
+        (JobStatus::Failed, 1_200)
+    );
+
+    h.pictify.fail.lock().unwrap().clear();
+    let (a, b) = tokio::join!(
+        h.pipeline.reopen(&job.id, Selection::RetryableFailures),
+        h.pipeline.reopen(&job.id, Selection::RetryableFailures)
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let won = outcomes
+        .iter()
+        .filter(|o| {
+            **o == ReopenOutcome::Reopened {
+                rows: 1_200,
+                chunks: 120,
+            }
+        })
+        .count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    let reopened = h.job().await;
+    assert_eq!(
+        (
+            reopened.counters.failed,
+            reopened.counters.in_flight(),
+            reopened.counters.chunks
+        ),
+        (0, 1_200, 240)
+    );
+    let batches = h.pictify.batches.lock().unwrap().len();
+    h.submit_all().await;
+    assert_eq!(
+        h.pictify.batches.lock().unwrap().len() - batches,
+        120,
+        "each new chunk once"
+    );
+    h.play_webhooks(batches).await;
+    let done = h.job().await;
+    assert_eq!(
+        (done.status, done.counters.rendered, done.counters.failed),
+        (JobStatus::Completed, 1_200, 0)
+    );
+}
+
+/// A reopen whose caller died after the first page: the job waits for the planned chunks, and
+/// the reconciler makes the missing ones from their stored payloads.
+#[tokio::test]
+async fn the_reconciler_makes_the_chunks_a_dead_reopen_left_unwritten() {
+    let h = harness_with(crate::settings::Settings {
+        max_attempts: 1,
+        ..Default::default()
+    });
+    h.run_failing(
+        3,
+        &[("Post 0", "RENDER_TIMEOUT"), ("Post 2", "RENDER_TIMEOUT")],
+    )
+    .await;
+    let job = h.job().await;
+    assert_eq!(job.status, JobStatus::Partial);
+    h.pictify.fail.lock().unwrap().clear();
+    // What the dead caller did: both payloads stored, the reopen with the first page, that
+    // page queued; then it died.
+    let payload = |seq: u32, row: u64| {
+        crate::domain::ChunkPayload {
+        job: job.id.clone(),
+        key: ChunkKey::initial(seq),
+        template_id: "tmpl_blog_card".into(),
+        format: Default::default(),
+        quality: None,
+        concurrency: None,
+        rows: vec![row],
+        variable_sets: vec![serde_json::json!({ "title": format!("Post {row}"), "author": format!("Author {row}"), "publishDate": format!("2026-01-{:02}", row + 1) }).as_object().unwrap().clone()],
+    }
+    };
+    let (first, message) = h
+        .pipeline
+        .store_payload("bucket", payload(2, 0))
+        .await
+        .unwrap();
+    h.pipeline
+        .store_payload("bucket", payload(3, 2))
+        .await
+        .unwrap();
+    let reopen = crate::domain::Reopen {
+        job: job.id.clone(),
+        from: JobStatus::Partial,
+        chunks: vec![first],
+        planned: 2,
+        unfailed: 2,
+        unrendered: 0,
+    };
+    assert!(h.store.reopen_job(&reopen).await.unwrap());
+    h.queue.send(&[message]).await.unwrap();
+    let report = h
+        .pipeline
+        .reconcile(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(report.resent, 1, "the missing chunk made again and queued");
+    let batches = h.pictify.batches.lock().unwrap().len();
+    h.submit_all().await;
+    h.play_webhooks(batches).await;
+    let done = h.job().await;
+    assert_eq!(
+        (
+            done.status,
+            done.counters.rendered,
+            done.counters.in_flight()
+        ),
+        (JobStatus::Completed, 3, 0)
     );
 }

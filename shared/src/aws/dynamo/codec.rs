@@ -150,6 +150,9 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     if let Some(at) = job.progress_at {
         put("progressAt", n(at));
     }
+    if let Some(plan) = &job.reopen_plan {
+        put("reopenPlan", json("reopen plan", plan)?);
+    }
     Ok(item)
 }
 
@@ -185,6 +188,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         reopened: r.n_or_zero("reopened")?,
         checkpoint: r.opt_json("ingestCheckpoint")?,
         progress_at: r.opt_n("progressAt")?,
+        reopen_plan: r.opt_json("reopenPlan")?,
     })
 }
 

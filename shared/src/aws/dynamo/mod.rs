@@ -623,10 +623,12 @@ impl JobLedger for DynamoJobStore {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(&r.job), JOB_SK)))
             .update_expression(
-                "SET #status = :running \
+                "SET #status = :running, #plan = :plan \
                  ADD #failed :unfailed, #rendered :unrendered, #retried :retried, #chunks :chunks, \
                  #reopened :one REMOVE #completedAt",
             )
+            .expression_attribute_names("#plan", "reopenPlan")
+            .expression_attribute_values(":plan", json("reopen plan", &r.plan())?)
             .condition_expression("#status = :from")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#failed", "failed")
@@ -640,7 +642,7 @@ impl JobLedger for DynamoJobStore {
             .expression_attribute_values(":unfailed", n(-i128::from(r.unfailed)))
             .expression_attribute_values(":unrendered", n(-i128::from(r.unrendered)))
             .expression_attribute_values(":retried", n(r.unfailed + r.unrendered))
-            .expression_attribute_values(":chunks", n(r.chunks.len()))
+            .expression_attribute_values(":chunks", n(r.planned))
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(build)?;
