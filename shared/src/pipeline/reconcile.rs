@@ -24,7 +24,7 @@ pub struct ReconcileReport {
     pub applied: u64,
     /// Chunks whose submit outcome stayed unknown past the grace period, re-queued.
     pub resent: u64,
-    /// Jobs whose manifest had to be (re)written.
+    /// Jobs whose manifest had to be (re)written, or a new writer queued.
     pub finished: u64,
     /// Jobs past their deadline, alerted now (each job is alerted once).
     pub overdue: u64,
