@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shared::domain::{
     Chunk, ChunkKey, ChunkMessage, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    JobStep, ManifestLocation, ObjectRef,
+    JobStep, ManifestCheckpoint, ManifestLocation, ObjectRef,
 };
 use shared::local::FsObjectStore;
 use shared::pictify::PictifyError;
@@ -84,6 +84,16 @@ impl JobLedger for NullStore {
 
     async fn mark_progress(&self, _job: &JobId, _status: JobStatus, _now: i64) -> PortResult<bool> {
         self.calls.hit("store.mark_progress");
+        Ok(true)
+    }
+
+    async fn save_manifest_checkpoint(
+        &self,
+        _job: &JobId,
+        _checkpoint: Option<&ManifestCheckpoint>,
+        _now: i64,
+    ) -> PortResult<bool> {
+        self.calls.hit("store.save_manifest_checkpoint");
         Ok(true)
     }
 

@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::domain::window::{choose_slot, next_in_turn};
 use shared::domain::{
-    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
-    RecordSubmitted,
+    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
+    ManifestLocation, RecordSubmitted,
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -341,6 +341,24 @@ impl JobLedger for SqliteJobStore {
                 .mark_progress(status, now)
                 .save_with(|next| save_job(tx, next)),
             None => Ok(false),
+        })
+        .await
+    }
+
+    async fn save_manifest_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> PortResult<bool> {
+        let (id, checkpoint) = (job.clone(), checkpoint.cloned());
+        self.call("save manifest checkpoint", move |tx| {
+            match load_job(tx, &id)? {
+                Some(job) => job
+                    .save_manifest_checkpoint(checkpoint.as_ref(), now)
+                    .save_with(|next| save_job(tx, next)),
+                None => Ok(false),
+            }
         })
         .await
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    JobStep, ManifestLocation, ObjectRef,
+    JobStep, ManifestCheckpoint, ManifestLocation, ObjectRef,
 };
 use crate::pictify::PictifyError;
 use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
@@ -151,12 +151,7 @@ pub trait ObjectStore: Send + Sync {
 /// S3's smallest part but the last (5 MiB); moto enforces it too.
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
-/// A part uploaded so far: its number and ETag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadedPart {
-    pub number: u32,
-    pub etag: String,
-}
+pub use crate::domain::UploadedPart;
 
 /// An object store that cannot write an object in parts.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +233,14 @@ pub trait JobLedger: Send + Sync {
     /// The step working on a job in `status` is alive at `now` ([`Job::progress_at`]); `false`
     /// when the job is no longer in that status.
     async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool>;
+    /// Where the manifest writer of a `finishing` job got ([`Job::save_manifest_checkpoint`]);
+    /// `None` once its files are complete. Also marks progress.
+    async fn save_manifest_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> PortResult<bool>;
     /// Records how far an ingest has got ([`Job::save_checkpoint`]'s rule); `false` when the
     /// job is no longer ingesting or another invocation got further.
     async fn save_checkpoint(

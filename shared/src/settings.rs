@@ -45,6 +45,9 @@ pub struct Settings {
     /// A long step (an ingest piece, a manifest writer) that has shown no progress for this long
     /// has died (no invocation lives past 15 minutes): the reconciler starts it again.
     pub step_stall: Duration,
+    /// The manifest files go out in parts of at least this size (S3 refuses parts under 5 MiB
+    /// but the last); both send a part at the same row, which is a checkpoint.
+    pub manifest_part_bytes: usize,
     /// An upload larger than this fails its job before a row is read (`UPLOAD_TOO_LARGE`).
     pub max_upload_bytes: u64,
     /// How long Pictify keeps a rendered image (7 days). Render records live as long: a URL older
@@ -171,6 +174,7 @@ impl Default for Settings {
             step_stall: Duration::from_secs(960),
             image_retention: Duration::from_secs(7 * 86_400),
             max_upload_bytes: 100 * 1024 * 1024 * 1024,
+            manifest_part_bytes: 8 * 1024 * 1024,
         }
     }
 }

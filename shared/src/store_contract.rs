@@ -161,6 +161,7 @@ pub fn job_for(key: &str) -> Job {
         checkpoint: None,
         progress_at: None,
         reopen_plan: None,
+        manifest_checkpoint: None,
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use shared::domain::{
     Chunk, ChunkKey, ChunkMessage, ChunkPayload, IngestCheckpoint, Job, JobId, JobStatus, JobStep,
-    ManifestLocation, ObjectRef,
+    ManifestCheckpoint, ManifestLocation, ObjectRef,
 };
 use shared::layout::sidecar_of;
 use shared::local::{FsObjectStore, MemoryAlerts, MemoryJobStore, MemoryQueue};
@@ -570,6 +570,17 @@ impl JobLedger for SlimStore {
 
     async fn mark_progress(&self, job: &JobId, status: JobStatus, now: i64) -> PortResult<bool> {
         self.inner.mark_progress(job, status, now).await
+    }
+
+    async fn save_manifest_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> PortResult<bool> {
+        self.inner
+            .save_manifest_checkpoint(job, checkpoint, now)
+            .await
     }
 
     async fn save_checkpoint(

@@ -259,6 +259,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         checkpoint: None,
         progress_at: None,
         reopen_plan: None,
+        manifest_checkpoint: None,
     };
     stack.store.create_job(&job_item).await?;
     stack

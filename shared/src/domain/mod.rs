@@ -273,6 +273,46 @@ pub struct Job {
     /// The chunks of the last reopen (`retry-failed`, the re-render policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reopen_plan: Option<ReopenPlan>,
+    /// While `finishing`: how far the manifest writer got (none before its first part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_checkpoint: Option<ManifestCheckpoint>,
+}
+
+/// A part of a multipart upload sent so far: its number and ETag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub etag: String,
+}
+
+/// One manifest file's multipart upload so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartsSent {
+    pub upload: String,
+    pub parts: Vec<UploadedPart>,
+}
+
+/// How far a manifest writer got: every line before `position` is in the parts sent of both
+/// files. A writer that takes over carries on from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestCheckpoint {
+    /// The finish this manifest belongs to (`Job::reopened`): a later finish starts afresh.
+    pub generation: u32,
+    pub position: ReadPosition,
+    /// The page of the job's first chunks that holds the next rows starts at this sequence.
+    pub page_seq: u32,
+    pub csv: PartsSent,
+    pub jsonl: PartsSent,
+    /// The counts of the lines sent, per status, and the failure codes.
+    pub lines: u64,
+    pub rendered: u64,
+    pub url_missing: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    pub codes: BTreeMap<String, u64>,
 }
 
 /// How far ingest has read an upload. Everything before `position` is queued: its chunks are

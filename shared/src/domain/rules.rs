@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    ManifestLocation,
+    ManifestCheckpoint, ManifestLocation,
 };
 
 /// What a rule decided: the answer for the caller and, when the rule changes the state, the
@@ -306,6 +306,26 @@ impl Job {
         )
     }
 
+    /// The manifest writer got this far (or, `None`, finished its files): applies while the job
+    /// is `finishing`, and counts as progress.
+    pub fn save_manifest_checkpoint(
+        &self,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> Transition<Job, bool> {
+        if self.status != JobStatus::Finishing {
+            return Transition::stay(false);
+        }
+        Transition::to(
+            Job {
+                manifest_checkpoint: checkpoint.cloned(),
+                progress_at: Some(now),
+                ..self.clone()
+            },
+            true,
+        )
+    }
+
     /// Compare-and-set on the status: `from → to`; `false` when the job is not in `from`.
     pub fn transition(&self, from: JobStatus, to: JobStatus) -> Transition<Job, bool> {
         if self.status != from {
@@ -473,6 +493,7 @@ mod tests {
             checkpoint: None,
             progress_at: None,
             reopen_plan: None,
+            manifest_checkpoint: None,
             manifest: None,
             reopened: 0,
         }

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 
 use crate::domain::window::{choose_slot, next_in_turn};
 use crate::domain::{
-    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
-    RecordSubmitted,
+    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
+    ManifestLocation, RecordSubmitted,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -127,6 +127,21 @@ impl JobLedger for MemoryJobStore {
         let mut state = self.lock();
         Ok(match state.jobs.get_mut(job) {
             Some(stored) => stored.mark_progress(status, now).apply(stored),
+            None => false,
+        })
+    }
+
+    async fn save_manifest_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> PortResult<bool> {
+        let mut state = self.lock();
+        Ok(match state.jobs.get_mut(job) {
+            Some(stored) => stored
+                .save_manifest_checkpoint(checkpoint, now)
+                .apply(stored),
             None => false,
         })
     }

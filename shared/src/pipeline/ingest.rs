@@ -157,6 +157,7 @@ impl Pipeline {
             checkpoint: None,
             progress_at: None,
             reopen_plan: None,
+            manifest_checkpoint: None,
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {

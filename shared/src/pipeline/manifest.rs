@@ -8,10 +8,11 @@
 //! they are read a page (100 chunks and their retries) at a time as the rows go by; the chunks a
 //! reopen added come after them, carry rows from anywhere, and are read first (their rows are
 //! the only per-row state held for the whole job). Both files go out in parts of 8 MiB (an S3
-//! multipart upload once a file outgrows one part). Memory: one page of chunks, one group of
-//! lines, two part buffers.
+//! multipart upload once a file outgrows one part), sent together at a row boundary that is
+//! saved as the job's manifest checkpoint: a writer that dies is carried on from there by the
+//! next. Memory: one page of chunks, one group of lines, two part buffers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -19,9 +20,10 @@ use tracing::{info, warn};
 
 use super::alerting::top_errors;
 use super::{Pipeline, StepError};
-use crate::dataset::{DatasetFormat, DatasetReader, Item, fingerprint};
+use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, fingerprint};
 use crate::domain::{
-    Chunk, ChunkKey, Job, JobId, JobStatus, ManifestLocation, ObjectRef, RowState,
+    Chunk, ChunkKey, Job, JobId, JobStatus, ManifestCheckpoint, ManifestLocation, ObjectRef,
+    PartsSent, RowState,
 };
 use crate::layout;
 use crate::ports::{RenderRecord, UploadedPart};
@@ -30,8 +32,6 @@ use crate::ports::{RenderRecord, UploadedPart};
 const LOOKUP_GROUP: usize = 100;
 /// Chunks read per page (one BatchGetItem).
 const CHUNK_PAGE: u32 = 100;
-/// A manifest file goes out in parts of this size (S3 wants ≥ 5 MiB but the last).
-const PART_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManifestSummary {
@@ -124,7 +124,8 @@ fn combine(first: Option<&RowOutcome>, reopened: Option<&RowOutcome>) -> Option<
 /// The outcomes of the rows of the job's first chunks, a page at a time in row order.
 struct FirstChunks {
     job: JobId,
-    /// The next page starts at this sequence number.
+    /// The current page starts at this sequence number, the next one at `next_seq`.
+    page_seq: u32,
     next_seq: u32,
     /// The last of the first chunks (the reopened ones come after).
     last_seq: u32,
@@ -137,7 +138,8 @@ struct FirstChunks {
 enum Read {
     /// The CSV header (first, CSV only).
     Columns(Vec<String>),
-    Items(Vec<Item>),
+    /// A group of rows, and where the read stands after them.
+    Items(Vec<Item>, ReadPosition),
 }
 
 /// One manifest file being written: bytes wait in `buffer` until a part is full.
@@ -151,21 +153,19 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    fn new(object: ObjectRef, content_type: &'static str) -> Self {
+    /// A writer, carrying on with the parts a checkpoint recorded when given.
+    fn new(object: ObjectRef, content_type: &'static str, sent: Option<&PartsSent>) -> Self {
         PartWriter {
             object,
             content_type,
-            buffer: Vec::with_capacity(PART_BYTES + 64 * 1024),
-            upload: None,
-            parts: Vec::new(),
+            buffer: Vec::new(),
+            upload: sent.map(|s| s.upload.clone()),
+            parts: sent.map(|s| s.parts.clone()).unwrap_or_default(),
         }
     }
 
-    /// Sends the buffer as the next part once it is full; `true` when it did.
-    async fn maybe_flush(&mut self, pipeline: &Pipeline) -> Result<bool, StepError> {
-        if self.buffer.len() < PART_BYTES {
-            return Ok(false);
-        }
+    /// Sends the buffer as the next part.
+    async fn send_part(&mut self, pipeline: &Pipeline) -> Result<(), StepError> {
         let objects = &pipeline.objects;
         let upload = match &self.upload {
             Some(upload) => upload.clone(),
@@ -178,27 +178,31 @@ impl PartWriter {
             }
         };
         let number = self.parts.len() as u32 + 1;
-        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_BYTES + 64 * 1024));
+        let bytes = std::mem::take(&mut self.buffer);
         let etag = objects
             .upload_part(&self.object, &upload, number, bytes)
             .await?;
         self.parts.push(UploadedPart { number, etag });
-        Ok(true)
+        Ok(())
+    }
+
+    /// The parts sent so far (once the file went multipart).
+    fn sent(&self) -> Option<PartsSent> {
+        self.upload.as_ref().map(|upload| PartsSent {
+            upload: upload.clone(),
+            parts: self.parts.clone(),
+        })
     }
 
     /// The rest as the last part; a file that never outgrew one part is a single PUT.
     async fn finish(mut self, pipeline: &Pipeline) -> Result<(), StepError> {
         let objects = &pipeline.objects;
-        let Some(upload) = self.upload.take() else {
+        let Some(upload) = self.upload.clone() else {
             return Ok(objects
                 .put_bytes(&self.object, self.buffer, self.content_type)
                 .await?);
         };
-        let number = self.parts.len() as u32 + 1;
-        let etag = objects
-            .upload_part(&self.object, &upload, number, self.buffer)
-            .await?;
-        self.parts.push(UploadedPart { number, etag });
+        self.send_part(pipeline).await?;
         Ok(objects
             .finish_upload(&self.object, &upload, &self.parts)
             .await?)
@@ -206,7 +210,8 @@ impl PartWriter {
 }
 
 impl Pipeline {
-    /// Writes both manifest files for a job and returns what they contain.
+    /// Writes both manifest files for a job and returns what they contain. A job in
+    /// `finishing` whose last writer died part-way is carried on from that writer's checkpoint.
     pub async fn write_manifest(&self, job: &Job) -> Result<ManifestSummary, StepError> {
         let location = layout::manifest_location(&job.source, &self.settings);
         let format =
@@ -215,25 +220,44 @@ impl Pipeline {
                 reason: "not a dataset (.csv, .json, .jsonl)".into(),
             })?;
         let (mut first, reopened) = self.scan_chunks(&job.id).await?;
+        let resumed = job
+            .manifest_checkpoint
+            .as_ref()
+            .filter(|c| job.status == JobStatus::Finishing && c.generation == job.reopened);
+        if let Some(at) = resumed {
+            first.next_seq = at.page_seq;
+            info!(job_id = %job.id, from_row = at.position.rows, parts = at.csv.parts.len(), "manifest carried on from its checkpoint");
+        }
 
         // The upload may be unreadable (that can be why the job failed): then the manifest has no lines.
-        let body = if job.counters.rows > 0 {
-            Some(
-                self.objects
-                    .open(&job.source, Some(&job.source_version))
-                    .await?,
-            )
+        let readers = if job.counters.rows > 0 {
+            let version = Some(job.source_version.as_str());
+            let head = self.objects.open(&job.source, version).await?.reader;
+            let rest = match resumed {
+                Some(at) => Some(
+                    self.objects
+                        .open_at(&job.source, version, at.position.offset)
+                        .await?
+                        .reader,
+                ),
+                None => None,
+            };
+            Some((head, rest))
         } else {
             None
         };
         let (tx, mut rx) = mpsc::channel::<Read>(4);
         let rules = layout::row_rules(&job.spec);
+        let start = resumed.map(|c| c.position);
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let Some(body) = body else {
+            let Some((head, rest)) = readers else {
                 return Ok(());
             };
-            let dataset =
-                DatasetReader::new(body.reader, format, rules).map_err(|e| e.to_string())?;
+            let mut dataset = match (rest, start) {
+                (Some(rest), Some(at)) => DatasetReader::resume(head, rest, format, rules, at),
+                _ => DatasetReader::new(head, format, rules),
+            }
+            .map_err(|e| e.to_string())?;
             if let Some(columns) = dataset.columns()
                 && tx.blocking_send(Read::Columns(columns.to_vec())).is_err()
             {
@@ -241,18 +265,20 @@ impl Pipeline {
             }
             let mut group = Vec::with_capacity(LOOKUP_GROUP);
             // An error ends the rows: the job read up to the same point, and has the error.
-            for item in dataset.map_while(Result::ok) {
+            while let Some(Ok(item)) = dataset.next() {
                 group.push(item);
-                if group.len() == LOOKUP_GROUP
-                    && tx
-                        .blocking_send(Read::Items(std::mem::take(&mut group)))
+                if group.len() == LOOKUP_GROUP {
+                    let items = std::mem::take(&mut group);
+                    if tx
+                        .blocking_send(Read::Items(items, dataset.position()))
                         .is_err()
-                {
-                    return Ok(());
+                    {
+                        return Ok(());
+                    }
                 }
             }
             if !group.is_empty() {
-                let _ = tx.blocking_send(Read::Items(group));
+                let _ = tx.blocking_send(Read::Items(group, dataset.position()));
             }
             Ok(())
         });
@@ -267,18 +293,31 @@ impl Pipeline {
             in_flight: 0,
             top_errors: Vec::new(),
         };
-        let mut codes: HashMap<String, u64> = HashMap::new();
-        let mut jsonl = PartWriter::new(location.jsonl.clone(), "application/x-ndjson");
-        let mut csv = PartWriter::new(location.csv.clone(), "text/csv");
+        let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(at) = resumed {
+            (summary.lines, summary.rendered, summary.url_missing) =
+                (at.lines, at.rendered, at.url_missing);
+            (summary.failed, summary.rejected, summary.in_flight) =
+                (at.failed, at.rejected, at.in_flight);
+            codes = at.codes.clone();
+        }
+        let mut jsonl = PartWriter::new(
+            location.jsonl.clone(),
+            "application/x-ndjson",
+            resumed.map(|c| &c.jsonl),
+        );
+        let mut csv = PartWriter::new(location.csv.clone(), "text/csv", resumed.map(|c| &c.csv));
         let mut columns: Vec<String> = Vec::new();
-        let mut header_written = false;
+        // A carried-on manifest has its header in its first part already.
+        let mut header_written = resumed.is_some();
+        let part_bytes = self.settings.manifest_part_bytes;
         while let Some(read) = rx.recv().await {
-            let items = match read {
+            let (items, position) = match read {
                 Read::Columns(names) => {
                     columns = names;
                     continue;
                 }
-                Read::Items(items) => items,
+                Read::Items(items, position) => (items, position),
             };
             if !header_written {
                 write_csv_header(&mut csv.buffer, &columns)?;
@@ -299,12 +338,32 @@ impl Pipeline {
                 jsonl.buffer.push(b'\n');
                 write_csv_line(&mut csv.buffer, &value, &columns)?;
             }
-            let sent = jsonl.maybe_flush(self).await? | csv.maybe_flush(self).await?;
-            if sent {
-                // Alive: the reconciler leaves a writer alone while it sends parts.
+            // Both files send a part at the same row, so one checkpoint describes both.
+            if csv.buffer.len() >= part_bytes && jsonl.buffer.len() >= part_bytes {
+                csv.send_part(self).await?;
+                jsonl.send_part(self).await?;
+                let (Some(csv_sent), Some(jsonl_sent)) = (csv.sent(), jsonl.sent()) else {
+                    continue;
+                };
+                let checkpoint = ManifestCheckpoint {
+                    generation: job.reopened,
+                    position,
+                    page_seq: first.page_seq,
+                    csv: csv_sent,
+                    jsonl: jsonl_sent,
+                    lines: summary.lines,
+                    rendered: summary.rendered,
+                    url_missing: summary.url_missing,
+                    failed: summary.failed,
+                    rejected: summary.rejected,
+                    in_flight: summary.in_flight,
+                    codes: codes.clone(),
+                };
+                // Alive, and how far: the reconciler leaves this writer alone, and one that
+                // takes over carries on from here.
                 let now = self.clock.now();
                 self.store
-                    .mark_progress(&job.id, JobStatus::Finishing, now)
+                    .save_manifest_checkpoint(&job.id, Some(&checkpoint), now)
                     .await?;
             }
         }
@@ -319,9 +378,17 @@ impl Pipeline {
         if !header_written {
             write_csv_header(&mut csv.buffer, &columns)?;
         }
+        let checkpointed = job.manifest_checkpoint.is_some() || csv.upload.is_some();
         csv.finish(self).await?;
         jsonl.finish(self).await?;
-        summary.top_errors = top_errors(codes);
+        if checkpointed {
+            // The uploads are complete: nobody may carry them on again.
+            let now = self.clock.now();
+            self.store
+                .save_manifest_checkpoint(&job.id, None, now)
+                .await?;
+        }
+        summary.top_errors = top_errors(codes.into_iter().collect());
         info!(job_id = %job.id, lines = summary.lines, manifest = %location.csv, "manifest written");
         Ok(summary)
     }
@@ -360,6 +427,7 @@ impl Pipeline {
         let reopened = self.with_retries(job, reopened).await?;
         let first = FirstChunks {
             job: job.clone(),
+            page_seq: 1,
             next_seq: 1,
             last_seq: last_first,
             outcomes: HashMap::new(),
@@ -417,6 +485,7 @@ impl Pipeline {
                 .max()
                 .or(first.max_row);
             first.outcomes = row_outcomes(self.with_retries(&first.job, page).await?);
+            first.page_seq = first.next_seq;
             first.next_seq = end;
         }
         let outcome = combine(first.outcomes.get(&row.number), reopened.get(&row.number));
@@ -464,7 +533,7 @@ fn retries_of(chunks: &[Chunk]) -> Vec<ChunkKey> {
         .collect()
 }
 
-fn count(summary: &mut ManifestSummary, codes: &mut HashMap<String, u64>, state: &RowState) {
+fn count(summary: &mut ManifestSummary, codes: &mut BTreeMap<String, u64>, state: &RowState) {
     match state {
         RowState::Rendered { url: Some(_) } => summary.rendered += 1,
         RowState::Rendered { url: None } => {

@@ -1389,3 +1389,170 @@ async fn the_reconciler_makes_the_chunks_a_dead_reopen_left_unwritten() {
         (JobStatus::Completed, 3, 0)
     );
 }
+
+// ---------- a manifest writer that dies part-way ----------
+
+/// The harness's files, except that one `upload_part` call fails while armed (the writer's
+/// Lambda dying there).
+struct DyingParts {
+    inner: Arc<FsObjectStore>,
+    fail_part: std::sync::atomic::AtomicU32,
+    /// Parts sent so far.
+    sent: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ObjectStore for DyingParts {
+    async fn version(&self, object: &ObjectRef) -> crate::ports::PortResult<Option<String>> {
+        self.inner.version(object).await
+    }
+    async fn open(
+        &self,
+        object: &ObjectRef,
+        version: Option<&str>,
+    ) -> crate::ports::PortResult<crate::ports::ObjectBody> {
+        self.inner.open(object, version).await
+    }
+    async fn get_bytes(&self, object: &ObjectRef) -> crate::ports::PortResult<Option<Vec<u8>>> {
+        self.inner.get_bytes(object).await
+    }
+    async fn put_bytes(
+        &self,
+        object: &ObjectRef,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> crate::ports::PortResult<()> {
+        self.inner.put_bytes(object, bytes, content_type).await
+    }
+    async fn put_file(
+        &self,
+        object: &ObjectRef,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> crate::ports::PortResult<()> {
+        self.inner.put_file(object, path, content_type).await
+    }
+    async fn start_upload(
+        &self,
+        object: &ObjectRef,
+        content_type: &str,
+    ) -> crate::ports::PortResult<String> {
+        self.inner.start_upload(object, content_type).await
+    }
+    async fn upload_part(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        number: u32,
+        bytes: Vec<u8>,
+    ) -> crate::ports::PortResult<String> {
+        use std::sync::atomic::Ordering;
+        if self.fail_part.load(Ordering::SeqCst) == number {
+            self.fail_part.store(0, Ordering::SeqCst);
+            return Err(crate::ports::PortError::new(
+                "upload part",
+                "the writer died",
+            ));
+        }
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        self.inner.upload_part(object, upload, number, bytes).await
+    }
+    async fn finish_upload(
+        &self,
+        object: &ObjectRef,
+        upload: &str,
+        parts: &[crate::ports::UploadedPart],
+    ) -> crate::ports::PortResult<()> {
+        self.inner.finish_upload(object, upload, parts).await
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_writer_that_died_part_way_is_carried_on_from_its_checkpoint() {
+    let settings = crate::settings::Settings {
+        manifest_part_bytes: 4 * 1024,
+        ..Default::default()
+    };
+    // The same job twice: one writer that dies at its third part, one that never dies.
+    let with_parts_counted = |mut h: Harness| {
+        let objects = Arc::new(DyingParts {
+            inner: h.objects.clone(),
+            fail_part: 0.into(),
+            sent: 0.into(),
+        });
+        h.pipeline.objects = objects.clone();
+        (h, objects)
+    };
+    let (h, dying) = with_parts_counted(harness_with_steps(settings.clone()));
+    let (reference, counted) = with_parts_counted(harness_with_steps(settings));
+    for h in [&h, &reference] {
+        h.put_upload(csv(400)).await;
+        h.ingest().await;
+        h.submit_all().await;
+        h.play_webhooks(0).await;
+        assert_eq!(h.job().await.status, JobStatus::Finishing);
+        assert!(matches!(
+            h.queue.pop_step(),
+            Some(crate::domain::JobStep::WriteManifest(_))
+        ));
+    }
+    let job = h.job().await.id;
+    dying
+        .fail_part
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        h.pipeline.write_manifest_step(&job).await.is_err(),
+        "the writer dies"
+    );
+    let stopped = h.job().await;
+    let checkpoint = stopped
+        .manifest_checkpoint
+        .expect("a checkpoint after two parts");
+    assert_eq!(
+        (
+            stopped.status,
+            checkpoint.csv.parts.len(),
+            checkpoint.position.rows
+        ),
+        (JobStatus::Finishing, 2, 200)
+    );
+
+    use std::sync::atomic::Ordering;
+    let before = dying.sent.load(Ordering::SeqCst);
+    assert!(
+        h.pipeline.write_manifest_step(&job).await.unwrap(),
+        "the next writer carries on"
+    );
+    assert!(
+        reference
+            .pipeline
+            .write_manifest_step(&reference.job().await.id)
+            .await
+            .unwrap()
+    );
+    // It sent only the parts after the checkpoint's two of each file.
+    let all = counted.sent.load(Ordering::SeqCst);
+    assert_eq!(dying.sent.load(Ordering::SeqCst) - before, all - 2 * 2);
+    let (done, clean) = (h.job().await, reference.job().await);
+    assert_eq!(
+        (done.status, done.manifest_checkpoint.clone()),
+        (JobStatus::Completed, None)
+    );
+    let files = |h: &Harness, job: &crate::domain::Job| {
+        let at = job.manifest.clone().unwrap();
+        let read = |o: &ObjectRef| std::fs::read(h.objects.path_of(o).unwrap()).unwrap();
+        (read(&at.csv), read(&at.jsonl))
+    };
+    let (csv_a, jsonl_a) = files(&h, &done);
+    let (csv_b, jsonl_b) = files(&reference, &clean);
+    assert_eq!(String::from_utf8_lossy(&jsonl_a).lines().count(), 400);
+    // The carried-on manifest is the one a single writer makes.
+    assert_eq!(
+        String::from_utf8_lossy(&csv_a),
+        String::from_utf8_lossy(&csv_b)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&jsonl_a),
+        String::from_utf8_lossy(&jsonl_b)
+    );
+}

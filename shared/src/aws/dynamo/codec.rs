@@ -150,6 +150,12 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     if let Some(at) = job.progress_at {
         put("progressAt", n(at));
     }
+    if let Some(checkpoint) = &job.manifest_checkpoint {
+        put(
+            "manifestCheckpoint",
+            json("manifest checkpoint", checkpoint)?,
+        );
+    }
     if let Some(plan) = &job.reopen_plan {
         put("reopenPlan", json("reopen plan", plan)?);
     }
@@ -189,6 +195,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         checkpoint: r.opt_json("ingestCheckpoint")?,
         progress_at: r.opt_n("progressAt")?,
         reopen_plan: r.opt_json("reopenPlan")?,
+        manifest_checkpoint: r.opt_json("manifestCheckpoint")?,
     })
 }
 

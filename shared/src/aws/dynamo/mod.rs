@@ -34,7 +34,8 @@ use self::errors::{checked, sdk_error};
 #[cfg(feature = "test-support")]
 pub use self::test_support::create_table;
 use crate::domain::{
-    Chunk, ChunkKey, ChunkState, IngestCheckpoint, Job, JobId, JobStatus, ManifestLocation,
+    Chunk, ChunkKey, ChunkState, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
+    ManifestLocation,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, MAX_REOPEN_CHUNKS,
@@ -509,6 +510,37 @@ impl JobLedger for DynamoJobStore {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
+        Ok(checked(&operation, result)?.is_ok())
+    }
+
+    async fn save_manifest_checkpoint(
+        &self,
+        job: &JobId,
+        checkpoint: Option<&ManifestCheckpoint>,
+        now: i64,
+    ) -> PortResult<bool> {
+        let operation = format!("save_manifest_checkpoint {job}");
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job), JOB_SK)))
+            .condition_expression("#status = :finishing")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#progressAt", "progressAt")
+            .expression_attribute_names("#checkpoint", "manifestCheckpoint")
+            .expression_attribute_values(":finishing", s(JobStatus::Finishing.as_str()))
+            .expression_attribute_values(":now", n(now));
+        let update = match checkpoint {
+            Some(checkpoint) => update
+                .update_expression("SET #progressAt = :now, #checkpoint = :checkpoint")
+                .expression_attribute_values(
+                    ":checkpoint",
+                    json("manifest checkpoint", checkpoint)?,
+                ),
+            None => update.update_expression("SET #progressAt = :now REMOVE #checkpoint"),
+        };
+        let result = update.send().await;
         Ok(checked(&operation, result)?.is_ok())
     }
 
