@@ -66,8 +66,10 @@ impl Pipeline {
     }
 
     /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
-    pub async fn finish_job(&self, job: Job) -> Result<(), StepError> {
+    pub async fn finish_job(&self, mut job: Job) -> Result<(), StepError> {
         let mut summary = self.write_manifest(&job).await?;
+        // Its files are complete (the store's checkpoint is gone): a second write starts afresh.
+        job.manifest_checkpoint = None;
         if summary.url_missing > 0
             && self.settings.missing_url_policy == MissingUrlPolicy::Rerender
             && job.reopened == 0
