@@ -180,11 +180,23 @@ async fn two_jobs_running_together_share_the_window_and_finish_within_20_percent
     let _serial = SERIAL.lock().await;
     // A batch of 100 renders in about 1 s.
     let stack = stack_on(Plan::Pro, PlanLimits::default(), 0.05).await?;
-    let started = Instant::now();
+    // Both jobs' chunks wait parked before the window opens. Otherwise the first job's
+    // messages, first on the queue, take the free slots, and its next chunks may be handed
+    // over before the second job's messages are even received (how soon depends on moto's
+    // speed): a race of queue order, not the turn this test is about.
+    stack
+        .store
+        .pause_submissions("both jobs queue up", 0)
+        .await?;
     let jobs = [
         start_job(&stack, "first", 1_000).await?,
         start_job(&stack, "second", 1_000).await?,
     ];
+    while stack.drain_once().await? > 0 {}
+    assert_eq!(stack.store.parked().await?.len(), 20, "every chunk waits");
+    let started = Instant::now();
+    stack.store.resume_submissions().await?;
+    while stack.pipeline.hand_over().await? > 0 {}
     let mut finished = [None, None];
     while finished.iter().any(Option::is_none) {
         anyhow::ensure!(
