@@ -70,8 +70,9 @@ enum Parsed {
     /// Every row before this point is in a chunk sent above, or rejected above: the read can
     /// stop and be carried on from here.
     Safe(IngestCheckpoint),
+    /// The read ended: at the end of the file, or at this dataset error. The rows read are in
+    /// the parser's returned position.
     Done {
-        rows: u64,
         error: Option<String>,
     },
 }
@@ -256,12 +257,6 @@ impl Pipeline {
         let hand_off_rows = self.settings.ingest_handoff_rows;
         let mut pending: Vec<EncodedChunk> = Vec::with_capacity(CHUNKS_PER_FLUSH);
         let mut saved = start;
-        let mut counters = Counters {
-            rows: start.position.rows,
-            rejected: start.rejected,
-            chunks: start.chunks,
-            ..Counters::default()
-        };
         let mut dataset_error = None;
         while let Some(parsed) = rx.recv().await {
             match parsed {
@@ -304,16 +299,17 @@ impl Pipeline {
                         saved = point;
                     }
                 }
-                Parsed::Done { rows, error } => {
-                    counters.rows = rows;
-                    dataset_error = error;
-                }
+                Parsed::Done { error } => dataset_error = error,
             }
         }
         self.queue_chunks(&job.source.bucket, pending).await?;
         let end = self.join_parser(parser).await?;
-        counters.rejected = end.rejected;
-        counters.chunks = end.chunks;
+        let counters = Counters {
+            rows: end.position.rows,
+            rejected: end.rejected,
+            chunks: end.chunks,
+            ..Counters::default()
+        };
 
         if counters.rows == 0
             && let Some(reason) = dataset_error
@@ -479,8 +475,8 @@ fn parse_into_chunks(
     tx: &mpsc::Sender<Parsed>,
 ) -> IngestCheckpoint {
     let mut at = start;
-    let done = |rows, error| {
-        let _ = tx.blocking_send(Parsed::Done { rows, error });
+    let done = |error| {
+        let _ = tx.blocking_send(Parsed::Done { error });
     };
     // Ingest sends only the variables; the manifest, which shows the input columns, keeps them.
     let rules = RowRules {
@@ -494,7 +490,7 @@ fn parse_into_chunks(
     let mut dataset = match opened {
         Ok(d) => d,
         Err(e) => {
-            done(at.position.rows, Some(e.to_string()));
+            done(Some(e.to_string()));
             return at;
         }
     };
@@ -523,7 +519,7 @@ fn parse_into_chunks(
             match EncodedChunk::encode(payload) {
                 Ok(encoded) => tx.blocking_send(Parsed::Chunk(encoded)).is_ok(),
                 Err(e) => {
-                    done(at.position.rows, Some(e.to_string()));
+                    done(Some(e.to_string()));
                     false
                 }
             }
@@ -565,7 +561,7 @@ fn parse_into_chunks(
             Err(e) => {
                 if flush(&mut numbers, &mut sets, &mut at) {
                     let rows = at.position.rows;
-                    done(rows, Some(format!("after {rows} rows: {e}")));
+                    done(Some(format!("after {rows} rows: {e}")));
                 }
                 return at;
             }
@@ -575,7 +571,7 @@ fn parse_into_chunks(
         }
     }
     if flush(&mut numbers, &mut sets, &mut at) {
-        done(at.position.rows, None);
+        done(None);
     }
     at
 }
