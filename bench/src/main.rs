@@ -23,16 +23,19 @@ pub struct Options {
     pub skip_local: bool,
     /// Only figure 6 (pacing to a plan).
     pub only_pacing: bool,
+    /// Only figure 1 (ingest against the raw parse).
+    pub only_ingest: bool,
 }
 
 const USAGE: &str =
-    "usage: pictify-bench [--tiny] [--data DIR] [--repo DIR] [--aws-log FILE] [--skip-local] [--only-pacing]
+    "usage: pictify-bench [--tiny] [--data DIR] [--repo DIR] [--aws-log FILE] [--skip-local] [--only-pacing] [--only-ingest]
   --tiny        every measurement on a tiny input (seconds; what CI runs)
   --data DIR    scratch dir for generated inputs (default <repo>/target/bench-data)
   --repo DIR    repository root (default: the current directory)
   --aws-log F   output of `cargo test --test pipeline_e2e a_1000_row_job -- --nocapture`
   --skip-local  skip the pictify-batch runs (figures 4 and 6)
-  --only-pacing only figure 6: runs paced to Free, Pro and Business";
+  --only-pacing only figure 6: runs paced to Free, Pro and Business
+  --only-ingest only figure 1: ingest against the raw parse";
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
@@ -42,6 +45,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         aws_log: None,
         skip_local: false,
         only_pacing: false,
+        only_ingest: false,
     };
     let mut data_dir = None;
     let mut it = args.iter();
@@ -55,6 +59,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--tiny" => options.tiny = true,
             "--skip-local" => options.skip_local = true,
             "--only-pacing" => options.only_pacing = true,
+            "--only-ingest" => options.only_ingest = true,
             "--data" => data_dir = Some(value()?),
             "--repo" => options.repo = value()?,
             "--aws-log" => options.aws_log = Some(value()?),
@@ -81,9 +86,7 @@ fn child(args: &[String]) -> anyhow::Result<()> {
     let figures = match kind.as_str() {
         "raw" => measure::raw_parse(&PathBuf::from(arg(0)?))?,
         "ingest" => measure::pipeline_ingest(&PathBuf::from(arg(0)?), arg(1)?)?,
-        "phase-read" => measure::ingest_phase(&PathBuf::from(arg(0)?), false)?,
-        "phase-encode" => measure::ingest_phase(&PathBuf::from(arg(0)?), true)?,
-        "phase-lean" => measure::lean_ingest(&PathBuf::from(arg(0)?))?,
+        "phase-read" => measure::ingest_phase(&PathBuf::from(arg(0)?))?,
         "webhook" => measure::webhook(arg(0)?.parse().context("event count")?)?,
         other => bail!("unknown child measurement {other}"),
     };

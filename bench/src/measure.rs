@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
-use shared::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
-use shared::domain::{ChunkKey, ChunkMessage, ChunkPayload, InlinePayload, JobId, ObjectRef};
+use shared::dataset::{DatasetFormat, DatasetReader, Encoded, RowRules};
+use shared::domain::ObjectRef;
 use shared::local::LogAlerts;
-use shared::pictify::wire::{Format, VariableSet};
 use shared::pipeline::{IngestOutcome, Pipeline, WebhookRequest};
 use shared::ports::SystemClock;
 use shared::secret::Secret;
@@ -151,128 +150,25 @@ pub fn pipeline_ingest(data_dir: &Path, name: &str) -> anyhow::Result<Figures> {
     Ok(finish(figures, started, cpu))
 }
 
-/// Ingest's phases without the pipeline around them: `encode = false` times the dataset reader
-/// alone (parse, map, validate); `encode = true` adds building each 100-row chunk, encoding it
-/// once and wrapping that JSON in its queue message, as ingest does.
-pub fn ingest_phase(path: &Path, encode: bool) -> anyhow::Result<Figures> {
+/// Ingest's first phase without the pipeline around them: the dataset reader as ingest drives it
+/// (parse, validate, map, each valid row's variables written as JSON), into a buffer emptied
+/// every 100 rows as chunks are.
+pub fn ingest_phase(path: &Path) -> anyhow::Result<Figures> {
     let (cpu, started) = (cpu_secs(), Instant::now());
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let rules = RowRules {
-        keep_fields: false,
-        ..RowRules::default()
-    };
-    let reader = DatasetReader::new(file, format_of(path)?, rules)?;
-    let job = JobId::for_upload("bench", "phase", "v1");
-    let (mut rows, mut encoded, mut seq) = (0u64, 0u64, 0u32);
-    let mut numbers = Vec::new();
-    let mut sets: Vec<VariableSet> = Vec::new();
-    let mut flush = |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>| -> anyhow::Result<u64> {
-        seq += 1;
-        let payload = ChunkPayload {
-            job: job.clone(),
-            key: ChunkKey::initial(seq),
-            template_id: "tmpl_blog_card".into(),
-            format: Format::Png,
-            quality: None,
-            concurrency: None,
-            rows: std::mem::take(numbers),
-            variable_sets: std::mem::take(sets),
-        };
-        let (job, key) = (payload.job.clone(), payload.key);
-        let json = InlinePayload::encode(&payload)?;
-        drop(payload);
-        let stored = json.json().as_bytes().to_vec();
-        let message = ChunkMessage {
-            job,
-            key,
-            payload_ref: None,
-            payload: Some(json),
-        };
-        Ok((stored.len() + serde_json::to_string(&message)?.len()) as u64)
-    };
-    for item in reader {
-        if let Item::Valid(row) = item? {
-            rows += 1;
-            if encode {
-                numbers.push(row.number);
-                sets.push(row.variables);
-                if numbers.len() == 100 {
-                    encoded += flush(&mut numbers, &mut sets)?;
-                }
-            }
-        }
-    }
-    if encode && !numbers.is_empty() {
-        encoded += flush(&mut numbers, &mut sets)?;
-    }
-    let mut figures = Figures::new();
-    figures.insert("rows".into(), json!(rows));
-    figures.insert("encoded_bytes".into(), json!(encoded));
-    figures.insert("bytes".into(), json!(std::fs::metadata(path)?.len()));
-    Ok(finish(figures, started, cpu))
-}
-
-/// A what-if for the profile: the same work as ingest with the two costs the profile points at
-/// removed: one map per row (no `fields` copy) and each chunk encoded once. Not the pipeline's
-/// code; it bounds what fixing those two costs can gain.
-pub fn lean_ingest(path: &Path) -> anyhow::Result<Figures> {
-    let (cpu, started) = (cpu_secs(), Instant::now());
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = DatasetReader::new(file, format_of(path)?, RowRules::default())?;
     let (mut rows, mut encoded) = (0u64, 0u64);
-    let mut sets: Vec<VariableSet> = Vec::with_capacity(100);
-    let flush = |sets: &mut Vec<VariableSet>| -> anyhow::Result<u64> {
-        let payload = ChunkPayload {
-            job: JobId::for_upload("bench", "lean", "v1"),
-            key: ChunkKey::initial(1),
-            template_id: "tmpl_blog_card".into(),
-            format: Format::Png,
-            quality: None,
-            concurrency: None,
-            rows: (0..sets.len() as u64).collect(),
-            variable_sets: std::mem::take(sets),
-        };
-        Ok(serde_json::to_vec(&payload)?.len() as u64)
-    };
-    match format_of(path)? {
-        DatasetFormat::Csv => {
-            let mut reader = csv::ReaderBuilder::new().from_reader(file);
-            let columns: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
-            let mut record = csv::StringRecord::new();
-            while reader.read_record(&mut record)? {
-                rows += 1;
-                let mut variables = VariableSet::new();
-                for (column, value) in columns.iter().zip(record.iter()) {
-                    let value = if value.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::String(value.to_owned())
-                    };
-                    variables.insert(column.clone(), value);
-                }
-                sets.push(variables);
-                if sets.len() == 100 {
-                    encoded += flush(&mut sets)?;
-                }
-            }
-        }
-        _ => {
-            let mut reader = BufReader::with_capacity(64 * 1024, file);
-            let mut line = String::new();
-            while reader.read_line(&mut line)? > 0 {
-                if !line.trim().is_empty() {
-                    rows += 1;
-                    sets.push(serde_json::from_str(&line)?);
-                    if sets.len() == 100 {
-                        encoded += flush(&mut sets)?;
-                    }
-                }
-                line.clear();
+    let mut sets = String::new();
+    while let Some(read) = reader.next_into(&mut sets) {
+        if let Encoded::Valid { .. } = read? {
+            rows += 1;
+            if rows % 100 == 0 {
+                encoded += sets.len() as u64;
+                sets.clear();
             }
         }
     }
-    if !sets.is_empty() {
-        encoded += flush(&mut sets)?;
-    }
+    encoded += sets.len() as u64;
     let mut figures = Figures::new();
     figures.insert("rows".into(), json!(rows));
     figures.insert("encoded_bytes".into(), json!(encoded));

@@ -6,7 +6,8 @@ use std::io::Read;
 
 use serde_json::{Map, Value, json};
 use shared::dataset::{
-    DatasetError, DatasetFormat, DatasetReader, Item, RejectReason, Row, RowRules, fingerprint,
+    DatasetError, DatasetFormat, DatasetReader, Encoded, Item, RejectReason, Row, RowRules,
+    fingerprint,
 };
 
 // ---------- helpers ----------
@@ -612,33 +613,98 @@ fn fingerprint_treats_integral_floats_like_integers() {
     );
 }
 
+// ---------- ingest's read: variables written as JSON ----------
+
+/// Reads `data` twice, with `next` and with ingest's `next_into`: the same rows, the same
+/// rejections and the same error, and each valid row's JSON is, byte for byte, what serde_json
+/// writes for the variables `next` read.
+fn assert_next_into_matches_next(format: DatasetFormat, data: &[u8], rules: RowRules) {
+    let whole: Vec<_> = DatasetReader::new(data, format, rules.clone())
+        .expect("dataset opens")
+        .map(|item| item.map_err(|e| e.to_string()))
+        .collect();
+    let mut reader = DatasetReader::new(data, format, rules).expect("dataset opens");
+    let mut out = String::from("["); // what came before stays
+    for (index, expected) in whole.iter().enumerate() {
+        let before = out.len();
+        let read = reader.next_into(&mut out).expect("as many items");
+        match (expected, read) {
+            (Ok(Item::Valid(row)), Ok(Encoded::Valid { number })) => {
+                assert_eq!(number, row.number);
+                let json = serde_json::to_string(&row.variables).expect("encodes");
+                assert_eq!(out[before..], json, "row {number}");
+            }
+            (Ok(Item::Rejected(rejected)), Ok(Encoded::Rejected(got))) => {
+                assert_eq!(&got, rejected);
+                assert_eq!(out.len(), before, "a rejected row writes nothing");
+            }
+            (Err(error), Err(got)) => {
+                assert_eq!(&got.to_string(), error);
+                assert_eq!(out.len(), before, "an error writes nothing");
+            }
+            (expected, got) => panic!("item {index}: next read {expected:?}, next_into {got:?}"),
+        }
+    }
+    assert!(reader.next_into(&mut out).is_none(), "no more items");
+    assert!(out.starts_with('['));
+}
+
 #[test]
-fn without_fields_a_csv_reads_to_the_same_variables_and_rejections() {
-    let mut data = b"Title,author,title,blank\n\
-        One,Ann,one,\n\
-        ,Bob,two,x\n\
+fn ingests_csv_read_writes_the_variables_the_full_read_reads() {
+    let mut data = "Title,author,title,blank,zeta,Alpha\n\
+        One,Ann,shadowed,,z,a\n\
+        ,Bob,two,x,z,a\n\
         Three,Cy\n\
-        Four,Di,four,\"\"\n"
+        Four,Di,four,\"\",z,a\n\
+        \"q \"\"uoted\"\", back\\slash\",\"tab\there\",\"new\r\nline\",\u{1}ctl\u{1f},\u{7f}del,\"é 日本 😀 \u{2028}\"\n\
+        \u{a0},nbsp title,x,y,z,a\n\
+        Seven,\u{3000}ideographic space author,x,y,z,a\n"
+        .as_bytes()
         .to_vec();
-    data.extend_from_slice(b"Five,\xff\xfe,five,y\n");
-    data.extend_from_slice(format!("Six,{},six,z\n", "e".repeat(70_000)).as_bytes());
-    let rules = |keep_fields| RowRules {
-        mapping: [("Title".to_owned(), "title".to_owned())].into(),
-        required: vec!["Title".into()],
-        keep_fields,
+    data.extend_from_slice(b"Eight,\xff\xfe,x,y,z,a\n");
+    data.extend_from_slice(format!("Nine,{},x,y,z,a\n", "e".repeat(70_000)).as_bytes());
+    data.extend_from_slice(format!("Ten,{},x,y,z,a\n", "f".repeat(300_000)).as_bytes());
+    data.extend_from_slice(b"Eleven,ok,x,y,z,a");
+    // `Title` is renamed onto `title` (which it shadows), `Alpha` sorts among the lower case.
+    let rules = RowRules {
+        mapping: [
+            ("Title".to_owned(), "title".to_owned()),
+            ("zeta".to_owned(), "a_zeta".to_owned()),
+        ]
+        .into(),
+        required: vec!["Title".into(), "author".into()],
         ..RowRules::default()
     };
-    let with = read_with(DatasetFormat::Csv, &data, rules(true)).expect("reads");
-    let without = read_with(DatasetFormat::Csv, &data, rules(false)).expect("reads");
-
-    assert_eq!(rejections(&with), rejections(&without));
-    let variables = |items: &[Item]| -> Vec<Map<String, Value>> {
-        valid(items).iter().map(|r| r.variables.clone()).collect()
+    assert_next_into_matches_next(DatasetFormat::Csv, &data, rules.clone());
+    let capped = RowRules {
+        max_rows: Some(4),
+        ..rules
     };
-    assert_eq!(variables(&with), variables(&without));
-    assert_eq!(rejections(&with).len(), 4, "{:?}", rejections(&with));
-    assert_eq!(valid(&without).len(), 2);
-    assert!(valid(&without).iter().all(|r| r.fields.is_empty()));
+    assert_next_into_matches_next(DatasetFormat::Csv, &data, capped);
+    assert_next_into_matches_next(DatasetFormat::Csv, &data, RowRules::default());
+}
+
+#[test]
+fn ingests_json_read_writes_the_variables_the_full_read_reads() {
+    let lines = "{\"Title\": \"One\", \"n\": 1.5, \"nested\": {\"b\": [1, null]}, \"title\": \"x\"}\n\
+        {\"Title\": \"\"}\n\
+        not json\n\
+        [1]\n\
+        {\"Title\": \"q \\\"uoted\\\" \\u00e9 \\ud83d\\ude00\", \"flag\": true}\n";
+    let rules = RowRules {
+        mapping: [("Title".to_owned(), "title".to_owned())].into(),
+        required: vec!["Title".into()],
+        ..RowRules::default()
+    };
+    assert_next_into_matches_next(DatasetFormat::JsonLines, lines.as_bytes(), rules.clone());
+    // With no mapping a row's fields are moved whole into its variables.
+    assert_next_into_matches_next(
+        DatasetFormat::JsonLines,
+        lines.as_bytes(),
+        required(&["Title"]),
+    );
+    let array = format!("[{}]", lines.trim_end().replace('\n', ",\n"));
+    assert_next_into_matches_next(DatasetFormat::Json, array.as_bytes(), rules);
 }
 
 // ---------- resuming a read at a row boundary ----------

@@ -58,9 +58,10 @@ impl<R: Read> CsvSource<R> {
             return Ok(None);
         }
         let (mut out_len, mut ends_len, mut raw, mut oversize) = (0usize, 0usize, 0u64, false);
-        // Quote characters seen in this record's raw bytes, and where it started: a record cut
-        // short by the end of input with an odd count has a quoted field that never closed.
-        let (mut quotes, start) = (0u64, self.input.offset());
+        // Whether this record's raw bytes hold an odd number of quote characters, and where it
+        // started: a record cut short by the end of input with an odd count has a quoted field
+        // that never closed.
+        let (mut odd_quotes, start) = (false, self.input.offset());
         loop {
             if !oversize && out_len == self.out.len() {
                 oversize = !grow(&mut self.out, self.limit.saturating_add(1));
@@ -78,7 +79,7 @@ impl<R: Read> CsvSource<R> {
             let (result, nin, nout, nend) =
                 self.parser
                     .read_record(buf, &mut self.out[out_len..], &mut self.ends[ends_len..]);
-            quotes += buf[..nin].iter().filter(|b| **b == b'"').count() as u64;
+            odd_quotes ^= odd_quote_count(&buf[..nin]);
             self.input.consume(nin);
             raw += nin as u64;
             out_len += nout;
@@ -92,7 +93,7 @@ impl<R: Read> CsvSource<R> {
                 | ReadRecordResult::OutputEndsFull => continue,
                 // csv-core ends an open quoted field silently at end of input, which would
                 // swallow every later row into one field: refuse the rest of the file instead.
-                ReadRecordResult::Record if at_end && quotes % 2 == 1 => {
+                ReadRecordResult::Record if at_end && odd_quotes => {
                     self.done = true;
                     return Err(DatasetError::Malformed {
                         message: "a quoted field is never closed: the quote opened in this row runs to the end of the file".into(),
@@ -116,12 +117,44 @@ impl<R: Read> CsvSource<R> {
 
     /// The fields of the record last returned as [`CsvRecord::Fields`].
     pub(super) fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> {
-        let ends = &self.ends[..self.field_count];
-        (0..ends.len()).map(move |i| {
-            let start = if i == 0 { 0 } else { ends[i - 1] };
-            self.out.get(start..ends[i]).unwrap_or_default()
-        })
+        (0..self.field_count).map(|i| self.field(i))
     }
+
+    /// How many fields the record last returned as [`CsvRecord::Fields`] has.
+    pub(super) fn field_count(&self) -> usize {
+        self.field_count
+    }
+
+    /// Field `i` of the record last returned as [`CsvRecord::Fields`] (empty past its end).
+    pub(super) fn field(&self, i: usize) -> &[u8] {
+        self.out.get(self.field_range(i)).unwrap_or_default()
+    }
+
+    /// Where field `i` lies in [`CsvSource::record_text`].
+    pub(super) fn field_range(&self, i: usize) -> std::ops::Range<usize> {
+        let ends = &self.ends[..self.field_count];
+        let Some(&end) = ends.get(i) else {
+            return 0..0;
+        };
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        start..end
+    }
+
+    /// The record's fields end to end, when that is UTF-8 (one check for the whole record;
+    /// a field is UTF-8 too when its range also falls on character boundaries).
+    pub(super) fn record_text(&self) -> Option<&str> {
+        let end = self.ends[..self.field_count].last().copied().unwrap_or(0);
+        std::str::from_utf8(self.out.get(..end)?).ok()
+    }
+}
+
+/// Whether `bytes` holds an odd number of `"`. A count that wraps at 256 keeps its parity and
+/// lets the compiler add 16 or 32 bytes at a time.
+fn odd_quote_count(bytes: &[u8]) -> bool {
+    let count = bytes
+        .iter()
+        .fold(0u8, |count, b| count.wrapping_add(u8::from(*b == b'"')));
+    count % 2 == 1
 }
 
 /// Doubles `buf` up to `cap` elements; false when it is already at the cap.

@@ -25,6 +25,7 @@
 //!   A truncated array or data after the closing `]` fails the dataset after the rows before it.
 
 mod csv;
+mod encode;
 mod error;
 mod fingerprint;
 mod input;
@@ -39,6 +40,7 @@ pub use error::{DatasetError, RejectReason};
 pub use fingerprint::fingerprint;
 
 use self::csv::{CsvRecord, CsvSource};
+use self::encode::CsvEncoder;
 use self::input::Input;
 use self::json::{Element, JsonArraySource, JsonLinesSource};
 
@@ -85,9 +87,6 @@ pub struct RowRules {
     pub max_columns: usize,
     /// A longer CSV header row fails the dataset. Default 64 KiB.
     pub max_header_bytes: usize,
-    /// Keep `Row.fields` (the manifest shows them). Ingest needs only the variables: without
-    /// the copy, each cell is moved instead of cloned (half the allocations per row).
-    pub keep_fields: bool,
 }
 
 impl Default for RowRules {
@@ -100,7 +99,6 @@ impl Default for RowRules {
             max_rows: None,
             max_columns: 500,
             max_header_bytes: 64 * 1024,
-            keep_fields: true,
         }
     }
 }
@@ -127,6 +125,16 @@ pub struct Rejected {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
     Valid(Row),
+    Rejected(Rejected),
+}
+
+/// What [`DatasetReader::next_into`] read: ingest's view of a row, which needs only the variables.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    /// A valid row: its variables were appended to the buffer as one JSON object.
+    Valid {
+        number: u64,
+    },
     Rejected(Rejected),
 }
 
@@ -172,6 +180,7 @@ enum Source<R: Read> {
         // Boxed: csv-core's parser tables make this variant several times larger than the others.
         source: Box<CsvSource<R>>,
         columns: Vec<String>,
+        encoder: CsvEncoder,
     },
     Json(JsonArraySource<R>),
     Lines(JsonLinesSource<R>),
@@ -188,9 +197,11 @@ impl<R: Read> DatasetReader<R> {
                 let mut source = CsvSource::new(input, rules.max_header_bytes);
                 let columns = read_header(&mut source, &rules)?;
                 source.set_limit(rules.max_row_bytes);
+                let encoder = CsvEncoder::new(&columns, &rules, &targets);
                 Source::Csv {
                     source: Box::new(source),
                     columns,
+                    encoder,
                 }
             }
             DatasetFormat::Json => Source::Json(JsonArraySource::new(input, rules.max_row_bytes)?),
@@ -221,9 +232,12 @@ impl<R: Read> DatasetReader<R> {
         let rest = Input::at(rest, at.offset);
         let limit = reader.rules.max_row_bytes;
         reader.source = match reader.source {
-            Source::Csv { columns, .. } => Source::Csv {
+            Source::Csv {
+                columns, encoder, ..
+            } => Source::Csv {
                 source: Box::new(CsvSource::new(rest, limit)),
                 columns,
+                encoder,
             },
             Source::Json(_) => Source::Json(JsonArraySource::resume(rest, limit, at.closed)),
             Source::Lines(_) => Source::Lines(JsonLinesSource::resume(rest, limit)),
@@ -254,53 +268,87 @@ impl<R: Read> DatasetReader<R> {
         }
     }
 
-    fn read_item(&mut self, number: u64) -> Result<Option<Item>, DatasetError> {
+    /// Ingest's read: like `next`, but a valid row's variables are appended to `out` as one JSON
+    /// object (the bytes serde_json writes for `Row.variables`) and its input columns are not
+    /// kept. A CSV row goes from its record's bytes to `out` with no map in between.
+    pub fn next_into(&mut self, out: &mut String) -> Option<Result<Encoded, DatasetError>> {
+        let mark = out.len();
+        let read = self.advance(|reader, number| reader.read_encoded(number, out));
+        if !matches!(read, Some(Ok(Encoded::Valid { .. }))) {
+            out.truncate(mark); // a row past `max_rows` is an error, not a row
+        }
+        read
+    }
+
+    fn read_encoded(
+        &mut self,
+        number: u64,
+        out: &mut String,
+    ) -> Result<Option<Encoded>, DatasetError> {
         let Self {
             source,
             rules,
             targets,
             ..
         } = self;
-        let too_large = |bytes: u64| {
-            reject(
-                number,
-                RejectReason::RowTooLarge {
-                    bytes,
-                    limit: rules.max_row_bytes as u64,
-                },
-            )
+        if let Source::Csv {
+            source,
+            columns,
+            encoder,
+        } = source
+        {
+            let Some(record) = source.next_record()? else {
+                return Ok(None);
+            };
+            if matches!(record, CsvRecord::Fields) && encoder.encode(source, out) {
+                return Ok(Some(Encoded::Valid { number }));
+            }
+            // Not a plain valid row: the exact path says why.
+            let item = csv_row(number, record, source, columns, rules, targets, false);
+            return Ok(Some(encode_item(item, out)));
+        }
+        let item = self.read_item(number, false)?;
+        Ok(item.map(|item| encode_item(item, out)))
+    }
+
+    /// Reads one row; `None` at the end. `keep_fields: false` leaves `Row.fields` empty (each
+    /// cell is moved into the variables instead of copied).
+    fn read_item(&mut self, number: u64, keep_fields: bool) -> Result<Option<Item>, DatasetError> {
+        let Self {
+            source,
+            rules,
+            targets,
+            ..
+        } = self;
+        let json = |element, buf: &[u8]| match element {
+            Element::TooLarge { bytes } => row_too_large(number, bytes, rules),
+            Element::Bytes => json_item(number, buf, rules, targets, keep_fields),
         };
         Ok(match source {
-            Source::Csv { source, columns } => match source.next_record()? {
-                None => None,
-                Some(CsvRecord::TooLarge { bytes }) => Some(too_large(bytes)),
-                Some(CsvRecord::Fields) => {
-                    Some(csv_item(number, columns, source.fields(), rules, targets))
-                }
-            },
-            Source::Json(source) => match source.next_element()? {
-                None => None,
-                Some(Element::TooLarge { bytes }) => Some(too_large(bytes)),
-                Some(Element::Bytes) => Some(json_item(number, &source.buf, rules, targets)),
-            },
-            Source::Lines(source) => match source.next_line()? {
-                None => None,
-                Some(Element::TooLarge { bytes }) => Some(too_large(bytes)),
-                Some(Element::Bytes) => Some(json_item(number, &source.buf, rules, targets)),
-            },
+            Source::Csv {
+                source, columns, ..
+            } => source.next_record()?.map(|record| {
+                csv_row(number, record, source, columns, rules, targets, keep_fields)
+            }),
+            Source::Json(source) => source
+                .next_element()?
+                .map(|element| json(element, &source.buf)),
+            Source::Lines(source) => source
+                .next_line()?
+                .map(|element| json(element, &source.buf)),
         })
     }
-}
 
-impl<R: Read> Iterator for DatasetReader<R> {
-    type Item = Result<Item, DatasetError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Reads the next item with `read`, numbering it and applying `max_rows`.
+    fn advance<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self, u64) -> Result<Option<T>, DatasetError>,
+    ) -> Option<Result<T, DatasetError>> {
         if self.finished {
             return None;
         }
         let number = self.next_number;
-        let item = match self.read_item(number) {
+        let item = match read(self, number) {
             Ok(Some(item)) => item,
             Ok(None) => {
                 self.finished = true;
@@ -319,6 +367,14 @@ impl<R: Read> Iterator for DatasetReader<R> {
         }
         self.next_number += 1;
         Some(Ok(item))
+    }
+}
+
+impl<R: Read> Iterator for DatasetReader<R> {
+    type Item = Result<Item, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.advance(|reader, number| reader.read_item(number, true))
     }
 }
 
@@ -394,12 +450,60 @@ fn reject(number: u64, reason: RejectReason) -> Item {
     Item::Rejected(Rejected { number, reason })
 }
 
+fn row_too_large(number: u64, bytes: u64, rules: &RowRules) -> Item {
+    let limit = rules.max_row_bytes as u64;
+    reject(number, RejectReason::RowTooLarge { bytes, limit })
+}
+
+/// A valid row's variables appended to `out` as JSON; a rejection as it is.
+fn encode_item(item: Item, out: &mut String) -> Encoded {
+    match item {
+        Item::Valid(row) => match serde_json::to_string(&row.variables) {
+            Ok(json) => {
+                out.push_str(&json);
+                Encoded::Valid { number: row.number }
+            }
+            // A map of JSON values always encodes; were it ever not to, the row says so.
+            Err(e) => Encoded::Rejected(Rejected {
+                number: row.number,
+                reason: RejectReason::BadJson {
+                    message: e.to_string(),
+                },
+            }),
+        },
+        Item::Rejected(rejected) => Encoded::Rejected(rejected),
+    }
+}
+
+fn csv_row<R: Read>(
+    number: u64,
+    record: CsvRecord,
+    source: &CsvSource<R>,
+    columns: &[String],
+    rules: &RowRules,
+    targets: &BTreeSet<String>,
+    keep_fields: bool,
+) -> Item {
+    match record {
+        CsvRecord::TooLarge { bytes } => row_too_large(number, bytes, rules),
+        CsvRecord::Fields => csv_item(
+            number,
+            columns,
+            source.fields(),
+            rules,
+            targets,
+            keep_fields,
+        ),
+    }
+}
+
 fn csv_item<'a>(
     number: u64,
     columns: &[String],
     values: impl ExactSizeIterator<Item = &'a [u8]>,
     rules: &RowRules,
     targets: &BTreeSet<String>,
+    keep_fields: bool,
 ) -> Item {
     if values.len() != columns.len() {
         let reason = RejectReason::Ragged {
@@ -409,7 +513,6 @@ fn csv_item<'a>(
         return reject(number, reason);
     }
     let mut fields = Map::new();
-    let mut cells: Vec<&str> = Vec::with_capacity(columns.len());
     for (column, raw) in columns.iter().zip(values) {
         if raw.len() > rules.max_field_bytes {
             let reason = RejectReason::FieldTooLarge {
@@ -423,65 +526,18 @@ fn csv_item<'a>(
             let column = Some(column.clone());
             return reject(number, RejectReason::InvalidUtf8 { column });
         };
-        if rules.keep_fields {
-            fields.insert(column.clone(), Value::String(text.to_owned()));
-        } else {
-            cells.push(text);
-        }
+        fields.insert(column.clone(), Value::String(text.to_owned()));
     }
-    if rules.keep_fields {
-        return finish_row(number, fields, rules, targets, true);
-    }
-    csv_variables(number, columns, &cells, rules, targets)
+    finish_row(number, fields, rules, targets, true, keep_fields)
 }
 
-/// Ingest's path for a CSV row (`keep_fields: false`): the same checks and mapping as
-/// `finish_row`, building the variables straight from the cells, with no map of the columns.
-fn csv_variables(
+fn json_item(
     number: u64,
-    columns: &[String],
-    cells: &[&str],
+    raw: &[u8],
     rules: &RowRules,
     targets: &BTreeSet<String>,
+    keep_fields: bool,
 ) -> Item {
-    for column in &rules.required {
-        // The last of duplicate columns wins, as in the map `finish_row` checks.
-        let reason = match columns.iter().rposition(|c| c == column) {
-            None => RejectReason::MissingColumn {
-                column: column.clone(),
-            },
-            Some(i) if cells[i].trim().is_empty() => RejectReason::EmptyValue {
-                column: column.clone(),
-            },
-            Some(_) => continue,
-        };
-        return reject(number, reason);
-    }
-    let mut variables = Map::new();
-    for (column, cell) in columns.iter().zip(cells) {
-        let value = if cell.is_empty() {
-            Value::Null
-        } else {
-            Value::String((*cell).to_owned())
-        };
-        match rules.mapping.get(column) {
-            Some(variable) => {
-                variables.insert(variable.clone(), value);
-            }
-            None if targets.contains(column) => {}
-            None => {
-                variables.insert(column.clone(), value);
-            }
-        }
-    }
-    Item::Valid(Row {
-        number,
-        fields: Map::new(),
-        variables,
-    })
-}
-
-fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<String>) -> Item {
     let Ok(text) = std::str::from_utf8(raw) else {
         return reject(number, RejectReason::InvalidUtf8 { column: None });
     };
@@ -521,16 +577,18 @@ fn json_item(number: u64, raw: &[u8], rules: &RowRules, targets: &BTreeSet<Strin
         };
         return reject(number, reason);
     }
-    finish_row(number, fields, rules, targets, false)
+    finish_row(number, fields, rules, targets, false, keep_fields)
 }
 
-/// Applies the `required` checks and the mapping.
+/// Applies the `required` checks and the mapping. Without `keep_fields` the values are moved
+/// into the variables and `Row.fields` is left empty.
 fn finish_row(
     number: u64,
     mut fields: Map<String, Value>,
     rules: &RowRules,
     targets: &BTreeSet<String>,
     empty_as_null: bool,
+    keep_fields: bool,
 ) -> Item {
     for column in &rules.required {
         let reason = match fields.get(column) {
@@ -546,6 +604,14 @@ fn finish_row(
             Some(_) => continue,
         };
         return reject(number, reason);
+    }
+    // With no mapping, a JSON row's variables are its fields as they are: moved whole.
+    if !keep_fields && !empty_as_null && rules.mapping.is_empty() {
+        return Item::Valid(Row {
+            number,
+            fields: Map::new(),
+            variables: fields,
+        });
     }
     let mut variables = Map::new();
     let mut place = |column: String, value: Value| {
@@ -563,7 +629,7 @@ fn finish_row(
             }
         }
     };
-    if rules.keep_fields {
+    if keep_fields {
         for (column, value) in &fields {
             place(column.clone(), value.clone());
         }

@@ -15,16 +15,15 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::payload::EncodedChunk;
+use super::payload::{ChunkDraft, EncodedChunk};
 use super::{Pipeline, StepError};
-use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, RowRules};
+use crate::dataset::{DatasetFormat, DatasetReader, Encoded, ReadPosition};
 use crate::domain::{
     ChunkKey, ChunkPayload, Counters, IngestCheckpoint, Job, JobId, JobSpec, JobStatus, JobStep,
     ObjectRef,
 };
 use crate::layout::{self, UploadKind};
 use crate::metrics::{self, Unit};
-use crate::pictify::wire::VariableSet;
 
 /// Chunks written and queued together (one SendMessageBatch holds 10).
 const CHUNKS_PER_FLUSH: usize = 10;
@@ -65,7 +64,12 @@ pub enum IngestOutcome {
 
 /// What the blocking parser hands to the async side, in file order.
 enum Parsed {
-    Chunk(EncodedChunk),
+    /// A chunk cut: the payload without its variable sets (`head`), and its rows. It is encoded
+    /// on the async side, so the parser thread only reads.
+    Chunk {
+        head: ChunkPayload,
+        draft: ChunkDraft,
+    },
     Rejected(u64, String),
     /// Every row before this point is in a chunk sent above, or rejected above: the read can
     /// stop and be carried on from here.
@@ -260,8 +264,8 @@ impl Pipeline {
         let mut dataset_error = None;
         while let Some(parsed) = rx.recv().await {
             match parsed {
-                Parsed::Chunk(payload) => {
-                    pending.push(payload);
+                Parsed::Chunk { head, draft } => {
+                    pending.push(EncodedChunk::assemble(head, draft)?);
                     if pending.len() == CHUNKS_PER_FLUSH {
                         self.queue_chunks(&job.source.bucket, std::mem::take(&mut pending))
                             .await?;
@@ -478,11 +482,7 @@ fn parse_into_chunks(
     let done = |error| {
         let _ = tx.blocking_send(Parsed::Done { error });
     };
-    // Ingest sends only the variables; the manifest, which shows the input columns, keeps them.
-    let rules = RowRules {
-        keep_fields: false,
-        ..layout::row_rules(spec)
-    };
+    let rules = layout::row_rules(spec);
     let opened = match rest {
         None => DatasetReader::new(head, format, rules),
         Some(rest) => DatasetReader::resume(head, rest, format, rules, start.position),
@@ -494,53 +494,48 @@ fn parse_into_chunks(
             return at;
         }
     };
-    let mut numbers = Vec::with_capacity(chunk_rows);
-    let mut sets: Vec<VariableSet> = Vec::with_capacity(chunk_rows);
+    let mut draft = ChunkDraft::default();
     // Where the chunk being filled started: the last safe point while it is not sent.
     let mut chunk_start: Option<IngestCheckpoint> = None;
     let mut last_safe = start.position.rows;
     // Sends the chunk being filled; `false` when the receiver is gone or encoding failed.
-    let flush =
-        |numbers: &mut Vec<u64>, sets: &mut Vec<VariableSet>, at: &mut IngestCheckpoint| -> bool {
-            if numbers.is_empty() {
-                return true;
-            }
-            at.chunks += 1;
-            let payload = ChunkPayload {
-                job: job.clone(),
-                key: ChunkKey::initial(u32::try_from(at.chunks).unwrap_or(u32::MAX)),
-                template_id: spec.template_id.clone(),
-                format: spec.format,
-                quality: spec.quality,
-                concurrency: spec.concurrency,
-                rows: std::mem::take(numbers),
-                variable_sets: std::mem::take(sets),
-            };
-            match EncodedChunk::encode(payload) {
-                Ok(encoded) => tx.blocking_send(Parsed::Chunk(encoded)).is_ok(),
-                Err(e) => {
-                    done(Some(e.to_string()));
-                    false
-                }
-            }
+    let flush = |draft: &mut ChunkDraft, at: &mut IngestCheckpoint| -> bool {
+        if draft.is_empty() {
+            return true;
+        }
+        at.chunks += 1;
+        let head = ChunkPayload {
+            job: job.clone(),
+            key: ChunkKey::initial(u32::try_from(at.chunks).unwrap_or(u32::MAX)),
+            template_id: spec.template_id.clone(),
+            format: spec.format,
+            quality: spec.quality,
+            concurrency: spec.concurrency,
+            rows: Vec::new(),
+            variable_sets: Vec::new(),
         };
-    while let Some(item) = dataset.next() {
+        let draft = draft.take();
+        tx.blocking_send(Parsed::Chunk { head, draft }).is_ok()
+    };
+    loop {
+        let was_empty = draft.is_empty();
+        let Some(item) = draft.read(&mut dataset) else {
+            break;
+        };
         let sent = match item {
-            Ok(Item::Valid(row)) => {
-                if numbers.is_empty() {
+            Ok(Encoded::Valid { .. }) => {
+                if was_empty {
                     chunk_start = Some(at);
                 }
                 at.position = dataset.position();
-                numbers.push(row.number);
-                sets.push(row.variables);
-                numbers.len() < chunk_rows || {
-                    let sent = flush(&mut numbers, &mut sets, &mut at);
+                draft.len() < chunk_rows || {
+                    let sent = flush(&mut draft, &mut at);
                     chunk_start = None;
                     last_safe = at.position.rows;
                     sent && tx.blocking_send(Parsed::Safe(at)).is_ok()
                 }
             }
-            Ok(Item::Rejected(rejected)) => {
+            Ok(Encoded::Rejected(rejected)) => {
                 at.position = dataset.position();
                 at.rejected += 1;
                 let sent = tx
@@ -559,7 +554,7 @@ fn parse_into_chunks(
                 }
             }
             Err(e) => {
-                if flush(&mut numbers, &mut sets, &mut at) {
+                if flush(&mut draft, &mut at) {
                     let rows = at.position.rows;
                     done(Some(format!("after {rows} rows: {e}")));
                 }
@@ -570,7 +565,7 @@ fn parse_into_chunks(
             return at; // the receiver is gone: the async side failed or handed off
         }
     }
-    if flush(&mut numbers, &mut sets, &mut at) {
+    if flush(&mut draft, &mut at) {
         done(None);
     }
     at

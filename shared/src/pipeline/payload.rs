@@ -2,9 +2,12 @@
 //! job's bucket (retries, reopening and reconciliation read them back), and carried in the queue
 //! message inline when they fit, by reference otherwise.
 
+use std::io::Read;
+
 use tracing::info;
 
 use super::{Pipeline, StepError};
+use crate::dataset::{DatasetError, DatasetReader, Encoded};
 use crate::domain::{Chunk, ChunkKey, ChunkMessage, ChunkPayload, InlinePayload, JobId, ObjectRef};
 use crate::layout;
 
@@ -20,18 +23,90 @@ pub(crate) struct EncodedChunk {
     json: InlinePayload,
 }
 
+/// The chunk ingest is cutting: its rows' numbers, and their variable sets as the JSON they will
+/// be sent as, each object followed by a comma. No map is built for a row on the way.
+#[derive(Default)]
+pub(crate) struct ChunkDraft {
+    rows: Vec<u64>,
+    sets: String,
+}
+
+impl ChunkDraft {
+    /// Reads the dataset's next row; a valid one joins the draft.
+    pub(crate) fn read<R: Read>(
+        &mut self,
+        dataset: &mut DatasetReader<R>,
+    ) -> Option<Result<Encoded, DatasetError>> {
+        let read = dataset.next_into(&mut self.sets);
+        if let Some(Ok(Encoded::Valid { number })) = &read {
+            self.rows.push(*number);
+            self.sets.push(',');
+        }
+        read
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The draft's rows, leaving it empty with room for as many again.
+    pub(crate) fn take(&mut self) -> ChunkDraft {
+        let room = ChunkDraft {
+            rows: Vec::with_capacity(self.rows.len()),
+            sets: String::with_capacity(self.sets.len()),
+        };
+        std::mem::replace(self, room)
+    }
+}
+
 impl EncodedChunk {
     pub(crate) fn encode(payload: ChunkPayload) -> Result<Self, StepError> {
-        let json = InlinePayload::encode(&payload).map_err(|e| StepError::Unreadable {
-            what: format!("chunk {}'s payload", payload.key.label()),
-            reason: format!("it cannot be encoded as JSON: {e}"),
-        })?;
+        let json = InlinePayload::encode(&payload).map_err(|e| cannot_encode(&payload, e))?;
         Ok(EncodedChunk {
             job: payload.job,
             key: payload.key,
             rows: payload.rows,
             json,
         })
+    }
+
+    /// Encodes `head` (a payload with no variable sets) with the draft's rows and sets. The bytes
+    /// are the ones `encode` writes for the whole payload.
+    pub(crate) fn assemble(mut head: ChunkPayload, draft: ChunkDraft) -> Result<Self, StepError> {
+        // `variableSets` is the payload's last field: the sets take the place of its empty list.
+        const NO_SETS: &str = "\"variableSets\":[]}";
+        let ChunkDraft { rows, sets } = draft;
+        head.rows = rows;
+        let mut json = serde_json::to_string(&head).map_err(|e| cannot_encode(&head, e))?;
+        if !head.variable_sets.is_empty() || !json.ends_with(NO_SETS) {
+            return Err(StepError::Unreadable {
+                what: format!("chunk {}'s payload", head.key.label()),
+                reason: "its variable sets are not the last field of its JSON".into(),
+            });
+        }
+        json.truncate(json.len() - 2);
+        json.reserve(sets.len() + 2);
+        json.push_str(sets.strip_suffix(',').unwrap_or(&sets));
+        json.push_str("]}");
+        let json =
+            InlinePayload::from_assembled_json(&json).map_err(|e| cannot_encode(&head, e))?;
+        Ok(EncodedChunk {
+            job: head.job,
+            key: head.key,
+            rows: head.rows,
+            json,
+        })
+    }
+}
+
+fn cannot_encode(payload: &ChunkPayload, error: impl std::fmt::Display) -> StepError {
+    StepError::Unreadable {
+        what: format!("chunk {}'s payload", payload.key.label()),
+        reason: format!("it cannot be encoded as JSON: {error}"),
     }
 }
 
@@ -211,5 +286,66 @@ impl Pipeline {
             .ok_or_else(|| StepError::Missing {
                 what: format!("chunk payload {at}"),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+    use crate::dataset::{DatasetFormat, RowRules};
+    use crate::pictify::wire::Format;
+
+    fn head(quality: Option<f64>, concurrency: Option<u32>) -> ChunkPayload {
+        ChunkPayload {
+            job: JobId::for_upload("bucket", "uploads/t/a \"quoted\" key.csv", "v1"),
+            key: ChunkKey::initial(7),
+            template_id: "tmpl_\"odd\"".into(),
+            format: Format::Webp,
+            quality,
+            concurrency,
+            rows: Vec::new(),
+            variable_sets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_assembled_chunk_is_the_payload_encode_writes_byte_for_byte() {
+        let csv = "title,note\nOne,\"a \"\"b\"\"\"\n,empty title\nbad,row,extra\nFour,😀\n";
+        let full: Vec<_> =
+            DatasetReader::new(csv.as_bytes(), DatasetFormat::Csv, RowRules::default())
+                .expect("opens")
+                .filter_map(|item| match item.expect("reads") {
+                    crate::dataset::Item::Valid(row) => Some(row),
+                    crate::dataset::Item::Rejected(_) => None,
+                })
+                .collect();
+        for (quality, concurrency) in [(None, None), (Some(0.8), Some(3))] {
+            let mut draft = ChunkDraft::default();
+            for _ in 0..2 {
+                // The second round fills the draft `take` left behind.
+                let mut dataset =
+                    DatasetReader::new(csv.as_bytes(), DatasetFormat::Csv, RowRules::default())
+                        .expect("opens");
+                while draft.read(&mut dataset).is_some() {}
+                let assembled = EncodedChunk::assemble(head(quality, concurrency), draft.take())
+                    .expect("assembles");
+                let whole = ChunkPayload {
+                    rows: full.iter().map(|r| r.number).collect(),
+                    variable_sets: full.iter().map(|r| r.variables.clone()).collect(),
+                    ..head(quality, concurrency)
+                };
+                let encoded = EncodedChunk::encode(whole.clone()).expect("encodes");
+                assert_eq!(assembled.json.json(), encoded.json.json());
+                assert_eq!(assembled.rows, vec![0, 1, 3]);
+                assert_eq!(assembled.json.decode().expect("decodes"), whole);
+                assert!(draft.is_empty());
+            }
+        }
+        // An empty draft is a chunk of no rows (never cut, but well formed).
+        let empty =
+            EncodedChunk::assemble(head(None, None), ChunkDraft::default()).expect("assembles");
+        assert_eq!(empty.json.decode().expect("decodes"), head(None, None));
     }
 }
