@@ -263,7 +263,7 @@ pub async fn resume_submissions(args: StateArgs) -> Result<Outcome, Failure> {
     if args.state.is_none() {
         // Deployed: the parked chunks wait for a hand-over; start it now rather than at the
         // reconciler's next pass. (A local run hands its own over on `run --resume`.)
-        let pipeline = shared::wiring::pipeline_from_env()
+        let pipeline = shared::wiring::pipeline_from_env(shared::wiring::Needs::PICTIFY)
             .await
             .map_err(|e| Failure::usage(format!("{e:#}")))?
             .pipeline;
@@ -305,7 +305,7 @@ pub async fn retry_failed(args: RetryArgs) -> Result<Outcome, Failure> {
     let pipeline = match &local {
         Some(dir) => local_pipeline(dir)?,
         None => {
-            shared::wiring::pipeline_from_env()
+            shared::wiring::pipeline_from_env(shared::wiring::Needs::NOTHING)
                 .await
                 .map_err(|e| Failure::usage(format!("{e:#}")))?
                 .pipeline
@@ -363,7 +363,7 @@ pub async fn retry_failed(args: RetryArgs) -> Result<Outcome, Failure> {
 /// One reconciler pass against the deployed stack, now (the scheduled function does the same):
 /// polls stuck batches, re-sends lost chunks, finishes stalled manifests, alerts overdue jobs.
 pub async fn reconcile() -> Result<Outcome, Failure> {
-    let pipeline = shared::wiring::pipeline_from_env()
+    let pipeline = shared::wiring::pipeline_from_env(shared::wiring::Needs::PICTIFY)
         .await
         .map_err(|e| Failure::usage(format!("{e:#}")))?
         .pipeline;

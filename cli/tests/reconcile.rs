@@ -30,6 +30,8 @@ fn reconcile(table: &str, queue_url: &str) -> Output {
         .env("TABLE_NAME", table)
         .env("QUEUE_URL", queue_url)
         .env("JOB_DEADLINE_SECONDS", "3600")
+        // A pass polls Pictify: the operator's key (no call goes out in this test).
+        .env("PICTIFY_API_KEY", "pk_test_operator")
         .env_remove("SECRET_ARN")
         .stdin(Stdio::null())
         .output()
@@ -96,4 +98,24 @@ fn without_the_stack_environment_it_names_the_missing_variable() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).contains("TABLE_NAME"));
+}
+
+#[test]
+fn without_a_pictify_key_it_refuses_to_start_naming_the_setting() {
+    // A pass polls Pictify: with a blank key it would be refused (401) and pause every job.
+    let output = Command::new(env!("CARGO_BIN_EXE_pictify-batch"))
+        .arg("reconcile")
+        .env("TABLE_NAME", "jobs")
+        .env("QUEUE_URL", "http://127.0.0.1:9/queue/none")
+        .env("PICTIFY_API_KEY", "  ")
+        .env_remove("SECRET_ARN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PICTIFY_API_KEY is missing or blank in the environment"),
+        "{stderr}"
+    );
 }

@@ -39,6 +39,10 @@ pub struct Settings {
     /// An ingest invocation hands the rest of the upload to a fresh one this long before its
     /// deadline (Lambda's remaining time).
     pub ingest_handoff_margin: Duration,
+    /// A submitter invocation starts a chunk message only with this much time left before its
+    /// deadline; the rest of its batch goes back to the queue (as batch item failures) for the
+    /// next invocation. One submit's client timeout (30 s) and the store calls around it.
+    pub submit_margin: Duration,
     /// An ingest invocation hands the rest on after reading this many rows (`None`: only the
     /// deadline does). For tests and for spreading one huge upload over many invocations.
     pub ingest_handoff_rows: Option<u64>,
@@ -171,6 +175,7 @@ impl Default for Settings {
             pacing: Pacing::unlimited(),
             ingest_handoff_margin: Duration::from_secs(60),
             ingest_handoff_rows: None,
+            submit_margin: Duration::from_secs(35),
             step_stall: Duration::from_secs(960),
             image_retention: Duration::from_secs(7 * 86_400),
             max_upload_bytes: 100 * 1024 * 1024 * 1024,
@@ -290,6 +295,10 @@ impl Settings {
                 Duration::from_secs(
                     parse_in("INGEST_HANDOFF_MARGIN_SECONDS", &v, 5.0, 600.0)? as u64
                 );
+        }
+        if let Some(v) = get("SUBMITTER_MARGIN_SECONDS") {
+            s.submit_margin =
+                Duration::from_secs(parse_in("SUBMITTER_MARGIN_SECONDS", &v, 1.0, 600.0)? as u64);
         }
         if let Some(v) = get("INGEST_HANDOFF_ROWS").filter(|v| !v.trim().is_empty()) {
             s.ingest_handoff_rows = Some(parse_in("INGEST_HANDOFF_ROWS", &v, 100.0, 1e12)? as u64);

@@ -3,17 +3,20 @@
 //! `AWS_ENDPOINT_URL*` variables, never from code branches.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use async_trait::async_trait;
 
 use crate::aws::dynamo::DynamoJobStore;
 use crate::aws::s3::S3ObjectStore;
 use crate::aws::sns::SnsAlerts;
 use crate::aws::sqs::SqsWorkQueue;
 use crate::local::{FanoutAlerts, HttpAlerts, LogAlerts};
-use crate::pictify::{PictifyClient, PictifyConfig};
+use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
+use crate::pictify::{PictifyClient, PictifyConfig, PictifyError};
 use crate::pipeline::Pipeline;
-use crate::ports::{Alerts, SystemClock};
+use crate::ports::{Alerts, PictifyApi, SystemClock};
 use crate::secret::Secret;
 use crate::settings::{Settings, required_env};
 
@@ -23,8 +26,37 @@ pub struct Wired {
     pub queue: Arc<SqsWorkQueue>,
 }
 
-/// Builds the pipeline from the environment. Fails at start-up, naming the missing variable.
-pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
+/// What a function needs from the stack's secret. A need that is missing or blank fails the
+/// start-up, naming the setting: no function runs with an empty key or without a webhook secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// It calls Pictify (submits, polls batch results).
+    pub pictify_api_key: bool,
+    /// It verifies webhook signatures.
+    pub webhook_secrets: bool,
+}
+
+impl Needs {
+    /// Ingest, and operator commands that only read or queue.
+    pub const NOTHING: Needs = Needs {
+        pictify_api_key: false,
+        webhook_secrets: false,
+    };
+    /// The submitter, the reconciler.
+    pub const PICTIFY: Needs = Needs {
+        pictify_api_key: true,
+        webhook_secrets: false,
+    };
+    /// The webhook: signatures, and a batch's results polled on `batch.completed`.
+    pub const WEBHOOK: Needs = Needs {
+        pictify_api_key: true,
+        webhook_secrets: true,
+    };
+}
+
+/// Builds the pipeline from the environment. Fails at start-up, naming the missing variable or
+/// secret field.
+pub async fn pipeline_from_env(needs: Needs) -> anyhow::Result<Wired> {
     let settings = Settings::from_env()?;
     let table = required_env("TABLE_NAME")?;
     let queue_url = required_env("QUEUE_URL")?;
@@ -44,24 +76,28 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
             topic,
         )));
     }
-    if let Some(url) = optional_env("ALERT_WEBHOOK_URL") {
-        sinks.push(Arc::new(HttpAlerts::new(url)));
-    }
-
     let secrets = match optional_env("SECRET_ARN") {
-        Some(arn) => {
-            StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn).await?
-        }
-        None => StackSecrets::from_env(),
+        Some(arn) => StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn)
+            .await?
+            .checked(needs, &SecretSource::Stack(arn))?,
+        None => StackSecrets::from_env().checked(needs, &SecretSource::Env)?,
     };
-    let pictify = PictifyClient::new(PictifyConfig {
-        base_url: optional_env("PICTIFY_BASE_URL")
-            .unwrap_or_else(|| "https://api.pictify.io".into()),
-        // Only the submitter and the webhook call Pictify; ingest runs without a key.
-        api_key: secrets.pictify_api_key.unwrap_or_else(|| Secret::new("")),
-        ..PictifyConfig::default()
-    })
-    .context("building the Pictify client")?;
+    // The Slack URL is a credential (anyone holding it can post): it lives in the secret.
+    if let Some(url) = &secrets.alert_webhook_url {
+        sinks.push(Arc::new(HttpAlerts::new(url.expose())));
+    }
+    let pictify: Arc<dyn PictifyApi> = match secrets.pictify_api_key {
+        Some(api_key) => Arc::new(
+            PictifyClient::new(PictifyConfig {
+                base_url: optional_env("PICTIFY_BASE_URL")
+                    .unwrap_or_else(|| "https://api.pictify.io".into()),
+                api_key,
+                ..PictifyConfig::default()
+            })
+            .context("building the Pictify client")?,
+        ),
+        None => Arc::new(NoApiKey),
+    };
     let webhook_secrets = secrets.webhook_secrets;
 
     let mut queue = SqsWorkQueue::new(sqs, queue_url);
@@ -75,7 +111,7 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
         ),
         objects: Arc::new(S3ObjectStore::new(s3)),
         queue: queue.clone(),
-        pictify: Arc::new(pictify),
+        pictify,
         alerts: Arc::new(FanoutAlerts::new(sinks)),
         clock: Arc::new(SystemClock),
         settings,
@@ -84,8 +120,24 @@ pub async fn pipeline_from_env() -> anyhow::Result<Wired> {
     Ok(Wired { pipeline, queue })
 }
 
+/// When an invocation whose deadline is `deadline_ms` (Lambda's context: milliseconds since the
+/// epoch) should stop starting work: `margin` before it. `None` when the runtime gave no deadline
+/// (a local invoke, a test's default context).
+pub fn deadline_less(deadline_ms: u64, margin: Duration) -> Option<Instant> {
+    if deadline_ms == 0 {
+        return None;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let left = u64::try_from(u128::from(deadline_ms).saturating_sub(now_ms)).ok()?;
+    Some(Instant::now() + Duration::from_millis(left).saturating_sub(margin))
+}
+
 /// The stack's secret (Secrets Manager, JSON): `{"pictifyApiKey": "pk_live_…", "webhookSecrets":
-/// ["whsec_new", "whsec_old"]}`. Several webhook secrets are accepted at once during a rotation.
+/// ["whsec_new", "whsec_old"], "alertWebhookUrl": "https://hooks.slack.com/…"}`. Several webhook
+/// secrets are accepted at once during a rotation; the Slack-compatible alert URL is optional.
 #[derive(Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StackSecrets {
@@ -93,6 +145,8 @@ pub struct StackSecrets {
     pub pictify_api_key: Option<Secret>,
     #[serde(default)]
     pub webhook_secrets: Vec<Secret>,
+    #[serde(default)]
+    pub alert_webhook_url: Option<Secret>,
 }
 
 impl StackSecrets {
@@ -112,7 +166,41 @@ impl StackSecrets {
         })
     }
 
-    /// Local runs: `PICTIFY_API_KEY` and comma-separated `WEBHOOK_SECRETS`.
+    /// Keeps the secrets a function may use, refusing (naming the setting) a need that is missing
+    /// or blank, and a blank webhook secret in any function: a blank value is never used.
+    pub fn checked(mut self, needs: Needs, source: &SecretSource) -> anyhow::Result<Self> {
+        self.pictify_api_key = self
+            .pictify_api_key
+            .filter(|key| !key.expose().trim().is_empty());
+        self.alert_webhook_url = self
+            .alert_webhook_url
+            .filter(|url| !url.expose().trim().is_empty());
+        if needs.pictify_api_key && self.pictify_api_key.is_none() {
+            bail!(
+                "{} is missing or blank in {source}: this function calls Pictify",
+                source.api_key_name()
+            );
+        }
+        let blank = self
+            .webhook_secrets
+            .iter()
+            .position(|secret| secret.expose().trim().is_empty());
+        if let Some(index) = blank {
+            bail!(
+                "{}[{index}] is blank in {source}",
+                source.webhook_secrets_name()
+            );
+        }
+        if needs.webhook_secrets && self.webhook_secrets.is_empty() {
+            bail!(
+                "{} is empty in {source}: this function verifies webhook signatures",
+                source.webhook_secrets_name()
+            );
+        }
+        Ok(self)
+    }
+
+    /// Local runs: `PICTIFY_API_KEY`, comma-separated `WEBHOOK_SECRETS`, `ALERT_WEBHOOK_URL`.
     pub fn from_env() -> Self {
         StackSecrets {
             pictify_api_key: optional_env("PICTIFY_API_KEY").map(Secret::new),
@@ -125,10 +213,137 @@ impl StackSecrets {
                         .collect()
                 })
                 .unwrap_or_default(),
+            alert_webhook_url: optional_env("ALERT_WEBHOOK_URL").map(Secret::new),
         }
+    }
+}
+
+/// Where the secrets were read, to name the setting in an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The stack's Secrets Manager secret (`SECRET_ARN`).
+    Stack(String),
+    /// `PICTIFY_API_KEY` and `WEBHOOK_SECRETS` (no `SECRET_ARN`).
+    Env,
+}
+
+impl SecretSource {
+    fn api_key_name(&self) -> &'static str {
+        match self {
+            SecretSource::Stack(_) => "pictifyApiKey",
+            SecretSource::Env => "PICTIFY_API_KEY",
+        }
+    }
+
+    fn webhook_secrets_name(&self) -> &'static str {
+        match self {
+            SecretSource::Stack(_) => "webhookSecrets",
+            SecretSource::Env => "WEBHOOK_SECRETS",
+        }
+    }
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Stack(arn) => write!(f, "the stack secret {arn}"),
+            SecretSource::Env => write!(f, "the environment"),
+        }
+    }
+}
+
+/// The Pictify port of a function that has no API key (ingest, an operator command that only
+/// reads): it never calls Pictify, and were it ever to, the call fails here instead of going out
+/// with an empty key.
+struct NoApiKey;
+
+#[async_trait]
+impl PictifyApi for NoApiKey {
+    async fn render_batch(
+        &self,
+        _template_id: &str,
+        _request: &BatchRenderRequest,
+        _idempotency_key: &str,
+    ) -> Result<BatchAccepted, PictifyError> {
+        Err(no_api_key())
+    }
+
+    async fn get_batch_results(&self, _batch_id: &str) -> Result<BatchResults, PictifyError> {
+        Err(no_api_key())
+    }
+}
+
+fn no_api_key() -> PictifyError {
+    PictifyError::Unauthorized {
+        message: "this function was started without a Pictify API key".into(),
     }
 }
 
 fn optional_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(key: &str, webhook: &[&str]) -> StackSecrets {
+        StackSecrets {
+            pictify_api_key: Some(Secret::new(key)),
+            webhook_secrets: webhook.iter().map(|s| Secret::new(*s)).collect(),
+            alert_webhook_url: None,
+        }
+    }
+
+    fn refusal(secrets: StackSecrets, needs: Needs, source: &SecretSource) -> String {
+        match secrets.checked(needs, source) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_blank_key_or_secret_is_refused_at_start_up_naming_the_setting() {
+        let stack = SecretSource::Stack("arn:aws:secretsmanager:us-east-1:1:secret:s".into());
+        // The template's placeholder secret: ingest starts, the Pictify callers refuse.
+        assert_eq!(
+            refusal(secrets("", &[]), Needs::NOTHING, &stack),
+            "accepted"
+        );
+        assert_eq!(
+            refusal(secrets(" \t", &[]), Needs::PICTIFY, &stack),
+            "pictifyApiKey is missing or blank in the stack secret \
+             arn:aws:secretsmanager:us-east-1:1:secret:s: this function calls Pictify"
+        );
+        assert_eq!(
+            refusal(
+                secrets("pk_live_1", &[]),
+                Needs::WEBHOOK,
+                &SecretSource::Env
+            ),
+            "WEBHOOK_SECRETS is empty in the environment: this function verifies webhook signatures"
+        );
+        // A blank secret in the list is refused wherever it is read.
+        assert_eq!(
+            refusal(
+                secrets("pk_live_1", &["whsec_a", " "]),
+                Needs::NOTHING,
+                &stack
+            ),
+            "webhookSecrets[1] is blank in the stack secret arn:aws:secretsmanager:us-east-1:1:secret:s"
+        );
+        let kept = secrets("pk_live_1", &["whsec_a"])
+            .checked(Needs::WEBHOOK, &stack)
+            .map(|s| (s.pictify_api_key.is_some(), s.webhook_secrets.len()));
+        assert_eq!(kept.ok(), Some((true, 1)));
+        // Not needed and blank: dropped, never kept as an empty key.
+        let dropped = secrets("", &[]).checked(Needs::NOTHING, &stack).ok();
+        assert!(dropped.is_some_and(|s| s.pictify_api_key.is_none()));
+    }
+
+    #[tokio::test]
+    async fn without_a_key_no_call_goes_out() {
+        let refused = NoApiKey.get_batch_results("b_1").await;
+        assert!(matches!(refused, Err(PictifyError::Unauthorized { .. })));
+    }
 }

@@ -6,7 +6,8 @@ use integration_tests::stack::{Stack, StackOptions, load_event};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use shared::domain::{
-    Chunk, ChunkKey, ChunkMessage, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef,
+    Chunk, ChunkKey, ChunkMessage, Counters, InlinePayload, Job, JobId, JobSpec, JobStatus,
+    ObjectRef,
 };
 use shared::ports::{ChunkLedger, JobLedger, RenderLog};
 use shared::signing::signature_header;
@@ -116,6 +117,66 @@ async fn submitter_submits_the_sample_chunk_once_even_when_redelivered() -> anyh
             .accepted_with_key(&message.key.idempotency_key(&message.job)),
         1
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn submitter_near_its_deadline_leaves_the_rest_of_its_batch_on_the_queue()
+-> anyhow::Result<()> {
+    // Every submit's answer takes 1.5 s; the function stops starting messages 2 s before its
+    // deadline, which is 3.2 s away: the first message is submitted, the other two go back.
+    let stack = Stack::start(StackOptions {
+        faults: pictify_emulator::Faults {
+            submit_late_answer_rate: 1.0,
+            late_answer_delay_ms: 1_500,
+            ..Default::default()
+        },
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut pipeline = stack.pipeline.clone();
+    pipeline.settings.submit_margin = Duration::from_secs(2);
+    let sample = load_event("sqs-chunk.json")?;
+    let first: ChunkMessage =
+        serde_json::from_str(sample["Records"][0]["body"].as_str().unwrap_or_default())?;
+    seed_job(&stack, &first.job, first.key).await?;
+    let mut records = Vec::new();
+    let mut keys = Vec::new();
+    for seq in 1..=3 {
+        let mut message = first.clone();
+        message.key = ChunkKey::initial(seq);
+        if let Some(payload) = &message.payload {
+            let mut payload = payload.decode()?;
+            payload.key = message.key;
+            message.payload = Some(InlinePayload::encode(&payload)?);
+        }
+        stack
+            .store
+            .put_chunks(&[Chunk::new(first.job.clone(), message.key, vec![0, 1])])
+            .await?;
+        let mut record = sample["Records"][0].clone();
+        record["messageId"] = json!(format!("message-{seq}"));
+        record["body"] = json!(serde_json::to_string(&message)?);
+        records.push(record);
+        keys.push(message.key.idempotency_key(&first.job));
+    }
+    let event = serde_json::from_value(json!({ "Records": records }))?;
+    let mut context = Context::default();
+    context.deadline = u64::try_from(chrono::Utc::now().timestamp_millis())? + 3_200;
+
+    let response =
+        submitter::function_handler(&pipeline, &stack.queue, LambdaEvent::new(event, context))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let returned: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(returned, ["message-2", "message-3"]);
+    let ledger = stack.emulator.ledger();
+    let accepted: Vec<_> = keys.iter().map(|k| ledger.accepted_with_key(k)).collect();
+    assert_eq!(accepted, [1, 0, 0], "only the first message was started");
     Ok(())
 }
 

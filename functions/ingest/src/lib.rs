@@ -4,13 +4,14 @@
 //! `writeManifest` → `Pipeline::write_manifest_step`. An ingest piece stops
 //! `INGEST_HANDOFF_MARGIN_SECONDS` before the invocation's deadline.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{Value, json};
 use shared::domain::{JobStep, ObjectRef};
 use shared::pipeline::{IngestOutcome, Pipeline, StepError};
 use shared::s3_event::{S3Notification, Trigger};
+use shared::wiring::deadline_less;
 use tracing::{error, info};
 
 /// Why an invocation failed; Lambda retries the event (ingest is idempotent).
@@ -48,27 +49,17 @@ impl From<IngestError> for Diagnostic {
     }
 }
 
-/// When this invocation should hand the rest of an upload on: its deadline less the margin.
-/// `None` when the runtime gave no deadline (a local invoke).
-pub fn hand_off_at(context: &Context, margin: Duration) -> Option<Instant> {
-    if context.deadline == 0 {
-        return None;
-    }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis();
-    let left = u64::try_from(u128::from(context.deadline).saturating_sub(now_ms)).ok()?;
-    Some(Instant::now() + Duration::from_millis(left).saturating_sub(margin))
-}
-
 /// Handles one event: an S3 notification, or a batch from the step queue. An error makes
 /// Lambda retry the event (or the message); ingest is idempotent and resumes from its checkpoint.
 pub async fn function_handler(
     pipeline: &Pipeline,
     event: LambdaEvent<Value>,
 ) -> Result<Value, IngestError> {
-    let hand_off_at = hand_off_at(&event.context, pipeline.settings.ingest_handoff_margin);
+    // The rest of an upload is handed on this long before the invocation's deadline.
+    let hand_off_at = deadline_less(
+        event.context.deadline,
+        pipeline.settings.ingest_handoff_margin,
+    );
     if is_sqs_event(&event.payload) {
         return Ok(run_steps(pipeline, event.payload, hand_off_at).await);
     }

@@ -1,11 +1,14 @@
 //! submitter handler: SQS chunk messages → `Pipeline::handle_chunk_message`, always as a partial
-//! batch response.
+//! batch response. A message is started only with `SUBMITTER_MARGIN_SECONDS` left before the
+//! invocation's deadline: the rest of the batch goes back to the queue untouched, so a batch of
+//! 10 slow submits never outlives the function (a timed-out invocation would return all 10).
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::sqs::SqsWorkQueue;
 use shared::domain::ChunkMessage;
 use shared::pipeline::{MessageFate, Pipeline};
+use shared::wiring::deadline_less;
 use tracing::{error, info, warn};
 
 pub async fn function_handler(
@@ -13,14 +16,26 @@ pub async fn function_handler(
     queue: &SqsWorkQueue,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
+    let stop_at = deadline_less(event.context.deadline, pipeline.settings.submit_margin);
     let mut response = SqsBatchResponse::default();
+    let mut left_for_later = 0;
     for message in &event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
-        if !handle(pipeline, queue, message).await {
+        let out_of_time = stop_at.is_some_and(|at| std::time::Instant::now() >= at);
+        if out_of_time {
+            left_for_later += 1;
+        }
+        if out_of_time || !handle(pipeline, queue, message).await {
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
             response.batch_item_failures.push(failure);
         }
+    }
+    if left_for_later > 0 {
+        info!(
+            messages = left_for_later,
+            "near the invocation's deadline: messages left on the queue for the next invocation"
+        );
     }
     Ok(response)
 }

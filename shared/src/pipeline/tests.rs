@@ -522,6 +522,21 @@ async fn a_webhook_with_a_bad_signature_changes_nothing() {
         })
         .await;
     assert_eq!(missing.status, 401);
+    // Strangers learn nothing from the refusal, whatever its reason, not even whether the
+    // stack has a secret at all.
+    let mut unconfigured = h.pipeline.clone();
+    unconfigured.webhook_secrets.clear();
+    let no_secret = unconfigured
+        .handle_webhook(WebhookRequest {
+            signature: Some(&forged),
+            delivery_id: None,
+            body,
+        })
+        .await;
+    assert_eq!(no_secret.status, 401);
+    for refused in [&reply, &missing, &no_secret] {
+        assert_eq!(refused.body, r#"{"error":"unauthorized","ok":false}"#);
+    }
     assert!(
         h.store
             .renders(&[crate::dataset::fingerprint("t", &Default::default())])

@@ -17,7 +17,8 @@ pub struct WebhookRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Status and a short JSON body. 4xx bodies say what was wrong; 5xx bodies say nothing internal.
+/// Status and a short JSON body. 4xx bodies say what was wrong, except 401, which tells a stranger
+/// nothing (not even whether a secret is configured); 5xx bodies say nothing internal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookReply {
     pub status: u16,
@@ -59,8 +60,9 @@ impl Pipeline {
             now,
             self.settings.signature_tolerance,
         ) {
+            // The reason (missing, stale, forged, no secret configured) is for our logs only.
             warn!(delivery_id = delivery, error = %e, "webhook signature refused");
-            return WebhookReply::refuse(401, &e.to_string());
+            return WebhookReply::refuse(401, "unauthorized");
         }
         let parsed = match parse_webhook(request.body) {
             Ok(parsed) => parsed,
