@@ -39,9 +39,10 @@ pub struct Settings {
     /// An ingest invocation hands the rest of the upload to a fresh one this long before its
     /// deadline (Lambda's remaining time).
     pub ingest_handoff_margin: Duration,
-    /// A submitter invocation starts a chunk message only with this much time left before its
-    /// deadline; the rest of its batch goes back to the queue (as batch item failures) for the
-    /// next invocation. One submit's client timeout (30 s) and the store calls around it.
+    /// A submitter invocation starts its next chunk message only with this much time left before
+    /// its deadline (the first always runs); the rest of its batch goes back to the queue (as
+    /// batch item failures) for the next invocation. One submit's client timeout (30 s) and the
+    /// store calls around it.
     pub submit_margin: Duration,
     /// An ingest invocation hands the rest on after reading this many rows (`None`: only the
     /// deadline does). For tests and for spreading one huge upload over many invocations.

@@ -125,6 +125,7 @@ async fn submitter_near_its_deadline_leaves_the_rest_of_its_batch_on_the_queue()
 -> anyhow::Result<()> {
     // Every submit's answer takes 1.5 s; the function stops starting messages 2 s before its
     // deadline, which is 3.2 s away: the first message is submitted, the other two go back.
+    // (A fourth message is kept for the end.)
     let stack = Stack::start(StackOptions {
         faults: pictify_emulator::Faults {
             submit_late_answer_rate: 1.0,
@@ -142,7 +143,7 @@ async fn submitter_near_its_deadline_leaves_the_rest_of_its_batch_on_the_queue()
     seed_job(&stack, &first.job, first.key).await?;
     let mut records = Vec::new();
     let mut keys = Vec::new();
-    for seq in 1..=3 {
+    for seq in 1..=4 {
         let mut message = first.clone();
         message.key = ChunkKey::initial(seq);
         if let Some(payload) = &message.payload {
@@ -160,6 +161,9 @@ async fn submitter_near_its_deadline_leaves_the_rest_of_its_batch_on_the_queue()
         records.push(record);
         keys.push(message.key.idempotency_key(&first.job));
     }
+    let late = records
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("a fourth message"))?;
     let event = serde_json::from_value(json!({ "Records": records }))?;
     let mut context = Context::default();
     context.deadline = u64::try_from(chrono::Utc::now().timestamp_millis())? + 3_200;
@@ -176,7 +180,19 @@ async fn submitter_near_its_deadline_leaves_the_rest_of_its_batch_on_the_queue()
     assert_eq!(returned, ["message-2", "message-3"]);
     let ledger = stack.emulator.ledger();
     let accepted: Vec<_> = keys.iter().map(|k| ledger.accepted_with_key(k)).collect();
-    assert_eq!(accepted, [1, 0, 0], "only the first message was started");
+    assert_eq!(accepted, [1, 0, 0, 0], "only the first message was started");
+
+    // Whatever the time left, the first message of a batch runs: a function timeout set below
+    // the margin still makes progress instead of bouncing every message into the DLQ.
+    let mut past = Context::default();
+    past.deadline = u64::try_from(chrono::Utc::now().timestamp_millis())? - 1_000;
+    let event = serde_json::from_value(json!({ "Records": [late] }))?;
+    let response =
+        submitter::function_handler(&pipeline, &stack.queue, LambdaEvent::new(event, past))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(stack.emulator.ledger().accepted_with_key(&keys[3]), 1);
     Ok(())
 }
 

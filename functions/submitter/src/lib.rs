@@ -1,7 +1,9 @@
 //! submitter handler: SQS chunk messages → `Pipeline::handle_chunk_message`, always as a partial
-//! batch response. A message is started only with `SUBMITTER_MARGIN_SECONDS` left before the
-//! invocation's deadline: the rest of the batch goes back to the queue untouched, so a batch of
-//! 10 slow submits never outlives the function (a timed-out invocation would return all 10).
+//! batch response. Between messages, the next one is started only with `SUBMITTER_MARGIN_SECONDS`
+//! left before the invocation's deadline: the rest of the batch goes back to the queue untouched,
+//! so a batch of 10 slow submits never outlives the function (a timed-out invocation would return
+//! all 10). The first message always runs, so a timeout set below the margin still makes progress
+//! instead of bouncing every message into the DLQ.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Error, LambdaEvent};
@@ -19,9 +21,9 @@ pub async fn function_handler(
     let stop_at = deadline_less(event.context.deadline, pipeline.settings.submit_margin);
     let mut response = SqsBatchResponse::default();
     let mut left_for_later = 0;
-    for message in &event.payload.records {
+    for (index, message) in event.payload.records.iter().enumerate() {
         let id = message.message_id.clone().unwrap_or_default();
-        let out_of_time = stop_at.is_some_and(|at| std::time::Instant::now() >= at);
+        let out_of_time = index > 0 && stop_at.is_some_and(|at| std::time::Instant::now() >= at);
         if out_of_time {
             left_for_later += 1;
         }
