@@ -78,6 +78,17 @@ fn row_numbers(n: u64) -> Vec<Value> {
     (0..n).map(Value::from).collect()
 }
 
+/// Empties the step queue: the worker that took its messages died, and SQS gave up on them.
+async fn lose_steps(stack: &Stack) -> anyhow::Result<()> {
+    stack
+        .sqs
+        .purge_queue()
+        .queue_url(&stack.step_queue_url)
+        .send()
+        .await?;
+    Ok(())
+}
+
 /// Drives the work queue alone until the job is `finishing`: its manifest then waits on the
 /// step queue, which this leaves alone.
 async fn until_finishing(stack: &Stack, job: &JobId) -> anyhow::Result<()> {
@@ -246,12 +257,7 @@ async fn the_reconciler_carries_on_an_ingest_whose_invocation_died() -> anyhow::
     let first = ingest_event(&stack, &pieced, &key, Context::default()).await?;
     let job = job_id_of(&first)?;
     // The invocation that took the continuation died, and SQS gave up on it.
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.step_queue_url)
-        .send()
-        .await?;
+    lose_steps(&stack).await?;
     let report = pieced.reconcile(Duration::from_secs(3600)).await?;
     assert_eq!(
         report.ingests_resumed, 0,
@@ -337,12 +343,7 @@ async fn a_manifest_writer_that_died_is_replaced_and_the_job_notifies_once() -> 
     let job = job_id_of(&stack.ingest(&key).await?)?;
     until_finishing(&stack, &job).await?;
     // The worker that took the manifest step died: the message is gone, nothing was written.
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.step_queue_url)
-        .send()
-        .await?;
+    lose_steps(&stack).await?;
     let report = stack.pipeline.reconcile(Duration::from_secs(3600)).await?;
     assert_eq!(
         report.finished, 0,
@@ -391,12 +392,7 @@ async fn a_manifest_writer_killed_mid_way_is_carried_on_and_writes_what_one_pass
     until_finishing_within(&stack, &job, Duration::from_secs(1_800)).await?;
     let rendered_in = started.elapsed();
     // The queued step is taken by a writer this test controls.
-    stack
-        .sqs
-        .purge_queue()
-        .queue_url(&stack.step_queue_url)
-        .send()
-        .await?;
+    lose_steps(&stack).await?;
     let mut writer = stack.pipeline.clone();
     writer.settings.manifest_part_bytes = MIN_PART;
     let killed = tokio::spawn({

@@ -504,35 +504,24 @@ async fn a_webhook_with_a_bad_signature_changes_nothing() {
     let body =
         br#"{"event":"render.completed","data":{"url":"u","templateId":"t","variables":{}}}"#;
     let forged = signature_header("whsec_wrong", NOW, body);
-    let reply = h
-        .pipeline
-        .handle_webhook(WebhookRequest {
-            signature: Some(&forged),
-            delivery_id: None,
-            body,
-        })
-        .await;
+    let deliver = |pipeline: Pipeline, signature: Option<String>| async move {
+        pipeline
+            .handle_webhook(WebhookRequest {
+                signature: signature.as_deref(),
+                delivery_id: None,
+                body,
+            })
+            .await
+    };
+    let reply = deliver(h.pipeline.clone(), Some(forged.clone())).await;
     assert_eq!(reply.status, 401);
-    let missing = h
-        .pipeline
-        .handle_webhook(WebhookRequest {
-            signature: None,
-            delivery_id: None,
-            body,
-        })
-        .await;
+    let missing = deliver(h.pipeline.clone(), None).await;
     assert_eq!(missing.status, 401);
     // Strangers learn nothing from the refusal, whatever its reason, not even whether the
     // stack has a secret at all.
     let mut unconfigured = h.pipeline.clone();
     unconfigured.webhook_secrets.clear();
-    let no_secret = unconfigured
-        .handle_webhook(WebhookRequest {
-            signature: Some(&forged),
-            delivery_id: None,
-            body,
-        })
-        .await;
+    let no_secret = deliver(unconfigured, Some(forged)).await;
     assert_eq!(no_secret.status, 401);
     for refused in [&reply, &missing, &no_secret] {
         assert_eq!(refused.body, r#"{"error":"unauthorized","ok":false}"#);
