@@ -381,17 +381,6 @@ fn parse_in(name: &'static str, raw: &str, min: f64, max: f64) -> Result<f64, Se
     Ok(value)
 }
 
-/// A required variable, or a start-up error naming it.
-pub fn required_env(name: &'static str) -> Result<String, SettingError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or(SettingError {
-            name,
-            problem: "is not set".into(),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

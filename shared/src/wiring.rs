@@ -18,7 +18,7 @@ use crate::pictify::{PictifyClient, PictifyConfig, PictifyError};
 use crate::pipeline::Pipeline;
 use crate::ports::{Alerts, PictifyApi, SystemClock};
 use crate::secret::Secret;
-use crate::settings::{Settings, required_env};
+use crate::settings::Settings;
 
 /// The AWS pieces a handler may need beyond the pipeline (the submitter changes visibility).
 pub struct Wired {
@@ -54,42 +54,73 @@ impl Needs {
     };
 }
 
-/// Builds the pipeline from the environment. Fails at start-up, naming the missing variable or
-/// secret field.
+/// Builds the pipeline from the process environment and the SDK's default credentials. Fails at
+/// start-up, naming the missing variable or secret field.
 pub async fn pipeline_from_env(needs: Needs) -> anyhow::Result<Wired> {
-    let settings = Settings::from_env()?;
-    let table = required_env("TABLE_NAME")?;
-    let queue_url = required_env("QUEUE_URL")?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    pipeline_from(needs, &|name| std::env::var(name).ok(), &config).await
+}
+
+/// [`pipeline_from_env`] with the variables read through `env` and AWS reached with `config`: the
+/// IAM-enforced tests wire each function exactly so, from template.yaml's environment and the
+/// function's own credentials.
+pub async fn pipeline_from(
+    needs: Needs,
+    env: &dyn Fn(&str) -> Option<String>,
+    config: &aws_config::SdkConfig,
+) -> anyhow::Result<Wired> {
+    let optional = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let required = |name: &'static str| {
+        optional(name).ok_or(crate::settings::SettingError {
+            name,
+            problem: "is not set".into(),
+        })
+    };
+    let settings = Settings::from_lookup(env)?;
+    let table = required("TABLE_NAME")?;
+    let queue_url = required("QUEUE_URL")?;
     let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
+        aws_sdk_s3::config::Builder::from(config)
             .force_path_style(true)
             .build(),
     );
-    let dynamo = aws_sdk_dynamodb::Client::new(&config);
-    let sqs = aws_sdk_sqs::Client::new(&config);
+    let dynamo = aws_sdk_dynamodb::Client::new(config);
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let secrets_client = || aws_sdk_secretsmanager::Client::new(config);
 
     let mut sinks: Vec<Arc<dyn Alerts>> = vec![Arc::new(LogAlerts)];
-    if let Some(topic) = optional_env("ALERT_TOPIC_ARN") {
+    if let Some(topic) = optional("ALERT_TOPIC_ARN") {
         sinks.push(Arc::new(SnsAlerts::new(
-            aws_sdk_sns::Client::new(&config),
+            aws_sdk_sns::Client::new(config),
             topic,
         )));
     }
-    let secrets = match optional_env("SECRET_ARN") {
-        Some(arn) => StackSecrets::fetch(&aws_sdk_secretsmanager::Client::new(&config), &arn)
-            .await?
-            .checked(needs, &SecretSource::Stack(arn))?,
-        None => StackSecrets::from_env().checked(needs, &SecretSource::Env)?,
+    // The Slack URL is a credential (anyone holding it can post): it lives in a secret of its
+    // own, which every function may read, apart from the Pictify key, which only the functions
+    // that call Pictify may.
+    let alert_url = match optional("ALERT_SECRET_ARN") {
+        Some(arn) => {
+            AlertSecret::fetch(&secrets_client(), &arn)
+                .await?
+                .alert_webhook_url
+        }
+        None => optional("ALERT_WEBHOOK_URL").map(Secret::new),
     };
-    // The Slack URL is a credential (anyone holding it can post): it lives in the secret.
-    if let Some(url) = &secrets.alert_webhook_url {
+    if let Some(url) = alert_url.filter(|url| !url.expose().trim().is_empty()) {
         sinks.push(Arc::new(HttpAlerts::new(url.expose())));
     }
+    let secrets = match optional("SECRET_ARN") {
+        // A function that needs nothing from it never reads it (and has no right to).
+        Some(_) if needs == Needs::NOTHING => StackSecrets::default(),
+        Some(arn) => StackSecrets::fetch(&secrets_client(), &arn)
+            .await?
+            .checked(needs, &SecretSource::Stack(arn))?,
+        None => StackSecrets::from_lookup(&optional).checked(needs, &SecretSource::Env)?,
+    };
     let pictify: Arc<dyn PictifyApi> = match secrets.pictify_api_key {
         Some(api_key) => Arc::new(
             PictifyClient::new(PictifyConfig {
-                base_url: optional_env("PICTIFY_BASE_URL")
+                base_url: optional("PICTIFY_BASE_URL")
                     .unwrap_or_else(|| "https://api.pictify.io".into()),
                 api_key,
                 ..PictifyConfig::default()
@@ -101,7 +132,7 @@ pub async fn pipeline_from_env(needs: Needs) -> anyhow::Result<Wired> {
     let webhook_secrets = secrets.webhook_secrets;
 
     let mut queue = SqsWorkQueue::new(sqs, queue_url);
-    if let Some(url) = optional_env("STEP_QUEUE_URL") {
+    if let Some(url) = optional("STEP_QUEUE_URL") {
         queue = queue.with_step_queue(url);
     }
     let queue = Arc::new(queue);
@@ -136,8 +167,7 @@ pub fn deadline_less(deadline_ms: u64, margin: Duration) -> Option<Instant> {
 }
 
 /// The stack's secret (Secrets Manager, JSON): `{"pictifyApiKey": "pk_live_…", "webhookSecrets":
-/// ["whsec_new", "whsec_old"], "alertWebhookUrl": "https://hooks.slack.com/…"}`. Several webhook
-/// secrets are accepted at once during a rotation; the Slack-compatible alert URL is optional.
+/// ["whsec_new", "whsec_old"]}`. Several webhook secrets are accepted at once during a rotation.
 #[derive(Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StackSecrets {
@@ -145,23 +175,13 @@ pub struct StackSecrets {
     pub pictify_api_key: Option<Secret>,
     #[serde(default)]
     pub webhook_secrets: Vec<Secret>,
-    #[serde(default)]
-    pub alert_webhook_url: Option<Secret>,
 }
 
 impl StackSecrets {
     /// Read once at cold start; the values are never logged.
     pub async fn fetch(client: &aws_sdk_secretsmanager::Client, arn: &str) -> anyhow::Result<Self> {
-        let out = client
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
-            .await
-            .with_context(|| format!("reading secret {arn}"))?;
-        let text = out
-            .secret_string()
-            .with_context(|| format!("secret {arn} has no string value"))?;
-        serde_json::from_str(text).with_context(|| {
+        let text = secret_string(client, arn).await?;
+        serde_json::from_str(&text).with_context(|| {
             format!("secret {arn} is not JSON of the form {{\"pictifyApiKey\": \"…\", \"webhookSecrets\": [\"whsec_…\"]}}")
         })
     }
@@ -172,9 +192,6 @@ impl StackSecrets {
         self.pictify_api_key = self
             .pictify_api_key
             .filter(|key| !key.expose().trim().is_empty());
-        self.alert_webhook_url = self
-            .alert_webhook_url
-            .filter(|url| !url.expose().trim().is_empty());
         if needs.pictify_api_key && self.pictify_api_key.is_none() {
             bail!(
                 "{} is missing or blank in {source}: this function calls Pictify",
@@ -200,11 +217,15 @@ impl StackSecrets {
         Ok(self)
     }
 
-    /// Local runs: `PICTIFY_API_KEY`, comma-separated `WEBHOOK_SECRETS`, `ALERT_WEBHOOK_URL`.
+    /// Local runs: `PICTIFY_API_KEY`, comma-separated `WEBHOOK_SECRETS`.
     pub fn from_env() -> Self {
+        Self::from_lookup(&|name| optional_env(name))
+    }
+
+    fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Self {
         StackSecrets {
-            pictify_api_key: optional_env("PICTIFY_API_KEY").map(Secret::new),
-            webhook_secrets: optional_env("WEBHOOK_SECRETS")
+            pictify_api_key: get("PICTIFY_API_KEY").map(Secret::new),
+            webhook_secrets: get("WEBHOOK_SECRETS")
                 .map(|all| {
                     all.split(',')
                         .map(str::trim)
@@ -213,9 +234,42 @@ impl StackSecrets {
                         .collect()
                 })
                 .unwrap_or_default(),
-            alert_webhook_url: optional_env("ALERT_WEBHOOK_URL").map(Secret::new),
         }
     }
+}
+
+/// The alert secret (`ALERT_SECRET_ARN`): `{"alertWebhookUrl": "https://hooks.slack.com/…"}`, or
+/// `{}` for no Slack-compatible alerts (the SNS topic gets every alert either way).
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertSecret {
+    #[serde(default)]
+    pub alert_webhook_url: Option<Secret>,
+}
+
+impl AlertSecret {
+    /// Read once at cold start; the URL is never logged.
+    pub async fn fetch(client: &aws_sdk_secretsmanager::Client, arn: &str) -> anyhow::Result<Self> {
+        let text = secret_string(client, arn).await?;
+        serde_json::from_str(&text).with_context(|| {
+            format!("secret {arn} is not JSON of the form {{\"alertWebhookUrl\": \"https://…\"}}")
+        })
+    }
+}
+
+async fn secret_string(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> anyhow::Result<String> {
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .with_context(|| format!("reading secret {arn}"))?;
+    out.secret_string()
+        .map(str::to_owned)
+        .with_context(|| format!("secret {arn} has no string value"))
 }
 
 /// Where the secrets were read, to name the setting in an error.
@@ -291,7 +345,6 @@ mod tests {
         StackSecrets {
             pictify_api_key: Some(Secret::new(key)),
             webhook_secrets: webhook.iter().map(|s| Secret::new(*s)).collect(),
-            alert_webhook_url: None,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod counting;
 pub mod datasets;
+pub mod iam;
 pub mod stack;
 
 pub use aws::{

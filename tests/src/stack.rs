@@ -22,8 +22,8 @@ use shared::secret::Secret;
 use shared::settings::Settings;
 
 use crate::aws::{
-    SdkResultExt, aws_config, create_bucket, dynamodb, fresh_bucket, fresh_queue, fresh_topic,
-    queue_arn, unique_name,
+    SdkResultExt, aws_config, create_bucket, fresh_bucket, fresh_queue, fresh_topic, queue_arn,
+    unique_name,
 };
 use crate::counting::RequestCounter;
 
@@ -52,6 +52,12 @@ pub struct StackOptions {
     /// that measure pacing leave out `render.completed`: one delivery per item through moto
     /// would measure moto, and the batch poll counts the renders anyway.
     pub events: Vec<&'static str>,
+    /// Run each function under its own template.yaml policy on the IAM-enforcing moto
+    /// ([`crate::iam`]), wired by the production wiring from its template environment (where
+    /// `settings` give way to the template's values, apart from the retry delay and submit grace).
+    pub iam: bool,
+    /// Under `iam`: template.yaml parameters other than their defaults (e.g. `MaxAttempts`).
+    pub template_parameters: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -72,6 +78,8 @@ impl Default for StackOptions {
             render_seconds: None,
             time_scale: 1.0,
             events: vec!["render.completed", "render.failed", "batch.completed"],
+            iam: false,
+            template_parameters: Vec::new(),
         }
     }
 }
@@ -80,18 +88,45 @@ impl Default for StackOptions {
 /// (template.yaml's `maxReceiveCount`).
 pub const MAX_RECEIVE_COUNT: u32 = 10;
 
-pub struct Stack {
+/// One function as Lambda runs it: its pipeline, and the SQS client its event source mapping
+/// receives and deletes with (the function's role, in AWS).
+#[derive(Clone)]
+pub struct Function {
     pub pipeline: Pipeline,
+    pub queue: Arc<SqsWorkQueue>,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+/// The four functions. Without `iam` they share the stack's pipeline.
+#[derive(Clone)]
+pub struct Functions {
+    pub ingest: Function,
+    pub submitter: Function,
+    pub webhook: Function,
+    pub reconciler: Function,
+}
+
+pub struct Stack {
+    /// The pipeline with every right (the tests' own view; under `iam`, the harness admin's).
+    pub pipeline: Pipeline,
+    pub functions: Functions,
+    /// Under `iam`: each principal's credentials and template environment.
+    pub principals: Option<crate::iam::Principals>,
+    /// template.yaml's `AWS::StackName` (it names the bucket and, under `iam`, the users).
+    pub stack_name: String,
     pub queue: Arc<SqsWorkQueue>,
     pub queue_url: String,
     /// Long steps: ingest continuations and manifests (template.yaml's `StepQueue`).
     pub step_queue_url: String,
     /// The work queue's dead-letter queue (redrive after `MAX_RECEIVE_COUNT` receives).
     pub dlq_url: String,
+    /// The alert topic (the functions publish to it; `MemoryAlerts` sees the same alerts).
+    pub topic: String,
     pub bucket: String,
     pub table: String,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamo: aws_sdk_dynamodb::Client,
     pub store: Arc<DynamoJobStore>,
     pub alerts: Arc<MemoryAlerts>,
     pub emulator: RunningEmulator,
@@ -103,7 +138,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
-        let cfg = aws_config().await;
+        let cfg = if options.iam {
+            crate::iam::admin_config().await
+        } else {
+            aws_config().await
+        };
         let requests = RequestCounter::default();
         let s3c = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&cfg)
@@ -126,12 +165,23 @@ impl Stack {
                 .interceptor(requests.clone())
                 .build(),
         );
-        let bucket = match &options.bucket {
-            Some(name) => {
+        // template.yaml names the bucket after the stack: its policies name it so.
+        let stack_name = unique_name("iam");
+        let bucket = match (&options.bucket, options.iam) {
+            (_, true) => {
+                let name = format!(
+                    "{stack_name}-{}-{}-uploads",
+                    crate::iam::ACCOUNT,
+                    crate::iam::REGION
+                );
+                create_bucket(&s3c, &name).await?;
+                name
+            }
+            (Some(name), false) => {
                 create_bucket(&s3c, name).await?;
                 name.clone()
             }
-            None => fresh_bucket(&s3c, "uploads").await?,
+            (None, false) => fresh_bucket(&s3c, "uploads").await?,
         };
         let dlq_url = fresh_queue(&sqsc, "dlq").await?;
         let queue_url = fresh_queue(&sqsc, "work").await?;
@@ -182,13 +232,15 @@ impl Stack {
             backoff_base: Duration::from_millis(50),
         })?;
         let memory_alerts = Arc::new(MemoryAlerts::new());
-        let sinks: Vec<Arc<dyn Alerts>> =
-            vec![memory_alerts.clone(), Arc::new(SnsAlerts::new(snsc, topic))];
+        let sinks: Vec<Arc<dyn Alerts>> = vec![
+            memory_alerts.clone(),
+            Arc::new(SnsAlerts::new(snsc, topic.clone())),
+        ];
         let queue = Arc::new(
             SqsWorkQueue::new(sqsc.clone(), queue_url.clone())
                 .with_step_queue(step_queue_url.clone()),
         );
-        let store = Arc::new(DynamoJobStore::new(dyn_c, table.clone()));
+        let store = Arc::new(DynamoJobStore::new(dyn_c.clone(), table.clone()));
         let pipeline = Pipeline {
             store: store.clone(),
             objects: Arc::new(S3ObjectStore::new(s3c.clone())),
@@ -199,17 +251,53 @@ impl Stack {
             settings: options.settings,
             webhook_secrets: vec![Secret::new(webhook_secret.clone())],
         };
-        serve_webhooks(receiver, pipeline.clone());
+        let (functions, principals) = if options.iam {
+            let resources = IamResources {
+                stack_name: &stack_name,
+                bucket: &bucket,
+                table: &table,
+                queue_url: &queue_url,
+                step_queue_url: &step_queue_url,
+                dlq_url: &dlq_url,
+                topic: &topic,
+                api_key: TEST_API_KEY,
+                webhook_secret: &webhook_secret,
+                pictify_url: &emulator.base_url(),
+                parameters: &options.template_parameters,
+            };
+            let (functions, principals) =
+                wire_under_iam(&cfg, &resources, memory_alerts.clone()).await?;
+            (functions, Some(principals))
+        } else {
+            let shared = Function {
+                pipeline: pipeline.clone(),
+                queue: queue.clone(),
+                sqs: sqsc.clone(),
+            };
+            let functions = Functions {
+                ingest: shared.clone(),
+                submitter: shared.clone(),
+                webhook: shared.clone(),
+                reconciler: shared,
+            };
+            (functions, None)
+        };
+        serve_webhooks(receiver, functions.webhook.pipeline.clone());
         Ok(Stack {
             pipeline,
+            functions,
+            principals,
+            stack_name,
             queue,
             queue_url,
             step_queue_url,
             dlq_url,
+            topic,
             bucket,
             table,
             s3: s3c,
             sqs: sqsc,
+            dynamo: dyn_c,
             store,
             alerts: memory_alerts,
             emulator,
@@ -257,7 +345,7 @@ impl Stack {
     /// Invokes the ingest handler with an S3 put event for `key`.
     pub async fn ingest(&self, key: &str) -> anyhow::Result<Value> {
         let event = LambdaEvent::new(self.s3_event(key)?, Context::default());
-        ingest::function_handler(&self.pipeline, event)
+        ingest::function_handler(&self.functions.ingest.pipeline, event)
             .await
             .map_err(|e| anyhow::anyhow!("ingest: {e}"))
     }
@@ -270,8 +358,8 @@ impl Stack {
         pipeline: &Pipeline,
         context: Context,
     ) -> anyhow::Result<Option<Value>> {
-        let out = self
-            .sqs
+        let sqs = &self.functions.ingest.sqs;
+        let out = sqs
             .receive_message()
             .queue_url(&self.step_queue_url)
             .max_number_of_messages(1)
@@ -293,8 +381,7 @@ impl Stack {
             .as_array()
             .is_some_and(|f| !f.is_empty());
         if !failed && let Some(receipt) = &message.receipt_handle {
-            self.sqs
-                .delete_message()
+            sqs.delete_message()
                 .queue_url(&self.step_queue_url)
                 .receipt_handle(receipt)
                 .send()
@@ -311,7 +398,7 @@ impl Stack {
     pub async fn drain_once(&self) -> anyhow::Result<usize> {
         let mut steps = 0;
         while self
-            .drain_steps_once(&self.pipeline, Context::default())
+            .drain_steps_once(&self.functions.ingest.pipeline, Context::default())
             .await?
             .is_some()
         {
@@ -323,7 +410,8 @@ impl Stack {
     /// One poll of the work queue alone into the submitter handler (a test that watches a job
     /// reach `finishing` and leaves the step queue alone).
     pub async fn drain_work_once(&self) -> anyhow::Result<usize> {
-        let out = self
+        let submitter = &self.functions.submitter;
+        let out = submitter
             .sqs
             .receive_message()
             .queue_url(&self.queue_url)
@@ -342,8 +430,8 @@ impl Stack {
             .collect();
         let event: SqsEvent = serde_json::from_value(json!({ "Records": records }))?;
         let response = submitter::function_handler(
-            &self.pipeline,
-            &self.queue,
+            &submitter.pipeline,
+            &submitter.queue,
             LambdaEvent::new(event, Context::default()),
         )
         .await
@@ -354,7 +442,8 @@ impl Stack {
                 .iter()
                 .any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
             if !failed && let Some(receipt) = &m.receipt_handle {
-                self.sqs
+                submitter
+                    .sqs
                     .delete_message()
                     .queue_url(&self.queue_url)
                     .receipt_handle(receipt)
@@ -406,6 +495,17 @@ impl Stack {
         }
     }
 
+    /// One scheduled reconciler invocation, with "stuck" meaning anything submitted longer ago
+    /// than `stuck_after`. Fails as the invocation would (a job left unrepaired).
+    pub async fn reconcile(&self, stuck_after: Duration) -> anyhow::Result<Value> {
+        let event = LambdaEvent::new(json!({ "source": "aws.events" }), Context::default());
+        let mut pipeline = self.functions.reconciler.pipeline.clone();
+        pipeline.settings.stuck_after = stuck_after;
+        reconciler::function_handler(&pipeline, event)
+            .await
+            .map_err(|e| anyhow::anyhow!("reconciler: {e}"))
+    }
+
     /// Batches the emulator accepted whose failed/total is over the alert threshold.
     pub fn batches_over_threshold(&self) -> usize {
         let threshold = self.pipeline.settings.failure_alert_threshold;
@@ -435,7 +535,7 @@ impl Stack {
 
     /// Every item in the table, as debug text: a cheap "nothing changed" check.
     pub async fn table_snapshot(&self) -> anyhow::Result<Vec<String>> {
-        let client = dynamodb(&aws_config().await);
+        let client = &self.dynamo;
         let out = client
             .scan()
             .table_name(&self.table)
@@ -528,4 +628,112 @@ fn serve_webhooks(listener: tokio::net::TcpListener, pipeline: Pipeline) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+}
+
+/// The physical resources of an IAM-enforced stack, and what its secrets hold.
+struct IamResources<'a> {
+    stack_name: &'a str,
+    bucket: &'a str,
+    table: &'a str,
+    queue_url: &'a str,
+    step_queue_url: &'a str,
+    dlq_url: &'a str,
+    topic: &'a str,
+    api_key: &'a str,
+    webhook_secret: &'a str,
+    pictify_url: &'a str,
+    parameters: &'a [(&'static str, String)],
+}
+
+/// Creates the stack's secrets, has the harness create one user per function from
+/// template.yaml, and wires each function as Lambda would start it: `pipeline_from` over its
+/// template environment, signing as its own user. Alerts also reach `memory` (the tests' view).
+async fn wire_under_iam(
+    admin: &aws_config::SdkConfig,
+    r: &IamResources<'_>,
+    memory: Arc<MemoryAlerts>,
+) -> anyhow::Result<(Functions, crate::iam::Principals)> {
+    use shared::wiring::{Needs, pipeline_from};
+
+    let secrets = aws_sdk_secretsmanager::Client::new(admin);
+    let stack_secret = json!({ "pictifyApiKey": r.api_key, "webhookSecrets": [r.webhook_secret] });
+    let stack_secret_arn =
+        create_secret(&secrets, &format!("{}-stack", r.stack_name), &stack_secret).await?;
+    let alert_secret_arn =
+        create_secret(&secrets, &format!("{}-alerts", r.stack_name), &json!({})).await?;
+
+    let sqs = aws_sdk_sqs::Client::new(admin);
+    let queue_name = |url: &str| url.rsplit('/').next().unwrap_or_default().to_owned();
+    let (account, region) = (crate::iam::ACCOUNT, crate::iam::REGION);
+    let key_id = "00000000-0000-0000-0000-000000000001";
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("PictifyBaseUrl".into(), json!(r.pictify_url));
+    for (name, value) in r.parameters {
+        parameters.insert((*name).into(), json!(value));
+    }
+    let description = json!({
+        "stackName": r.stack_name, "account": account, "region": region,
+        "refs": {
+            "UploadBucket": r.bucket, "JobsTable": r.table, "WorkQueue": r.queue_url,
+            "StepQueue": r.step_queue_url, "WorkDeadLetterQueue": r.dlq_url, "AlertTopic": r.topic,
+            "StackSecret": stack_secret_arn, "AlertSecret": alert_secret_arn, "AlertTopicKey": key_id,
+        },
+        "attributes": {
+            "UploadBucket.Arn": format!("arn:aws:s3:::{}", r.bucket),
+            "JobsTable.Arn": format!("arn:aws:dynamodb:{region}:{account}:table/{}", r.table),
+            "WorkQueue.Arn": queue_arn(&sqs, r.queue_url).await?,
+            "WorkQueue.QueueName": queue_name(r.queue_url),
+            "StepQueue.Arn": queue_arn(&sqs, r.step_queue_url).await?,
+            "StepQueue.QueueName": queue_name(r.step_queue_url),
+            "WorkDeadLetterQueue.Arn": queue_arn(&sqs, r.dlq_url).await?,
+            "WorkDeadLetterQueue.QueueName": queue_name(r.dlq_url),
+            "AlertTopic.TopicName": r.topic.rsplit(':').next().unwrap_or_default(),
+            "AlertTopicKey.Arn": format!("arn:aws:kms:{region}:{account}:key/{key_id}"),
+        },
+        "parameters": parameters,
+    });
+    let principals = crate::iam::create_users(&description)?;
+
+    let wire = |principal: crate::iam::Principal, needs: Needs| {
+        let memory = memory.clone();
+        async move {
+            let config = principal.config().await;
+            let mut environment = principal.environment.clone();
+            // The tests' pace: retries after 1 s, not the deployed default.
+            environment.insert("RETRY_DELAY_SECONDS".into(), "1".into());
+            environment.insert("SUBMIT_GRACE_SECONDS".into(), "2".into());
+            let wired = pipeline_from(needs, &|name| environment.get(name).cloned(), &config)
+                .await
+                .with_context(|| format!("wiring with {:?}", principal.access_key_id))?;
+            let mut pipeline = wired.pipeline;
+            pipeline.alerts = Arc::new(FanoutAlerts::new(vec![memory, pipeline.alerts.clone()]));
+            anyhow::Ok(Function {
+                pipeline,
+                queue: wired.queue,
+                sqs: aws_sdk_sqs::Client::new(&config),
+            })
+        }
+    };
+    let functions = Functions {
+        ingest: wire(principals.ingest.clone(), Needs::NOTHING).await?,
+        submitter: wire(principals.submitter.clone(), Needs::PICTIFY).await?,
+        webhook: wire(principals.webhook.clone(), Needs::WEBHOOK).await?,
+        reconciler: wire(principals.reconciler.clone(), Needs::PICTIFY).await?,
+    };
+    Ok((functions, principals))
+}
+
+async fn create_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    name: &str,
+    value: &Value,
+) -> anyhow::Result<String> {
+    let out = client
+        .create_secret()
+        .name(name)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .sdk_context(format!("create secret {name}"))?;
+    out.arn.with_context(|| format!("secret {name} has no ARN"))
 }

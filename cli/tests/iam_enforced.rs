@@ -1,0 +1,271 @@
+//! The stack as AWS enforces it: every function runs under its own policy from template.yaml
+//! (expanded by aws-sam-translator, `scripts/lib/iam_harness.py`) on a moto that enforces IAM,
+//! and the operator's commands run as the built CLI under `OperatorPolicy`. Any AccessDenied
+//! fails the test: the step that met it, or at the end the refusals moto logged (a denied call
+//! whose error a function only logs, such as an alert it could not publish).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use integration_tests::datasets::{blog_csv, job_id_of};
+use integration_tests::iam::Principal;
+use integration_tests::stack::{Stack, StackOptions};
+use integration_tests::{receive, subscribe_queue};
+use pictify_emulator::Faults;
+use shared::domain::Job;
+use shared::ports::ChunkLedger as _;
+
+/// Runs the CLI as the operator, with the functions' settings (what docs/deploy.md tells an
+/// operator to export) and the operator's own credentials.
+fn operator(stack: &Stack, args: &[&str]) -> Output {
+    let principals = stack.principals.as_ref().unwrap();
+    let environment = &principals.submitter.environment;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pictify-batch"));
+    command.args(args);
+    for name in [
+        "TABLE_NAME",
+        "QUEUE_URL",
+        "STEP_QUEUE_URL",
+        "SECRET_ARN",
+        "ALERT_TOPIC_ARN",
+        "ALERT_SECRET_ARN",
+        "PICTIFY_BASE_URL",
+    ] {
+        command.env(name, &environment[name]);
+    }
+    let Principal {
+        access_key_id,
+        secret_access_key,
+        ..
+    } = &principals.operator;
+    command
+        .env("AWS_ENDPOINT_URL", integration_tests::iam::endpoint())
+        .env("AWS_ACCESS_KEY_ID", access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret_access_key)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("PICTIFY_API_KEY")
+        .env_remove("WEBHOOK_SECRETS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn succeeded(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Drives the functions until the job is terminal: the queues into ingest and the submitter, and,
+/// when they are empty, a reconciler pass (deliveries are dropped on purpose).
+async fn run_until_done(stack: &Stack, job: &shared::domain::JobId) -> Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let current = stack.job(job).await.unwrap();
+        if current.status.is_terminal() {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done: {current:#?}"
+        );
+        if stack.drain_once().await.unwrap() == 0 {
+            stack.reconcile(Duration::ZERO).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_function_under_its_own_template_policy_renders_a_faulty_job_and_the_operator_repairs_it()
+ {
+    let faults = Faults {
+        item_failures: BTreeMap::from([
+            ("IMAGE_FETCH_FAILED".into(), 0.10),
+            ("INVALID_VARIABLE".into(), 0.03),
+        ]),
+        webhook_duplicate_rate: 0.2,
+        webhook_drop_rate: 0.1,
+        webhook_reorder_rate: 0.1,
+        // Batches finished before their 202 came back: the submitter applies them itself.
+        submit_late_answer_rate: 0.3,
+        late_answer_delay_ms: 1_500,
+        submit_429_rate: 0.1,
+        ..Faults::default()
+    };
+    let stack = Stack::start(StackOptions {
+        faults,
+        seed: 21,
+        iam: true,
+        // One automatic retry (by the webhook), so retryable failures are left for the operator.
+        template_parameters: vec![("MaxAttempts", "2".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let principals = stack.principals.clone().unwrap();
+
+    // The wiring Lambda would give each function, as template.yaml declares it.
+    let queue_arn = |url: &str| {
+        let sqs = stack.sqs.clone();
+        let url = url.to_owned();
+        async move { integration_tests::queue_arn(&sqs, &url).await.unwrap() }
+    };
+    let ingest_source = &principals.ingest.event_sources;
+    assert_eq!(ingest_source.len(), 1);
+    assert_eq!(
+        ingest_source[0].queue_arn,
+        queue_arn(&stack.step_queue_url).await
+    );
+    assert_eq!(
+        ingest_source[0].batch_size, 1,
+        "the harness drains steps one by one"
+    );
+    let submitter_source = &principals.submitter.event_sources;
+    assert_eq!(submitter_source.len(), 1);
+    assert_eq!(
+        submitter_source[0].queue_arn,
+        queue_arn(&stack.queue_url).await
+    );
+    assert_eq!(
+        submitter_source[0].batch_size, 10,
+        "the harness drains 10 at a time"
+    );
+    assert!(
+        ingest_source[0].reports_batch_item_failures
+            && submitter_source[0].reports_batch_item_failures
+    );
+    assert_eq!(principals.submitter.environment["TABLE_NAME"], stack.table);
+    assert_eq!(
+        principals.submitter.environment["QUEUE_URL"],
+        stack.queue_url
+    );
+    assert_eq!(
+        principals.ingest.environment["STEP_QUEUE_URL"],
+        stack.step_queue_url
+    );
+    assert!(
+        !principals.ingest.environment.contains_key("SECRET_ARN"),
+        "ingest never calls Pictify: it is not told where the API key is"
+    );
+
+    // Every alert a function raises must reach the topic: a publish it may not make would only
+    // be logged.
+    let sns = aws_sdk_sns::Client::new(&integration_tests::iam::admin_config().await);
+    let inbox = integration_tests::fresh_queue(&stack.sqs, "inbox")
+        .await
+        .unwrap();
+    subscribe_queue(&sns, &stack.sqs, &stack.topic, &inbox)
+        .await
+        .unwrap();
+
+    let key = "uploads/tmpl_blog_card/iam.csv";
+    stack.upload(key, blog_csv(300)).await.unwrap();
+    let job = job_id_of(&stack.ingest(key).await.unwrap()).unwrap();
+    let first = run_until_done(&stack, &job).await;
+    let c = first.counters;
+    assert_eq!((c.rows, c.in_flight()), (300, 0));
+    assert_eq!(c.rows, c.rendered + c.failed + c.rejected);
+    assert!(c.failed > 0, "{c:?}");
+    let chunks = stack.store.chunks_of_job(&job).await.unwrap();
+    assert!(
+        chunks.iter().any(|chunk| chunk.key.attempt > 0),
+        "the webhook retried failures in new chunks (it wrote their payloads)"
+    );
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/iam.csv.results.jsonl")
+        .await
+        .unwrap();
+    assert_eq!(manifest.lines().count(), 300);
+
+    // The operator: status, retry-failed (the image host is back), the repaired job, reconcile.
+    stack.emulator.set_faults(Faults::default());
+    let status = succeeded(&operator(&stack, &["status", job.as_str()]));
+    assert!(status.contains(job.as_str()), "{status}");
+    let retried = succeeded(&operator(&stack, &["retry-failed", job.as_str()]));
+    assert!(retried.contains("reopened"), "{retried}");
+    let again = run_until_done(&stack, &job).await;
+    assert_eq!(again.reopened, 1);
+    assert!(again.counters.failed < c.failed, "{:?}", again.counters);
+    assert_eq!(again.counters.in_flight(), 0);
+    let report = succeeded(&operator(&stack, &["reconcile"]));
+    assert!(report.contains("\"errors\": 0"), "{report}");
+    let printed = succeeded(&operator(&stack, &["results", job.as_str(), "--print"]));
+    assert_eq!(printed.lines().count(), 301, "header + one line per row");
+
+    // Both finishes reached the topic.
+    let mut finished = 0;
+    for _ in 0..10 {
+        let messages = receive(&stack.sqs, &inbox, 10, 1).await.unwrap();
+        if messages.is_empty() {
+            break;
+        }
+        finished += messages
+            .iter()
+            .filter(|m| m.body().unwrap_or_default().contains("job_finished"))
+            .count();
+    }
+    assert_eq!(finished, stack.alerts_of_kind("job_finished"));
+    assert_eq!(finished, 2);
+    // No call was refused, including those whose errors a function only logs.
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
+}
+
+/// The enforcement is real: what a role was not granted is refused.
+#[tokio::test]
+async fn a_function_is_refused_what_its_policy_does_not_grant() {
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let principals = stack.principals.clone().unwrap();
+    stack
+        .upload("uploads/tmpl_blog_card/private.csv", blog_csv(1))
+        .await
+        .unwrap();
+
+    // Ingest may not read the Pictify key.
+    let ingest = principals.ingest.config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&ingest);
+    let refused = secrets
+        .get_secret_value()
+        .secret_id(&principals.submitter.environment["SECRET_ARN"])
+        .send()
+        .await;
+    assert!(refused.is_err(), "ingest read the Pictify secret");
+
+    // The submitter may not read datasets, nor write results.
+    let submitter = principals.submitter.config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&submitter)
+            .force_path_style(true)
+            .build(),
+    );
+    let read = s3
+        .get_object()
+        .bucket(&stack.bucket)
+        .key("uploads/tmpl_blog_card/private.csv")
+        .send()
+        .await;
+    assert!(read.is_err(), "the submitter read a dataset");
+    let write = s3
+        .put_object()
+        .bucket(&stack.bucket)
+        .key("results/forged.csv")
+        .body(Vec::from(*b"x").into())
+        .send()
+        .await;
+    assert!(write.is_err(), "the submitter wrote a result");
+    let message = format!("{:?}", write.unwrap_err());
+    assert!(message.contains("AccessDenied"), "{message}");
+}
