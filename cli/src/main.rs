@@ -1,6 +1,6 @@
 //! `pictify-batch`: render a dataset to images on this machine with the pipeline's own steps
 //! (`run`), and operate a deployed stack (`status`, `results`, `retry-failed`, `reconcile`,
-//! `resume-submissions`, `register-webhooks`).
+//! `redrive`, `resume-submissions`, `register-webhooks`).
 
 mod ops;
 mod output;
@@ -46,6 +46,9 @@ enum Command {
     Reconcile,
     /// Clear the pause flag set when Pictify refused the API key or quota.
     ResumeSubmissions(ops::StateArgs),
+    /// Send the dead-letter queue's messages back to the queues they came from
+    /// (DEAD_LETTER_QUEUE_URL, QUEUE_URL, STEP_QUEUE_URL).
+    Redrive,
     /// Subscribe the stack's webhook URL to Pictify's events and store the signing secrets in the stack secret.
     RegisterWebhooks(register::RegisterArgs),
 }
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
             Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,
             Command::RetryFailed(args) => ops::retry_failed(args).await,
             Command::Reconcile => ops::reconcile().await,
+            Command::Redrive => ops::redrive().await,
             Command::RegisterWebhooks(args) => register::register_webhooks(args).await,
         }
     });

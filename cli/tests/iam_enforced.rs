@@ -36,6 +36,7 @@ fn operator(stack: &Stack, args: &[&str]) -> Output {
     ] {
         command.env(name, &environment[name]);
     }
+    command.env("DEAD_LETTER_QUEUE_URL", &stack.dlq_url);
     let Principal {
         access_key_id,
         secret_access_key,
@@ -268,4 +269,79 @@ async fn a_function_is_refused_what_its_policy_does_not_grant() {
     assert!(write.is_err(), "the submitter wrote a result");
     let message = format!("{:?}", write.unwrap_err());
     assert!(message.contains("AccessDenied"), "{message}");
+}
+
+/// The DLQ's documented replay, as the operator: a chunk message that died (here: moved there by
+/// hand, as SQS does after `MaxReceiveCount` receives) goes back to the work queue, a message that
+/// is not ours stays, and the job still ends with every row once.
+#[tokio::test]
+async fn the_operator_replays_a_dead_chunk_and_its_rows_still_end_once() {
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let key = "uploads/tmpl_blog_card/dead.csv";
+    stack.upload(key, blog_csv(150)).await.unwrap();
+    let job = job_id_of(&stack.ingest(key).await.unwrap()).unwrap();
+
+    // One of the two chunk messages dies; a stranger's message sits in the DLQ too.
+    let out = stack
+        .sqs
+        .receive_message()
+        .queue_url(&stack.queue_url)
+        .max_number_of_messages(1)
+        .send()
+        .await
+        .unwrap();
+    let dead = out.messages.unwrap().remove(0);
+    for body in [dead.body().unwrap(), "{\"not\": \"ours\"}"] {
+        stack
+            .sqs
+            .send_message()
+            .queue_url(&stack.dlq_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    stack
+        .sqs
+        .delete_message()
+        .queue_url(&stack.queue_url)
+        .receipt_handle(dead.receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    // The other chunk renders; the job waits for the dead one.
+    for _ in 0..20 {
+        stack.drain_once().await.unwrap();
+        if stack.job(&job).await.unwrap().counters.rendered == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!stack.job(&job).await.unwrap().status.is_terminal());
+
+    let replay = operator(&stack, &["redrive"]);
+    assert_eq!(replay.status.code(), Some(2), "a message was left: exit 2");
+    let said = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        said.contains(
+            "1 chunk message(s) sent back to the work queue, 0 step(s) to the step queue, 1 left"
+        ),
+        "{said}"
+    );
+    let done = run_until_done(&stack, &job).await;
+    let c = done.counters;
+    assert_eq!((c.rows, c.rendered, c.in_flight()), (150, 150, 0));
+    assert_eq!(
+        stack.dlq_depth().await.unwrap(),
+        1,
+        "the stranger's message stays"
+    );
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
 }

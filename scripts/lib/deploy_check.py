@@ -66,6 +66,10 @@ REDRIVE = {"WorkQueue": 10, "StepQueue": 5}
 
 
 # --------------------------------------------------------------------------- output
+# --quiet: failures and the summary only (scripts/test).
+QUIET = False
+
+
 class Report:
     def __init__(self):
         self.passed = self.failed = 0
@@ -75,15 +79,18 @@ class Report:
             self.passed += 1
         else:
             self.failed += 1
-        print(f"  [{'PASS' if ok else 'FAIL'}] {what}" + (f"  ({detail})" if detail else ""))
+        if not ok or not QUIET:
+            print(f"  [{'PASS' if ok else 'FAIL'}] {what}" + (f"  ({detail})" if detail else ""))
         return ok
 
     def info(self, msg):
-        print(f"  [info] {msg}")
+        if not QUIET:
+            print(f"  [info] {msg}")
 
 
 def section(title):
-    print(f"\n== {title}")
+    if not QUIET:
+        print(f"\n== {title}")
 
 
 # --------------------------------------------------------------------------- transform
@@ -214,7 +221,10 @@ def main():
     ap.add_argument("--detect-unsupported", action="store_true",
                     help="ask the installed moto which resource types it cannot create (+~3 s)")
     ap.add_argument("--save-template", help="write the template actually deployed here")
+    ap.add_argument("--quiet", action="store_true", help="print failures and the summary only")
     args = ap.parse_args()
+    global QUIET
+    QUIET = args.quiet
     if not re.match(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?$", args.endpoint):
         sys.exit("refusing: --endpoint must be a local moto server (127.0.0.1/localhost)")
     stack = args.stack_name or f"pb-{uuid.uuid4().hex[:6]}"

@@ -32,6 +32,80 @@ pub fn message_label(message: &ChunkMessage) -> String {
     format!("{}/{}", message.job, message.key.label())
 }
 
+/// What a replay of the dead-letter queue did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveReport {
+    /// Chunk messages sent back to the work queue.
+    pub chunks: u64,
+    /// Long steps (an ingest to carry on, a manifest to write) sent back to the step queue.
+    pub steps: u64,
+    /// Messages that are neither (not ours, or damaged): left in the dead-letter queue.
+    pub left: u64,
+}
+
+/// Replays the dead-letter queue: each message goes back to the queue it came from, told by its
+/// body (both queues share the DLQ), and is then deleted from it. A message that is neither a
+/// chunk nor a step stays. A crash between the send and the delete sends one message twice,
+/// which the submitter's claim and the steps' checkpoints absorb.
+///
+/// (SQS's own message move, `StartMessageMoveTask`, sends every message to one queue and moto
+/// does not implement it; this is plain receive, send, delete.)
+pub async fn redrive(
+    client: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    work_queue_url: &str,
+    step_queue_url: &str,
+) -> PortResult<RedriveReport> {
+    let mut report = RedriveReport::default();
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(dlq_url)
+            .max_number_of_messages(SQS_BATCH_ENTRIES as i32)
+            // Messages left in place stay hidden until this pass is over, so it ends.
+            .visibility_timeout(300)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .map_err(|e| sdk_port_error(format!("receive from {dlq_url}"), e))?;
+        let messages = received.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(report);
+        }
+        for message in messages {
+            let body = message.body.unwrap_or_default();
+            let target = if serde_json::from_str::<JobStep>(&body).is_ok() {
+                report.steps += 1;
+                step_queue_url
+            } else if serde_json::from_str::<ChunkMessage>(&body).is_ok() {
+                report.chunks += 1;
+                work_queue_url
+            } else {
+                tracing::warn!(message_id = ?message.message_id, "a dead letter that is neither a chunk nor a step is left in place");
+                report.left += 1;
+                continue;
+            };
+            client
+                .send_message()
+                .queue_url(target)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| sdk_port_error(format!("send back to {target}"), e))?;
+            if let Some(receipt) = message.receipt_handle {
+                client
+                    .delete_message()
+                    .queue_url(dlq_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_port_error(format!("delete from {dlq_url}"), e))?;
+            }
+        }
+    }
+}
+
 /// A chunk message over the queue's size limit: the caller should have sent it by reference.
 #[derive(Debug, thiserror::Error)]
 #[error(
