@@ -345,3 +345,70 @@ async fn the_operator_replays_a_dead_chunk_and_its_rows_still_end_once() {
     let denied = integration_tests::iam::denials(&stack.stack_name);
     assert!(denied.is_empty(), "{denied:#?}");
 }
+
+/// A dataset overwritten while its job runs (the bucket is versioned, as template.yaml's): the
+/// first job reads on from its own version and writes its manifest under its job id; the new
+/// upload is a job of its own that owns the usual manifest name. Every row of each version ends
+/// once, in its own job's manifest.
+#[tokio::test]
+async fn a_dataset_overwritten_mid_job_leaves_both_jobs_and_manifests_whole() {
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let key = "uploads/tmpl_blog_card/edited.csv";
+    stack.upload(key, blog_csv(150)).await.unwrap();
+    let first = job_id_of(&stack.ingest(key).await.unwrap()).unwrap();
+    // One chunk of the first job goes out; then the user uploads a corrected file.
+    stack.drain_work_once().await.unwrap();
+    let edited = String::from_utf8(blog_csv(120))
+        .unwrap()
+        .replace("Post", "Edited post");
+    stack.upload(key, edited.into_bytes()).await.unwrap();
+    let second = job_id_of(&stack.ingest(key).await.unwrap()).unwrap();
+    assert_ne!(first, second, "a new version is a new job");
+
+    let done_first = run_until_done(&stack, &first).await;
+    let done_second = run_until_done(&stack, &second).await;
+    assert_eq!(
+        (done_first.counters.rows, done_first.counters.rendered),
+        (150, 150)
+    );
+    assert_eq!(
+        (done_second.counters.rows, done_second.counters.rendered),
+        (120, 120)
+    );
+
+    let usual = stack
+        .get_text("results/tmpl_blog_card/edited.csv.results.jsonl")
+        .await
+        .unwrap();
+    assert_eq!(
+        usual.lines().count(),
+        120,
+        "the usual name holds the newer upload's rows"
+    );
+    assert!(usual.lines().all(|l| l.contains("Edited post")));
+    let older = stack
+        .get_text(&format!(
+            "results/tmpl_blog_card/edited.csv.{first}.results.jsonl"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        older.lines().count(),
+        150,
+        "the older job's rows, from its own version"
+    );
+    assert!(!older.contains("Edited post"));
+    assert_eq!(
+        done_first.manifest.as_ref().map(|m| m.csv.key.clone()),
+        Some(format!(
+            "results/tmpl_blog_card/edited.csv.{first}.results.csv"
+        ))
+    );
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
+}

@@ -122,14 +122,26 @@ pub fn job_spec(
     })
 }
 
-pub fn manifest_location(upload: &ObjectRef, settings: &Settings) -> ManifestLocation {
+/// Where a job's manifest goes: `results/<path under uploads/>.results.{csv,jsonl}`. A job whose
+/// upload was overwritten before its manifest was written (`superseded_by` the newer upload)
+/// writes `….<job id>.results.…` instead: the usual name belongs to the newer upload's job, which
+/// an older job finishing later must not overwrite.
+pub fn manifest_location(
+    upload: &ObjectRef,
+    superseded: Option<&JobId>,
+    settings: &Settings,
+) -> ManifestLocation {
     let relative = upload
         .key
         .strip_prefix(&settings.upload_prefix)
         .unwrap_or(&upload.key);
+    let job = superseded.map(|id| format!(".{id}")).unwrap_or_default();
     let at = |suffix: &str| ObjectRef {
         bucket: upload.bucket.clone(),
-        key: format!("{}{relative}.results.{suffix}", settings.results_prefix),
+        key: format!(
+            "{}{relative}{job}.results.{suffix}",
+            settings.results_prefix
+        ),
     };
     ManifestLocation {
         csv: at("csv"),
@@ -214,8 +226,13 @@ mod tests {
             key: "uploads/t/x.csv".into(),
         };
         assert_eq!(
-            manifest_location(&up, &s).csv.key,
+            manifest_location(&up, None, &s).csv.key,
             "results/t/x.csv.results.csv"
+        );
+        let older = JobId::for_upload("b", "uploads/t/x.csv", "v1");
+        assert_eq!(
+            manifest_location(&up, Some(&older), &s).jsonl.key,
+            format!("results/t/x.csv.{older}.results.jsonl")
         );
     }
 }

@@ -175,6 +175,17 @@ impl Stack {
                     crate::iam::REGION
                 );
                 create_bucket(&s3c, &name).await?;
+                // As template.yaml's bucket: versioned.
+                s3c.put_bucket_versioning()
+                    .bucket(&name)
+                    .versioning_configuration(
+                        aws_sdk_s3::types::VersioningConfiguration::builder()
+                            .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .sdk_context("enable versioning")?;
                 name
             }
             (Some(name), false) => {

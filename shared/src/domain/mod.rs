@@ -300,6 +300,11 @@ pub struct PartsSent {
 pub struct ManifestCheckpoint {
     /// The finish this manifest belongs to (`Job::reopened`): a later finish starts afresh.
     pub generation: u32,
+    /// Written beside the upload's usual manifest, under the job's id: a newer upload of the same
+    /// key owns the usual name (`layout::manifest_location`). Kept so a writer that takes over
+    /// finishes the same objects.
+    #[serde(default)]
+    pub superseded: bool,
     pub position: ReadPosition,
     /// The page of the job's first chunks that holds the next rows starts at this sequence.
     pub page_seq: u32,

@@ -210,20 +210,34 @@ impl PartWriter {
 }
 
 impl Pipeline {
+    /// Whether the job's upload has been overwritten since the job read it (a newer version, or
+    /// a different ETag, is now at its key). Its rows are still read from the job's own version
+    /// (a versioned bucket keeps it). A deleted upload has no newer job: not superseded.
+    async fn upload_superseded(&self, job: &Job) -> Result<bool, StepError> {
+        let bare = |version: &str| version.trim_matches('"').to_owned();
+        let current = self.objects.version(&job.source).await?;
+        Ok(current.is_some_and(|v| bare(&v) != bare(&job.source_version)))
+    }
+
     /// Writes both manifest files for a job and returns what they contain. A job in
     /// `finishing` whose last writer died part-way is carried on from that writer's checkpoint.
     pub async fn write_manifest(&self, job: &Job) -> Result<ManifestSummary, StepError> {
-        let location = layout::manifest_location(&job.source, &self.settings);
+        let resumed = job
+            .manifest_checkpoint
+            .as_ref()
+            .filter(|c| job.status == JobStatus::Finishing && c.generation == job.reopened);
+        let superseded = match resumed {
+            Some(at) => at.superseded,
+            None => self.upload_superseded(job).await?,
+        };
+        let location =
+            layout::manifest_location(&job.source, superseded.then_some(&job.id), &self.settings);
         let format =
             DatasetFormat::from_key(&job.source.key).ok_or_else(|| StepError::Unreadable {
                 what: job.source.to_string(),
                 reason: "not a dataset (.csv, .json, .jsonl)".into(),
             })?;
         let (mut first, reopened) = self.scan_chunks(&job.id).await?;
-        let resumed = job
-            .manifest_checkpoint
-            .as_ref()
-            .filter(|c| job.status == JobStatus::Finishing && c.generation == job.reopened);
         if let Some(at) = resumed {
             first.next_seq = at.page_seq;
             info!(job_id = %job.id, from_row = at.position.rows, parts = at.csv.parts.len(), "manifest carried on from its checkpoint");
@@ -347,6 +361,7 @@ impl Pipeline {
                 };
                 let checkpoint = ManifestCheckpoint {
                     generation: job.reopened,
+                    superseded,
                     position,
                     page_seq: first.page_seq,
                     csv: csv_sent,
