@@ -436,6 +436,12 @@ pub struct StubPictify {
 
 #[async_trait]
 impl PictifyApi for StubPictify {
+    async fn list_subscriptions(
+        &self,
+    ) -> Result<Vec<shared::pictify::wire::Subscription>, PictifyError> {
+        Ok(Vec::new())
+    }
+
     async fn render_batch(
         &self,
         _template_id: &str,

@@ -22,11 +22,8 @@ use tracing::info;
 
 use crate::{Failure, Outcome};
 
-const EVENTS: [&str; 3] = [
-    event_names::RENDER_COMPLETED,
-    event_names::RENDER_FAILED,
-    event_names::BATCH_COMPLETED,
-];
+/// The reconciler checks these same subscriptions (`WEBHOOK_URL`).
+const EVENTS: [&str; 3] = shared::pipeline::subscriptions::NEEDED_EVENTS;
 const API_KEY_FIELD: &str = "pictifyApiKey";
 const SECRETS_FIELD: &str = "webhookSecrets";
 

@@ -14,7 +14,7 @@ use crate::domain::{
     JobStep, ManifestCheckpoint, ManifestLocation, ObjectRef,
 };
 use crate::pictify::PictifyError;
-use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
+use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, Subscription};
 
 /// An error from an adapter: what failed, and whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
@@ -408,6 +408,8 @@ pub trait PictifyApi: Send + Sync {
         idempotency_key: &str,
     ) -> Result<BatchAccepted, PictifyError>;
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError>;
+    /// The account's webhook subscriptions, with their status and failure counts.
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError>;
 }
 
 /// What an alert is about; its wire name is the snake_case form (`batch_high_failure_rate`).
@@ -426,6 +428,9 @@ pub enum AlertKind {
     JobDeadlineExceeded,
     /// A job reached its final status; its manifest is written.
     JobFinished,
+    /// A Pictify subscription the stack needs is failed, paused or missing: its events are lost
+    /// while it is (once per subscription and state).
+    WebhookSubscriptionUnhealthy,
 }
 
 impl AlertKind {
@@ -437,6 +442,7 @@ impl AlertKind {
             AlertKind::ChunkUnsubmittable => "chunk_unsubmittable",
             AlertKind::JobDeadlineExceeded => "job_deadline_exceeded",
             AlertKind::JobFinished => "job_finished",
+            AlertKind::WebhookSubscriptionUnhealthy => "webhook_subscription_unhealthy",
         }
     }
 }
@@ -514,5 +520,9 @@ impl PictifyApi for crate::pictify::PictifyClient {
 
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         crate::pictify::PictifyClient::get_batch_results(self, batch_id).await
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError> {
+        crate::pictify::PictifyClient::list_subscriptions(self).await
     }
 }

@@ -32,6 +32,9 @@ pub struct Settings {
     pub stuck_after: Duration,
     /// A job not finished this long after its upload raises one `job_deadline_exceeded` alert.
     pub job_deadline: Duration,
+    /// The stack's own webhook URL (`WEBHOOK_URL`): the reconciler checks that Pictify's
+    /// subscriptions to it are alive for every event the stack needs. `None`: not checked.
+    pub webhook_url: Option<String>,
     /// What happens to rows Pictify rendered whose `render.completed` (their URL) never came.
     pub missing_url_policy: MissingUrlPolicy,
     /// How hard the pipeline may drive the customer's Pictify account.
@@ -172,6 +175,7 @@ impl Default for Settings {
             signature_tolerance: Duration::from_secs(300),
             stuck_after: Duration::from_secs(900),
             job_deadline: Duration::from_secs(6 * 3600),
+            webhook_url: None,
             missing_url_policy: MissingUrlPolicy::Leave,
             pacing: Pacing::unlimited(),
             ingest_handoff_margin: Duration::from_secs(60),
@@ -323,6 +327,7 @@ impl Settings {
                 WEBHOOK_BODY_CAP as f64,
             )? as usize;
         }
+        s.webhook_url = get("WEBHOOK_URL").filter(|url| !url.trim().is_empty());
         if let Some(v) = get("MAX_UPLOAD_BYTES") {
             s.max_upload_bytes =
                 parse_in("MAX_UPLOAD_BYTES", &v, 1.0, MAX_S3_OBJECT as f64)? as u64;

@@ -313,6 +313,12 @@ struct NoApiKey;
 
 #[async_trait]
 impl PictifyApi for NoApiKey {
+    async fn list_subscriptions(
+        &self,
+    ) -> Result<Vec<crate::pictify::wire::Subscription>, PictifyError> {
+        Err(no_api_key())
+    }
+
     async fn render_batch(
         &self,
         _template_id: &str,

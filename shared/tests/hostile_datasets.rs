@@ -140,6 +140,12 @@ struct AcceptAll;
 
 #[async_trait]
 impl PictifyApi for AcceptAll {
+    async fn list_subscriptions(
+        &self,
+    ) -> Result<Vec<shared::pictify::wire::Subscription>, PictifyError> {
+        Ok(Vec::new())
+    }
+
     async fn render_batch(
         &self,
         _template: &str,

@@ -34,6 +34,12 @@ struct InstantPictify {
 
 #[async_trait]
 impl PictifyApi for InstantPictify {
+    async fn list_subscriptions(
+        &self,
+    ) -> Result<Vec<shared::pictify::wire::Subscription>, PictifyError> {
+        Ok(Vec::new())
+    }
+
     async fn render_batch(
         &self,
         _template: &str,

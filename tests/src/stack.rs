@@ -56,6 +56,8 @@ pub struct StackOptions {
     /// ([`crate::iam`]), wired by the production wiring from its template environment (where
     /// `settings` give way to the template's values, apart from the retry delay and submit grace).
     pub iam: bool,
+    /// The emulator's webhook retry schedule (1 min … 24 h) times this.
+    pub webhook_retry_scale: f64,
     /// Under `iam`: template.yaml parameters other than their defaults (e.g. `MaxAttempts`).
     pub template_parameters: Vec<(&'static str, String)>,
 }
@@ -79,6 +81,7 @@ impl Default for StackOptions {
             time_scale: 1.0,
             events: vec!["render.completed", "render.failed", "batch.completed"],
             iam: false,
+            webhook_retry_scale: 0.001,
             template_parameters: Vec::new(),
         }
     }
@@ -131,6 +134,8 @@ pub struct Stack {
     pub alerts: Arc<MemoryAlerts>,
     pub emulator: RunningEmulator,
     pub webhook_secret: String,
+    /// Where the emulator delivers webhooks: the stack's "function URL".
+    pub webhook_url: String,
     /// Every AWS request the pipeline's clients sent.
     pub requests: RequestCounter,
     _data: tempfile::TempDir,
@@ -217,7 +222,7 @@ impl Stack {
                 rasterize: options.rasterize,
                 ..Default::default()
             },
-            webhook_retry_scale: 0.001,
+            webhook_retry_scale: options.webhook_retry_scale,
             plan: options.plan,
             limits: options.limits,
             render_seconds: options.render_seconds,
@@ -313,6 +318,7 @@ impl Stack {
             alerts: memory_alerts,
             emulator,
             webhook_secret,
+            webhook_url: target_url,
             requests,
             _data: data,
         })

@@ -327,3 +327,130 @@ async fn retry_failed_reopens_a_finished_job_for_its_retryable_failures_only() -
     }
     Ok(())
 }
+
+/// Pictify stops delivering to a subscription it paused, or failed after repeated failed
+/// deliveries; every event it carried is lost while it is. The scheduled reconciler reads the
+/// subscriptions to the stack's webhook URL and alerts once per one that is failed, paused or
+/// missing for an event the stack needs.
+#[tokio::test]
+async fn the_reconciler_alerts_once_per_webhook_subscription_that_is_failed_paused_or_missing()
+-> anyhow::Result<()> {
+    use shared::pictify::wire::CreateSubscription;
+    use shared::pictify::{PictifyClient, PictifyConfig};
+
+    let stack = Stack::start(StackOptions {
+        // The emulator's retries (1 min … 24 h) run out in about a second.
+        webhook_retry_scale: 0.000_01,
+        ..StackOptions::default()
+    })
+    .await?;
+    let pictify = PictifyClient::new(PictifyConfig {
+        base_url: stack.emulator.base_url(),
+        api_key: shared::secret::Secret::new(integration_tests::stack::TEST_API_KEY),
+        ..PictifyConfig::default()
+    })?;
+    // A subscription whose secret the stack never stored: every delivery is refused (401), and
+    // Pictify fails it once its retries run out.
+    let stray = pictify
+        .create_subscription(&CreateSubscription {
+            event: "render.completed".into(),
+            target_url: stack.webhook_url.clone(),
+            platform: None,
+            filters: None,
+        })
+        .await?;
+    // The operator paused render.failed's.
+    let render_failed = pictify
+        .list_subscriptions()
+        .await?
+        .into_iter()
+        .find(|s| s.event == "render.failed")
+        .map(|s| s.uid)
+        .unwrap_or_default();
+    let paused = reqwest::Client::new()
+        .put(format!(
+            "{}/webhook-subscriptions/{render_failed}",
+            stack.emulator.base_url()
+        ))
+        .bearer_auth(integration_tests::stack::TEST_API_KEY)
+        .json(&serde_json::json!({ "status": "paused" }))
+        .send()
+        .await?;
+    anyhow::ensure!(paused.status().is_success(), "pause: {}", paused.status());
+
+    let key = "uploads/tmpl_blog_card/subs.csv";
+    stack.upload(key, blog_csv(20)).await?;
+    let job = job_id_of(&stack.ingest(key).await?)?;
+    let done = stack.run_until_done(&job, Duration::from_secs(60)).await?;
+    assert_eq!(
+        done.counters.rendered, 20,
+        "the stack's own subscriptions still deliver"
+    );
+    // Someone deleted batch.completed's: "missing".
+    let batch_completed = pictify
+        .list_subscriptions()
+        .await?
+        .into_iter()
+        .find(|s| s.event == "batch.completed")
+        .map(|s| s.uid)
+        .unwrap_or_default();
+    pictify.delete_subscription(&batch_completed).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pictify
+        .list_subscriptions()
+        .await?
+        .iter()
+        .all(|s| s.uid != stray.uid || s.status.as_deref() != Some("failed"))
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the stray subscription never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut pipeline = stack.pipeline.clone();
+    pipeline.settings.webhook_url = Some(stack.webhook_url.clone());
+    let pass = || {
+        let pipeline = pipeline.clone();
+        async move {
+            let event = lambda_runtime::LambdaEvent::new(
+                serde_json::json!({ "source": "aws.events" }),
+                lambda_runtime::Context::default(),
+            );
+            reconciler::function_handler(&pipeline, event)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    };
+    let first = pass().await?;
+    assert_eq!(first["unhealthySubscriptions"], 3, "{first}");
+    let alerts: Vec<String> = stack
+        .alerts
+        .alerts()
+        .into_iter()
+        .filter(|a| a.kind == "webhook_subscription_unhealthy")
+        .map(|a| a.message)
+        .collect();
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
+    assert!(
+        alerts
+            .iter()
+            .any(|m| m.contains("no subscription sending batch.completed"))
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|m| m.contains(&stray.uid) && m.contains("is failed"))
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|m| m.contains(&render_failed) && m.contains("is paused"))
+    );
+    // Still unhealthy on the next pass (the gauge says so), but alerted once.
+    let second = pass().await?;
+    assert_eq!(second["unhealthySubscriptions"], 3);
+    assert_eq!(stack.alerts_of_kind("webhook_subscription_unhealthy"), 3);
+    Ok(())
+}

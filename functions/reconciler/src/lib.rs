@@ -2,6 +2,7 @@
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
+use shared::metrics::{self, Unit};
 use shared::pipeline::{Pipeline, ReconcileReport, StepError};
 use tracing::error;
 
@@ -37,6 +38,19 @@ pub async fn function_handler(
     _event: LambdaEvent<Value>,
 ) -> Result<Value, ReconcileError> {
     let report = pipeline.reconcile(pipeline.settings.stuck_after).await?;
+    // Gauges for the alarms that stay on while a job is overdue or a subscription is down
+    // (JobDeadlineAlarm, WebhookSubscriptionAlarm); the alerts themselves go out once.
+    metrics::emit(
+        &[
+            ("JobsPastDeadline", report.past_deadline as f64, Unit::Count),
+            (
+                "WebhookSubscriptionsUnhealthy",
+                report.unhealthy_subscriptions as f64,
+                Unit::Count,
+            ),
+        ],
+        &[],
+    );
     if report.errors > 0 {
         error!(errors = report.errors, "reconcile pass left errors");
         return Err(ReconcileError::Jobs { report });

@@ -32,6 +32,7 @@ mod payload;
 mod reconcile;
 mod reopen;
 mod submit;
+pub mod subscriptions;
 mod webhook;
 mod window;
 

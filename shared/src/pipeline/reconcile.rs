@@ -28,6 +28,11 @@ pub struct ReconcileReport {
     pub finished: u64,
     /// Jobs past their deadline, alerted now (each job is alerted once).
     pub overdue: u64,
+    /// Active jobs past their deadline now, alerted or not (the `JobsPastDeadline` metric).
+    pub past_deadline: u64,
+    /// Webhook subscriptions the stack needs that are failed, paused or missing now (the
+    /// `WebhookSubscriptionsUnhealthy` metric; each is alerted once).
+    pub unhealthy_subscriptions: u64,
     /// Window slots still held for chunks that are done (a crash after the completion).
     pub released: u64,
     /// Parked chunks handed a free slot.
@@ -89,6 +94,15 @@ impl Pipeline {
                 warn!(job_id = %id, error = %e, "reconciling the job failed; the next pass retries");
             }
         }
+        if let Some(url) = &self.settings.webhook_url {
+            match self.check_subscriptions(url).await {
+                Ok(unhealthy) => report.unhealthy_subscriptions = unhealthy,
+                Err(e) => {
+                    report.errors += 1;
+                    warn!(error = %e, "checking the webhook subscriptions failed; the next pass retries");
+                }
+            }
+        }
         info!(
             jobs = report.jobs,
             polled = report.polled,
@@ -96,6 +110,8 @@ impl Pipeline {
             resent = report.resent,
             finished = report.finished,
             overdue = report.overdue,
+            past_deadline = report.past_deadline,
+            unhealthy_subscriptions = report.unhealthy_subscriptions,
             released = report.released,
             handed_over = report.handed_over,
             ingests_resumed = report.ingests_resumed,
@@ -302,7 +318,11 @@ impl Pipeline {
         let deadline = i64::try_from(self.settings.job_deadline.as_secs()).unwrap_or(i64::MAX);
         let age = now.saturating_sub(job.created_at);
         let kind = AlertKind::JobDeadlineExceeded;
-        if age <= deadline || !self.store.claim_alert(&job.id, kind.as_str(), now).await? {
+        if age <= deadline {
+            return Ok(());
+        }
+        report.past_deadline += 1;
+        if !self.store.claim_alert(&job.id, kind.as_str(), now).await? {
             return Ok(());
         }
         report.overdue += 1;

@@ -40,6 +40,12 @@ struct ScriptedPictify {
 
 #[async_trait]
 impl crate::ports::PictifyApi for ScriptedPictify {
+    async fn list_subscriptions(
+        &self,
+    ) -> Result<Vec<crate::pictify::wire::Subscription>, PictifyError> {
+        Ok(Vec::new())
+    }
+
     async fn render_batch(
         &self,
         _t: &str,
