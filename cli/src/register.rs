@@ -15,7 +15,7 @@ use clap::Args;
 use clap::builder::PossibleValuesParser;
 use serde_json::{Map, Value};
 use shared::pictify::client::DEFAULT_BASE_URL;
-use shared::pictify::wire::{CreateSubscription, Subscription, event_names};
+use shared::pictify::wire::{CreateSubscription, Subscription};
 use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
 use shared::secret::Secret;
 use tracing::info;

@@ -19,8 +19,9 @@ use shared::domain::Job;
 use shared::ports::ChunkLedger as _;
 
 /// Runs the CLI as the operator, with the functions' settings (what docs/deploy.md tells an
-/// operator to export) and the operator's own credentials.
-fn operator(stack: &Stack, args: &[&str]) -> Output {
+/// operator to export) and the operator's own credentials. Off the runtime's thread: the
+/// emulator it may call runs on that runtime.
+async fn operator(stack: &Stack, args: &[&str]) -> Output {
     let principals = stack.principals.as_ref().unwrap();
     let environment = &principals.submitter.environment;
     let mut command = Command::new(env!("CARGO_BIN_EXE_pictify-batch"));
@@ -49,8 +50,10 @@ fn operator(stack: &Stack, args: &[&str]) -> Output {
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("PICTIFY_API_KEY")
         .env_remove("WEBHOOK_SECRETS")
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
         .unwrap()
 }
 
@@ -188,18 +191,35 @@ async fn each_function_under_its_own_template_policy_renders_a_faulty_job_and_th
 
     // The operator: status, retry-failed (the image host is back), the repaired job, reconcile.
     stack.emulator.set_faults(Faults::default());
-    let status = succeeded(&operator(&stack, &["status", job.as_str()]));
+    let status = succeeded(&operator(&stack, &["status", job.as_str()]).await);
     assert!(status.contains(job.as_str()), "{status}");
-    let retried = succeeded(&operator(&stack, &["retry-failed", job.as_str()]));
+    let retried = succeeded(&operator(&stack, &["retry-failed", job.as_str()]).await);
     assert!(retried.contains("reopened"), "{retried}");
     let again = run_until_done(&stack, &job).await;
     assert_eq!(again.reopened, 1);
     assert!(again.counters.failed < c.failed, "{:?}", again.counters);
     assert_eq!(again.counters.in_flight(), 0);
-    let report = succeeded(&operator(&stack, &["reconcile"]));
+    let report = succeeded(&operator(&stack, &["reconcile"]).await);
     assert!(report.contains("\"errors\": 0"), "{report}");
-    let printed = succeeded(&operator(&stack, &["results", job.as_str(), "--print"]));
+    let printed = succeeded(&operator(&stack, &["results", job.as_str(), "--print"]).await);
     assert_eq!(printed.lines().count(), 301, "header + one line per row");
+    let resumed = succeeded(&operator(&stack, &["resume-submissions"]).await);
+    assert!(resumed.contains("were not paused"), "{resumed}");
+    let secret_arn = &principals.submitter.environment["SECRET_ARN"];
+    let registered = succeeded(
+        &operator(
+            &stack,
+            &[
+                "register-webhooks",
+                "--url",
+                &stack.webhook_url,
+                "--secret-id",
+                secret_arn,
+            ],
+        )
+        .await,
+    );
+    assert!(registered.contains("render.completed"), "{registered}");
 
     // Both finishes reached the topic.
     let mut finished = 0;
@@ -325,7 +345,7 @@ async fn the_operator_replays_a_dead_chunk_and_its_rows_still_end_once() {
     }
     assert!(!stack.job(&job).await.unwrap().status.is_terminal());
 
-    let replay = operator(&stack, &["redrive"]);
+    let replay = operator(&stack, &["redrive"]).await;
     assert_eq!(replay.status.code(), Some(2), "a message was left: exit 2");
     let said = String::from_utf8_lossy(&replay.stdout);
     assert!(

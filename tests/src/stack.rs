@@ -279,6 +279,7 @@ impl Stack {
                 api_key: TEST_API_KEY,
                 webhook_secret: &webhook_secret,
                 pictify_url: &emulator.base_url(),
+                webhook_url: &target_url,
                 parameters: &options.template_parameters,
             };
             let (functions, principals) =
@@ -659,6 +660,7 @@ struct IamResources<'a> {
     api_key: &'a str,
     webhook_secret: &'a str,
     pictify_url: &'a str,
+    webhook_url: &'a str,
     parameters: &'a [(&'static str, String)],
 }
 
@@ -706,6 +708,7 @@ async fn wire_under_iam(
             "WorkDeadLetterQueue.QueueName": queue_name(r.dlq_url),
             "AlertTopic.TopicName": r.topic.rsplit(':').next().unwrap_or_default(),
             "AlertTopicKey.Arn": format!("arn:aws:kms:{region}:{account}:key/{key_id}"),
+            "WebhookFunctionUrl.FunctionUrl": r.webhook_url,
         },
         "parameters": parameters,
     });
