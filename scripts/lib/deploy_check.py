@@ -484,6 +484,15 @@ def main():
     nc = R["UploadBucket"]["Properties"].get("NotificationConfiguration", {}).get("LambdaConfigurations", [])
     rep.check(len(nc) == 1 and nc[0]["Function"] == {"Fn::GetAtt": ["IngestFunction", "Arn"]}
               and nc[0]["Event"] == "s3:ObjectCreated:*", "[template] bucket ObjectCreated -> IngestFunction")
+    bucket = R["UploadBucket"]["Properties"]
+    rep.check(bucket.get("VersioningConfiguration", {}).get("Status") == "Enabled",
+              "[template] bucket versioned (a dataset overwritten mid-job keeps its job's version)")
+    block = bucket.get("PublicAccessBlockConfiguration", {})
+    rep.check(all(block.get(k) is True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls",
+                                                   "RestrictPublicBuckets")),
+              "[template] bucket public access blocked")
+    rep.check(bool(bucket.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration")),
+              "[template] bucket encrypted")
     for f, g in zip(FUNCTIONS, ["Ingest", "Submitter", "Webhook", "Reconciler"]):
         rep.check(R[f]["Properties"].get("LoggingConfig", {}).get("LogGroup") == {"Ref": f"{g}LogGroup"},
                   f"[template] {f} LoggingConfig.LogGroup -> {g}LogGroup")
