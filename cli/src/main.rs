@@ -1,7 +1,8 @@
-//! `pictify-batch`: render a dataset to images on this machine with the pipeline's own steps
-//! (`run`), and operate a deployed stack (`status`, `results`, `retry-failed`, `reconcile`,
+//! `pictify-batch`: check a dataset before spending (`check`), render it to images on this
+//! machine with the pipeline's own steps (`run`), and operate a deployed stack (`status`, `results`, `retry-failed`, `reconcile`,
 //! `redrive`, `resume-submissions`, `register-webhooks`).
 
+mod check;
 mod ops;
 mod output;
 mod prepare;
@@ -34,6 +35,9 @@ enum Command {
     /// Render a CSV / JSON / JSON Lines dataset locally (in-process emulator by default).
     #[command(after_help = EXIT_CODES)]
     Run(Box<run::RunArgs>),
+    /// Check a dataset against a template before spending anything: rows that would be rejected or
+    /// fail (with codes), unreachable images, duplicates, and the credits, requests and time on a plan.
+    Check(Box<check::CheckArgs>),
     /// A job's counters, failure rate, invariant, oldest in-flight chunk and rejected samples.
     Status(ops::JobArgs),
     /// Where a job's results manifest is (or print it with --print).
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
+            Command::Check(args) => check::check(*args).await,
             Command::Status(args) => ops::status(args).await,
             Command::Results(args) => ops::results(args).await,
             Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,

@@ -263,7 +263,7 @@ fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
 
 /// A relative path (no scheme) becomes a `file://` URL of the file beside the dataset. Missing
 /// files are resolved too, so the render fails with IMAGE_FETCH_FAILED naming the full path.
-fn resolve_value(base: &Path, value: &str) -> String {
+pub(crate) fn resolve_value(base: &Path, value: &str) -> String {
     let trimmed = value.trim();
     let has_scheme = trimmed.contains("://") || trimmed.starts_with("data:");
     if trimmed.is_empty() || has_scheme {

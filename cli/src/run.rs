@@ -196,7 +196,7 @@ async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
     };
     check_options(args)?;
     let dataset = prepare::check_dataset(&args.dataset, &options)?;
-    let templates = emulator_templates(args)?;
+    let templates = emulator_templates(args.templates.as_deref())?;
     check_template(args, &templates).await?;
 
     let out = OutDir::new(args.out.clone());
@@ -511,9 +511,12 @@ fn check_options(args: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn emulator_templates(args: &RunArgs) -> Result<pictify_emulator::render::TemplateStore, Failure> {
+/// The bundled templates, plus those in `dir` (`--templates`).
+pub(crate) fn emulator_templates(
+    dir: Option<&std::path::Path>,
+) -> Result<pictify_emulator::render::TemplateStore, Failure> {
     let mut templates = pictify_emulator::render::TemplateStore::bundled();
-    if let Some(dir) = &args.templates {
+    if let Some(dir) = dir {
         let extra = pictify_emulator::render::TemplateStore::load_dir(dir)
             .map_err(|e| Failure::usage(format!("--templates {}: {e:#}", dir.display())))?;
         templates.merge(extra);

@@ -45,6 +45,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/templates/{uid}/batch-render", post(submit))
         .route("/templates/batch/{id}/results", get(results))
         .route("/templates/batch/{id}/cancel", post(cancel))
+        .route("/templates/{uid}/variables", get(template_variables))
         .route(
             "/webhook-subscriptions",
             get(subscriptions::list).post(subscriptions::create),
@@ -416,6 +417,41 @@ async fn results(
         .get(&id)
         .ok_or_else(|| ApiError::not_found("Batch"))?;
     Ok(Json(batch::results(batch)).into_response())
+}
+
+/// `GET /templates/{uid}/variables`: the template's variable definitions, as Pictify documents
+/// them (`pictify-batch check` reads them before anything is billed).
+async fn template_variables(
+    State(state): State<Arc<AppState>>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let template = state
+        .templates
+        .get(&uid)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("Template"))?;
+    let variables: Vec<Value> = template
+        .variables
+        .iter()
+        .map(|def| {
+            json!({
+                "name": def.name,
+                "type": def.kind.as_deref().unwrap_or("text"),
+                "defaultValue": def.default,
+                "validation": {
+                    "required": def.required,
+                    "minLength": def.min_length,
+                    "maxLength": def.max_length,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "templateUid": template.id,
+        "templateName": template.name,
+        "variables": variables,
+    }))
+    .into_response())
 }
 
 /// Cancels a non-terminal batch: unstarted items are skipped, items in flight keep their result.

@@ -59,6 +59,20 @@ impl<'a> TemplateScope<'a> {
                 ),
             });
         }
+        let misfits: Vec<String> = template
+            .variables
+            .iter()
+            .filter_map(|def| match values.get(&def.name) {
+                None | Some(Value::Null) => None,
+                Some(value) => def.misfit(value),
+            })
+            .collect();
+        if !misfits.is_empty() {
+            return Err(ItemError {
+                code: error_codes::INVALID_VARIABLE,
+                message: format!("{} (template '{}')", misfits.join("; "), template.id),
+            });
+        }
         let declared = template.variables.iter().map(|d| d.name.as_str()).collect();
         Ok(Self { values, declared })
     }
@@ -339,6 +353,9 @@ mod tests {
             name: name.into(),
             required,
             default,
+            kind: None,
+            min_length: None,
+            max_length: None,
         };
         Template {
             id: "tmpl_test".into(),

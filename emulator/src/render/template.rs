@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// One variable definition from a template's sidecar.
+/// One variable definition from a template's sidecar (Pictify's `VariableDefinition`: a type
+/// and validation besides the name, requiredness and default).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VariableDef {
@@ -16,6 +17,75 @@ pub struct VariableDef {
     pub required: bool,
     #[serde(default)]
     pub default: Option<Value>,
+    /// `text` (the default), `number`, `boolean`, `image` or `color`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub min_length: Option<usize>,
+    #[serde(default)]
+    pub max_length: Option<usize>,
+}
+
+impl VariableDef {
+    /// Why `value` (present, not null) does not fit this variable, if it does not: the
+    /// `INVALID_VARIABLE` a render of it fails with. Dataset values arrive as text (CSV), so a
+    /// number or a boolean may be spelled as one.
+    pub fn misfit(&self, value: &Value) -> Option<String> {
+        let text = match value {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        };
+        let kind_ok = match self.kind.as_deref().unwrap_or("text") {
+            "number" => {
+                value.is_number()
+                    || text.is_some_and(|t| t.trim().parse::<f64>().is_ok_and(f64::is_finite))
+            }
+            "boolean" => {
+                value.is_boolean() || text.is_some_and(|t| matches!(t.trim(), "true" | "false"))
+            }
+            "image" => text.is_some_and(|t| {
+                ["http://", "https://", "data:image/", "file://"]
+                    .iter()
+                    .any(|scheme| t.starts_with(scheme))
+            }),
+            _ => true,
+        };
+        if !kind_ok {
+            let kind = self.kind.as_deref().unwrap_or("text");
+            return Some(format!(
+                "'{}' must be {} (got {value})",
+                self.name,
+                article(kind)
+            ));
+        }
+        let length = text.map(|t| t.chars().count());
+        if let (Some(length), Some(max)) = (length, self.max_length)
+            && length > max
+        {
+            return Some(format!(
+                "'{}' is {length} characters long (at most {max})",
+                self.name
+            ));
+        }
+        if let (Some(length), Some(min)) = (length, self.min_length)
+            && length < min
+        {
+            return Some(format!(
+                "'{}' is {length} characters long (at least {min})",
+                self.name
+            ));
+        }
+        None
+    }
+}
+
+fn article(kind: &str) -> String {
+    match kind {
+        "image" => "an image URL (http, https, data: or file:)".into(),
+        "number" => "a number".into(),
+        "boolean" => "true or false".into(),
+        other => format!("a {other}"),
+    }
 }
 
 /// A loaded template.
@@ -225,6 +295,7 @@ impl Template {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn write(dir: &Path, name: &str, body: &str) {
         std::fs::write(dir.join(name), body).unwrap();
@@ -303,5 +374,41 @@ mod tests {
     #[test]
     fn missing_directory_is_an_error() {
         assert!(TemplateStore::load_dir(Path::new("/nonexistent/templates")).is_err());
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_its_type_or_length_is_named() {
+        let def = |kind: &str, min: Option<usize>, max: Option<usize>| VariableDef {
+            name: "v".into(),
+            required: false,
+            default: None,
+            kind: Some(kind.into()),
+            min_length: min,
+            max_length: max,
+        };
+        let number = def("number", None, None);
+        // CSV cells are text: a number may be spelled as one.
+        for fits in [json!(4.5), json!("4.5"), json!(" 12 ")] {
+            assert_eq!(number.misfit(&fits), None, "{fits}");
+        }
+        let misfit = number.misfit(&json!("great")).unwrap();
+        assert!(misfit.contains("'v' must be a number"), "{misfit}");
+        assert!(def("boolean", None, None).misfit(&json!("yes")).is_some());
+        assert_eq!(def("boolean", None, None).misfit(&json!("true")), None);
+        let image = def("image", None, None);
+        assert_eq!(image.misfit(&json!("https://x.test/a.png")), None);
+        assert_eq!(image.misfit(&json!("file:///tmp/a.png")), None);
+        assert!(
+            image.misfit(&json!("images/a.png")).is_some(),
+            "a bare path is no URL"
+        );
+        let text = def("text", Some(2), Some(5));
+        assert_eq!(text.misfit(&json!("abc")), None);
+        assert!(
+            text.misfit(&json!("ab\u{e9}cde"))
+                .unwrap()
+                .contains("6 characters long (at most 5)")
+        );
+        assert!(text.misfit(&json!("a")).unwrap().contains("at least 2"));
     }
 }
