@@ -76,7 +76,7 @@ pub struct CheckArgs {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RowProblem {
-    /// 1-based, as `results.csv` numbers rows.
+    /// 0-based data row, as the results manifest's `row` (the CSV header is not a row).
     pub row: u64,
     /// `REJECTED` (the pipeline would not send it) or the error code its render would fail with.
     pub code: String,
@@ -88,7 +88,7 @@ pub struct RowProblem {
 pub struct ImageProblem {
     pub url: String,
     pub reason: String,
-    /// The rows that use it (1-based).
+    /// The rows that use it.
     pub rows: Vec<u64>,
 }
 
@@ -121,7 +121,7 @@ pub struct Report {
     pub would_fail: u64,
     /// Distinct (template, variables) among the rows the template accepts (before image probes).
     pub distinct_renders: u64,
-    /// Rows whose variables repeat an earlier row's: (row, first row), 1-based.
+    /// Rows whose variables repeat an earlier row's: (row, first row).
     pub duplicates: Vec<(u64, u64)>,
     /// Columns no template variable reads (after the mapping): sent, but unused.
     pub unused_columns: Vec<String>,
@@ -307,7 +307,7 @@ fn read_rows(
             Item::Rejected(r) => {
                 report.rejected += 1;
                 report.problems.push(RowProblem {
-                    row: r.number + 1,
+                    row: r.number,
                     code: "REJECTED".into(),
                     reason: r.reason.to_string(),
                 });
@@ -324,7 +324,7 @@ fn read_rows(
         if let Some(reason) = misfits(definitions, &row.variables) {
             report.would_fail += 1;
             report.problems.push(RowProblem {
-                row: row.number + 1,
+                row: row.number,
                 code: error_codes::INVALID_VARIABLE.into(),
                 reason,
             });
@@ -333,9 +333,9 @@ fn read_rows(
         report.ok += 1;
         let key = fingerprint(&args.template, &row.variables);
         match seen.get(&key) {
-            Some(first) => report.duplicates.push((row.number + 1, *first)),
+            Some(first) => report.duplicates.push((row.number, *first)),
             None => {
-                seen.insert(key, row.number + 1);
+                seen.insert(key, row.number);
             }
         }
     }
@@ -419,7 +419,7 @@ async fn probe_images(
     let mut urls: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for item in reader.flatten() {
         let Item::Valid(row) = item else { continue };
-        if failing.contains(&(row.number + 1)) {
+        if failing.contains(&row.number) {
             continue;
         }
         for (name, value) in &row.variables {
@@ -436,7 +436,7 @@ async fn probe_images(
             let remote = url.starts_with("http://") || url.starts_with("https://");
             let local = url.starts_with("file://");
             if remote || (local && images.contains(&name.as_str())) || (local && is_file_column) {
-                urls.entry(url).or_default().push(row.number + 1);
+                urls.entry(url).or_default().push(row.number);
             }
         }
     }

@@ -81,7 +81,11 @@ fn the_example_products_are_checked_without_rendering_and_its_missing_images_fou
         "{text}"
     );
     assert!(text.contains("IMAGE_FETCH_FAILED (4)"), "{text}");
-    assert!(text.contains("missing-024.png"), "{text}");
+    // Row numbers are the manifest's (0-based): the 25th product is row 24.
+    assert!(
+        text.contains("row 24: file://") && text.contains("missing-024.png: no such file"),
+        "{text}"
+    );
     assert!(
         text.contains("on Pro: 96 credits (of 5000 a month), 1 batch(es), 2 requests"),
         "{text}"
@@ -133,10 +137,10 @@ async fn every_kind_of_problem_is_named_with_its_row_and_code() {
     assert_eq!(
         problems,
         vec![
-            (2, "REJECTED".into()),
-            (3, "INVALID_VARIABLE".into()),
-            (5, "IMAGE_FETCH_FAILED".into()),
-            (7, "IMAGE_FETCH_FAILED".into()),
+            (1, "REJECTED".into()),
+            (2, "INVALID_VARIABLE".into()),
+            (4, "IMAGE_FETCH_FAILED".into()),
+            (6, "IMAGE_FETCH_FAILED".into()),
         ]
     );
     let reasons = r["problems"].to_string();
@@ -147,8 +151,8 @@ async fn every_kind_of_problem_is_named_with_its_row_and_code() {
     assert!(reasons.contains("'rating' must be a number"), "{reasons}");
     assert!(reasons.contains("HTTP 404"), "{reasons}");
     assert!(reasons.contains("no such file"), "{reasons}");
-    // Row 6 repeats row 1: both render (and bill). Distinct among the rows the template accepts.
-    assert_eq!(r["duplicates"], serde_json::json!([[6, 1]]));
+    // Row 5 repeats row 0 (0-based data rows, as in the manifest): both render (and bill). Distinct among the rows the template accepts.
+    assert_eq!(r["duplicates"], serde_json::json!([[5, 0]]));
     assert_eq!(r["distinctRenders"], 4);
     assert_eq!(r["unusedColumns"], serde_json::json!(["sku"]));
     // Free: batches of 10 one at a time, 100 renders a month.
