@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use futures::StreamExt as _;
 use pictify_emulator::render::VariableDef;
+use pictify_emulator::render::template::{invalid_variables, with_defaults};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::dataset::{DatasetReader, Item, RowRules, fingerprint};
@@ -148,10 +149,10 @@ pub async fn check(args: CheckArgs) -> Result<Outcome, Failure> {
         ),
         None => (local_definitions(&args)?, "emulator".to_owned()),
     };
-    let mut report = read_rows(&args, &options, &dataset, &definitions)?;
+    let (mut report, images) = read_rows(&args, &options, &dataset, &definitions)?;
     report.definitions_from = from;
     if !args.no_probe {
-        probe_images(&args, &options, &dataset, &definitions, &mut report).await?;
+        probe_images(&args, images, &mut report).await?;
     }
     report.problems.sort_by_key(|p| p.row);
     report.estimate = estimate(args.plan, report.ok);
@@ -260,14 +261,18 @@ async fn remote_definitions(
         .collect())
 }
 
-/// Every row through the pipeline's reader (its rejections), then the template's definitions
-/// (the `INVALID_VARIABLE`s a render would fail with), and duplicates.
+/// The image URLs the rows that would render use, with those rows.
+type ImageUses = BTreeMap<String, Vec<u64>>;
+
+/// One pass over the rows: the pipeline's reader (its rejections), then the template's
+/// definitions (the `INVALID_VARIABLE`s a render would fail with), duplicates, and the image URLs
+/// to probe (memory grows with distinct URLs, not with rows).
 fn read_rows(
     args: &CheckArgs,
     options: &JobOptions,
     dataset: &prepare::CheckedDataset,
     definitions: &[VariableDef],
-) -> Result<Report, Failure> {
+) -> Result<(Report, ImageUses), Failure> {
     let shown = args.dataset.display().to_string();
     let file = File::open(&dataset.path)
         .map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
@@ -299,6 +304,12 @@ fn read_rows(
         image_problems: Vec::new(),
         estimate: estimate(args.plan, 0),
     };
+    let file_variables: Vec<&String> = options
+        .file_columns
+        .iter()
+        .map(|column| options.mapping.get(column).unwrap_or(column))
+        .collect();
+    let mut images = ImageUses::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     for item in reader {
         let item = item.map_err(|e| Failure::usage(format!("dataset {shown}: {e}")))?;
@@ -315,13 +326,12 @@ fn read_rows(
             }
             Item::Valid(row) => row,
         };
-        for column in &options.file_columns {
-            let variable = options.mapping.get(column).unwrap_or(column);
-            if let Some(Value::String(path)) = row.variables.get_mut(variable) {
+        for variable in &file_variables {
+            if let Some(Value::String(path)) = row.variables.get_mut(*variable) {
                 *path = prepare::resolve_value(&base, path);
             }
         }
-        if let Some(reason) = misfits(definitions, &row.variables) {
+        if let Some(reason) = invalid(definitions, &row.variables) {
             report.would_fail += 1;
             report.problems.push(RowProblem {
                 row: row.number,
@@ -331,6 +341,17 @@ fn read_rows(
             continue;
         }
         report.ok += 1;
+        for (name, value) in &row.variables {
+            let Value::String(url) = value else { continue };
+            let remote = url.starts_with("http://") || url.starts_with("https://");
+            let image = definitions
+                .iter()
+                .any(|d| &d.name == name && d.kind.as_deref() == Some("image"));
+            let local = url.starts_with("file://") && (image || file_variables.contains(&name));
+            if remote || local {
+                images.entry(url.clone()).or_default().push(row.number);
+            }
+        }
         let key = fingerprint(&args.template, &row.variables);
         match seen.get(&key) {
             Some(first) => report.duplicates.push((row.number, *first)),
@@ -340,34 +361,23 @@ fn read_rows(
         }
     }
     report.distinct_renders = seen.len() as u64;
-    Ok(report)
+    Ok((report, images))
 }
 
-/// What a render of these variables would fail with, as the emulator decides it
-/// (`TemplateScope::new`): a required variable missing, a value that does not fit its type or
-/// length.
-fn misfits(definitions: &[VariableDef], variables: &Map<String, Value>) -> Option<String> {
-    let mut reasons = Vec::new();
-    for def in definitions {
-        let value = variables.get(&def.name).filter(|v| !v.is_null());
-        let blank = value.is_none_or(|v| v.as_str().is_some_and(str::is_empty));
-        if blank {
-            if def.required && def.default.as_ref().is_none_or(Value::is_null) {
-                reasons.push(format!("required variable '{}' is empty", def.name));
-            }
-            continue;
-        }
-        if let Some(mut reason) = value.and_then(|v| def.misfit(v)) {
-            let bare_path = value
-                .and_then(Value::as_str)
-                .is_some_and(|t| !t.contains(':') && !t.trim().is_empty());
-            if def.kind.as_deref() == Some("image") && bare_path {
-                reason.push_str(" — a file beside the dataset? pass --file-column with its column");
-            }
-            reasons.push(reason);
-        }
+/// What a render of these variables would fail with: the emulator's own rule, plus a hint for
+/// an image given as a bare path.
+fn invalid(definitions: &[VariableDef], variables: &Map<String, Value>) -> Option<String> {
+    let values = with_defaults(definitions, variables);
+    let mut reason = invalid_variables(definitions, &values)?;
+    let bare_image_path = definitions
+        .iter()
+        .filter(|d| d.kind.as_deref() == Some("image"))
+        .filter_map(|d| values.get(&d.name).and_then(Value::as_str))
+        .any(|t| !t.contains(':') && !t.trim().is_empty());
+    if bare_image_path {
+        reason.push_str(" — a file beside the dataset? pass --file-column with its column");
     }
-    (!reasons.is_empty()).then(|| reasons.join("; "))
+    Some(reason)
 }
 
 fn unused_columns(
@@ -385,61 +395,14 @@ fn unused_columns(
         .collect()
 }
 
-/// Probes each distinct image URL the rows that would render use (image-typed variables, and
-/// any http(s) value): HEAD, then GET when HEAD is not allowed; `file://` paths must exist. The
-/// rows behind an unreachable one would fail `IMAGE_FETCH_FAILED`.
+/// Probes each distinct image URL the rows that would render use (image-typed variables,
+/// `--file-column` paths, any http(s) value): HEAD, then GET when HEAD is not allowed; `file://`
+/// paths must exist. The rows behind an unreachable one would fail `IMAGE_FETCH_FAILED`.
 async fn probe_images(
     args: &CheckArgs,
-    options: &JobOptions,
-    dataset: &prepare::CheckedDataset,
-    definitions: &[VariableDef],
+    mut urls: ImageUses,
     report: &mut Report,
 ) -> Result<(), Failure> {
-    let failing: std::collections::HashSet<u64> = report.problems.iter().map(|p| p.row).collect();
-    let images: Vec<&str> = definitions
-        .iter()
-        .filter(|d| d.kind.as_deref() == Some("image"))
-        .map(|d| d.name.as_str())
-        .collect();
-    // Read again rather than keep every row: a dataset may not fit in memory.
-    let file = File::open(&dataset.path)
-        .map_err(|e| Failure::usage(format!("cannot read the dataset: {e}")))?;
-    let rules = RowRules {
-        mapping: options.mapping.clone(),
-        required: options.required.clone(),
-        ..RowRules::default()
-    };
-    let reader = DatasetReader::new(BufReader::new(file), dataset.format, rules)
-        .map_err(|e| Failure::usage(format!("dataset: {e}")))?;
-    let base = dataset
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mut urls: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for item in reader.flatten() {
-        let Item::Valid(row) = item else { continue };
-        if failing.contains(&row.number) {
-            continue;
-        }
-        for (name, value) in &row.variables {
-            let Value::String(text) = value else { continue };
-            let is_file_column = options
-                .file_columns
-                .iter()
-                .any(|c| options.mapping.get(c).unwrap_or(c) == name);
-            let url = if is_file_column {
-                prepare::resolve_value(&base, text)
-            } else {
-                text.trim().to_owned()
-            };
-            let remote = url.starts_with("http://") || url.starts_with("https://");
-            let local = url.starts_with("file://");
-            if remote || (local && images.contains(&name.as_str())) || (local && is_file_column) {
-                urls.entry(url).or_default().push(row.number);
-            }
-        }
-    }
     report.images_probed = urls.len() as u64;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.probe_timeout))

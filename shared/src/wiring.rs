@@ -218,10 +218,6 @@ impl StackSecrets {
     }
 
     /// Local runs: `PICTIFY_API_KEY`, comma-separated `WEBHOOK_SECRETS`.
-    pub fn from_env() -> Self {
-        Self::from_lookup(&|name| optional_env(name))
-    }
-
     fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Self {
         StackSecrets {
             pictify_api_key: get("PICTIFY_API_KEY").map(Secret::new),
@@ -337,10 +333,6 @@ fn no_api_key() -> PictifyError {
     PictifyError::Unauthorized {
         message: "this function was started without a Pictify API key".into(),
     }
-}
-
-fn optional_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 #[cfg(test)]

@@ -359,14 +359,21 @@ async fn the_reconciler_alerts_once_per_webhook_subscription_that_is_failed_paus
             filters: None,
         })
         .await?;
+    // The stack's (preset) subscription for `event`.
+    let uid_for = |event: &'static str| {
+        let pictify = &pictify;
+        async move {
+            let all = pictify.list_subscriptions().await?;
+            anyhow::Ok(
+                all.into_iter()
+                    .find(|s| s.event == event)
+                    .map(|s| s.uid)
+                    .unwrap_or_default(),
+            )
+        }
+    };
     // The operator paused render.failed's.
-    let render_failed = pictify
-        .list_subscriptions()
-        .await?
-        .into_iter()
-        .find(|s| s.event == "render.failed")
-        .map(|s| s.uid)
-        .unwrap_or_default();
+    let render_failed = uid_for("render.failed").await?;
     let paused = reqwest::Client::new()
         .put(format!(
             "{}/webhook-subscriptions/{render_failed}",
@@ -387,13 +394,7 @@ async fn the_reconciler_alerts_once_per_webhook_subscription_that_is_failed_paus
         "the stack's own subscriptions still deliver"
     );
     // Someone deleted batch.completed's: "missing".
-    let batch_completed = pictify
-        .list_subscriptions()
-        .await?
-        .into_iter()
-        .find(|s| s.event == "batch.completed")
-        .map(|s| s.uid)
-        .unwrap_or_default();
+    let batch_completed = uid_for("batch.completed").await?;
     pictify.delete_subscription(&batch_completed).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while pictify

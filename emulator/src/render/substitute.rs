@@ -7,7 +7,7 @@ use shared::pictify::wire::error_codes;
 
 use super::ItemError;
 use super::expr::{self, Scope, to_display, truthy};
-use super::template::Template;
+use super::template::{Template, invalid_variables, with_defaults};
 
 /// Supplied variables over sidecar defaults; declared names without a value read as `null`.
 pub struct TemplateScope<'a> {
@@ -25,52 +25,14 @@ impl Scope for TemplateScope<'_> {
 }
 
 impl<'a> TemplateScope<'a> {
-    /// Applies defaults, then rejects the set if any required variable is missing, `null` or `""`.
+    /// Applies defaults, then rejects the set if a required variable is missing, `null` or `""`,
+    /// or a value does not fit its type or length (`template::invalid_variables`).
     pub fn new(template: &'a Template, variables: &Map<String, Value>) -> Result<Self, ItemError> {
-        let mut values = variables.clone();
-        for def in &template.variables {
-            let absent = values.get(&def.name).is_none_or(Value::is_null);
-            if absent && let Some(default) = &def.default {
-                values.insert(def.name.clone(), default.clone());
-            }
-        }
-        let missing: Vec<&str> = template
-            .variables
-            .iter()
-            .filter(|def| def.required)
-            .filter(|def| match values.get(&def.name) {
-                None | Some(Value::Null) => true,
-                Some(Value::String(s)) => s.is_empty(),
-                Some(_) => false,
-            })
-            .map(|def| def.name.as_str())
-            .collect();
-        if !missing.is_empty() {
-            let list = missing
-                .iter()
-                .map(|n| format!("'{n}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
+        let values = with_defaults(&template.variables, variables);
+        if let Some(reason) = invalid_variables(&template.variables, &values) {
             return Err(ItemError {
                 code: error_codes::INVALID_VARIABLE,
-                message: format!(
-                    "missing required variable(s) {list} for template '{}'",
-                    template.id
-                ),
-            });
-        }
-        let misfits: Vec<String> = template
-            .variables
-            .iter()
-            .filter_map(|def| match values.get(&def.name) {
-                None | Some(Value::Null) => None,
-                Some(value) => def.misfit(value),
-            })
-            .collect();
-        if !misfits.is_empty() {
-            return Err(ItemError {
-                code: error_codes::INVALID_VARIABLE,
-                message: format!("{} (template '{}')", misfits.join("; "), template.id),
+                message: format!("{reason} (template '{}')", template.id),
             });
         }
         let declared = template.variables.iter().map(|d| d.name.as_str()).collect();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// One variable definition from a template's sidecar (Pictify's `VariableDefinition`: a type
 /// and validation besides the name, requiredness and default).
@@ -77,6 +77,48 @@ impl VariableDef {
         }
         None
     }
+}
+
+/// `variables` with each definition's default where a value is absent or null.
+pub fn with_defaults(defs: &[VariableDef], variables: &Map<String, Value>) -> Map<String, Value> {
+    let mut values = variables.clone();
+    for def in defs {
+        let absent = values.get(&def.name).is_none_or(Value::is_null);
+        if absent && let Some(default) = &def.default {
+            values.insert(def.name.clone(), default.clone());
+        }
+    }
+    values
+}
+
+/// Why a render of `values` (defaults applied) fails `INVALID_VARIABLE`, if it does: required
+/// variables missing, `null` or `""`; else values that do not fit their type or length. The
+/// emulator's renders and `pictify-batch check` decide with this one rule.
+pub fn invalid_variables(defs: &[VariableDef], values: &Map<String, Value>) -> Option<String> {
+    let missing: Vec<String> = defs
+        .iter()
+        .filter(|def| def.required)
+        .filter(|def| match values.get(&def.name) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.is_empty(),
+            Some(_) => false,
+        })
+        .map(|def| format!("'{}'", def.name))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "missing required variable(s) {}",
+            missing.join(", ")
+        ));
+    }
+    let misfits: Vec<String> = defs
+        .iter()
+        .filter_map(|def| match values.get(&def.name) {
+            None | Some(Value::Null) => None,
+            Some(value) => def.misfit(value),
+        })
+        .collect();
+    (!misfits.is_empty()).then(|| misfits.join("; "))
 }
 
 fn article(kind: &str) -> String {

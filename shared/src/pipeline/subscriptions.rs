@@ -99,9 +99,9 @@ impl Pipeline {
     pub(crate) async fn check_subscriptions(&self, url: &str) -> Result<u64, StepError> {
         let found = unhealthy(&self.pictify.list_subscriptions().await?, url);
         let now = self.clock.now();
+        // Claimed under a stack-wide record: these alerts belong to no job.
+        let claim = JobId::for_upload("pictify-batch", "webhook-subscriptions", url);
         for problem in &found {
-            // Claimed under a stack-wide record: these alerts belong to no job.
-            let claim = JobId::for_upload("pictify-batch", "webhook-subscriptions", url);
             let kind = format!(
                 "{}#{}",
                 AlertKind::WebhookSubscriptionUnhealthy.as_str(),
