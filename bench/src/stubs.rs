@@ -117,6 +117,15 @@ impl JobLedger for NullStore {
         Ok(false)
     }
 
+    async fn control_job(
+        &self,
+        _id: &JobId,
+        _change: &shared::domain::ControlChange,
+    ) -> PortResult<Option<shared::domain::Controlled>> {
+        self.calls.hit("store.control_job");
+        Ok(None)
+    }
+
     async fn transition_job(
         &self,
         _id: &JobId,
@@ -292,7 +301,10 @@ impl SubmitWindow for NullStore {
         Ok(())
     }
 
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+    async fn next_parked(
+        &self,
+        _skip: &std::collections::BTreeSet<JobId>,
+    ) -> PortResult<Option<(JobId, ChunkKey)>> {
         self.calls.hit("store.next_parked");
         Ok(None)
     }
@@ -456,6 +468,18 @@ impl PictifyApi for StubPictify {
             message: None,
         })
     }
+    async fn cancel_batch(
+        &self,
+        _batch_id: &str,
+    ) -> Result<shared::pictify::wire::CancelResult, PictifyError> {
+        // Nothing here cancels: every batch is finished by the time anyone could ask.
+        Err(PictifyError::InvalidRequest {
+            status: Some(409),
+            message: "Batch is already completed and cannot be cancelled".into(),
+            field_errors: Vec::new(),
+        })
+    }
+
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         self.calls.hit("pictify.get_batch_results");
         let results = (0..self.items)

@@ -11,7 +11,7 @@
 //! their serde JSON plus the columns queries need. WAL with `synchronous=NORMAL` survives a killed
 //! process (only an OS crash can lose the last commits), which is what `--resume` relies on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::domain::window::{choose_slot, next_in_turn};
 use shared::domain::{
-    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
-    ManifestLocation, RecordSubmitted,
+    Chunk, ChunkKey, Complete, ControlChange, Controlled, IngestCheckpoint, Job, JobId, JobStatus,
+    ManifestCheckpoint, ManifestLocation, RecordSubmitted,
 };
 use shared::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -375,6 +375,22 @@ impl JobLedger for SqliteJobStore {
                 .save_checkpoint(&checkpoint, &sample)
                 .save_with(|next| save_job(tx, next)),
             None => Ok(false),
+        })
+        .await
+    }
+
+    async fn control_job(
+        &self,
+        id: &JobId,
+        change: &ControlChange,
+    ) -> PortResult<Option<Controlled>> {
+        let (id, change) = (id.clone(), change.clone());
+        self.call("control job", move |tx| match load_job(tx, &id)? {
+            Some(job) => job
+                .control(&change)
+                .save_with(|next| save_job(tx, next))
+                .map(Some),
+            None => Ok(None),
         })
         .await
     }
@@ -818,8 +834,9 @@ impl SubmitWindow for SqliteJobStore {
         .await
     }
 
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
-        self.call("next parked", |tx| {
+    async fn next_parked(&self, skip: &BTreeSet<JobId>) -> PortResult<Option<(JobId, ChunkKey)>> {
+        let skip = skip.clone();
+        self.call("next parked", move |tx| {
             let last: Option<String> = tx
                 .query_row(
                     "SELECT reason FROM control WHERE name = ?1",
@@ -828,7 +845,7 @@ impl SubmitWindow for SqliteJobStore {
                 )
                 .optional()?;
             let last = last.and_then(|raw| JobId::parse(&raw).ok());
-            Ok(next_in_turn(&load_parked(tx)?, last.as_ref()))
+            Ok(next_in_turn(&load_parked(tx)?, last.as_ref(), &skip))
         })
         .await
     }

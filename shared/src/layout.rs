@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::dataset::{DatasetFormat, RowRules};
-use crate::domain::{JobId, JobSpec, ManifestLocation, ObjectRef};
+use crate::domain::{AbortAction, AbortRule, JobId, JobSpec, ManifestLocation, ObjectRef};
 use crate::pictify::wire::Format;
 use crate::settings::Settings;
 
@@ -77,6 +77,16 @@ pub struct Sidecar {
     pub mapping: BTreeMap<String, String>,
     #[serde(default)]
     pub required: Vec<String>,
+    /// At most this many of the job's batches at Pictify at once.
+    pub max_in_flight: Option<u32>,
+    /// The abort rule (`AbortRule`): stop when the job's failure rate passes this (0 to 1) ...
+    pub max_failure_rate: Option<f64>,
+    /// ... or more rows than this have failed,
+    pub max_failed_rows: Option<u64>,
+    /// judging the rate once this many rows ended (default `AbortRule::DEFAULT_AFTER_ROWS`),
+    pub abort_after_rows: Option<u64>,
+    /// by pausing (the default) or cancelling the rest.
+    pub on_abort: Option<AbortAction>,
 }
 
 /// Builds the job spec from the key's template id, the sidecar (if any) and the defaults.
@@ -110,7 +120,13 @@ pub fn job_spec(
     {
         return Err(format!("job sidecar: concurrency {c} is outside 1..=10"));
     }
+    if sidecar.max_in_flight == Some(0) {
+        return Err("job sidecar: maxInFlight must be at least 1".into());
+    }
+    let abort = abort_rule(&sidecar)?;
     Ok(JobSpec {
+        max_in_flight: sidecar.max_in_flight,
+        abort,
         template_id: sidecar
             .template_id
             .unwrap_or_else(|| template_id.to_owned()),
@@ -120,6 +136,33 @@ pub fn job_spec(
         mapping: sidecar.mapping,
         required: sidecar.required,
     })
+}
+
+/// The sidecar's abort rule, if it sets a limit.
+fn abort_rule(sidecar: &Sidecar) -> Result<Option<AbortRule>, String> {
+    if let Some(rate) = sidecar.max_failure_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        return Err(format!(
+            "job sidecar: maxFailureRate {rate} is outside 0..=1 (0.1 is 10%)"
+        ));
+    }
+    if sidecar.max_failure_rate.is_none() && sidecar.max_failed_rows.is_none() {
+        if sidecar.abort_after_rows.is_some() || sidecar.on_abort.is_some() {
+            return Err(
+                "job sidecar: abortAfterRows / onAbort need maxFailureRate or maxFailedRows".into(),
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(AbortRule {
+        max_failure_rate: sidecar.max_failure_rate,
+        max_failed_rows: sidecar.max_failed_rows,
+        after_rows: sidecar
+            .abort_after_rows
+            .unwrap_or(AbortRule::DEFAULT_AFTER_ROWS),
+        action: sidecar.on_abort.unwrap_or_default(),
+    }))
 }
 
 /// Where a job's manifest goes: `results/<path under uploads/>.results.{csv,jsonl}`. A job whose

@@ -1,7 +1,7 @@
 //! Narrow ports the pipeline steps depend on. AWS adapters (`crate::aws`) and in-memory /
 //! local adapters implement them; steps never see an SDK type.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
@@ -10,11 +10,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Chunk, ChunkKey, ChunkMessage, ChunkOutcome, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    JobStep, ManifestCheckpoint, ManifestLocation, ObjectRef,
+    Chunk, ChunkKey, ChunkMessage, ChunkOutcome, ControlChange, Controlled, Counters,
+    IngestCheckpoint, Job, JobId, JobStatus, JobStep, ManifestCheckpoint, ManifestLocation,
+    ObjectRef,
 };
 use crate::pictify::PictifyError;
-use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults, Subscription};
+use crate::pictify::wire::{
+    BatchAccepted, BatchRenderRequest, BatchResults, CancelResult, Subscription,
+};
 
 /// An error from an adapter: what failed, and whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +261,14 @@ pub trait JobLedger: Send + Sync {
     /// alert goes out once (deadline alerts are checked on every reconciler pass).
     async fn claim_alert(&self, job: &JobId, kind: &str, now: i64) -> PortResult<bool>;
 
+    /// Pauses, resumes, cancels or re-paces a job ([`Job::control`]'s rule); `None` when there
+    /// is no such job.
+    async fn control_job(
+        &self,
+        id: &JobId,
+        change: &ControlChange,
+    ) -> PortResult<Option<Controlled>>;
+
     /// Moves a job from `from` to `to`; `false` if it was not in `from` (someone else got there).
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool>;
 
@@ -373,8 +384,9 @@ pub trait SubmitWindow: Send + Sync {
     async fn park(&self, job: &JobId, key: ChunkKey, now: i64) -> PortResult<()>;
 
     /// The parked chunk whose turn is next: jobs take turns (the job after the one served last,
-    /// in id order, wrapping around), and a job's chunks go in key order.
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>>;
+    /// in id order, wrapping around), and a job's chunks go in key order. Jobs in `skip` are
+    /// passed over (paused, cancelled, or at their in-flight limit).
+    async fn next_parked(&self, skip: &BTreeSet<JobId>) -> PortResult<Option<(JobId, ChunkKey)>>;
 
     /// Takes the chunk out of the parking lot and makes its job the one served last; `false`
     /// when it was not parked (someone else took it).
@@ -408,6 +420,8 @@ pub trait PictifyApi: Send + Sync {
         idempotency_key: &str,
     ) -> Result<BatchAccepted, PictifyError>;
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError>;
+    /// Cancels a batch: its items not started are skipped; it then completes as `cancelled`.
+    async fn cancel_batch(&self, batch_id: &str) -> Result<CancelResult, PictifyError>;
     /// The account's webhook subscriptions, with their status and failure counts.
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError>;
 }
@@ -431,6 +445,9 @@ pub enum AlertKind {
     /// A Pictify subscription the stack needs is failed, paused or missing: its events are lost
     /// while it is (once per subscription and state).
     WebhookSubscriptionUnhealthy,
+    /// A job passed its abort rule (`maxFailureRate` / `maxFailedRows`): paused or cancelled
+    /// (once per job).
+    JobAborted,
 }
 
 impl AlertKind {
@@ -443,6 +460,7 @@ impl AlertKind {
             AlertKind::JobDeadlineExceeded => "job_deadline_exceeded",
             AlertKind::JobFinished => "job_finished",
             AlertKind::WebhookSubscriptionUnhealthy => "webhook_subscription_unhealthy",
+            AlertKind::JobAborted => "job_aborted",
         }
     }
 }
@@ -520,6 +538,10 @@ impl PictifyApi for crate::pictify::PictifyClient {
 
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         crate::pictify::PictifyClient::get_batch_results(self, batch_id).await
+    }
+
+    async fn cancel_batch(&self, batch_id: &str) -> Result<CancelResult, PictifyError> {
+        crate::pictify::PictifyClient::cancel_batch(self, batch_id).await
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError> {

@@ -147,6 +147,13 @@ pub fn job_for(key: &str) -> Job {
             concurrency: Some(4),
             mapping: BTreeMap::from([("Title".into(), "title".into())]),
             required: vec!["title".into()],
+            max_in_flight: Some(3),
+            abort: Some(crate::domain::AbortRule {
+                max_failure_rate: Some(0.2),
+                max_failed_rows: None,
+                after_rows: 40,
+                action: crate::domain::AbortAction::Cancel,
+            }),
         },
         status: JobStatus::Ingesting,
         counters: Counters::default(),
@@ -162,6 +169,7 @@ pub fn job_for(key: &str) -> Job {
         progress_at: None,
         reopen_plan: None,
         manifest_checkpoint: None,
+        control: Default::default(),
     }
 }
 
@@ -207,6 +215,7 @@ pub fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> Chu
             },
         )]),
         retried: if retry { vec![1] } else { vec![] },
+        cancelled: vec![],
         duration_ms: Some(250),
     };
     let delta = Counters {
@@ -632,6 +641,7 @@ async fn finish_ingest_applies_once_and_keeps_batch_counters(store: Store) {
         retried: 1,
         chunks: 4,
         chunks_done: 1,
+        cancelled: 0,
     };
     assert_eq!(
         (stored.status, stored.counters, stored.ingested_at),
@@ -841,7 +851,7 @@ async fn parked_chunks_are_served_one_job_after_another(store: Store) {
     }
     assert_eq!(store.parked().await.must("parked").len(), 6);
     let mut order = Vec::new();
-    while let Some((job, key)) = store.next_parked().await.must("next") {
+    while let Some((job, key)) = store.next_parked(&Default::default()).await.must("next") {
         assert!(store.unpark(&job, key).await.must("unpark"));
         order.push(jk_label(&job, key));
     }
@@ -862,7 +872,10 @@ async fn a_parked_chunk_is_unparked_once(store: Store) {
     store.park(&j, k, 5).await.must("park");
     assert!(store.unpark(&j, k).await.must("first"));
     assert!(!store.unpark(&j, k).await.must("second"));
-    assert_eq!(store.next_parked().await.must("next"), None);
+    assert_eq!(
+        store.next_parked(&Default::default()).await.must("next"),
+        None
+    );
 }
 
 async fn the_request_budget_is_one_bucket_for_every_caller(store: Store) {

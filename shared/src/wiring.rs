@@ -327,6 +327,13 @@ impl PictifyApi for NoApiKey {
     async fn get_batch_results(&self, _batch_id: &str) -> Result<BatchResults, PictifyError> {
         Err(no_api_key())
     }
+
+    async fn cancel_batch(
+        &self,
+        _batch_id: &str,
+    ) -> Result<crate::pictify::wire::CancelResult, PictifyError> {
+        Err(no_api_key())
+    }
 }
 
 fn no_api_key() -> PictifyError {

@@ -160,6 +160,18 @@ impl PictifyApi for AcceptAll {
         })
     }
 
+    async fn cancel_batch(
+        &self,
+        _batch_id: &str,
+    ) -> Result<shared::pictify::wire::CancelResult, PictifyError> {
+        // Nothing here cancels: every batch is finished by the time anyone could ask.
+        Err(PictifyError::InvalidRequest {
+            status: Some(409),
+            message: "Batch is already completed and cannot be cancelled".into(),
+            field_errors: Vec::new(),
+        })
+    }
+
     async fn get_batch_results(&self, _batch_id: &str) -> Result<BatchResults, PictifyError> {
         Err(PictifyError::NotFound {
             message: "the stub keeps no batches".into(),
@@ -600,6 +612,14 @@ impl JobLedger for SlimStore {
             .await
     }
 
+    async fn control_job(
+        &self,
+        id: &JobId,
+        change: &shared::domain::ControlChange,
+    ) -> PortResult<Option<shared::domain::Controlled>> {
+        self.inner.control_job(id, change).await
+    }
+
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
         self.inner.transition_job(id, from, to).await
     }
@@ -752,8 +772,11 @@ impl SubmitWindow for SlimStore {
         self.inner.park(job, key, now).await
     }
 
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
-        self.inner.next_parked().await
+    async fn next_parked(
+        &self,
+        skip: &std::collections::BTreeSet<JobId>,
+    ) -> PortResult<Option<(JobId, ChunkKey)>> {
+        self.inner.next_parked(skip).await
     }
 
     async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {

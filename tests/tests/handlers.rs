@@ -318,6 +318,8 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
             concurrency: None,
             mapping: Default::default(),
             required: vec![],
+            max_in_flight: None,
+            abort: None,
         },
         status: JobStatus::Running,
         counters: Counters {
@@ -337,6 +339,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
         progress_at: None,
         reopen_plan: None,
         manifest_checkpoint: None,
+        control: Default::default(),
     };
     stack.store.create_job(&job_item).await?;
     stack

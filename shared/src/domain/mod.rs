@@ -19,7 +19,9 @@ use crate::pictify::wire::{Format, VariableSet, error_codes};
 mod rules;
 pub mod window;
 
-pub use rules::{BeginSubmit, Complete, RecordSubmitted, Reopen, ReopenPlan, Transition};
+pub use rules::{
+    BeginSubmit, Complete, Controlled, RecordSubmitted, Reopen, ReopenPlan, Transition,
+};
 
 /// Identity of a job: derived from the upload (bucket, key, version or ETag) so a redelivered S3
 /// event maps to the same job and a new version of the file to a new one.
@@ -124,6 +126,119 @@ pub struct JobSpec {
     /// Columns that must be present and non-empty.
     #[serde(default)]
     pub required: Vec<String>,
+    /// At most this many of the job's batches at Pictify at once (within the plan's window);
+    /// `pictify-batch concurrency` changes it while the job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// When to stop the job because too many of its rows fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortRule>,
+}
+
+/// When a job's failures are too many to go on spending: over the whole job (the 5%-per-batch
+/// alert is separate), once at least `after_rows` rows reached Pictify and ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortRule {
+    /// Failed rows over rendered + failed rows, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_rate: Option<f64>,
+    /// Failed rows in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_rows: Option<u64>,
+    /// The smallest sample the rate is judged on.
+    #[serde(default = "AbortRule::default_after_rows")]
+    pub after_rows: u64,
+    #[serde(default)]
+    pub action: AbortAction,
+}
+
+/// What passing the abort rule does to the rest of the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AbortAction {
+    /// Nothing more is submitted until `pictify-batch resume` (or `cancel`).
+    #[default]
+    Pause,
+    /// The rest of the job is cancelled.
+    Cancel,
+}
+
+impl AbortAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortAction::Pause => "pause",
+            AbortAction::Cancel => "cancel",
+        }
+    }
+}
+
+impl AbortRule {
+    pub const DEFAULT_AFTER_ROWS: u64 = 50;
+
+    fn default_after_rows() -> u64 {
+        Self::DEFAULT_AFTER_ROWS
+    }
+
+    /// Why the job must stop at these counters, if it must.
+    pub fn tripped_by(&self, c: &Counters) -> Option<String> {
+        if let Some(max) = self.max_failed_rows
+            && c.failed > max
+        {
+            return Some(format!(
+                "{} rows failed, over the job's limit of {max} (maxFailedRows)",
+                c.failed
+            ));
+        }
+        let sample = c.rendered + c.failed;
+        if let Some(max) = self.max_failure_rate
+            && sample >= self.after_rows.max(1)
+            && c.failure_rate() > max
+        {
+            return Some(format!(
+                "{:.1}% of {sample} rows failed, over the job's limit of {:.1}% (maxFailureRate)",
+                c.failure_rate() * 100.0,
+                max * 100.0
+            ));
+        }
+        None
+    }
+}
+
+/// An operator's (or the abort rule's) say over a running job, beside its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobControl {
+    /// Paused, and why: its chunks wait in the parking lot until it is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Cancelled, and why: nothing more is submitted, its batches at Pictify are cancelled and
+    /// rows not rendered end `cancelled`. Never undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<String>,
+    /// Overrides the spec's `max_in_flight` (`pictify-batch concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+impl JobControl {
+    pub fn is_default(&self) -> bool {
+        *self == JobControl::default()
+    }
+}
+
+/// A change to a job's control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlChange {
+    Pause {
+        reason: String,
+    },
+    Resume,
+    Cancel {
+        reason: String,
+    },
+    /// `None`: back to the spec's limit (or none).
+    MaxInFlight(Option<u32>),
 }
 
 /// Where the upload lives.
@@ -149,6 +264,8 @@ pub enum JobStatus {
     Completed,
     Partial,
     Failed,
+    /// Cancelled before every row rendered (`pictify-batch cancel`, or the abort rule).
+    Cancelled,
 }
 
 impl JobStatus {
@@ -160,13 +277,14 @@ impl JobStatus {
             JobStatus::Completed => "completed",
             JobStatus::Partial => "partial",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Completed | JobStatus::Partial | JobStatus::Failed
+            JobStatus::Completed | JobStatus::Partial | JobStatus::Failed | JobStatus::Cancelled
         )
     }
 }
@@ -180,6 +298,9 @@ pub struct Counters {
     pub rejected: u64,
     pub rendered: u64,
     pub failed: u64,
+    /// Rows never rendered because the job was cancelled.
+    #[serde(default)]
+    pub cancelled: u64,
     /// Rows re-queued for another attempt (informational: they are still in flight).
     pub retried: u64,
     /// Chunks created (initial + retries) and chunks whose outcome is applied.
@@ -188,10 +309,14 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// rows = rejected + rendered + failed + in flight.
+    /// rows = rejected + rendered + failed + cancelled + in flight.
     pub fn in_flight(&self) -> u64 {
-        self.rows
-            .saturating_sub(self.rejected + self.rendered + self.failed)
+        self.rows.saturating_sub(self.terminal())
+    }
+
+    /// Rows in a terminal state.
+    pub fn terminal(&self) -> u64 {
+        self.rejected + self.rendered + self.failed + self.cancelled
     }
 
     /// Adds a delta (a batch's outcome) to these counters.
@@ -200,13 +325,14 @@ impl Counters {
         self.rejected += delta.rejected;
         self.rendered += delta.rendered;
         self.failed += delta.failed;
+        self.cancelled += delta.cancelled;
         self.retried += delta.retried;
         self.chunks += delta.chunks;
         self.chunks_done += delta.chunks_done;
     }
 
     pub fn invariant_holds(&self) -> bool {
-        self.rejected + self.rendered + self.failed <= self.rows
+        self.terminal() <= self.rows
     }
 
     /// Rows that reached Pictify and failed, over rows that reached a terminal render state.
@@ -221,7 +347,9 @@ impl Counters {
 
     /// The job's final status once nothing is in flight.
     pub fn final_status(&self) -> JobStatus {
-        if self.rendered == self.rows {
+        if self.cancelled > 0 {
+            JobStatus::Cancelled
+        } else if self.rendered == self.rows {
             JobStatus::Completed
         } else if self.rendered == 0 {
             JobStatus::Failed
@@ -276,6 +404,8 @@ pub struct Job {
     /// While `finishing`: how far the manifest writer got (none before its first part).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_checkpoint: Option<ManifestCheckpoint>,
+    #[serde(default, skip_serializing_if = "JobControl::is_default")]
+    pub control: JobControl,
 }
 
 /// A part of a multipart upload sent so far: its number and ETag.
@@ -315,6 +445,8 @@ pub struct ManifestCheckpoint {
     pub rendered: u64,
     pub url_missing: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
     pub rejected: u64,
     pub in_flight: u64,
     pub codes: BTreeMap<String, u64>,
@@ -341,6 +473,11 @@ pub struct IngestCheckpoint {
 }
 
 impl Job {
+    /// Batches of this job at Pictify at once, at most (none: the plan's window alone).
+    pub fn max_in_flight(&self) -> Option<u32> {
+        self.control.max_in_flight.or(self.spec.max_in_flight)
+    }
+
     /// Applies ingest's result to the stored job (stores that keep the job as one document use
     /// it). Rows and rejections are ingest's alone; the other counters are added to, because a
     /// batch may complete before ingest finishes and has moved them already.
@@ -456,6 +593,9 @@ pub struct ChunkOutcome {
     /// Retryable failures handed to the next attempt (the chunk `key.retry()`).
     #[serde(default)]
     pub retried: Vec<u32>,
+    /// Never rendered: the job was cancelled (batch indexes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
@@ -475,6 +615,8 @@ pub mod own_codes {
     pub const CHUNK_UNSUBMITTABLE: &str = "CHUNK_UNSUBMITTABLE";
     /// The item failed with no code we could recognise.
     pub const UNKNOWN: &str = "UNKNOWN";
+    /// The row never rendered: its job was cancelled (the manifest's code for `cancelled`).
+    pub const CANCELLED: &str = "CANCELLED";
 }
 
 /// Permanent vs retryable, per the batch guide's failure table.
@@ -629,6 +771,8 @@ pub enum RowState {
         code: String,
         message: String,
     },
+    /// Never rendered: the job was cancelled (its reason is the job's).
+    Cancelled,
 }
 
 impl RowState {
@@ -639,6 +783,7 @@ impl RowState {
             RowState::Rendered { url: Some(_) } => "rendered",
             RowState::Rendered { url: None } => "rendered_url_missing",
             RowState::Failed { .. } => "failed",
+            RowState::Cancelled => "cancelled",
         }
     }
 }

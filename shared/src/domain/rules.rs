@@ -42,14 +42,17 @@
 //! - **`reopen`** applies a `Reopen` ([`Reopen::apply_to`]: counters moved, status `running`,
 //!   `completed_at` cleared) only while the job is still in `reopen.from`.
 //! - Counters move by [`Counters::add`] only: once per ingest and once per applied chunk.
+//! - **`control`** ([`Job::control`]) pauses, resumes, cancels or re-paces a job while it is
+//!   `ingesting` or `running`; a cancel is never undone, and a cancelled job takes no other
+//!   change.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobStatus,
-    ManifestCheckpoint, ManifestLocation,
+    Chunk, ChunkKey, ChunkOutcome, ChunkState, ControlChange, Counters, IngestCheckpoint, Job,
+    JobControl, JobId, JobStatus, ManifestCheckpoint, ManifestLocation,
 };
 
 /// What a rule decided: the answer for the caller and, when the rule changes the state, the
@@ -136,6 +139,19 @@ pub enum Complete {
     AlreadyApplied,
     /// The chunk was never handed to Pictify (still queued): ignored.
     NotSubmitted,
+}
+
+/// What a control change found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Controlled {
+    /// Changed as asked.
+    Applied,
+    /// It was so already (a repeated command): nothing changed.
+    Unchanged,
+    /// The job is finishing or finished: there is nothing left to control.
+    Finished(JobStatus),
+    /// The job is cancelled: it takes no other change.
+    Cancelled,
 }
 
 impl Complete {
@@ -340,6 +356,48 @@ impl Job {
         )
     }
 
+    /// A pause, resume, cancel or new in-flight limit, while the job is `ingesting` or `running`.
+    pub fn control(&self, change: &ControlChange) -> Transition<Job, Controlled> {
+        if !matches!(self.status, JobStatus::Ingesting | JobStatus::Running) {
+            return Transition::stay(Controlled::Finished(self.status));
+        }
+        let current = &self.control;
+        let next = match change {
+            ControlChange::Cancel { .. } if current.cancelled.is_some() => None,
+            ControlChange::Cancel { reason } => Some(JobControl {
+                cancelled: Some(reason.clone()),
+                paused: None,
+                ..current.clone()
+            }),
+            _ if current.cancelled.is_some() => return Transition::stay(Controlled::Cancelled),
+            ControlChange::Pause { .. } if current.paused.is_some() => None,
+            ControlChange::Pause { reason } => Some(JobControl {
+                paused: Some(reason.clone()),
+                ..current.clone()
+            }),
+            ControlChange::Resume if current.paused.is_none() => None,
+            ControlChange::Resume => Some(JobControl {
+                paused: None,
+                ..current.clone()
+            }),
+            ControlChange::MaxInFlight(limit) if current.max_in_flight == *limit => None,
+            ControlChange::MaxInFlight(limit) => Some(JobControl {
+                max_in_flight: *limit,
+                ..current.clone()
+            }),
+        };
+        match next {
+            Some(control) => Transition::to(
+                Job {
+                    control,
+                    ..self.clone()
+                },
+                Controlled::Applied,
+            ),
+            None => Transition::stay(Controlled::Unchanged),
+        }
+    }
+
     /// The job is finished: its final status, manifest and time.
     pub fn finish(&mut self, status: JobStatus, manifest: &ManifestLocation, now: i64) {
         self.status = status;
@@ -481,6 +539,8 @@ mod tests {
                 concurrency: None,
                 mapping: BTreeMap::new(),
                 required: vec![],
+                max_in_flight: None,
+                abort: None,
             },
             status,
             counters: Counters::default(),
@@ -496,6 +556,7 @@ mod tests {
             manifest_checkpoint: None,
             manifest: None,
             reopened: 0,
+            control: JobControl::default(),
         }
     }
 
@@ -783,5 +844,76 @@ mod tests {
         );
         assert_eq!((next.counters.failed, next.counters.retried), (0, 2));
         assert_eq!(next.reopen(&reopen), Transition::stay(false));
+    }
+
+    #[test]
+    fn a_running_job_pauses_resumes_and_is_cancelled_for_good() {
+        let pause = ControlChange::Pause {
+            reason: "operator".into(),
+        };
+        let cancel = ControlChange::Cancel {
+            reason: "operator".into(),
+        };
+        let running = job(JobStatus::Running);
+        let (answer, paused) = running.control(&pause).after(&running);
+        assert_eq!(answer, Controlled::Applied);
+        assert_eq!(paused.control.paused.as_deref(), Some("operator"));
+        assert_eq!(
+            paused.control(&pause),
+            Transition::stay(Controlled::Unchanged)
+        );
+        let (answer, resumed) = paused.control(&ControlChange::Resume).after(&paused);
+        assert_eq!(
+            (answer, resumed.control.paused.as_deref()),
+            (Controlled::Applied, None)
+        );
+        let (_, limited) = resumed
+            .control(&ControlChange::MaxInFlight(Some(2)))
+            .after(&resumed);
+        assert_eq!(limited.max_in_flight(), Some(2));
+
+        // A cancel clears a pause, repeats harmlessly, and refuses every other change.
+        let (answer, cancelled) = paused.control(&cancel).after(&paused);
+        assert_eq!(answer, Controlled::Applied);
+        assert_eq!(
+            (
+                cancelled.control.cancelled.as_deref(),
+                cancelled.control.paused.as_deref()
+            ),
+            (Some("operator"), None)
+        );
+        assert_eq!(
+            cancelled.control(&cancel),
+            Transition::stay(Controlled::Unchanged)
+        );
+        for change in [
+            pause,
+            ControlChange::Resume,
+            ControlChange::MaxInFlight(None),
+        ] {
+            assert_eq!(
+                cancelled.control(&change),
+                Transition::stay(Controlled::Cancelled)
+            );
+        }
+    }
+
+    #[test]
+    fn a_finishing_or_finished_job_takes_no_control() {
+        let cancel = ControlChange::Cancel {
+            reason: "late".into(),
+        };
+        for status in [
+            JobStatus::Finishing,
+            JobStatus::Completed,
+            JobStatus::Cancelled,
+        ] {
+            assert_eq!(
+                job(status).control(&cancel),
+                Transition::stay(Controlled::Finished(status))
+            );
+        }
+        let ingesting = job(JobStatus::Ingesting);
+        assert_eq!(ingesting.control(&cancel).answer, Controlled::Applied);
     }
 }

@@ -14,6 +14,7 @@
 //!   burst, so no 60 seconds ever hold more than the plan's requests a minute, however Pictify
 //!   counts them.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -79,10 +80,17 @@ pub fn choose_slot(
 pub fn next_in_turn<'a>(
     parked: impl IntoIterator<Item = &'a (JobId, ChunkKey)> + Clone,
     last_served: Option<&JobId>,
+    skip: &BTreeSet<JobId>,
 ) -> Option<(JobId, ChunkKey)> {
-    let after = last_served.and_then(|last| parked.clone().into_iter().find(|(j, _)| j > last));
+    let eligible = || {
+        parked
+            .clone()
+            .into_iter()
+            .filter(|(j, _)| !skip.contains(j))
+    };
+    let after = last_served.and_then(|last| eligible().find(|(j, _)| j > last));
     after
-        .or_else(|| parked.into_iter().next())
+        .or_else(|| eligible().next())
         .map(|(j, k)| (j.clone(), *k))
 }
 
@@ -229,11 +237,19 @@ mod tests {
             (job(2), ChunkKey::initial(1)),
             (job(3), ChunkKey::initial(9)),
         ];
-        let next = |last: Option<u8>| next_in_turn(&parked, last.map(job).as_ref());
+        let none = BTreeSet::new();
+        let next = |last: Option<u8>| next_in_turn(&parked, last.map(job).as_ref(), &none);
         assert_eq!(next(None), Some((job(1), ChunkKey::initial(5))));
         assert_eq!(next(Some(1)), Some((job(2), ChunkKey::initial(1))));
         assert_eq!(next(Some(2)), Some((job(3), ChunkKey::initial(9))));
         assert_eq!(next(Some(3)), Some((job(1), ChunkKey::initial(5))));
-        assert_eq!(next_in_turn(&Vec::new(), None), None);
+        assert_eq!(next_in_turn(&Vec::new(), None, &none), None);
+        // A job held back (paused, at its limit) is passed over, in turn and on wrapping.
+        let held: BTreeSet<JobId> = [job(1)].into();
+        let next = |last: Option<u8>| next_in_turn(&parked, last.map(job).as_ref(), &held);
+        assert_eq!(next(None), Some((job(2), ChunkKey::initial(1))));
+        assert_eq!(next(Some(3)), Some((job(2), ChunkKey::initial(1))));
+        let all: BTreeSet<JobId> = [job(1), job(2), job(3)].into();
+        assert_eq!(next_in_turn(&parked, None, &all), None);
     }
 }

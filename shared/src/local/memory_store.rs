@@ -22,8 +22,8 @@ use async_trait::async_trait;
 
 use crate::domain::window::{choose_slot, next_in_turn};
 use crate::domain::{
-    Chunk, ChunkKey, Complete, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
-    ManifestLocation, RecordSubmitted,
+    Chunk, ChunkKey, Complete, ControlChange, Controlled, IngestCheckpoint, Job, JobId, JobStatus,
+    ManifestCheckpoint, ManifestLocation, RecordSubmitted,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, PortError, PortResult,
@@ -159,6 +159,18 @@ impl JobLedger for MemoryJobStore {
                 .apply(stored),
             None => false,
         })
+    }
+
+    async fn control_job(
+        &self,
+        id: &JobId,
+        change: &ControlChange,
+    ) -> PortResult<Option<Controlled>> {
+        let mut state = self.lock();
+        Ok(state
+            .jobs
+            .get_mut(id)
+            .map(|job| job.control(change).apply(job)))
     }
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {
@@ -494,9 +506,13 @@ impl SubmitWindow for MemoryJobStore {
         Ok(())
     }
 
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+    async fn next_parked(&self, skip: &BTreeSet<JobId>) -> PortResult<Option<(JobId, ChunkKey)>> {
         let state = self.lock();
-        Ok(next_in_turn(&state.parked, state.last_served.as_ref()))
+        Ok(next_in_turn(
+            &state.parked,
+            state.last_served.as_ref(),
+            skip,
+        ))
     }
 
     async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {

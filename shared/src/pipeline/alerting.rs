@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tracing::error;
 
 use super::Pipeline;
-use crate::domain::{Counters, Job, JobId, JobStatus};
+use crate::domain::{AbortAction, Counters, Job, JobId, JobStatus};
 use crate::ports::{Alert, AlertKind};
 
 /// Error codes listed in an alert, most frequent first.
@@ -114,7 +114,7 @@ pub fn job_finished_alert(
     let c: Counters = job.counters;
     Alert {
         message: format!(
-            "Job {} ({}) {}: {} rows, {} rendered, {} failed, {} rejected. Results: {manifest}",
+            "Job {} ({}) {}: {} rows, {} rendered, {} failed, {} rejected{}. Results: {manifest}",
             job.id,
             job.source,
             status.as_str(),
@@ -122,11 +122,36 @@ pub fn job_finished_alert(
             c.rendered,
             c.failed,
             c.rejected,
+            match c.cancelled {
+                0 => String::new(),
+                n => format!(", {n} cancelled"),
+            },
         ),
         failure_rate: Some(c.failure_rate()),
         top_errors: top,
         counters: Some(c),
         ..Alert::about(AlertKind::JobFinished, &job.id)
+    }
+}
+
+/// A job passed its abort rule (`why`) and is paused or cancelled (`action`).
+pub fn job_aborted_alert(job: &Job, action: AbortAction, why: &str) -> Alert {
+    let c = job.counters;
+    let next = match action {
+        AbortAction::Pause => format!(
+            "paused: nothing more is submitted until `pictify-batch resume {}` (or `cancel`)",
+            job.id
+        ),
+        AbortAction::Cancel => "cancelled: the rows not rendered end `cancelled`".to_owned(),
+    };
+    Alert {
+        message: format!(
+            "Job {} ({}) {next}. {why}. So far {} rendered, {} failed of {} rows",
+            job.id, job.source, c.rendered, c.failed, c.rows
+        ),
+        failure_rate: Some(c.failure_rate()),
+        counters: Some(c),
+        ..Alert::about(AlertKind::JobAborted, &job.id)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::layout;
 use crate::metrics::{self, Unit};
-use crate::pictify::wire::BatchResults;
+use crate::pictify::wire::{BatchResults, BatchStatus};
 use crate::ports::ChunkCompletion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,9 @@ impl Pipeline {
         let applied = self
             .apply_results(&job, key, chunk.rows.len(), &results, duration_ms)
             .await?;
+        if applied && job.spec.abort.is_some() {
+            self.enforce_abort_rule(&job_id).await?;
+        }
         // The batch has left Pictify: its slot goes to the next parked chunk.
         self.free_slot(&job_id, key).await?;
         self.finish_job_if_done(&job_id).await?;
@@ -101,10 +104,20 @@ impl Pipeline {
                 errors.insert(item.index, item.error.clone().unwrap_or_default());
             }
         }
-        // An index the poll does not mention failed in a way we cannot name: retry it.
+        // An index the poll does not mention failed in a way we cannot name: retry it. In a
+        // cancelled batch (or job) it is an item the cancel skipped.
+        let cancelling =
+            results.status == BatchStatus::Cancelled || job.control.cancelled.is_some();
+        let mut cancelled = Vec::new();
         for (index, ok) in succeeded.iter().enumerate() {
-            if !ok && !errors.contains_key(&(index as u32)) {
-                errors.insert(index as u32, "no result reported for this item".into());
+            let index = index as u32;
+            if *ok || errors.contains_key(&index) {
+                continue;
+            }
+            if cancelling {
+                cancelled.push(index);
+            } else {
+                errors.insert(index, "no result reported for this item".into());
             }
         }
 
@@ -118,9 +131,12 @@ impl Pipeline {
         };
         let classified = self.classify(&errors, payload.as_ref()).await?;
 
-        let may_retry = key.attempt + 1 < self.settings.max_attempts;
+        // A cancelled job's failures stay failures: nothing more is sent for it.
+        let may_retry =
+            key.attempt + 1 < self.settings.max_attempts && job.control.cancelled.is_none();
         let mut outcome = ChunkOutcome {
-            rendered: (size - failed_items) as u32,
+            rendered: (size - failed_items - cancelled.len()) as u32,
+            cancelled,
             duration_ms,
             ..Default::default()
         };
@@ -157,6 +173,7 @@ impl Pipeline {
             delta: Counters {
                 rendered: u64::from(outcome.rendered),
                 failed: outcome.failed.len() as u64,
+                cancelled: outcome.cancelled.len() as u64,
                 retried: outcome.retried.len() as u64,
                 chunks: u64::from(retry_chunk_and_message.is_some()),
                 chunks_done: 1,

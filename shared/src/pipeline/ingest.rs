@@ -163,6 +163,7 @@ impl Pipeline {
             progress_at: None,
             reopen_plan: None,
             manifest_checkpoint: None,
+            control: Default::default(),
         };
         let (stored, created) = self.store.create_job(&job).await?;
         if !created && stored.status != JobStatus::Ingesting {
@@ -463,6 +464,8 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
         concurrency: None,
         mapping: Default::default(),
         required: Vec::new(),
+        max_in_flight: None,
+        abort: None,
     }
 }
 

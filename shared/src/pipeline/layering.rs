@@ -16,6 +16,7 @@ const LAYERS: &[&[(&str, &str)]] = &[
         ("reconcile", include_str!("reconcile.rs")),
     ],
     &[("batch", include_str!("batch.rs"))],
+    &[("halt", include_str!("halt.rs"))],
     &[("finish", include_str!("finish.rs"))],
     &[("reopen", include_str!("reopen.rs"))],
     &[("manifest", include_str!("manifest.rs"))],

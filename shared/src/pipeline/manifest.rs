@@ -23,7 +23,7 @@ use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, fingerprint};
 use crate::domain::{
     Chunk, ChunkKey, Job, JobId, JobStatus, ManifestCheckpoint, ManifestLocation, ObjectRef,
-    PartsSent, RowState,
+    PartsSent, RowState, own_codes,
 };
 use crate::layout;
 use crate::ports::{RenderRecord, UploadedPart};
@@ -40,6 +40,7 @@ pub struct ManifestSummary {
     pub rendered: u64,
     pub url_missing: u64,
     pub failed: u64,
+    pub cancelled: u64,
     pub rejected: u64,
     pub in_flight: u64,
     pub top_errors: Vec<(String, u64)>,
@@ -86,6 +87,7 @@ pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
                         code: e.code.clone(),
                         message: e.message.clone(),
                     },
+                    None if o.cancelled.contains(&index) => RowState::Cancelled,
                     None if o.retried.contains(&index) => RowState::InFlight {
                         chunk: chunk.key.retry().label(),
                     },
@@ -303,6 +305,7 @@ impl Pipeline {
             rendered: 0,
             url_missing: 0,
             failed: 0,
+            cancelled: 0,
             rejected: 0,
             in_flight: 0,
             top_errors: Vec::new(),
@@ -313,6 +316,7 @@ impl Pipeline {
                 (at.lines, at.rendered, at.url_missing);
             (summary.failed, summary.rejected, summary.in_flight) =
                 (at.failed, at.rejected, at.in_flight);
+            summary.cancelled = at.cancelled;
             codes = at.codes.clone();
         }
         let mut jsonl = PartWriter::new(
@@ -370,6 +374,7 @@ impl Pipeline {
                     rendered: summary.rendered,
                     url_missing: summary.url_missing,
                     failed: summary.failed,
+                    cancelled: summary.cancelled,
                     rejected: summary.rejected,
                     in_flight: summary.in_flight,
                     codes: codes.clone(),
@@ -559,6 +564,7 @@ fn count(summary: &mut ManifestSummary, codes: &mut BTreeMap<String, u64>, state
             summary.failed += 1;
             *codes.entry(code.clone()).or_default() += 1;
         }
+        RowState::Cancelled => summary.cancelled += 1,
         RowState::Rejected { .. } => summary.rejected += 1,
         RowState::InFlight { .. } => summary.in_flight += 1,
     }
@@ -576,6 +582,11 @@ fn json_line(line: &Line) -> Value {
         RowState::Rendered { url } => (url.clone(), None, None),
         RowState::Failed { code, message } => (None, Some(code.clone()), Some(message.clone())),
         RowState::Rejected { reason } => (None, Some("REJECTED".to_owned()), Some(reason.clone())),
+        RowState::Cancelled => (
+            None,
+            Some(own_codes::CANCELLED.to_owned()),
+            Some("the job was cancelled before this row rendered".to_owned()),
+        ),
         RowState::InFlight { chunk } => (
             None,
             None,

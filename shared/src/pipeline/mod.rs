@@ -9,6 +9,8 @@
 //!     │          │          │            │
 //!     │          └──────────┴─► batch ◄──┘          batch completion: poll, classify, retry, count
 //!     │                           │
+//!     │                         halt                 pause, resume, limit, cancel; the abort rule
+//!     │                           │
 //!     └──────────────────────► finish               job completion: manifest, final status
 //!                                 │
 //!                              reopen               another attempt at some rows of a finished job
@@ -26,6 +28,7 @@
 mod alerting;
 mod batch;
 mod finish;
+mod halt;
 mod ingest;
 mod manifest;
 mod payload;
@@ -40,6 +43,7 @@ use std::sync::Arc;
 
 pub use alerting::{batch_failure_alert, failure_rate};
 pub use batch::BatchApplied;
+pub use halt::CancelPass;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
 pub use reconcile::ReconcileReport;

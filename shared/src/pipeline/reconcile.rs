@@ -39,6 +39,8 @@ pub struct ReconcileReport {
     pub handed_over: u64,
     /// Ingests whose checkpoint stopped moving (the invocation died), handed to a fresh one.
     pub ingests_resumed: u64,
+    /// Of cancelled jobs: chunks ended unsent, and batches cancelled at Pictify.
+    pub cancelled: u64,
     pub errors: u64,
 }
 
@@ -115,6 +117,7 @@ impl Pipeline {
             released = report.released,
             handed_over = report.handed_over,
             ingests_resumed = report.ingests_resumed,
+            cancelled = report.cancelled,
             errors = report.errors,
             "reconcile pass done"
         );
@@ -205,6 +208,11 @@ impl Pipeline {
             JobStatus::Running => {}
             JobStatus::Ingesting => return self.resume_if_stalled(&job, now, report).await,
             _ => return Ok(()),
+        }
+        if job.control.cancelled.is_some() {
+            // Catches what the cancel's own pass could not: a submit that was in flight then.
+            let pass = self.cancel_pass(&job.id).await?;
+            report.cancelled += pass.chunks_cancelled + pass.batches_cancelled;
         }
         let stuck_before = now - i64::try_from(stuck_after.as_secs()).unwrap_or(i64::MAX);
         let grace_before =

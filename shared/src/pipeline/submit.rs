@@ -38,6 +38,8 @@ pub enum SubmitOutcome {
     Parked(ParkReason),
     /// Pictify refused the chunk (400/404/422): its rows are failed; acknowledge.
     Rejected { message: String },
+    /// Its job is cancelled: its rows ended `cancelled` unsent; acknowledge.
+    Cancelled,
 }
 
 /// What a queue consumer does with a chunk message after `Pipeline::handle_chunk_message`: one
@@ -69,6 +71,10 @@ pub enum ParkReason {
     WindowFull,
     /// Submissions are paused for the account (401/402/quota) until an operator resumes them.
     Paused { reason: String },
+    /// Its job is paused (`pictify-batch pause`, or its abort rule) until resumed.
+    JobPaused { reason: String },
+    /// Its job holds as many batches at Pictify as its in-flight limit allows.
+    JobAtLimit { limit: u32 },
 }
 
 /// A chunk that can never render, and how to say so.
@@ -91,7 +97,8 @@ impl Pipeline {
                 SubmitOutcome::Submitted { .. }
                 | SubmitOutcome::AlreadyDone
                 | SubmitOutcome::Parked(_)
-                | SubmitOutcome::Rejected { .. },
+                | SubmitOutcome::Rejected { .. }
+                | SubmitOutcome::Cancelled,
             ) => return MessageFate::Acknowledge,
             Ok(SubmitOutcome::RetryLater(delay)) => {
                 return MessageFate::Keep {
@@ -151,6 +158,18 @@ impl Pipeline {
             info!(job_id = %job, chunk = %key.label(), reason = %reason, "submissions paused; chunk parked");
             return Ok(SubmitOutcome::Parked(ParkReason::Paused { reason }));
         }
+        let Some(record) = self.store.job(job).await? else {
+            error!(job_id = %job, chunk = %key.label(), "message for a job we have no record of; dropping it");
+            self.free_slot(job, key).await?;
+            return Ok(SubmitOutcome::AlreadyDone);
+        };
+        if record.control.cancelled.is_some() {
+            if self.cancel_unsent_chunk(job, key).await? {
+                info!(job_id = %job, chunk = %key.label(), "job cancelled; chunk ended unsent");
+                self.finish_job_if_done(job).await?;
+            }
+            return Ok(SubmitOutcome::Cancelled);
+        }
         if !self.take_slot(job, key).await? {
             self.park_chunk(job, key).await?;
             info!(job_id = %job, chunk = %key.label(), "window full; chunk parked");
@@ -189,6 +208,22 @@ impl Pipeline {
                 return Ok(SubmitOutcome::AlreadyDone);
             }
         };
+        // Checked once the chunk is ours: a redelivered message of a chunk at Pictify keeps its slot.
+        let held = match (&record.control.paused, record.max_in_flight()) {
+            (Some(reason), _) => Some(ParkReason::JobPaused {
+                reason: reason.clone(),
+            }),
+            (None, Some(limit)) if self.over_job_limit(job, limit).await? => {
+                Some(ParkReason::JobAtLimit { limit })
+            }
+            _ => None,
+        };
+        if let Some(why) = held {
+            self.store.release_submit(job, key).await?;
+            self.hold_back(job, key).await?;
+            info!(job_id = %job, chunk = %key.label(), why = ?why, "job holds the chunk back; parked");
+            return Ok(SubmitOutcome::Parked(why));
+        }
         let payload = self.load_payload(message).await?;
         let request = BatchRenderRequest {
             variable_sets: payload.variable_sets.clone(),
@@ -238,6 +273,28 @@ impl Pipeline {
         }
     }
 
+    /// Parks a chunk its job holds back, giving back any slot it holds (a hand-over's).
+    async fn hold_back(&self, job: &JobId, key: ChunkKey) -> Result<(), StepError> {
+        self.store.release_slot(job, key).await?;
+        self.park_chunk(job, key).await
+    }
+
+    /// Whether the job holds more window slots than its limit (counting the one just taken: two
+    /// chunks taking the last one at once both see the other and both wait, never both go).
+    async fn over_job_limit(&self, job: &JobId, limit: u32) -> Result<bool, StepError> {
+        if self.settings.pacing.max_concurrent_batches.is_none() {
+            return Ok(false);
+        }
+        let held = self
+            .store
+            .live_slots(self.clock.now())
+            .await?
+            .iter()
+            .filter(|slot| &slot.job == job)
+            .count();
+        Ok(held > limit as usize)
+    }
+
     /// Ends a chunk that can never render: every row `failed` with the failure's code, counted
     /// once (a repeated call applies nothing), one alert, and the job finished if that was all.
     async fn fail_chunk(
@@ -263,8 +320,7 @@ impl Pipeline {
             outcome: ChunkOutcome {
                 rendered: 0,
                 failed,
-                retried: Vec::new(),
-                duration_ms: None,
+                ..ChunkOutcome::default()
             },
             delta: Counters {
                 failed: n,
@@ -277,6 +333,7 @@ impl Pipeline {
         let applied = self.store.complete_chunk(&completion).await?;
         self.free_slot(job, key).await?;
         if applied {
+            self.enforce_abort_rule(job).await?;
             let alert = chunk_failed_alert(
                 failure.alert,
                 job,

@@ -36,6 +36,8 @@ struct ScriptedPictify {
     batches: Mutex<Vec<(String, String, BatchRenderRequest)>>, // (batch id, idempotency key, request)
     fail: Mutex<HashMap<String, &'static str>>,                // title → error code
     next_error: Mutex<Option<PictifyError>>,
+    /// Batches cancelled: their items (not started, in this script) are skipped.
+    cancelled: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -74,6 +76,18 @@ impl crate::ports::PictifyApi for ScriptedPictify {
         })
     }
 
+    async fn cancel_batch(
+        &self,
+        batch_id: &str,
+    ) -> Result<crate::pictify::wire::CancelResult, PictifyError> {
+        self.cancelled.lock().unwrap().push(batch_id.to_owned());
+        Ok(crate::pictify::wire::CancelResult {
+            batch_id: batch_id.to_owned(),
+            status: BatchStatus::Cancelled,
+            message: None,
+        })
+    }
+
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         let batches = self.batches.lock().unwrap();
         let (_, _, request) =
@@ -85,7 +99,13 @@ impl crate::ports::PictifyApi for ScriptedPictify {
                 })?;
         let fail = self.fail.lock().unwrap();
         let (mut results, mut errors) = (Vec::new(), Vec::new());
-        for (i, vars) in request.variable_sets.iter().enumerate() {
+        let cancelled = self.cancelled.lock().unwrap().iter().any(|b| b == batch_id);
+        let sets = if cancelled {
+            &[][..]
+        } else {
+            &request.variable_sets[..]
+        };
+        for (i, vars) in sets.iter().enumerate() {
             let title = vars
                 .get("title")
                 .and_then(|v| v.as_str())
@@ -107,7 +127,11 @@ impl crate::ports::PictifyApi for ScriptedPictify {
         }
         Ok(BatchResults {
             batch_id: batch_id.into(),
-            status: BatchStatus::Completed,
+            status: if cancelled {
+                BatchStatus::Cancelled
+            } else {
+                BatchStatus::Completed
+            },
             progress: 100.0,
             total_items: request.variable_sets.len() as u32,
             completed_items: results.len() as u32,
@@ -1565,4 +1589,260 @@ async fn a_manifest_writer_that_died_part_way_is_carried_on_from_its_checkpoint(
         String::from_utf8_lossy(&jsonl_a),
         String::from_utf8_lossy(&jsonl_b)
     );
+}
+
+// ---- job control: cancel, pause, in-flight limit, abort rule -------------------------------
+
+impl Harness {
+    async fn control(&self, change: crate::domain::ControlChange) -> crate::domain::Controlled {
+        let job = self.job().await.id;
+        self.pipeline
+            .control_job(&job, &change)
+            .await
+            .unwrap()
+            .expect("the job exists")
+    }
+
+    /// Submits what the queue holds, plays the webhooks of batches accepted since `played`, and
+    /// repeats until nothing moves; returns the batches played.
+    async fn drive(&self, mut played: usize) -> usize {
+        loop {
+            self.submit_all().await;
+            let accepted = self.pictify.batches.lock().unwrap().len();
+            if accepted == played && self.queue.is_empty() {
+                return played;
+            }
+            self.play_webhooks(played).await;
+            played = accepted;
+        }
+    }
+
+    /// Batches Pictify accepted whose webhooks were not played yet: at Pictify now.
+    fn at_pictify(&self, played: usize) -> usize {
+        self.pictify.batches.lock().unwrap().len() - played
+    }
+}
+
+fn cancel() -> crate::domain::ControlChange {
+    crate::domain::ControlChange::Cancel {
+        reason: "wrong template".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_job_ends_its_unsent_chunks_cancels_its_batches_and_the_counts_add_up() {
+    use crate::domain::Controlled;
+    let h = paced(2, 10);
+    h.put_upload(csv(50)).await;
+    h.ingest().await;
+    h.submit_all().await; // 2 batches at Pictify, 3 chunks parked
+    h.play_webhooks(0).await; // the first two finish: 20 rendered, 2 more handed over
+    let handed = h.queue.drain();
+    assert_eq!(handed.len(), 2);
+    h.pipeline.submit(&handed[0]).await.unwrap(); // one at Pictify; one message still queued
+
+    assert_eq!(h.control(cancel()).await, Controlled::Applied);
+    assert_eq!(
+        h.pictify.cancelled.lock().unwrap().as_slice(),
+        ["batch_3"],
+        "the batch at Pictify is cancelled there"
+    );
+    // The chunk whose message was still out, and the parked one, ended unsent.
+    assert_eq!(h.job().await.counters.cancelled, 20);
+    assert!(h.store.parked().await.unwrap().is_empty());
+    assert_eq!(
+        h.pipeline.submit(&handed[1]).await.unwrap(),
+        SubmitOutcome::Cancelled
+    );
+    h.play_webhooks(2).await; // the cancelled batch completes: its 10 rows were skipped
+
+    let job = h.job().await;
+    let c = job.counters;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(
+        (c.rendered, c.cancelled, c.failed, c.in_flight()),
+        (20, 30, 0, 0)
+    );
+    assert!(c.invariant_holds() && c.terminal() == c.rows);
+    assert_eq!(
+        h.pictify.batches.lock().unwrap().len(),
+        3,
+        "nothing sent after the cancel"
+    );
+    assert!(h.store.live_slots(NOW).await.unwrap().is_empty());
+    let lines = h.manifest_lines().await;
+    let cancelled: Vec<_> = lines
+        .iter()
+        .filter(|l| l["status"] == "cancelled")
+        .collect();
+    assert_eq!((lines.len(), cancelled.len()), (50, 30));
+    assert_eq!(cancelled[0]["errorCode"], "CANCELLED");
+    // Idempotent: a repeated cancel finds the job finished and changes nothing.
+    assert_eq!(
+        h.control(cancel()).await,
+        Controlled::Finished(JobStatus::Cancelled)
+    );
+    assert_eq!(h.job().await.counters, c);
+    assert_eq!(h.alerts_of_kind("job_finished"), 1);
+}
+
+#[tokio::test]
+async fn a_paused_job_sends_nothing_until_it_is_resumed() {
+    use crate::domain::{ControlChange, Controlled};
+    let h = paced(2, 10);
+    h.put_upload(csv(50)).await;
+    h.ingest().await;
+    let pause = ControlChange::Pause {
+        reason: "checking the first images".into(),
+    };
+    assert_eq!(h.control(pause.clone()).await, Controlled::Applied);
+    assert_eq!(h.control(pause).await, Controlled::Unchanged);
+    let outcomes = h.submit_all().await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, SubmitOutcome::Parked(_))),
+        "{outcomes:?}"
+    );
+    assert!(h.pictify.batches.lock().unwrap().is_empty());
+    assert_eq!(h.store.parked().await.unwrap().len(), 5);
+    assert!(
+        h.store.live_slots(NOW).await.unwrap().is_empty(),
+        "a paused job holds no slot"
+    );
+    assert_eq!(h.pipeline.hand_over().await.unwrap(), 0, "passed over");
+    // A reconciler pass re-sends nothing of it either.
+    h.pipeline
+        .reconcile(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(h.queue.is_empty());
+
+    assert_eq!(h.control(ControlChange::Resume).await, Controlled::Applied);
+    h.drive(0).await;
+    let job = h.job().await;
+    assert_eq!(
+        (job.status, job.counters.rendered),
+        (JobStatus::Completed, 50)
+    );
+    assert_eq!(
+        h.pictify.batches.lock().unwrap().len(),
+        5,
+        "each chunk once"
+    );
+}
+
+#[tokio::test]
+async fn a_jobs_in_flight_limit_holds_and_can_be_changed_mid_run() {
+    use crate::domain::{ControlChange, Controlled};
+    let h = paced(4, 10);
+    h.put_upload(csv(80)).await;
+    h.ingest().await;
+    assert_eq!(
+        h.control(ControlChange::MaxInFlight(Some(1))).await,
+        Controlled::Applied
+    );
+    h.submit_all().await;
+    assert_eq!(h.at_pictify(0), 1, "the job's limit, not the window's 4");
+    let mut played = 0;
+    for _ in 0..2 {
+        h.play_webhooks(played).await;
+        played = h.pictify.batches.lock().unwrap().len();
+        h.submit_all().await;
+        assert_eq!(h.at_pictify(played), 1);
+    }
+    // Raised mid-run: the parked chunks are handed over at once, up to the new limit.
+    h.control(ControlChange::MaxInFlight(Some(3))).await;
+    h.submit_all().await;
+    assert_eq!(h.at_pictify(played), 3);
+    h.drive(played).await;
+    let job = h.job().await;
+    assert_eq!(
+        (job.status, job.counters.rendered),
+        (JobStatus::Completed, 80)
+    );
+    assert_eq!(
+        h.pictify.batches.lock().unwrap().len(),
+        8,
+        "each chunk once"
+    );
+}
+
+/// 50 rows in chunks of 10 submitted one at a time; the first chunk's rows all fail for good.
+async fn aborting(action: &str) -> Harness {
+    let h = paced(1, 10);
+    let sidecar =
+        format!(r#"{{"maxFailureRate": 0.05, "abortAfterRows": 10, "onAbort": "{action}"}}"#);
+    h.objects
+        .put_bytes(
+            &crate::layout::sidecar_of(&upload()),
+            sidecar.into_bytes(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    let failing: Vec<(String, &'static str)> = (0..10)
+        .map(|i| (format!("Post {i}"), "INVALID_VARIABLE"))
+        .collect();
+    h.pictify.fail.lock().unwrap().extend(failing);
+    h.put_upload(csv(50)).await;
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+    h
+}
+
+#[tokio::test]
+async fn the_abort_rule_pauses_a_failing_job_once_with_one_alert() {
+    use crate::domain::{ControlChange, Controlled};
+    let h = aborting("pause").await;
+    let job = h.job().await;
+    assert!(
+        job.control
+            .paused
+            .as_deref()
+            .is_some_and(|r| r.contains("maxFailureRate")),
+        "{:?}",
+        job.control
+    );
+    assert_eq!(h.alerts_of_kind("job_aborted"), 1);
+    // The batch that tripped it handed its slot to nobody: the job is passed over.
+    h.submit_all().await;
+    assert_eq!(h.pictify.batches.lock().unwrap().len(), 1);
+
+    // Resumed by the operator, it is not paused again by the same rule.
+    assert_eq!(h.control(ControlChange::Resume).await, Controlled::Applied);
+    h.drive(1).await;
+    let job = h.job().await;
+    let c = job.counters;
+    assert_eq!(
+        (job.status, c.rendered, c.failed),
+        (JobStatus::Partial, 40, 10)
+    );
+    assert_eq!(h.alerts_of_kind("job_aborted"), 1);
+    assert_eq!(
+        h.alerts_of_kind("batch_high_failure_rate"),
+        1,
+        "the 5%-per-batch alert stays"
+    );
+}
+
+#[tokio::test]
+async fn the_abort_rule_can_cancel_the_rest_of_the_job() {
+    let h = aborting("cancel").await;
+    // The reconciler's pass ends what the webhook could not (the parked chunks).
+    h.pipeline
+        .reconcile(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    h.drive(1).await;
+    let job = h.job().await;
+    let c = job.counters;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(
+        (c.rendered, c.failed, c.cancelled, c.in_flight()),
+        (0, 10, 40, 0)
+    );
+    assert_eq!(h.pictify.batches.lock().unwrap().len(), 1);
+    assert_eq!(h.alerts_of_kind("job_aborted"), 1);
 }

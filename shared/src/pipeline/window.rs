@@ -15,6 +15,7 @@
 //!   (`domain::window::RequestBudget`: never more than the minute's requests in any 60 s), so
 //!   the steady state meets no 429.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -67,26 +68,57 @@ impl Pipeline {
     }
 
     /// Hands free slots to parked chunks, in turn, and sends their messages; returns how many.
-    /// Nothing moves while submissions are paused.
+    /// Nothing moves while submissions are paused; a job that is paused, cancelled (its cancel
+    /// pass ends its chunks) or at its in-flight limit is passed over.
     pub async fn hand_over(&self) -> Result<usize, StepError> {
         if self.store.submissions_paused().await?.is_some() {
             return Ok(0);
         }
         // Every parked submit asks; a full window (the usual answer) costs one read.
+        let mut held_by_job: HashMap<JobId, u32> = HashMap::new();
         if let Some(size) = self.settings.pacing.max_concurrent_batches {
-            let held = self.store.live_slots(self.clock.now()).await?.len();
-            if held >= size as usize {
+            let live = self.store.live_slots(self.clock.now()).await?;
+            if live.len() >= size as usize {
                 return Ok(0);
             }
+            for slot in live {
+                *held_by_job.entry(slot.job).or_default() += 1;
+            }
         }
+        let mut skip: BTreeSet<JobId> = BTreeSet::new();
+        let mut limits: HashMap<JobId, Option<u32>> = HashMap::new();
         let mut sent = 0;
         while sent < HAND_OVER_MAX {
-            let Some((job, key)) = self.store.next_parked().await? else {
+            let Some((job, key)) = self.store.next_parked(&skip).await? else {
                 break;
             };
+            let limit = match limits.get(&job) {
+                Some(limit) => *limit,
+                None => {
+                    let record = self.store.job(&job).await?;
+                    let held_back = record.as_ref().is_some_and(|j| {
+                        j.control.paused.is_some() || j.control.cancelled.is_some()
+                    });
+                    if held_back {
+                        skip.insert(job);
+                        continue;
+                    }
+                    let limit = record.as_ref().and_then(|j| j.max_in_flight());
+                    limits.insert(job.clone(), limit);
+                    limit
+                }
+            };
+            let held = held_by_job.get(&job).copied().unwrap_or(0);
+            if limit.is_some_and(|limit| held >= limit)
+                && self.settings.pacing.max_concurrent_batches.is_some()
+            {
+                skip.insert(job);
+                continue;
+            }
             if !self.take_slot(&job, key).await? {
                 break;
             }
+            *held_by_job.entry(job.clone()).or_default() += 1;
             if !self.store.unpark(&job, key).await? {
                 // A racing hand-over took it first. Slots belong to chunks, so the slot we took
                 // is the one it renewed (or took) for the message it sends: keep it.

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::errors::StoreError;
 use crate::domain::{
-    Chunk, ChunkKey, ChunkState, Counters, Job, JobId, JobSpec, JobStatus, ObjectRef,
+    Chunk, ChunkKey, ChunkState, Counters, Job, JobControl, JobId, JobSpec, JobStatus, ObjectRef,
 };
 use crate::ports::{PortError, PortResult};
 
@@ -102,6 +102,11 @@ pub(super) fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A job's control (`JobControl`), one attribute each so every change is one conditional update.
+pub(super) const PAUSE_REASON: &str = "pauseReason";
+pub(super) const CANCEL_REASON: &str = "cancelReason";
+pub(super) const MAX_IN_FLIGHT: &str = "maxInFlight";
+
 /// The checkpoint's offset, kept beside its JSON so a save can be conditioned on it.
 pub(super) const INGEST_OFFSET: &str = "ingestOffset";
 
@@ -121,6 +126,7 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     put("rejected", n(c.rejected));
     put("rendered", n(c.rendered));
     put("failed", n(c.failed));
+    put("cancelled", n(c.cancelled));
     put("retried", n(c.retried));
     put("chunks", n(c.chunks));
     put("chunksDone", n(c.chunks_done));
@@ -159,6 +165,16 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     if let Some(plan) = &job.reopen_plan {
         put("reopenPlan", json("reopen plan", plan)?);
     }
+    let control = &job.control;
+    if let Some(reason) = &control.paused {
+        put(PAUSE_REASON, s(reason));
+    }
+    if let Some(reason) = &control.cancelled {
+        put(CANCEL_REASON, s(reason));
+    }
+    if let Some(limit) = control.max_in_flight {
+        put(MAX_IN_FLIGHT, n(limit));
+    }
     Ok(item)
 }
 
@@ -180,6 +196,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
             rejected: r.n_or_zero("rejected")?,
             rendered: r.n_or_zero("rendered")?,
             failed: r.n_or_zero("failed")?,
+            cancelled: r.n_or_zero("cancelled")?,
             retried: r.n_or_zero("retried")?,
             chunks: r.n_or_zero("chunks")?,
             chunks_done: r.n_or_zero("chunksDone")?,
@@ -196,6 +213,11 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
         progress_at: r.opt_n("progressAt")?,
         reopen_plan: r.opt_json("reopenPlan")?,
         manifest_checkpoint: r.opt_json("manifestCheckpoint")?,
+        control: JobControl {
+            paused: r.opt_s(PAUSE_REASON)?.map(str::to_owned),
+            cancelled: r.opt_s(CANCEL_REASON)?.map(str::to_owned),
+            max_in_flight: r.opt_n(MAX_IN_FLIGHT)?,
+        },
     })
 }
 
@@ -259,6 +281,7 @@ fn parse_job_status(raw: &str) -> Option<JobStatus> {
         JobStatus::Completed,
         JobStatus::Partial,
         JobStatus::Failed,
+        JobStatus::Cancelled,
     ]
     .into_iter()
     .find(|status| status.as_str() == raw)

@@ -24,9 +24,10 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tracing::{debug, warn};
 
 use self::codec::{
-    ACTIVE_PK, ALERT_PREFIX, BATCH_SK, CHUNK_PREFIX, CONTROL_PK, FAILURE_SK, INGEST_OFFSET, JOB_SK,
-    PK, RENDER_SK, Reader, SK, SUBMISSIONS_SK, TTL, chunk_from_item, chunk_item, chunk_sk,
-    describe, fingerprint_pks, job_from_item, job_item, job_pk, json, key, n, s, truncate,
+    ACTIVE_PK, ALERT_PREFIX, BATCH_SK, CANCEL_REASON, CHUNK_PREFIX, CONTROL_PK, FAILURE_SK,
+    INGEST_OFFSET, JOB_SK, MAX_IN_FLIGHT, PAUSE_REASON, PK, RENDER_SK, Reader, SK, SUBMISSIONS_SK,
+    TTL, chunk_from_item, chunk_item, chunk_sk, describe, fingerprint_pks, job_from_item, job_item,
+    job_pk, json, key, n, s, truncate,
 };
 pub use self::codec::{Item, ItemError};
 pub use self::errors::StoreError;
@@ -34,8 +35,8 @@ use self::errors::{checked, sdk_error};
 #[cfg(feature = "test-support")]
 pub use self::test_support::create_table;
 use crate::domain::{
-    Chunk, ChunkKey, ChunkState, IngestCheckpoint, Job, JobId, JobStatus, ManifestCheckpoint,
-    ManifestLocation,
+    Chunk, ChunkKey, ChunkState, ControlChange, Controlled, IngestCheckpoint, Job, JobId,
+    JobStatus, ManifestCheckpoint, ManifestLocation,
 };
 use crate::ports::{
     BeginSubmit, ChunkCompletion, ChunkLedger, FailureRecord, JobLedger, MAX_REOPEN_CHUNKS,
@@ -330,19 +331,21 @@ impl DynamoJobStore {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(&c.job), JOB_SK)))
             .update_expression(
-                "ADD #rendered :rendered, #failed :failed, #retried :retried, #chunks :chunks, \
-                 #chunksDone :chunksDone, #renderMsTotal :renderMs",
+                "ADD #rendered :rendered, #failed :failed, #cancelled :cancelled, #retried :retried, \
+                 #chunks :chunks, #chunksDone :chunksDone, #renderMsTotal :renderMs",
             )
             .condition_expression("attribute_exists(#pk)")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#rendered", "rendered")
             .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#cancelled", "cancelled")
             .expression_attribute_names("#retried", "retried")
             .expression_attribute_names("#chunks", "chunks")
             .expression_attribute_names("#chunksDone", "chunksDone")
             .expression_attribute_names("#renderMsTotal", "renderMsTotal")
             .expression_attribute_values(":rendered", n(d.rendered))
             .expression_attribute_values(":failed", n(d.failed))
+            .expression_attribute_values(":cancelled", n(d.cancelled))
             .expression_attribute_values(":retried", n(d.retried))
             .expression_attribute_values(":chunks", n(d.chunks))
             .expression_attribute_values(":chunksDone", n(d.chunks_done))
@@ -574,6 +577,82 @@ impl JobLedger for DynamoJobStore {
             .send()
             .await;
         Ok(checked(&operation, result)?.is_ok())
+    }
+
+    /// One conditional update per change, the condition being [`Job::control`]'s rule; when it
+    /// fails, the rule on the item as it was gives the answer.
+    async fn control_job(
+        &self,
+        id: &JobId,
+        change: &ControlChange,
+    ) -> PortResult<Option<Controlled>> {
+        let operation = format!("control_job {id} {change:?}");
+        let active = "#status IN (:ingesting, :running)";
+        let live = "attribute_not_exists(#cancel)";
+        let (update, condition, value) = match change {
+            ControlChange::Cancel { reason } => (
+                "SET #cancel = :v REMOVE #pause",
+                format!("{active} AND {live}"),
+                Some(s(reason)),
+            ),
+            ControlChange::Pause { reason } => (
+                "SET #pause = :v",
+                format!("{active} AND {live} AND attribute_not_exists(#pause)"),
+                Some(s(reason)),
+            ),
+            ControlChange::Resume => (
+                "REMOVE #pause",
+                format!("{active} AND {live} AND attribute_exists(#pause)"),
+                None,
+            ),
+            ControlChange::MaxInFlight(Some(limit)) => (
+                "SET #limit = :v",
+                format!("{active} AND {live} AND (attribute_not_exists(#limit) OR #limit <> :v)"),
+                Some(n(*limit)),
+            ),
+            ControlChange::MaxInFlight(None) => (
+                "REMOVE #limit",
+                format!("{active} AND {live} AND attribute_exists(#limit)"),
+                None,
+            ),
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(id), JOB_SK)))
+            .update_expression(update)
+            .condition_expression(format!("attribute_exists(#pk) AND {condition}"))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#cancel", CANCEL_REASON)
+            .expression_attribute_values(":ingesting", s(JobStatus::Ingesting.as_str()))
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()));
+        if update.contains("#pause") || condition.contains("#pause") {
+            request = request.expression_attribute_names("#pause", PAUSE_REASON);
+        }
+        if update.contains("#limit") {
+            request = request.expression_attribute_names("#limit", MAX_IN_FLIGHT);
+        }
+        if let Some(value) = value {
+            request = request.expression_attribute_values(":v", value);
+        }
+        match checked(&operation, request.send().await)? {
+            Ok(_) => Ok(Some(Controlled::Applied)),
+            Err(None) => Ok(None),
+            Err(Some(old)) => {
+                let job = job_from_item(&old).map_err(|e| PortError::permanent(&operation, e))?;
+                match job.control(change).answer {
+                    // The item changed between the condition and this read: let the caller retry.
+                    Controlled::Applied => Err(PortError::new(
+                        operation,
+                        "the job changed while being controlled",
+                    )),
+                    answer => Ok(Some(answer)),
+                }
+            }
+        }
     }
 
     async fn transition_job(&self, id: &JobId, from: JobStatus, to: JobStatus) -> PortResult<bool> {

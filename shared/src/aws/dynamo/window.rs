@@ -8,6 +8,7 @@
 //! - the request bucket: `pk = WINDOW`, `sk = #BUDGET`, `tokens` and `atMs`, replaced with a
 //!   put conditioned on the `atMs` it was read at (a racing taker makes us read again).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracing::debug;
@@ -199,7 +200,7 @@ impl SubmitWindow for DynamoJobStore {
         self.put_record(&operation, item).await
     }
 
-    async fn next_parked(&self) -> PortResult<Option<(JobId, ChunkKey)>> {
+    async fn next_parked(&self, skip: &BTreeSet<JobId>) -> PortResult<Option<(JobId, ChunkKey)>> {
         let turn = self
             .get("next_parked", WINDOW_PK.to_owned(), TURN_SK)
             .await?;
@@ -208,12 +209,22 @@ impl SubmitWindow for DynamoJobStore {
             .and_then(|item| item.get("jobId"))
             .and_then(|v| v.as_s().ok())
             .and_then(|raw| JobId::parse(raw).ok());
-        if let Some(last) = last
-            && let Some(next) = self.first_parked(Some(after_job(&last))).await?
-        {
-            return Ok(Some(next));
+        // From the job after the last served to the end, then from the start: a skipped job is
+        // stepped over with one more query, so a pass costs one query per job it passes.
+        let starts = match &last {
+            Some(last) => vec![Some(after_job(last)), None],
+            None => vec![None],
+        };
+        for start in starts {
+            let mut from = start;
+            while let Some((job, key)) = self.first_parked(from).await? {
+                if !skip.contains(&job) {
+                    return Ok(Some((job, key)));
+                }
+                from = Some(after_job(&job));
+            }
         }
-        self.first_parked(None).await
+        Ok(None)
     }
 
     async fn unpark(&self, job: &JobId, key: ChunkKey) -> PortResult<bool> {
