@@ -13,7 +13,7 @@
 //! error in SQLite, `Ok(false)` elsewhere) are not part of `check_job_store`; the `check_*`
 //! functions below it cover the ones two adapters share, the rest stay in each adapter's tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use crate::dataset::ReadPosition;
 use crate::domain::{
-    Chunk, ChunkKey, ChunkOutcome, ChunkState, Counters, IngestCheckpoint, Job, JobId, JobSpec,
-    JobStatus, ManifestLocation, ObjectRef, RecordSubmitted, RowError,
+    Chunk, ChunkKey, ChunkOutcome, ChunkState, ControlChange, Counters, IngestCheckpoint, Job,
+    JobId, JobSpec, JobStatus, ManifestLocation, ObjectRef, RecordSubmitted, RowError,
 };
 use crate::ports::{BeginSubmit, ChunkCompletion, FailureRecord, JobStore, RenderRecord, Reopen};
 
@@ -80,11 +80,14 @@ where
         a_job_alert_is_claimed_once_per_job_and_kind,
         every_chunk_state_answers_every_request_as_the_domain_rules_say,
         every_job_status_moves_only_as_the_domain_rules_say,
+        every_control_change_applies_as_the_domain_rule_says,
+        a_cancelled_chunk_counts_its_rows_cancelled,
         the_window_holds_at_most_size_slots_and_a_holder_renews,
         an_expired_slot_is_free_and_release_frees_only_the_holders,
         racing_acquirers_never_overfill_the_window,
         parked_chunks_are_served_one_job_after_another,
         a_parked_chunk_is_unparked_once,
+        jobs_held_back_are_passed_over_in_turn,
         the_request_budget_is_one_bucket_for_every_caller,
     ];
     let mut failed = Vec::new();
@@ -866,6 +869,26 @@ fn jk_label(job: &JobId, key: ChunkKey) -> String {
     format!("{}/{}", &job.as_str()[4..], key.seq)
 }
 
+async fn jobs_held_back_are_passed_over_in_turn(store: Store) {
+    for (job, seq) in [(1, 1), (2, 1), (2, 2), (3, 1)] {
+        let (j, k) = jk(job, seq);
+        store.park(&j, k, 5).await.must("park");
+    }
+    let held = BTreeSet::from([jk(2, 1).0]);
+    let mut order = Vec::new();
+    while let Some((job, key)) = store.next_parked(&held).await.must("next") {
+        assert!(store.unpark(&job, key).await.must("unpark"));
+        order.push(jk_label(&job, key));
+    }
+    assert_eq!(order, ["01/1", "03/1"], "job 2 is passed over");
+    let (j, k) = jk(2, 1);
+    assert_eq!(
+        store.next_parked(&BTreeSet::new()).await.must("next"),
+        Some((j, k)),
+        "and served once no longer held"
+    );
+}
+
 async fn a_parked_chunk_is_unparked_once(store: Store) {
     let (j, k) = jk(1, 1);
     assert!(!store.unpark(&j, k).await.must("never parked"));
@@ -1233,13 +1256,14 @@ async fn every_chunk_state_answers_every_request_as_the_domain_rules_say(store: 
     }
 }
 
-const JOB_STATUSES: [JobStatus; 6] = [
+const JOB_STATUSES: [JobStatus; 7] = [
     JobStatus::Ingesting,
     JobStatus::Running,
     JobStatus::Finishing,
     JobStatus::Completed,
     JobStatus::Partial,
     JobStatus::Failed,
+    JobStatus::Cancelled,
 ];
 
 /// For every job status × expected status, `transition_job` answers and stores what
@@ -1274,6 +1298,90 @@ async fn every_job_status_moves_only_as_the_domain_rules_say(store: Store) {
             expected = next;
         }
     }
+}
+
+/// Every job status × a sequence of control changes (repeats, a cancel, changes after it): the
+/// store answers and stores what `Job::control` says.
+async fn every_control_change_applies_as_the_domain_rule_says(store: Store) {
+    let changes = [
+        ControlChange::Pause {
+            reason: "look".into(),
+        },
+        ControlChange::Pause {
+            reason: "again".into(),
+        },
+        ControlChange::MaxInFlight(Some(2)),
+        ControlChange::MaxInFlight(Some(2)),
+        ControlChange::Resume,
+        ControlChange::Resume,
+        ControlChange::MaxInFlight(None),
+        ControlChange::MaxInFlight(None),
+        ControlChange::Pause {
+            reason: "before the cancel".into(),
+        },
+        ControlChange::Cancel {
+            reason: "stop".into(),
+        },
+        ControlChange::Cancel {
+            reason: "stop again".into(),
+        },
+        ControlChange::Resume,
+        ControlChange::MaxInFlight(Some(5)),
+    ];
+    for status in JOB_STATUSES {
+        let mut expected = job_for(&format!("in/control-{}.csv", status.as_str()));
+        store.create_job(&expected).await.must("create job");
+        let id = expected.id.clone();
+        if status != JobStatus::Ingesting {
+            let reached = store
+                .transition_job(&id, JobStatus::Ingesting, status)
+                .await
+                .must("reach the status");
+            assert!(reached, "{status:?} is reached from ingesting");
+            expected.status = status;
+        }
+        for change in &changes {
+            let (answer, next) = expected.control(change).after(&expected);
+            let got = store.control_job(&id, change).await.must("control job");
+            assert_eq!(got, Some(answer), "a {status:?} job asked {change:?}");
+            let stored = stored_job(&*store, &id).await;
+            assert_eq!(stored, next, "a {status:?} job after {change:?}");
+            expected = next;
+        }
+    }
+    let missing = JobId::parse("job_missing").must("id");
+    let none = store.control_job(&missing, &ControlChange::Resume).await;
+    assert_eq!(none.must("control a missing job"), None);
+}
+
+/// A chunk ended unsent by a cancel: its rows count `cancelled`, and the job's final status is
+/// `cancelled`.
+async fn a_cancelled_chunk_counts_its_rows_cancelled(store: Store) {
+    let (job, key) = with_chunk(&*store).await;
+    store
+        .begin_submit(&job, key, 100, GRACE)
+        .await
+        .must("begin submit");
+    let completion = ChunkCompletion {
+        job: job.clone(),
+        key,
+        outcome: ChunkOutcome {
+            cancelled: vec![0, 1, 2, 3],
+            ..ChunkOutcome::default()
+        },
+        delta: Counters {
+            cancelled: 4,
+            chunks_done: 1,
+            ..Counters::default()
+        },
+        retry: None,
+        alert: false,
+    };
+    assert!(store.complete_chunk(&completion).await.must("complete"));
+    let stored = stored_job(&*store, &job).await;
+    assert_eq!((stored.counters.cancelled, stored.counters.chunks_done), (4, 1));
+    let chunk = stored_chunk(&*store, &job, key).await;
+    assert_eq!(chunk.outcome.map(|o| o.cancelled), Some(vec![0, 1, 2, 3]));
 }
 
 // ---- behaviours not every adapter shares -------------------------------------------------------
