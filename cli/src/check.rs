@@ -140,6 +140,7 @@ pub async fn check(args: CheckArgs) -> Result<Outcome, Failure> {
         mapping: prepare::parse_mapping(&args.map)?,
         required: args.require.clone(),
         file_columns: args.file_column.clone(),
+        abort: None,
     };
     let dataset = prepare::check_dataset(&args.dataset, &options)?;
     let (definitions, from) = match &args.api_key {

@@ -3,6 +3,7 @@
 //! `redrive`, `resume-submissions`, `register-webhooks`).
 
 mod check;
+mod control;
 mod ops;
 mod output;
 mod prepare;
@@ -21,6 +22,8 @@ Exit codes:
   2  some rows failed or were rejected (see the summary and results.csv)
   3  dataset-level or usage error: missing file, unknown format, unknown template,
      --map naming a missing column, an unreadable dataset, or Pictify refusing the API key / quota
+  4  the job is paused (`pictify-batch pause`, or its abort rule): its state is kept; resume it
+     and run again with --resume
   1  unexpected internal error";
 
 #[derive(Parser, Debug)]
@@ -48,6 +51,15 @@ enum Command {
     /// Run one reconciler pass against the deployed stack now (the Lambda environment variables:
     /// TABLE_NAME, QUEUE_URL, SECRET_ARN, ALERT_TOPIC_ARN, …).
     Reconcile,
+    /// Pause one job: nothing more of it is submitted until `resume` (batches at Pictify finish).
+    Pause(control::PauseArgs),
+    /// Resume a paused job (one paused by `pause` or by its abort rule).
+    Resume(ops::JobArgs),
+    /// Cancel a job: batches at Pictify are cancelled, queued chunks are stopped, and the rows
+    /// not rendered end `cancelled`. Safe to repeat.
+    Cancel(control::CancelArgs),
+    /// Change how many of a running job's batches may be at Pictify at once.
+    Concurrency(control::ConcurrencyArgs),
     /// Clear the pause flag set when Pictify refused the API key or quota.
     ResumeSubmissions(ops::StateArgs),
     /// Send the dead-letter queue's messages back to the queues they came from
@@ -70,6 +82,9 @@ pub enum Failure {
     /// The input or the invocation is wrong; one line for the user, exit 3.
     #[error("{0}")]
     Usage(String),
+    /// The job is paused: the run stops, its state kept (exit 4).
+    #[error("{0}")]
+    Paused(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -106,6 +121,10 @@ fn main() -> ExitCode {
             Command::Status(args) => ops::status(args).await,
             Command::Results(args) => ops::results(args).await,
             Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,
+            Command::Pause(args) => control::pause(args).await,
+            Command::Resume(args) => control::resume(args).await,
+            Command::Cancel(args) => control::cancel(args).await,
+            Command::Concurrency(args) => control::concurrency(args).await,
             Command::RetryFailed(args) => ops::retry_failed(args).await,
             Command::Reconcile => ops::reconcile().await,
             Command::Redrive => ops::redrive().await,
@@ -120,6 +139,10 @@ fn main() -> ExitCode {
         Err(Failure::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(3)
+        }
+        Err(Failure::Paused(message)) => {
+            eprintln!("paused: {message}");
+            ExitCode::from(4)
         }
         Err(Failure::Internal(e)) => {
             eprintln!("internal error: {e:#}");

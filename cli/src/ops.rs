@@ -43,13 +43,13 @@ pub struct ResultsArgs {
     pub print: bool,
 }
 
-struct Stack {
-    store: Arc<dyn JobStore>,
+pub(crate) struct Stack {
+    pub store: Arc<dyn JobStore>,
     objects: Arc<dyn ObjectStore>,
     local: Option<SqliteJobStore>,
 }
 
-async fn connect(target: &StateArgs) -> Result<Stack, Failure> {
+pub(crate) async fn connect(target: &StateArgs) -> Result<Stack, Failure> {
     if let Some(dir) = &target.state {
         let out = OutDir::new(dir.clone());
         if !out.db().exists() {
@@ -83,7 +83,7 @@ async fn connect(target: &StateArgs) -> Result<Stack, Failure> {
     })
 }
 
-async fn load_job(stack: &Stack, raw: Option<&str>) -> Result<Job, Failure> {
+pub(crate) async fn load_job(stack: &Stack, raw: Option<&str>) -> Result<Job, Failure> {
     let Some(raw) = raw else {
         let local = stack
             .local
@@ -135,16 +135,43 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
         );
     }
     println!(
-        "rows {}  rendered {}  failed {}  rejected {}  in flight {}  failure rate {:.1}%",
+        "rows {}  rendered {}  failed {}  cancelled {}  rejected {}  in flight {}  failure rate {:.1}%",
         c.rows,
         c.rendered,
         c.failed,
+        c.cancelled,
         c.rejected,
         c.in_flight(),
         c.failure_rate() * 100.0
     );
+    let control = &job.control;
+    if let Some(reason) = &control.cancelled {
+        println!("CANCELLED: {reason}");
+    }
+    if let Some(reason) = &control.paused {
+        println!(
+            "PAUSED: {reason} (resume with `pictify-batch resume {}`)",
+            job.id
+        );
+    }
+    if let Some(limit) = job.max_in_flight() {
+        println!("in-flight limit: {limit} batch(es) of this job at Pictify at once");
+    }
+    if let Some(rule) = &job.spec.abort {
+        println!(
+            "abort rule: {} on{}{} (rate judged after {} rows)",
+            rule.action.as_str(),
+            rule.max_failure_rate
+                .map(|r| format!(" failure rate over {:.1}%", r * 100.0))
+                .unwrap_or_default(),
+            rule.max_failed_rows
+                .map(|n| format!(" more than {n} failed rows"))
+                .unwrap_or_default(),
+            rule.after_rows
+        );
+    }
     println!(
-        "invariant rows = rejected + rendered + failed + in flight: {}",
+        "invariant rows = rejected + rendered + failed + cancelled + in flight: {}",
         if c.invariant_holds() {
             "holds"
         } else {

@@ -289,19 +289,24 @@ impl Summary<'_> {
             s.push_str(&format!("dataset problem: {error}\n"));
         }
         s.push_str(&format!(
-            "rows {}  rendered {}  failed {}  rejected {}  failure rate {:.1}%\n",
+            "rows {}  rendered {}  failed {}  cancelled {}  rejected {}  failure rate {:.1}%\n",
             c.rows,
             c.rendered,
             c.failed,
+            c.cancelled,
             c.rejected,
             c.failure_rate() * 100.0
         ));
+        if let Some(reason) = &self.job.control.cancelled {
+            s.push_str(&format!("cancelled: {reason}\n"));
+        }
         s.push_str(&format!(
-            "invariant: rows {} = rejected {} + rendered {} + failed {} + in flight {} ({})\n",
+            "invariant: rows {} = rejected {} + rendered {} + failed {} + cancelled {} + in flight {} ({})\n",
             c.rows,
             c.rejected,
             c.rendered,
             c.failed,
+            c.cancelled,
             c.in_flight(),
             if c.invariant_holds() && c.in_flight() == 0 {
                 "holds"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shared::dataset::{DatasetFormat, DatasetReader, Item, RowRules};
-use shared::domain::ObjectRef;
+use shared::domain::{AbortRule, ObjectRef};
 use shared::layout;
 use shared::local::FsObjectStore;
 use shared::pictify::wire::Format;
@@ -41,6 +41,8 @@ pub struct JobOptions {
     pub required: Vec<String>,
     /// Columns whose relative paths become `file://` URLs (resolved against the dataset's folder).
     pub file_columns: Vec<String>,
+    /// When to stop the job for its failures (`--max-failure-rate`, …).
+    pub abort: Option<AbortRule>,
 }
 
 /// Parses `column=variable` pairs.
@@ -233,6 +235,17 @@ fn sidecar_json(options: &JobOptions) -> Value {
     }
     sidecar.insert("mapping".into(), serde_json::json!(options.mapping));
     sidecar.insert("required".into(), serde_json::json!(options.required));
+    if let Some(rule) = &options.abort {
+        // The sidecar's own keys (`layout::Sidecar`), so ingest applies it as it would upstream.
+        if let Some(rate) = rule.max_failure_rate {
+            sidecar.insert("maxFailureRate".into(), Value::from(rate));
+        }
+        if let Some(rows) = rule.max_failed_rows {
+            sidecar.insert("maxFailedRows".into(), Value::from(rows));
+        }
+        sidecar.insert("abortAfterRows".into(), Value::from(rule.after_rows));
+        sidecar.insert("onAbort".into(), Value::from(rule.action.as_str()));
+    }
     Value::Object(sidecar)
 }
 

@@ -36,13 +36,17 @@ impl Progress {
 
     pub fn update(&mut self, job: &Job) {
         let c = job.counters;
-        let done = c.rendered + c.failed + c.rejected;
+        let done = c.terminal();
         let ingesting = job.status == JobStatus::Ingesting;
         let message = format!(
-            "rendered {} failed {} rejected {}{}",
+            "rendered {} failed {} rejected {}{}{}",
             c.rendered,
             c.failed,
             c.rejected,
+            match c.cancelled {
+                0 => String::new(),
+                n => format!(" cancelled {n}"),
+            },
             if ingesting {
                 " (reading the dataset)"
             } else {

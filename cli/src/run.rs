@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 use rand::{RngCore, SeedableRng};
-use shared::domain::{ChunkMessage, ChunkState, Job, JobId, JobStatus};
+use shared::domain::{AbortAction, AbortRule, ChunkMessage, ChunkState, Job, JobId, JobStatus};
 use shared::local::{FanoutAlerts, FsObjectStore, LogAlerts, MemoryAlerts, MemoryQueue};
 use shared::pictify::plan::{Plan, PlanLimits};
 use shared::pictify::wire::{CreateSubscription, Format, event_names, headers};
@@ -111,6 +111,20 @@ pub struct RunArgs {
     /// Emulator: extra templates (<id>.html + <id>.json pairs) on top of the bundled ones.
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// Stop the job when more than this share of its rows fail (0.05 is 5%), judged once
+    /// --abort-after-rows rows have ended. What stopping does is --on-abort.
+    #[arg(long, value_name = "RATE")]
+    pub max_failure_rate: Option<f64>,
+    /// Stop the job when more than this many rows have failed.
+    #[arg(long, value_name = "ROWS")]
+    pub max_failed_rows: Option<u64>,
+    /// Rows that must have ended before --max-failure-rate is judged [default: 50].
+    #[arg(long, value_name = "ROWS")]
+    pub abort_after_rows: Option<u64>,
+    /// What stopping does: `pause` (the run stops; `pictify-batch resume --state OUT` and
+    /// `run --resume` go on) or `cancel` (the rest of the rows end `cancelled`) [default: pause].
+    #[arg(long, value_name = "pause|cancel", value_parser = ["pause", "cancel"])]
+    pub on_abort: Option<String>,
     /// Emulator: fault injection as JSON, e.g. '{"itemFailures":{"RENDER_TIMEOUT":0.05}}' (testing aid).
     #[arg(long, value_name = "JSON")]
     pub emulator_faults: Option<String>,
@@ -193,6 +207,7 @@ async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
         mapping: prepare::parse_mapping(&args.map)?,
         required: args.require.clone(),
         file_columns: args.file_column.clone(),
+        abort: abort_rule(args)?,
     };
     check_options(args)?;
     let dataset = prepare::check_dataset(&args.dataset, &options)?;
@@ -390,6 +405,13 @@ async fn drive(prepared: &Prepared, services: &Services) -> Result<Job, Failure>
             drop(submitters);
             return Ok(job);
         }
+        if let Some(reason) = &job.control.paused {
+            stopped(&mut bar);
+            return Err(Failure::Paused(format!(
+                "job {job_id} is paused: {reason}. Nothing more is submitted; continue with `pictify-batch resume --state {out}` then the same `run` with --resume, or end it with `pictify-batch cancel --state {out}` and `run --resume`",
+                out = prepared.out.root.display()
+            )));
+        }
         if job.status == JobStatus::Finishing && duplicate {
             // Interrupted while writing the manifest: finish it (idempotent).
             pipeline.finish_job(job.clone()).await.map_err(step_error)?;
@@ -509,6 +531,36 @@ fn check_options(args: &RunArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?;
     }
     Ok(())
+}
+
+/// The abort rule the flags ask for, if any.
+fn abort_rule(args: &RunArgs) -> Result<Option<AbortRule>, Failure> {
+    if let Some(rate) = args.max_failure_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        return Err(Failure::usage(format!(
+            "--max-failure-rate {rate} is outside 0..=1 (0.05 is 5%)"
+        )));
+    }
+    if args.max_failure_rate.is_none() && args.max_failed_rows.is_none() {
+        if args.abort_after_rows.is_some() || args.on_abort.is_some() {
+            return Err(Failure::usage(
+                "--abort-after-rows and --on-abort need --max-failure-rate or --max-failed-rows",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(AbortRule {
+        max_failure_rate: args.max_failure_rate,
+        max_failed_rows: args.max_failed_rows,
+        after_rows: args
+            .abort_after_rows
+            .unwrap_or(AbortRule::DEFAULT_AFTER_ROWS),
+        action: match args.on_abort.as_deref() {
+            Some("cancel") => AbortAction::Cancel,
+            _ => AbortAction::Pause,
+        },
+    }))
 }
 
 /// The bundled templates, plus those in `dir` (`--templates`).
