@@ -110,7 +110,9 @@ async fn control(args: &JobArgs, change: ControlChange) -> Result<Outcome, Failu
             ControlChange::Pause { .. } => {
                 "a `run` working on it stops; continue with `pictify-batch resume --state DIR` and `run --resume`"
             }
-            ControlChange::Resume => "continue with `pictify-batch run <the same dataset> --out DIR --resume`",
+            ControlChange::Resume => {
+                "continue with `pictify-batch run <the same dataset> --out DIR --resume`"
+            }
             ControlChange::MaxInFlight(_) => "a `run` working on it follows the new limit at once",
         };
         println!("{next}");
@@ -164,7 +166,9 @@ fn report(job: &JobId, change: &ControlChange, answer: &Controlled) -> Result<()
         ControlChange::Pause { .. } => "paused".to_owned(),
         ControlChange::Resume => "resumed".to_owned(),
         ControlChange::Cancel { .. } => "cancelled".to_owned(),
-        ControlChange::MaxInFlight(Some(n)) => format!("limited to {n} batch(es) at Pictify at once"),
+        ControlChange::MaxInFlight(Some(n)) => {
+            format!("limited to {n} batch(es) at Pictify at once")
+        }
         ControlChange::MaxInFlight(None) => "back to its own in-flight limit".to_owned(),
     };
     match answer {

@@ -17,7 +17,10 @@ fn bin() -> Command {
 fn blog_csv(dir: &Path, rows: usize) -> PathBuf {
     let mut text = String::from("title,author,publishDate\n");
     for i in 0..rows {
-        text.push_str(&format!("Post number {i},Author {i},2026-01-{:02}\n", i % 28 + 1));
+        text.push_str(&format!(
+            "Post number {i},Author {i},2026-01-{:02}\n",
+            i % 28 + 1
+        ));
     }
     let path = dir.join("posts.csv");
     std::fs::write(&path, text).unwrap();
@@ -82,7 +85,10 @@ fn wait_rendered(out: &Path, rows: u64) {
         if rendered >= rows {
             return;
         }
-        assert!(Instant::now() < deadline, "{rows} rows not rendered in time");
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows not rendered in time"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -108,19 +114,34 @@ fn a_local_run_cancelled_from_another_process_accounts_for_every_row() {
 
     let run = child.wait_with_output().unwrap();
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
-    assert!(text(&run).contains("cancelled: wrong template"), "{}", text(&run));
+    assert!(
+        text(&run).contains("cancelled: wrong template"),
+        "{}",
+        text(&run)
+    );
     let counts = statuses(&out);
     let (rendered, cancelled) = (counts["rendered"], counts["cancelled"]);
     assert_eq!(rendered + cancelled, 400, "{counts:?}");
     assert!(rendered >= 50 && cancelled >= 100, "{counts:?}");
-    assert!(accepted(&out) < 8, "chunks after the cancel were never sent");
+    assert!(
+        accepted(&out) < 8,
+        "chunks after the cancel were never sent"
+    );
 
     let status = cli(&["status"], &out);
-    assert!(text(&status).contains("CANCELLED: wrong template"), "{}", text(&status));
+    assert!(
+        text(&status).contains("CANCELLED: wrong template"),
+        "{}",
+        text(&status)
+    );
     // Idempotent: a second cancel changes nothing and says so.
     let again = cli(&["cancel"], &out);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(text(&again).contains("already cancelled"), "{}", text(&again));
+    assert!(
+        text(&again).contains("already cancelled"),
+        "{}",
+        text(&again)
+    );
     assert_eq!(statuses(&out), counts);
 }
 
@@ -144,9 +165,17 @@ fn the_abort_rule_pauses_a_local_run_and_resume_finishes_it() {
     ];
     let paused = run_args(&dataset, &out).args(flags).output().unwrap();
     assert_eq!(paused.status.code(), Some(4), "{}", text(&paused));
-    assert!(text(&paused).contains("maxFailureRate"), "{}", text(&paused));
+    assert!(
+        text(&paused).contains("maxFailureRate"),
+        "{}",
+        text(&paused)
+    );
     let status = cli(&["status"], &out);
-    assert!(text(&status).contains("PAUSED: aborted:"), "{}", text(&status));
+    assert!(
+        text(&status).contains("PAUSED: aborted:"),
+        "{}",
+        text(&status)
+    );
 
     // Only a paused job can be resumed; a second resume says nothing changed.
     let resume = cli(&["resume"], &out);
@@ -183,5 +212,9 @@ fn controlling_a_finished_job_is_refused_by_name() {
     assert_eq!(limit.status.code(), Some(3), "{}", text(&limit));
     let cancel = cli(&["cancel"], &out);
     assert_eq!(cancel.status.code(), Some(0), "{}", text(&cancel));
-    assert!(text(&cancel).contains("nothing left to cancel"), "{}", text(&cancel));
+    assert!(
+        text(&cancel).contains("nothing left to cancel"),
+        "{}",
+        text(&cancel)
+    );
 }

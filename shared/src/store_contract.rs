@@ -1379,7 +1379,10 @@ async fn a_cancelled_chunk_counts_its_rows_cancelled(store: Store) {
     };
     assert!(store.complete_chunk(&completion).await.must("complete"));
     let stored = stored_job(&*store, &job).await;
-    assert_eq!((stored.counters.cancelled, stored.counters.chunks_done), (4, 1));
+    assert_eq!(
+        (stored.counters.cancelled, stored.counters.chunks_done),
+        (4, 1)
+    );
     let chunk = stored_chunk(&*store, &job, key).await;
     assert_eq!(chunk.outcome.map(|o| o.cancelled), Some(vec![0, 1, 2, 3]));
 }
