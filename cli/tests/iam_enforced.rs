@@ -432,3 +432,48 @@ async fn a_dataset_overwritten_mid_job_leaves_both_jobs_and_manifests_whole() {
     let denied = integration_tests::iam::denials(&stack.stack_name);
     assert!(denied.is_empty(), "{denied:#?}");
 }
+
+/// The job-control commands as the operator, under `OperatorPolicy`, on a job the functions run
+/// under theirs: pause, a limit, resume, then cancel (twice); the reconciler under its own
+/// policy repeats the cancel for what was at Pictify.
+#[tokio::test]
+async fn the_operator_pauses_limits_resumes_and_cancels_a_job() {
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let key = "uploads/tmpl_blog_card/controlled.csv";
+    stack.upload(key, blog_csv(500)).await.unwrap();
+    let job = job_id_of(&stack.ingest(key).await.unwrap()).unwrap();
+    let id = job.as_str();
+
+    let paused = succeeded(&operator(&stack, &["pause", id, "--reason", "look first"]).await);
+    assert!(paused.contains("paused"), "{paused}");
+    while stack.drain_once().await.unwrap() > 0 {}
+    assert_eq!(stack.emulator.ledger().batches_accepted.len(), 0);
+    let status = succeeded(&operator(&stack, &["status", id]).await);
+    assert!(status.contains("PAUSED: look first"), "{status}");
+
+    succeeded(&operator(&stack, &["concurrency", id, "--batches", "1"]).await);
+    succeeded(&operator(&stack, &["resume", id]).await);
+    for _ in 0..50 {
+        stack.drain_once().await.unwrap();
+        if stack.job(&job).await.unwrap().counters.rendered >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled = succeeded(&operator(&stack, &["cancel", id]).await);
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+    let done = run_until_done(&stack, &job).await;
+    let c = done.counters;
+    assert_eq!(done.status, shared::domain::JobStatus::Cancelled);
+    assert!(c.rendered >= 100 && c.cancelled > 0, "{c:?}");
+    assert_eq!(c.terminal(), 500, "{c:?}");
+    let again = succeeded(&operator(&stack, &["cancel", id]).await);
+    assert!(again.contains("already cancelled"), "{again}");
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
+}
