@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt as _;
-use pictify_emulator::render::VariableDef;
-use pictify_emulator::render::template::{invalid_variables, with_defaults};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::dataset::{DatasetReader, Item, RowRules, fingerprint};
 use shared::pictify::Plan;
+use shared::pictify::variables::{VariableDef, invalid_variables, with_defaults};
 use shared::pictify::wire::error_codes;
+use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
+use shared::secret::Secret;
 
 use crate::prepare::{self, JobOptions};
 use crate::{Failure, Outcome};
@@ -185,81 +186,30 @@ fn local_definitions(args: &CheckArgs) -> Result<Vec<VariableDef>, Failure> {
     Ok(template.variables.clone())
 }
 
-/// `GET /templates/{uid}/variables`: `{variables: [{name, type, defaultValue, validation:
-/// {required, minLength, maxLength}}]}`.
+/// `GET /templates/{uid}/variables` on Pictify.
 async fn remote_definitions(
     base_url: &str,
     key: &str,
     template: &str,
 ) -> Result<Vec<VariableDef>, Failure> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Definition {
-        name: String,
-        #[serde(default, rename = "type")]
-        kind: Option<String>,
-        #[serde(default)]
-        default_value: Option<Value>,
-        #[serde(default)]
-        validation: Validation,
-    }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Validation {
-        #[serde(default)]
-        required: bool,
-        #[serde(default)]
-        min_length: Option<usize>,
-        #[serde(default)]
-        max_length: Option<usize>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        variables: Vec<Definition>,
-    }
-    let url = format!(
-        "{}/templates/{}/variables",
-        base_url.trim_end_matches('/'),
-        url::form_urlencoded::byte_serialize(template.as_bytes()).collect::<String>()
-    );
-    let response = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(key)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| Failure::usage(format!("cannot reach Pictify at {base_url}: {e}")))?;
-    let status = response.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(Failure::usage("Pictify refused the API key (401)"));
-    }
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(Failure::usage(format!(
+    let client = PictifyClient::new(PictifyConfig {
+        base_url: base_url.to_owned(),
+        api_key: Secret::new(key),
+        ..PictifyConfig::default()
+    })
+    .map_err(|e| Failure::Internal(anyhow::anyhow!("building the Pictify client: {e}")))?;
+    match client.template_variables(template).await {
+        Ok(definitions) => Ok(definitions),
+        Err(PictifyError::Unauthorized { .. }) => {
+            Err(Failure::usage("Pictify refused the API key (401)"))
+        }
+        Err(PictifyError::NotFound { .. }) => Err(Failure::usage(format!(
             "unknown template `{template}` (Pictify: 404)"
-        )));
+        ))),
+        Err(e) => Err(Failure::usage(format!(
+            "reading the definitions of `{template}` from {base_url}: {e}"
+        ))),
     }
-    if !status.is_success() {
-        return Err(Failure::usage(format!(
-            "Pictify answered {status} to GET /templates/{template}/variables"
-        )));
-    }
-    let answer: Answer = response.json().await.map_err(|e| {
-        Failure::usage(format!(
-            "Pictify's template definitions are not readable: {e}"
-        ))
-    })?;
-    Ok(answer
-        .variables
-        .into_iter()
-        .map(|d| VariableDef {
-            name: d.name,
-            required: d.validation.required,
-            default: d.default_value,
-            kind: d.kind,
-            min_length: d.validation.min_length,
-            max_length: d.validation.max_length,
-        })
-        .collect())
 }
 
 /// The image URLs the rows that would render use, with those rows.

@@ -477,3 +477,50 @@ async fn the_operator_pauses_limits_resumes_and_cancels_a_job() {
     let denied = integration_tests::iam::denials(&stack.stack_name);
     assert!(denied.is_empty(), "{denied:#?}");
 }
+
+/// The reconciler (under its policy) caches the template's definitions in the bucket; ingest
+/// (under its own, with no Pictify key) rejects the rows they refuse, so none is billed.
+#[tokio::test]
+async fn ingest_rejects_what_the_cached_template_definitions_refuse() {
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let first = "uploads/tmpl_blog_card/first.csv";
+    stack.upload(first, blog_csv(10)).await.unwrap();
+    job_id_of(&stack.ingest(first).await.unwrap()).unwrap();
+    let report = stack.reconcile(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report["templatesRefreshed"], 1, "{report}");
+
+    let mut data = String::from("title,author,publishDate\n");
+    for i in 0..20 {
+        let author = if i % 5 == 0 {
+            String::new()
+        } else {
+            format!("Author {i}")
+        };
+        data.push_str(&format!("Post {i},{author},2026-01-{:02}\n", i + 1));
+    }
+    let second = "uploads/tmpl_blog_card/second.csv";
+    stack.upload(second, data.into_bytes()).await.unwrap();
+    let job = job_id_of(&stack.ingest(second).await.unwrap()).unwrap();
+    let done = run_until_done(&stack, &job).await;
+    let c = done.counters;
+    assert_eq!((c.rows, c.rejected, c.rendered, c.failed), (20, 4, 16, 0));
+    assert!(
+        done.rejected_sample
+            .iter()
+            .all(|(_, reason)| reason.contains("INVALID_VARIABLE")),
+        "{:?}",
+        done.rejected_sample
+    );
+    assert_eq!(
+        stack.emulator.ledger().items_failed,
+        0,
+        "nothing refused was sent"
+    );
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
+}

@@ -125,6 +125,7 @@ pub fn job_spec(
     }
     let abort = abort_rule(&sidecar)?;
     Ok(JobSpec {
+        template_variables: None,
         max_in_flight: sidecar.max_in_flight,
         abort,
         template_id: sidecar
@@ -192,6 +193,17 @@ pub fn manifest_location(
     }
 }
 
+/// Where the reconciler caches a template's variable definitions for ingest.
+pub fn template_variables_ref(bucket: &str, template_id: &str, settings: &Settings) -> ObjectRef {
+    ObjectRef {
+        bucket: bucket.to_owned(),
+        key: format!(
+            "{}templates/{template_id}.variables.json",
+            settings.work_prefix
+        ),
+    }
+}
+
 pub fn chunk_payload_ref(bucket: &str, job: &JobId, label: &str, settings: &Settings) -> ObjectRef {
     ObjectRef {
         bucket: bucket.to_owned(),
@@ -205,6 +217,7 @@ pub fn row_rules(spec: &JobSpec) -> RowRules {
     RowRules {
         mapping: spec.mapping.clone(),
         required: spec.required.clone(),
+        variables: spec.template_variables.as_deref().map(std::sync::Arc::from),
         ..RowRules::default()
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::{
     ObjectRef,
 };
 use crate::pictify::PictifyError;
+use crate::pictify::variables::VariableDef;
 use crate::pictify::wire::{
     BatchAccepted, BatchRenderRequest, BatchResults, CancelResult, Subscription,
 };
@@ -424,6 +425,15 @@ pub trait PictifyApi: Send + Sync {
     async fn cancel_batch(&self, batch_id: &str) -> Result<CancelResult, PictifyError>;
     /// The account's webhook subscriptions, with their status and failure counts.
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError>;
+    /// A template's variable definitions. A stand-in that knows no template need not answer.
+    async fn template_variables(
+        &self,
+        template_id: &str,
+    ) -> Result<Vec<VariableDef>, PictifyError> {
+        Err(PictifyError::NotFound {
+            message: format!("no definitions of {template_id} here"),
+        })
+    }
 }
 
 /// What an alert is about; its wire name is the snake_case form (`batch_high_failure_rate`).
@@ -546,5 +556,12 @@ impl PictifyApi for crate::pictify::PictifyClient {
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError> {
         crate::pictify::PictifyClient::list_subscriptions(self).await
+    }
+
+    async fn template_variables(
+        &self,
+        template_id: &str,
+    ) -> Result<Vec<VariableDef>, PictifyError> {
+        crate::pictify::PictifyClient::template_variables(self, template_id).await
     }
 }

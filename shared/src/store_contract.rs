@@ -157,6 +157,7 @@ pub fn job_for(key: &str) -> Job {
                 after_rows: 40,
                 action: crate::domain::AbortAction::Cancel,
             }),
+            template_variables: None,
         },
         status: JobStatus::Ingesting,
         counters: Counters::default(),

@@ -334,6 +334,13 @@ impl PictifyApi for NoApiKey {
     ) -> Result<crate::pictify::wire::CancelResult, PictifyError> {
         Err(no_api_key())
     }
+
+    async fn template_variables(
+        &self,
+        _template_id: &str,
+    ) -> Result<Vec<crate::pictify::variables::VariableDef>, PictifyError> {
+        Err(no_api_key())
+    }
 }
 
 fn no_api_key() -> PictifyError {

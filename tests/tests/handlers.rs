@@ -320,6 +320,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
             required: vec![],
             max_in_flight: None,
             abort: None,
+            template_variables: None,
         },
         status: JobStatus::Running,
         counters: Counters {

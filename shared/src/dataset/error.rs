@@ -62,6 +62,10 @@ pub enum RejectReason {
     TooManyFields { found: usize, limit: usize },
     #[error("{}", utf8_sentence(.column.as_deref()))]
     InvalidUtf8 { column: Option<String> },
+    /// The template's variable definitions refuse the row: Pictify would fail it
+    /// `INVALID_VARIABLE` (and bill it), so it is not sent.
+    #[error("the template refuses it (INVALID_VARIABLE): {reason}")]
+    InvalidVariable { reason: String },
 }
 
 fn utf8_sentence(column: Option<&str>) -> String {
@@ -84,6 +88,7 @@ impl RejectReason {
             Self::RowTooLarge { .. } => "row_too_large",
             Self::TooManyFields { .. } => "too_many_fields",
             Self::InvalidUtf8 { .. } => "invalid_utf8",
+            Self::InvalidVariable { .. } => "invalid_variable",
         }
     }
 }

@@ -33,6 +33,7 @@ mod json;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -43,6 +44,7 @@ use self::csv::{CsvRecord, CsvSource};
 use self::encode::CsvEncoder;
 use self::input::Input;
 use self::json::{Element, JsonArraySource, JsonLinesSource};
+use crate::pictify::variables::{VariableDef, invalid_variables, with_defaults};
 
 /// The three accepted upload formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +72,7 @@ impl DatasetFormat {
 }
 
 /// How columns become variables and what each row must carry (from the job spec).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowRules {
     /// Column → variable renames; unmapped columns pass through under their own name.
     pub mapping: BTreeMap<String, String>,
@@ -87,6 +89,9 @@ pub struct RowRules {
     pub max_columns: usize,
     /// A longer CSV header row fails the dataset. Default 64 KiB.
     pub max_header_bytes: usize,
+    /// The template's variable definitions, when known: a row whose variables they refuse is
+    /// rejected (`InvalidVariable`), after the mapping.
+    pub variables: Option<Arc<[VariableDef]>>,
 }
 
 impl Default for RowRules {
@@ -99,6 +104,7 @@ impl Default for RowRules {
             max_rows: None,
             max_columns: 500,
             max_header_bytes: 64 * 1024,
+            variables: None,
         }
     }
 }
@@ -300,7 +306,11 @@ impl<R: Read> DatasetReader<R> {
             let Some(record) = source.next_record()? else {
                 return Ok(None);
             };
-            if matches!(record, CsvRecord::Fields) && encoder.encode(source, out) {
+            // The direct path skips the row map the template's definitions are checked on.
+            if matches!(record, CsvRecord::Fields)
+                && rules.variables.is_none()
+                && encoder.encode(source, out)
+            {
                 return Ok(Some(Encoded::Valid { number }));
             }
             // Not a plain valid row: the exact path says why.
@@ -607,11 +617,7 @@ fn finish_row(
     }
     // With no mapping, a JSON row's variables are its fields as they are: moved whole.
     if !keep_fields && !empty_as_null && rules.mapping.is_empty() {
-        return Item::Valid(Row {
-            number,
-            fields: Map::new(),
-            variables: fields,
-        });
+        return checked_row(number, Map::new(), fields, rules);
     }
     let mut variables = Map::new();
     let mut place = |column: String, value: Value| {
@@ -636,6 +642,22 @@ fn finish_row(
     } else {
         for (column, value) in std::mem::take(&mut fields) {
             place(column, value);
+        }
+    }
+    checked_row(number, fields, variables, rules)
+}
+
+/// A valid row, unless the template's definitions (when known) refuse its variables.
+fn checked_row(
+    number: u64,
+    fields: Map<String, Value>,
+    variables: Map<String, Value>,
+    rules: &RowRules,
+) -> Item {
+    if let Some(definitions) = &rules.variables {
+        let values = with_defaults(definitions, &variables);
+        if let Some(reason) = invalid_variables(definitions, &values) {
+            return reject(number, RejectReason::InvalidVariable { reason });
         }
     }
     Item::Valid(Row {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::dataset::ReadPosition;
+use crate::pictify::variables::VariableDef;
 use crate::pictify::wire::{Format, VariableSet, error_codes};
 
 mod rules;
@@ -133,6 +134,11 @@ pub struct JobSpec {
     /// When to stop the job because too many of its rows fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<AbortRule>,
+    /// The template's variable definitions as cached when the job was created (ingest has no
+    /// Pictify key; the reconciler keeps the cache): rows they refuse are rejected, not billed.
+    /// Kept with the job so every ingest piece and the manifest judge rows alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_variables: Option<Vec<VariableDef>>,
 }
 
 /// When a job's failures are too many to go on spending: over the whole job (the 5%-per-batch

@@ -541,6 +541,7 @@ mod tests {
                 required: vec![],
                 max_in_flight: None,
                 abort: None,
+                template_variables: None,
             },
             status,
             counters: Counters::default(),

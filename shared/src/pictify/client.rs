@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 
 use super::error::{FieldError, PictifyError, from_response};
 use super::validate::validate_batch_request;
+use super::variables::{TemplateVariables, VariableDef};
 use super::wire::{
     BatchAccepted, BatchRenderRequest, BatchResults, CancelResult, CreateSubscription,
     Subscription, SubscriptionEnvelope, SubscriptionList, headers,
@@ -229,6 +230,24 @@ impl PictifyClient {
             format!("/templates/batch/{}/results", segment(batch_id)),
         );
         self.send_json(call, "batch results").await
+    }
+
+    /// `GET /templates/{uid}/variables`: the template's variable definitions.
+    pub async fn template_variables(
+        &self,
+        template_id: &str,
+    ) -> Result<Vec<VariableDef>, PictifyError> {
+        require_id("templateUid", template_id)?;
+        let call = Call::new(
+            Method::GET,
+            format!("/templates/{}/variables", segment(template_id)),
+        );
+        let answer: TemplateVariables = self.send_json(call, "template variables").await?;
+        Ok(answer
+            .variables
+            .into_iter()
+            .map(VariableDef::from)
+            .collect())
     }
 
     /// `POST /templates/batch/{id}/cancel`: rendered items stay, the rest are skipped.

@@ -5,6 +5,7 @@ pub mod error;
 pub mod events;
 pub mod plan;
 pub mod validate;
+pub mod variables;
 pub mod wire;
 
 pub use client::{PictifyClient, PictifyConfig};

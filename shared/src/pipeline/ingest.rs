@@ -140,7 +140,12 @@ impl Pipeline {
         };
         let job_id = JobId::for_upload(&upload.bucket, &upload.key, &version);
         let sidecar = self.objects.get_bytes(&layout::sidecar_of(upload)).await?;
-        let spec = layout::job_spec(&template_id, sidecar.as_deref(), &self.settings);
+        let mut spec = layout::job_spec(&template_id, sidecar.as_deref(), &self.settings);
+        if let Ok(spec) = &mut spec {
+            spec.template_variables = self
+                .cached_template_variables(&upload.bucket, &spec.template_id)
+                .await;
+        }
         let now = self.clock.now();
         let job = Job {
             id: job_id.clone(),
@@ -466,6 +471,7 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
         required: Vec::new(),
         max_in_flight: None,
         abort: None,
+        template_variables: None,
     }
 }
 

@@ -20,6 +20,7 @@ const LAYERS: &[&[(&str, &str)]] = &[
     &[("finish", include_str!("finish.rs"))],
     &[("reopen", include_str!("reopen.rs"))],
     &[("manifest", include_str!("manifest.rs"))],
+    &[("schema", include_str!("schema.rs"))],
     &[("window", include_str!("window.rs"))],
     &[
         ("payload", include_str!("payload.rs")),

@@ -17,6 +17,8 @@
 //!                                 │
 //!                             manifest              one line per input row
 //!                                 │
+//!                              schema               template definitions cached for ingest
+//!                                 │
 //!                              window               the plan's pace: slots, parking, requests
 //!                                 │
 //!                      payload      alerting        chunk payloads; alert rules and sending
@@ -34,6 +36,7 @@ mod manifest;
 mod payload;
 mod reconcile;
 mod reopen;
+mod schema;
 mod submit;
 pub mod subscriptions;
 mod webhook;

@@ -41,6 +41,8 @@ pub struct ReconcileReport {
     pub ingests_resumed: u64,
     /// Of cancelled jobs: chunks ended unsent, and batches cancelled at Pictify.
     pub cancelled: u64,
+    /// Template definitions fetched into the cache ingest checks rows with.
+    pub templates_refreshed: u64,
     pub errors: u64,
 }
 
@@ -83,17 +85,31 @@ impl Pipeline {
                 }
             }
         };
+        let mut templates = std::collections::BTreeSet::new();
         for id in self.store.active_jobs().await? {
             report.jobs += 1;
             let Some(job) = self.store.job(&id).await? else {
                 continue;
             };
+            if !job.status.is_terminal() {
+                templates.insert((job.source.bucket.clone(), job.spec.template_id.clone()));
+            }
             if let Err(e) = self
                 .reconcile_job(job, stuck_after, &waiting, &mut report)
                 .await
             {
                 report.errors += 1;
                 warn!(job_id = %id, error = %e, "reconciling the job failed; the next pass retries");
+            }
+        }
+        // The next upload of a template in use is checked against its definitions at ingest.
+        for (bucket, template_id) in &templates {
+            match self.refresh_template_variables(bucket, template_id).await {
+                Ok(refreshed) => report.templates_refreshed += u64::from(refreshed),
+                Err(e) => {
+                    report.errors += 1;
+                    warn!(template_id = %template_id, error = %e, "caching the template's definitions failed; the next pass retries");
+                }
             }
         }
         if let Some(url) = &self.settings.webhook_url {
@@ -118,6 +134,7 @@ impl Pipeline {
             handed_over = report.handed_over,
             ingests_resumed = report.ingests_resumed,
             cancelled = report.cancelled,
+            templates_refreshed = report.templates_refreshed,
             errors = report.errors,
             "reconcile pass done"
         );

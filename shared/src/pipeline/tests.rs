@@ -76,6 +76,24 @@ impl crate::ports::PictifyApi for ScriptedPictify {
         })
     }
 
+    /// The blog card's: title, author and publishDate required.
+    async fn template_variables(
+        &self,
+        _template_id: &str,
+    ) -> Result<Vec<crate::pictify::variables::VariableDef>, PictifyError> {
+        Ok(["title", "author", "publishDate"]
+            .iter()
+            .map(|name| crate::pictify::variables::VariableDef {
+                name: (*name).into(),
+                required: true,
+                default: None,
+                kind: None,
+                min_length: None,
+                max_length: None,
+            })
+            .collect())
+    }
+
     async fn cancel_batch(
         &self,
         batch_id: &str,
@@ -1845,4 +1863,74 @@ async fn the_abort_rule_can_cancel_the_rest_of_the_job() {
     );
     assert_eq!(h.pictify.batches.lock().unwrap().len(), 1);
     assert_eq!(h.alerts_of_kind("job_aborted"), 1);
+}
+
+// ---- template definitions cached for ingest -------------------------------------------------
+
+#[tokio::test]
+async fn rows_the_cached_template_definitions_refuse_are_rejected_at_ingest_not_billed() {
+    let h = harness();
+    let pipeline = &h.pipeline;
+    assert!(
+        pipeline
+            .refresh_template_variables("bucket", "tmpl_blog_card")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !pipeline
+            .refresh_template_variables("bucket", "tmpl_blog_card")
+            .await
+            .unwrap(),
+        "a fresh copy is not fetched again"
+    );
+    h.advance(std::time::Duration::from_secs(6 * 60));
+    assert!(
+        pipeline
+            .refresh_template_variables("bucket", "tmpl_blog_card")
+            .await
+            .unwrap()
+    );
+
+    // Two rows lack an author the template requires (the job's own rules do not).
+    let data = "title,author,publishDate\nA,Ann,2026-01-01\nB,,2026-01-02\nC,Cy,2026-01-03\nD,,2026-01-04\n";
+    h.put_upload(data.as_bytes().to_vec()).await;
+    h.ingest().await;
+    let job = h.job().await;
+    assert_eq!((job.counters.rows, job.counters.rejected), (4, 2));
+    assert!(
+        job.rejected_sample[0].1.contains("INVALID_VARIABLE")
+            && job.rejected_sample[0].1.contains("'author'"),
+        "{:?}",
+        job.rejected_sample
+    );
+    h.submit_all().await;
+    let sent: usize = h
+        .pictify
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, r)| r.variable_sets.len())
+        .sum();
+    assert_eq!(sent, 2, "only the rows the template takes are sent");
+    h.play_webhooks(0).await;
+    let lines = h.manifest_lines().await;
+    let rejected: Vec<_> = lines.iter().filter(|l| l["status"] == "rejected").collect();
+    assert_eq!(rejected.len(), 2, "the manifest judges rows as ingest did");
+    assert!(
+        rejected[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("INVALID_VARIABLE")
+    );
+
+    // A copy no reconciler refreshed for over an hour is not trusted: rows go to Pictify.
+    h.advance(std::time::Duration::from_secs(2 * 3600));
+    let changed = format!("{data}E,,2026-01-05\n");
+    h.put_upload(changed.into_bytes()).await;
+    h.ingest().await;
+    let job = h.job().await;
+    assert_eq!((job.counters.rows, job.counters.rejected), (5, 0));
+    assert_eq!(job.spec.template_variables, None);
 }
