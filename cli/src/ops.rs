@@ -378,6 +378,10 @@ pub async fn retry_failed(args: RetryArgs) -> Result<Outcome, Failure> {
             println!("job {}: {what}; nothing re-queued", job.id);
             Ok(Outcome::AllRendered)
         }
+        ReopenOutcome::Cancelled => Err(Failure::usage(format!(
+            "job {} was cancelled: its rows are not rendered again (upload the dataset again for a new job)",
+            job.id
+        ))),
         ReopenOutcome::NotFinished { status } => Err(Failure::usage(format!(
             "job {} is {}: retry-failed works on finished jobs (see `pictify-batch status {}`)",
             job.id,

@@ -30,8 +30,10 @@ fn reconcile(table: &str, queue_url: &str) -> Output {
         .env("TABLE_NAME", table)
         .env("QUEUE_URL", queue_url)
         .env("JOB_DEADLINE_SECONDS", "3600")
-        // A pass polls Pictify: the operator's key (no call goes out in this test).
+        // A pass polls Pictify: the operator's key. Its one call here (the template's
+        // definitions, best effort) goes to a closed local port, never off the machine.
         .env("PICTIFY_API_KEY", "pk_test_operator")
+        .env("PICTIFY_BASE_URL", "http://127.0.0.1:9")
         .env_remove("SECRET_ARN")
         .stdin(Stdio::null())
         .output()

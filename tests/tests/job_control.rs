@@ -53,7 +53,10 @@ async fn drive_until_rendered(stack: &Stack, id: &JobId, rows: u64) -> anyhow::R
 
 /// The manifest's rows by status.
 async fn manifest_statuses(stack: &Stack, job: &Job) -> anyhow::Result<BTreeMap<String, u64>> {
-    let manifest = job.manifest.as_ref().expect("manifest written");
+    let manifest = job
+        .manifest
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no manifest written"))?;
     let text = stack.get_text(&manifest.jsonl.key).await?;
     let mut counts = BTreeMap::new();
     for line in text.lines() {

@@ -79,8 +79,11 @@ impl Pipeline {
                 Some(ReopenOutcome::NotFinished { .. } | ReopenOutcome::Reopened { .. }) | None => {
                     return Ok(());
                 }
-                // The URLs arrived meanwhile: the manifest must say so.
-                Some(ReopenOutcome::NothingToDo) => summary = self.write_manifest(&job).await?,
+                // The URLs arrived meanwhile (or, cancelled, the job renders nothing more): the
+                // manifest must say what came.
+                Some(ReopenOutcome::NothingToDo | ReopenOutcome::Cancelled) => {
+                    summary = self.write_manifest(&job).await?
+                }
             }
         }
         let c = job.counters;

@@ -103,11 +103,17 @@ impl Pipeline {
             }
         }
         // The next upload of a template in use is checked against its definitions at ingest.
+        // Not while submissions are paused: Pictify refused the key or the quota.
+        let templates = if waiting.hold_all {
+            Default::default()
+        } else {
+            templates
+        };
         for (bucket, template_id) in &templates {
+            // Best effort, so not an error of the pass: without a copy, rows go to Pictify unchecked.
             match self.refresh_template_variables(bucket, template_id).await {
                 Ok(refreshed) => report.templates_refreshed += u64::from(refreshed),
                 Err(e) => {
-                    report.errors += 1;
                     warn!(template_id = %template_id, error = %e, "caching the template's definitions failed; the next pass retries");
                 }
             }

@@ -43,6 +43,8 @@ pub enum ReopenOutcome {
     NothingToDo,
     /// The job is not finished (or someone else reopened it first).
     NotFinished { status: JobStatus },
+    /// The job was cancelled: nothing of it is rendered again.
+    Cancelled,
 }
 
 /// A row picked for another attempt.
@@ -73,6 +75,9 @@ impl Pipeline {
             || (selection == Selection::MissingUrls && job.status == JobStatus::Finishing);
         if !reopenable {
             return Ok(ReopenOutcome::NotFinished { status: job.status });
+        }
+        if job.control.cancelled.is_some() {
+            return Ok(ReopenOutcome::Cancelled);
         }
         let outcomes = row_outcomes(self.store.chunks_of_job(job_id).await?);
         let mut payloads = PayloadCache::default();
