@@ -85,7 +85,8 @@ fn child(args: &[String]) -> anyhow::Result<()> {
     };
     let figures = match kind.as_str() {
         "raw" => measure::raw_parse(&PathBuf::from(arg(0)?))?,
-        "ingest" => measure::pipeline_ingest(&PathBuf::from(arg(0)?), arg(1)?)?,
+        "ingest" => measure::pipeline_ingest(&PathBuf::from(arg(0)?), arg(1)?, false)?,
+        "ingest-checked" => measure::pipeline_ingest(&PathBuf::from(arg(0)?), arg(1)?, true)?,
         "phase-read" => measure::ingest_phase(&PathBuf::from(arg(0)?))?,
         "webhook" => measure::webhook(arg(0)?.parse().context("event count")?)?,
         other => bail!("unknown child measurement {other}"),

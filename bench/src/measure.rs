@@ -104,7 +104,27 @@ pub fn raw_parse(path: &Path) -> anyhow::Result<Figures> {
 }
 
 /// The real ingest step, `Pipeline::ingest`, over the file with queue and store stubbed out.
-pub fn pipeline_ingest(data_dir: &Path, name: &str) -> anyhow::Result<Figures> {
+/// `checked`: with the template's definitions cached (as the reconciler leaves them), so every
+/// row is also checked against them.
+pub fn pipeline_ingest(data_dir: &Path, name: &str, checked: bool) -> anyhow::Result<Figures> {
+    let cache = data_dir
+        .join(data::BUCKET)
+        .join("work/templates/tmpl_blog_card.variables.json");
+    if checked {
+        let text = |name: &str| json!({"name": name, "required": true, "maxLength": 200});
+        let definitions = json!({
+            "templateId": "tmpl_blog_card",
+            "fetchedAt": chrono::Utc::now().timestamp(),
+            "variables": [
+                text("title"), text("author"), text("publishDate"),
+                {"name": "readingMinutes", "type": "number"},
+            ],
+        });
+        std::fs::create_dir_all(cache.parent().context("cache folder")?)?;
+        std::fs::write(&cache, serde_json::to_vec(&definitions)?)?;
+    } else if cache.exists() {
+        std::fs::remove_file(&cache)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -376,9 +396,15 @@ mod tests {
         let path = data::upload_path(&dir, "small.csv");
         data::ensure(&path, data::Shape::CsvBytes(50_000)).unwrap();
         let raw = raw_parse(&path).unwrap();
-        let ingest = pipeline_ingest(&dir, "small.csv").unwrap();
+        let ingest = pipeline_ingest(&dir, "small.csv", false).unwrap();
         assert_eq!(raw["rows"], ingest["rows"]);
         assert_eq!(ingest["rejected"].as_u64(), Some(0));
+        // Checked against definitions every generated row meets: the same rows, none rejected.
+        let checked = pipeline_ingest(&dir, "small.csv", true).unwrap();
+        assert_eq!(
+            (checked["rows"].clone(), checked["rejected"].as_u64()),
+            (raw["rows"].clone(), Some(0))
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -240,6 +240,17 @@ fn ingest_rows(
             rss_mib(&ingest) <= 64.0,
         ));
         if label == "CSV" {
+            let checked = child("ingest-checked", &[&dir_arg, name], dir)?;
+            let (checked_mb, checked_rows) = rate(&checked);
+            rows.push(Row::info(
+                "1",
+                "CSV ingest, every row checked against the template's cached definitions",
+                &format!(
+                    "{checked_mb:.0} MB/s, {checked_rows:.0} rows/s ({:.0}% of unchecked), {} rejected",
+                    checked_mb / mb * 100.0,
+                    num(&checked, "rejected")
+                ),
+            ));
             let at_small = child("ingest", &[&dir_arg, small], dir)?;
             let small_size = human_bytes(num(&at_small, "bytes") as u64);
             let flat = rss_mib(&ingest) <= rss_mib(&at_small) * 1.25 + 4.0;
