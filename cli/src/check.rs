@@ -31,23 +31,8 @@ const SHOWN: usize = 10;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// The dataset: .csv, .json (an array of objects) or .jsonl.
-    pub dataset: PathBuf,
-    /// The Pictify template id (e.g. tmpl_product_card).
-    #[arg(long)]
-    pub template: String,
-    /// Rename a column to a template variable, as for `run`.
-    #[arg(long = "map", value_name = "COLUMN=VARIABLE")]
-    pub map: Vec<String>,
-    /// A column that must not be empty, as for `run`.
-    #[arg(long = "require", value_name = "COLUMN")]
-    pub require: Vec<String>,
-    /// A column of paths relative to the dataset, as for `run` (checked to exist).
-    #[arg(long = "file-column", value_name = "COLUMN")]
-    pub file_column: Vec<String>,
-    /// More emulator templates (`<id>.html` + `<id>.json`), as for `run`.
-    #[arg(long)]
-    pub templates: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: prepare::DatasetArgs,
     /// The plan the estimates are for.
     #[arg(
         long,
@@ -134,19 +119,13 @@ pub struct Report {
 }
 
 pub async fn check(args: CheckArgs) -> Result<Outcome, Failure> {
-    let options = JobOptions {
-        template_id: args.template.clone(),
-        format: shared::pictify::wire::Format::Png,
-        quality: None,
-        mapping: prepare::parse_mapping(&args.map)?,
-        required: args.require.clone(),
-        file_columns: args.file_column.clone(),
-        abort: None,
-    };
-    let dataset = prepare::check_dataset(&args.dataset, &options)?;
+    let options = args
+        .input
+        .job_options(shared::pictify::wire::Format::Png, None, None)?;
+    let dataset = prepare::check_dataset(&args.input.dataset, &options)?;
     let (definitions, from) = match &args.api_key {
         Some(key) => (
-            remote_definitions(&args.base_url, key, &args.template).await?,
+            remote_definitions(&args.base_url, key, &args.input.template).await?,
             args.base_url.clone(),
         ),
         None => (local_definitions(&args)?, "emulator".to_owned()),
@@ -174,12 +153,12 @@ pub async fn check(args: CheckArgs) -> Result<Outcome, Failure> {
 }
 
 fn local_definitions(args: &CheckArgs) -> Result<Vec<VariableDef>, Failure> {
-    let templates = crate::run::emulator_templates(args.templates.as_deref())?;
-    let template = templates.get(&args.template).ok_or_else(|| {
+    let templates = crate::run::emulator_templates(args.input.templates.as_deref())?;
+    let template = templates.get(&args.input.template).ok_or_else(|| {
         let known: Vec<&str> = templates.ids().collect();
         Failure::usage(format!(
             "unknown template `{}` (the emulator has: {})",
-            args.template,
+            args.input.template,
             known.join(", ")
         ))
     })?;
@@ -224,7 +203,7 @@ fn read_rows(
     dataset: &prepare::CheckedDataset,
     definitions: &[VariableDef],
 ) -> Result<(Report, ImageUses), Failure> {
-    let shown = args.dataset.display().to_string();
+    let shown = args.input.dataset.display().to_string();
     let file = File::open(&dataset.path)
         .map_err(|e| Failure::usage(format!("cannot read the dataset {shown}: {e}")))?;
     let rules = RowRules {
@@ -241,7 +220,7 @@ fn read_rows(
         .unwrap_or_default();
     let mut report = Report {
         dataset: shown.clone(),
-        template: args.template.clone(),
+        template: args.input.template.clone(),
         definitions_from: String::new(),
         rows: 0,
         ok: 0,
@@ -303,7 +282,7 @@ fn read_rows(
                 images.entry(url.clone()).or_default().push(row.number);
             }
         }
-        let key = fingerprint(&args.template, &row.variables);
+        let key = fingerprint(&args.input.template, &row.variables);
         match seen.get(&key) {
             Some(first) => report.duplicates.push((row.number, *first)),
             None => {

@@ -31,6 +31,50 @@ pub struct CheckedDataset {
     pub columns: Vec<String>,
 }
 
+/// The dataset and how its rows become the template's variables: `run` and `check` take the
+/// same flags.
+#[derive(clap::Args, Debug)]
+pub struct DatasetArgs {
+    /// The dataset: .csv (header row), .json (array of objects) or .jsonl / .ndjson.
+    pub dataset: PathBuf,
+    /// Template id (the emulator bundles tmpl_blog_card, tmpl_certificate, tmpl_product_card, tmpl_social_card).
+    #[arg(long)]
+    pub template: String,
+    /// Rename a column to a template variable (repeatable): --map "Post Title=title".
+    #[arg(long = "map", value_name = "COLUMN=VARIABLE")]
+    pub map: Vec<String>,
+    /// A column every row must have non-empty (repeatable); rows without it are rejected.
+    #[arg(long = "require", value_name = "COLUMN")]
+    pub require: Vec<String>,
+    /// A column holding image paths relative to the dataset's folder (repeatable): they are sent
+    /// as file:// URLs, which the local emulator can read (real Pictify needs public http(s) URLs).
+    #[arg(long = "file-column", value_name = "COLUMN")]
+    pub file_column: Vec<String>,
+    /// Emulator: extra templates (<id>.html + <id>.json pairs) on top of the bundled ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+impl DatasetArgs {
+    /// The job these flags describe, in `format` (and `quality`), stopped by `abort`.
+    pub fn job_options(
+        &self,
+        format: Format,
+        quality: Option<f64>,
+        abort: Option<AbortRule>,
+    ) -> Result<JobOptions, Failure> {
+        Ok(JobOptions {
+            template_id: self.template.clone(),
+            format,
+            quality,
+            mapping: parse_mapping(&self.map)?,
+            required: self.require.clone(),
+            file_columns: self.file_column.clone(),
+            abort,
+        })
+    }
+}
+
 /// What the user asked for, as the job sidecar carries it.
 #[derive(Debug, Clone)]
 pub struct JobOptions {

@@ -47,11 +47,8 @@ const REDELIVER_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The dataset: .csv (header row), .json (array of objects) or .jsonl / .ndjson.
-    pub dataset: PathBuf,
-    /// Template id (the emulator bundles tmpl_blog_card, tmpl_certificate, tmpl_product_card, tmpl_social_card).
-    #[arg(long)]
-    pub template: String,
+    #[command(flatten)]
+    pub input: prepare::DatasetArgs,
     /// Output directory: images/, results.csv, results.jsonl, run.log and the resumable .state/.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -60,16 +57,6 @@ pub struct RunArgs {
     /// JPEG / WebP quality, 0.1 to 1.
     #[arg(long)]
     pub quality: Option<f64>,
-    /// Rename a column to a template variable (repeatable): --map "Post Title=title".
-    #[arg(long = "map", value_name = "COLUMN=VARIABLE")]
-    pub map: Vec<String>,
-    /// A column every row must have non-empty (repeatable); rows without it are rejected.
-    #[arg(long = "require", value_name = "COLUMN")]
-    pub require: Vec<String>,
-    /// A column holding image paths relative to the dataset's folder (repeatable): they are sent
-    /// as file:// URLs, which the local emulator can read (real Pictify needs public http(s) URLs).
-    #[arg(long = "file-column", value_name = "COLUMN")]
-    pub file_column: Vec<String>,
     /// Your Pictify plan: sets the chunk size, batches at once and requests a minute (and, with
     /// the emulator, the limits it enforces). Without it: chunks of 100, 4 batches at once.
     #[arg(long, value_name = "free|pro|business|enterprise")]
@@ -108,9 +95,6 @@ pub struct RunArgs {
     /// Emulator: check variables and expressions but skip rasterising (placeholder images).
     #[arg(long)]
     pub no_render: bool,
-    /// Emulator: extra templates (<id>.html + <id>.json pairs) on top of the bundled ones.
-    #[arg(long, value_name = "DIR")]
-    pub templates: Option<PathBuf>,
     /// Stop the job when more than this share of its rows fail (0.05 is 5%), judged once
     /// --abort-after-rows rows have ended. What stopping does is --on-abort.
     #[arg(long, value_name = "RATE")]
@@ -200,18 +184,13 @@ struct Prepared {
 }
 
 async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
-    let options = JobOptions {
-        template_id: args.template.clone(),
-        format: args.format.parse::<Format>().map_err(Failure::usage)?,
-        quality: args.quality,
-        mapping: prepare::parse_mapping(&args.map)?,
-        required: args.require.clone(),
-        file_columns: args.file_column.clone(),
-        abort: abort_rule(args)?,
-    };
+    let format = args.format.parse::<Format>().map_err(Failure::usage)?;
+    let options = args
+        .input
+        .job_options(format, args.quality, abort_rule(args)?)?;
     check_options(args)?;
-    let dataset = prepare::check_dataset(&args.dataset, &options)?;
-    let templates = emulator_templates(args.templates.as_deref())?;
+    let dataset = prepare::check_dataset(&args.input.dataset, &options)?;
+    let templates = emulator_templates(args.input.templates.as_deref())?;
     check_template(args, &templates).await?;
 
     let out = OutDir::new(args.out.clone());
@@ -505,13 +484,13 @@ async fn report(
 }
 
 fn check_options(args: &RunArgs) -> Result<(), Failure> {
-    if args.template.is_empty()
-        || args.template.contains(['/', '\\'])
-        || args.template.starts_with('.')
+    if args.input.template.is_empty()
+        || args.input.template.contains(['/', '\\'])
+        || args.input.template.starts_with('.')
     {
         return Err(Failure::usage(format!(
             "--template `{}` is not a template id",
-            args.template
+            args.input.template
         )));
     }
     if let Some(q) = args.quality
@@ -582,11 +561,11 @@ async fn check_template(
     templates: &pictify_emulator::render::TemplateStore,
 ) -> Result<(), Failure> {
     let Some(key) = &args.api_key else {
-        if templates.get(&args.template).is_none() {
+        if templates.get(&args.input.template).is_none() {
             let known: Vec<&str> = templates.ids().collect();
             return Err(Failure::usage(format!(
                 "unknown template `{}` (the emulator has: {})",
-                args.template,
+                args.input.template,
                 known.join(", ")
             )));
         }
@@ -595,7 +574,7 @@ async fn check_template(
     let url = format!(
         "{}/templates/{}/variables",
         args.base_url.trim_end_matches('/'),
-        args.template
+        args.input.template
     );
     let answer = reqwest::Client::new()
         .get(&url)
@@ -610,7 +589,7 @@ async fn check_template(
             if body.to_ascii_lowercase().contains("template") {
                 return Err(Failure::usage(format!(
                     "unknown template `{}` (Pictify: {})",
-                    args.template,
+                    args.input.template,
                     body.trim()
                 )));
             }

@@ -14,16 +14,10 @@ fn bin() -> Command {
     command
 }
 
+/// A blog-card CSV with `rows` rows, written into `dir`.
 fn blog_csv(dir: &Path, rows: usize) -> PathBuf {
-    let mut text = String::from("title,author,publishDate\n");
-    for i in 0..rows {
-        text.push_str(&format!(
-            "Post number {i},Author {i},2026-01-{:02}\n",
-            i % 28 + 1
-        ));
-    }
     let path = dir.join("posts.csv");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, integration_tests::datasets::blog_csv(rows)).unwrap();
     path
 }
 

@@ -421,8 +421,15 @@ pub trait PictifyApi: Send + Sync {
         idempotency_key: &str,
     ) -> Result<BatchAccepted, PictifyError>;
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError>;
-    /// Cancels a batch: its items not started are skipped; it then completes as `cancelled`.
-    async fn cancel_batch(&self, batch_id: &str) -> Result<CancelResult, PictifyError>;
+    /// Cancels a batch: its items not started are skipped; it then completes as `cancelled`. A
+    /// stand-in whose batches finish at once answers as Pictify does for a finished batch (409).
+    async fn cancel_batch(&self, batch_id: &str) -> Result<CancelResult, PictifyError> {
+        Err(PictifyError::InvalidRequest {
+            status: Some(409),
+            message: format!("Batch {batch_id} is already completed and cannot be cancelled"),
+            field_errors: Vec::new(),
+        })
+    }
     /// The account's webhook subscriptions, with their status and failure counts.
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, PictifyError>;
     /// A template's variable definitions. A stand-in that knows no template need not answer.

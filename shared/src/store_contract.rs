@@ -1267,21 +1267,28 @@ const JOB_STATUSES: [JobStatus; 7] = [
     JobStatus::Cancelled,
 ];
 
+/// A job stored under `key`, brought to `status`; returns it as stored.
+async fn job_in_status(store: &Store, key: &str, status: JobStatus) -> Job {
+    let mut job = job_for(key);
+    store.create_job(&job).await.must("create job");
+    if status != JobStatus::Ingesting {
+        let reached = store
+            .transition_job(&job.id, JobStatus::Ingesting, status)
+            .await
+            .must("reach the status");
+        assert!(reached, "{status:?} is reached from ingesting");
+        job.status = status;
+    }
+    job
+}
+
 /// For every job status × expected status, `transition_job` answers and stores what
 /// `Job::transition` says (for DynamoDB: its compare-and-set condition agrees with the rule).
 async fn every_job_status_moves_only_as_the_domain_rules_say(store: Store) {
     for status in JOB_STATUSES {
-        let mut expected = job_for(&format!("in/status-{}.csv", status.as_str()));
-        store.create_job(&expected).await.must("create job");
+        let key = format!("in/status-{}.csv", status.as_str());
+        let mut expected = job_in_status(&store, &key, status).await;
         let id = expected.id.clone();
-        if status != JobStatus::Ingesting {
-            let reached = store
-                .transition_job(&id, JobStatus::Ingesting, status)
-                .await
-                .must("reach the status");
-            assert!(reached, "{status:?} is reached from ingesting");
-            expected.status = status;
-        }
         // Every `from` but the stored status is refused; the stored one moves the job on.
         let others = JOB_STATUSES.iter().filter(|s| **s != status);
         for &from in others.chain([&status]) {
@@ -1330,17 +1337,9 @@ async fn every_control_change_applies_as_the_domain_rule_says(store: Store) {
         ControlChange::MaxInFlight(Some(5)),
     ];
     for status in JOB_STATUSES {
-        let mut expected = job_for(&format!("in/control-{}.csv", status.as_str()));
-        store.create_job(&expected).await.must("create job");
+        let key = format!("in/control-{}.csv", status.as_str());
+        let mut expected = job_in_status(&store, &key, status).await;
         let id = expected.id.clone();
-        if status != JobStatus::Ingesting {
-            let reached = store
-                .transition_job(&id, JobStatus::Ingesting, status)
-                .await
-                .must("reach the status");
-            assert!(reached, "{status:?} is reached from ingesting");
-            expected.status = status;
-        }
         for change in &changes {
             let (answer, next) = expected.control(change).after(&expected);
             let got = store.control_job(&id, change).await.must("control job");

@@ -160,18 +160,6 @@ impl PictifyApi for AcceptAll {
         })
     }
 
-    async fn cancel_batch(
-        &self,
-        _batch_id: &str,
-    ) -> Result<shared::pictify::wire::CancelResult, PictifyError> {
-        // Nothing here cancels: every batch is finished by the time anyone could ask.
-        Err(PictifyError::InvalidRequest {
-            status: Some(409),
-            message: "Batch is already completed and cannot be cancelled".into(),
-            field_errors: Vec::new(),
-        })
-    }
-
     async fn get_batch_results(&self, _batch_id: &str) -> Result<BatchResults, PictifyError> {
         Err(PictifyError::NotFound {
             message: "the stub keeps no batches".into(),

@@ -57,18 +57,6 @@ impl PictifyApi for InstantPictify {
         })
     }
 
-    async fn cancel_batch(
-        &self,
-        _batch_id: &str,
-    ) -> Result<shared::pictify::wire::CancelResult, PictifyError> {
-        // Nothing here cancels: every batch is finished by the time anyone could ask.
-        Err(PictifyError::InvalidRequest {
-            status: Some(409),
-            message: "Batch is already completed and cannot be cancelled".into(),
-            field_errors: Vec::new(),
-        })
-    }
-
     async fn get_batch_results(&self, batch_id: &str) -> Result<BatchResults, PictifyError> {
         let items = self
             .sizes

@@ -44,7 +44,7 @@ use self::csv::{CsvRecord, CsvSource};
 use self::encode::CsvEncoder;
 use self::input::Input;
 use self::json::{Element, JsonArraySource, JsonLinesSource};
-use crate::pictify::variables::{VariableDef, invalid_variables, with_defaults};
+use crate::pictify::variables::{VariableDef, invalid_variables};
 
 /// The three accepted upload formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -654,11 +654,10 @@ fn checked_row(
     variables: Map<String, Value>,
     rules: &RowRules,
 ) -> Item {
-    if let Some(definitions) = &rules.variables {
-        let values = with_defaults(definitions, &variables);
-        if let Some(reason) = invalid_variables(definitions, &values) {
-            return reject(number, RejectReason::InvalidVariable { reason });
-        }
+    if let Some(definitions) = &rules.variables
+        && let Some(reason) = invalid_variables(definitions, &variables)
+    {
+        return reject(number, RejectReason::InvalidVariable { reason });
     }
     Item::Valid(Row {
         number,

@@ -90,14 +90,22 @@ pub fn with_defaults(defs: &[VariableDef], variables: &Map<String, Value>) -> Ma
     values
 }
 
-/// Why a render of `values` (defaults applied) fails `INVALID_VARIABLE`, if it does: required
-/// variables missing, `null` or `""`; else values that do not fit their type or length. The
-/// emulator's renders and `pictify-batch check` decide with this one rule.
+/// Why a render of `values` fails `INVALID_VARIABLE`, if it does: required variables missing,
+/// `null` or `""`; else values that do not fit their type or length. A value absent or `null`
+/// is its definition's default (so `values` may be given with or without defaults applied:
+/// ingest checks every row and copies none). The emulator's renders, `pictify-batch check` and
+/// ingest decide with this one rule.
 pub fn invalid_variables(defs: &[VariableDef], values: &Map<String, Value>) -> Option<String> {
+    fn value_of<'a>(def: &'a VariableDef, values: &'a Map<String, Value>) -> Option<&'a Value> {
+        match values.get(&def.name) {
+            None | Some(Value::Null) => def.default.as_ref(),
+            Some(value) => Some(value),
+        }
+    }
     let missing: Vec<String> = defs
         .iter()
         .filter(|def| def.required)
-        .filter(|def| match values.get(&def.name) {
+        .filter(|def| match value_of(def, values) {
             None | Some(Value::Null) => true,
             Some(Value::String(s)) => s.is_empty(),
             Some(_) => false,
@@ -112,7 +120,7 @@ pub fn invalid_variables(defs: &[VariableDef], values: &Map<String, Value>) -> O
     }
     let misfits: Vec<String> = defs
         .iter()
-        .filter_map(|def| match values.get(&def.name) {
+        .filter_map(|def| match value_of(def, values) {
             None | Some(Value::Null) => None,
             Some(value) => def.misfit(value),
         })

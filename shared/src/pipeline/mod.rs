@@ -9,7 +9,7 @@
 //!     │          │          │            │
 //!     │          └──────────┴─► batch ◄──┘          batch completion: poll, classify, retry, count
 //!     │                           │
-//!     │                         halt                 pause, resume, limit, cancel; the abort rule
+//!     │                          halt               pause, resume, limit, cancel; the abort rule
 //!     │                           │
 //!     └──────────────────────► finish               job completion: manifest, final status
 //!                                 │
@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Where to look: the 5% batch alert is `alerting::batch_failure_alert`; what a queue consumer does
-//! with a chunk message is `submit::MessageFate`; when a job finishes is `finish`.
+//! with a chunk message is `submit::MessageFate`; when a job finishes is `finish`; pausing or
+//! cancelling one job is `halt`.
 
 mod alerting;
 mod batch;
