@@ -17,7 +17,8 @@ use tracing::{info, warn};
 use super::alerting::job_aborted_alert;
 use super::{Pipeline, StepError};
 use crate::domain::{
-    AbortAction, ChunkKey, ChunkOutcome, ChunkState, ControlChange, Controlled, Counters, JobId,
+    AbortAction, Chunk, ChunkKey, ChunkOutcome, ChunkState, ControlChange, Controlled, Counters,
+    JobId,
 };
 use crate::pictify::PictifyError;
 use crate::ports::{AlertKind, BeginSubmit, ChunkCompletion};
@@ -80,29 +81,40 @@ impl Pipeline {
         for key in parked {
             self.store.unpark(job_id, key).await?;
         }
-        for chunk in self.store.chunks_of_job(job_id).await? {
-            match (chunk.state, chunk.batch_id.as_deref()) {
-                (ChunkState::Completed, _) => {}
-                (ChunkState::Submitted, Some(batch_id)) => {
-                    if self.cancel_batch(job_id, chunk.key, batch_id).await {
-                        pass.batches_cancelled += 1;
-                    } else {
-                        pass.pending += 1;
-                    }
-                }
-                _ => {
-                    if self.cancel_unsent_chunk(job_id, chunk.key).await? {
-                        pass.chunks_cancelled += 1;
-                    } else {
-                        pass.pending += 1;
-                    }
-                }
+        let chunks = self.store.chunks_of_job(job_id).await?;
+        let (cancelled, pending) = self.cancel_batches(job_id, &chunks).await;
+        pass.batches_cancelled += cancelled;
+        pass.pending += pending;
+        let unsent = chunks
+            .iter()
+            .filter(|c| !matches!(c.state, ChunkState::Completed | ChunkState::Submitted));
+        for chunk in unsent {
+            if self.cancel_unsent_chunk(job_id, chunk.key).await? {
+                pass.chunks_cancelled += 1;
+            } else {
+                pass.pending += 1;
             }
         }
         info!(job_id = %job_id, chunks_cancelled = pass.chunks_cancelled,
             batches_cancelled = pass.batches_cancelled, pending = pass.pending, "cancel pass");
         self.finish_job_if_done(job_id).await?;
         Ok(pass)
+    }
+
+    /// Asks Pictify to cancel the batches of `chunks` it holds: (cancelled, not cancelled now).
+    async fn cancel_batches(&self, job: &JobId, chunks: &[Chunk]) -> (u64, u64) {
+        let (mut cancelled, mut pending) = (0, 0);
+        for chunk in chunks.iter().filter(|c| c.state == ChunkState::Submitted) {
+            let Some(batch_id) = chunk.batch_id.as_deref() else {
+                continue;
+            };
+            if self.cancel_batch(job, chunk.key, batch_id).await {
+                cancelled += 1;
+            } else {
+                pending += 1;
+            }
+        }
+        (cancelled, pending)
     }
 
     /// Asks Pictify to cancel a batch; `true` when it did. A batch that has just finished answers
@@ -206,6 +218,13 @@ impl Pipeline {
         let answer = self.store.control_job(job_id, &change).await?;
         warn!(job_id = %job_id, action = rule.action.as_str(), reason = %why, answer = ?answer, "abort rule passed");
         self.alert(job_aborted_alert(&job, rule.action, &why)).await;
+        if rule.action == AbortAction::Cancel {
+            // What Pictify is rendering stops now (a few batches: the window's). The chunks it
+            // never got are ended as they come up, and by the reconciler's pass: thousands of
+            // writes, too many for a webhook's request.
+            let chunks = self.store.chunks_of_job(job_id).await?;
+            self.cancel_batches(job_id, &chunks).await;
+        }
         Ok(())
     }
 }
