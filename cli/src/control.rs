@@ -84,21 +84,25 @@ pub async fn concurrency(args: ConcurrencyArgs) -> Result<Outcome, Failure> {
 }
 
 async fn control(args: &JobArgs, change: ControlChange) -> Result<Outcome, Failure> {
-    let stack = connect(&args.target).await?;
-    let job = load_job(&stack, args.job.as_deref()).await?;
-    let local = args.target.state.is_some();
     // Deployed, the command acts as well as records; locally the running `run` acts.
-    let answer = if local {
-        stack.store.control_job(&job.id, &change).await
-    } else {
+    if args.target.state.is_none() {
+        let raw = args
+            .job
+            .as_deref()
+            .ok_or_else(|| Failure::usage("give the job id (job_…)"))?;
+        let job = JobId::parse(raw).map_err(Failure::usage)?;
         let needs = match change {
             ControlChange::Cancel { .. } => Needs::PICTIFY,
             _ => Needs::NOTHING,
         };
-        let pipeline = deployed(needs).await?;
-        return act(&pipeline, &job.id, &change).await;
-    };
-    let answer = answer
+        return act(&deployed(needs).await?, &job, &change).await;
+    }
+    let stack = connect(&args.target).await?;
+    let job = load_job(&stack, args.job.as_deref()).await?;
+    let answer = stack
+        .store
+        .control_job(&job.id, &change)
+        .await
         .context("changing the job")?
         .ok_or_else(|| Failure::usage(format!("no job {}", job.id)))?;
     report(&job.id, &change, &answer)?;

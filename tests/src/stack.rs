@@ -87,6 +87,30 @@ impl Default for StackOptions {
     }
 }
 
+impl StackOptions {
+    /// A stack whose emulator enforces `plan` (render time × `time_scale`) and whose pipeline
+    /// paces itself by the same plan. Without `render.completed` deliveries (one per item through
+    /// moto would measure moto): rows count as rendered from the batch poll.
+    pub fn on_plan(
+        plan: pictify_emulator::Plan,
+        limits: pictify_emulator::PlanLimits,
+        time_scale: f64,
+    ) -> StackOptions {
+        let defaults = StackOptions::default();
+        StackOptions {
+            plan: Some(plan),
+            limits,
+            time_scale,
+            events: vec!["render.failed", "batch.completed"],
+            settings: Settings {
+                pacing: shared::settings::Pacing::for_plan(plan),
+                ..defaults.settings.clone()
+            },
+            ..defaults
+        }
+    }
+}
+
 /// SQS's redrive: a message received this often without being deleted goes to the DLQ
 /// (template.yaml's `maxReceiveCount`).
 pub const MAX_RECEIVE_COUNT: u32 = 10;
@@ -323,6 +347,13 @@ impl Stack {
             requests,
             _data: data,
         })
+    }
+
+    /// Uploads `rows` blog-card rows as `uploads/tmpl_blog_card/<name>.csv` and ingests them.
+    pub async fn start_blog_job(&self, name: &str, rows: usize) -> anyhow::Result<JobId> {
+        let key = format!("uploads/tmpl_blog_card/{name}.csv");
+        self.upload(&key, crate::datasets::blog_csv(rows)).await?;
+        crate::datasets::job_id_of(&self.ingest(&key).await?)
     }
 
     pub async fn upload(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {

@@ -7,33 +7,22 @@ use std::time::{Duration, Instant};
 
 use integration_tests::datasets::{blog_csv, job_id_of};
 use integration_tests::stack::{Stack, StackOptions};
-use pictify_emulator::{Faults, Plan};
+use pictify_emulator::{Faults, Plan, PlanLimits};
 use shared::domain::{ControlChange, Controlled, Job, JobId, JobStatus};
 use shared::pictify::wire::BatchStatus;
 use shared::ports::{ChunkLedger, SubmitWindow};
-use shared::settings::{Pacing, Settings};
 
 /// Pro: chunks of 100, 3 batches at once; a batch renders in about a second.
 async fn pro_stack(faults: Faults) -> anyhow::Result<Stack> {
-    let defaults = StackOptions::default();
     Stack::start(StackOptions {
-        plan: Some(Plan::Pro),
-        time_scale: 0.05,
         faults,
-        events: vec!["render.failed", "batch.completed"],
-        settings: Settings {
-            pacing: Pacing::for_plan(Plan::Pro),
-            ..defaults.settings.clone()
-        },
-        ..defaults
+        ..StackOptions::on_plan(Plan::Pro, PlanLimits::default(), 0.05)
     })
     .await
 }
 
 async fn start_job(stack: &Stack, name: &str, rows: usize) -> anyhow::Result<JobId> {
-    let key = format!("uploads/tmpl_blog_card/{name}.csv");
-    stack.upload(&key, blog_csv(rows)).await?;
-    job_id_of(&stack.ingest(&key).await?)
+    stack.start_blog_job(name, rows).await
 }
 
 /// Drives the stack until the job has `rows` rendered (or a minute passes).

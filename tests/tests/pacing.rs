@@ -7,39 +7,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::datasets::{blog_csv, job_id_of};
 use integration_tests::stack::{Stack, StackOptions};
 use pictify_emulator::{Plan, PlanLimits};
 use shared::domain::{Job, JobId, JobStatus};
 use shared::ports::{ChunkLedger, Clock, SubmitSwitch, SubmitWindow};
-use shared::settings::{Pacing, Settings};
 
 /// The tests measure utilisation: one at a time, so they do not share the machine's two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A stack whose emulator enforces `plan` (render time × `time_scale`) and whose pipeline paces
-/// itself by the same plan. Without `render.completed` deliveries (one per item through moto
-/// would measure moto): rows count as rendered from the batch poll.
 async fn stack_on(plan: Plan, limits: PlanLimits, time_scale: f64) -> anyhow::Result<Stack> {
-    let defaults = StackOptions::default();
-    Stack::start(StackOptions {
-        plan: Some(plan),
-        limits,
-        time_scale,
-        events: vec!["render.failed", "batch.completed"],
-        settings: Settings {
-            pacing: Pacing::for_plan(plan),
-            ..defaults.settings.clone()
-        },
-        ..defaults
-    })
-    .await
+    Stack::start(StackOptions::on_plan(plan, limits, time_scale)).await
 }
 
 async fn start_job(stack: &Stack, name: &str, rows: usize) -> anyhow::Result<JobId> {
-    let key = format!("uploads/tmpl_blog_card/{name}.csv");
-    stack.upload(&key, blog_csv(rows)).await?;
-    job_id_of(&stack.ingest(&key).await?)
+    stack.start_blog_job(name, rows).await
 }
 
 /// Every chunk of the job became exactly one batch.

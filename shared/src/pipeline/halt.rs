@@ -24,8 +24,7 @@ use crate::pictify::PictifyError;
 use crate::ports::{AlertKind, BeginSubmit, ChunkCompletion};
 
 /// What one cancel pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CancelPass {
     /// Chunks Pictify never got, ended with their rows `cancelled`.
     pub chunks_cancelled: u64,
