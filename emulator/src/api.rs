@@ -516,7 +516,16 @@ async fn image(
     let bytes = tokio::fs::read(state.config.data_dir.join(&file))
         .await
         .map_err(|_| not_found())?;
-    Ok(([(CONTENT_TYPE, format.content_type())], bytes).into_response())
+    let mut response = ([(CONTENT_TYPE, format.content_type())], bytes).into_response();
+    let warnings = state.config.data_dir.join(batch::warnings_file(&file));
+    if let Ok(header) = tokio::fs::read_to_string(warnings).await
+        && let Ok(value) = HeaderValue::from_str(&header)
+    {
+        response
+            .headers_mut()
+            .insert(crate::render::WARNINGS_HEADER, value);
+    }
+    Ok(response)
 }
 
 async fn ledger(State(state): State<Arc<AppState>>) -> Response {

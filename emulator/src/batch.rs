@@ -308,6 +308,24 @@ fn claim(state: &AppState, batch_id: &str, index: usize) -> Option<ItemJob> {
     })
 }
 
+/// Writes the image, and its warnings beside it (served as a header with the image).
+async fn store_image(
+    dir: &std::path::Path,
+    file: &str,
+    image: &crate::render::RenderedImage,
+) -> std::io::Result<()> {
+    if !image.warnings.is_empty() {
+        let header = crate::render::RenderWarning::header_value(&image.warnings);
+        tokio::fs::write(dir.join(warnings_file(file)), header).await?;
+    }
+    tokio::fs::write(dir.join(file), &image.bytes).await
+}
+
+/// Where the warnings of the image `file` are kept.
+pub(crate) fn warnings_file(file: &str) -> String {
+    format!("{file}.warnings")
+}
+
 async fn run_item(state: &Arc<AppState>, batch_id: &str, index: usize) {
     let Some(job) = claim(state, batch_id, index) else {
         return;
@@ -332,7 +350,7 @@ async fn run_item(state: &Arc<AppState>, batch_id: &str, index: usize) {
         Ok(image) => {
             let image_id = state.lock().new_id("img_");
             let file = format!("{image_id}.{}", job.format.extension());
-            match tokio::fs::write(state.config.data_dir.join(&file), &image.bytes).await {
+            match store_image(&state.config.data_dir, &file, &image).await {
                 Ok(()) => Ok((image_id, file, image)),
                 Err(e) => {
                     error!(batch_id, index, error = %e, "could not store a rendered image");

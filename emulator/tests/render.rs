@@ -517,3 +517,108 @@ fn fixture_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Renders `text` alone, black on white at `px`, in `family`, as a decoded image and its warnings.
+async fn render_text(family: &str, px: u32, text: &str) -> (RgbaImage, Vec<String>) {
+    let html = format!(
+        "<div style=\"width:400px;height:100px;background:#fff;color:#000;font-family:{family};font-size:{px}px;line-height:1\">{text}</div>"
+    );
+    let dir = fixture_dir(&[("t.html", &html)]);
+    let store = TemplateStore::load_dir(dir.path()).unwrap();
+    let out = renderer()
+        .render(
+            &store.get("t").unwrap(),
+            &VariableSet::new(),
+            Format::Png,
+            1.0,
+        )
+        .await
+        .unwrap();
+    let img = image::load_from_memory(&out.bytes).unwrap().to_rgba8();
+    (
+        img,
+        out.warnings.iter().map(|w| w.message.clone()).collect(),
+    )
+}
+
+/// Pixels whose colour differs between two same-sized images.
+fn differing_pixels(a: &RgbaImage, b: &RgbaImage) -> usize {
+    a.pixels()
+        .zip(b.pixels())
+        .filter(|(p, q)| p.0.iter().zip(q.0).any(|(x, y)| x.abs_diff(y) > 40))
+        .count()
+}
+
+#[tokio::test]
+async fn every_script_renders_with_no_missing_glyphs() {
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for (name, title) in [
+        ("japanese", "東京の桜が満開です — 山田太郎"),
+        ("chinese-simplified", "人工智能的未来发展"),
+        ("chinese-traditional", "臺灣夜市的美食指南"),
+        ("korean", "서울에서 보내는 편지"),
+        ("cyrillic", "Привет из Москвы"),
+        ("greek", "Καλημέρα από την Αθήνα"),
+        ("arabic", "مرحبا بكم في القاهرة"),
+        ("hebrew", "שלום מירושלים"),
+        ("devanagari", "नमस्ते दिल्ली से"),
+        ("thai", "สวัสดีจากกรุงเทพ"),
+        ("emoji", "Launch day 🚀🎉 👍🏽 ❤️ 👩‍💻"),
+    ] {
+        let v = vars(json!({ "title": title, "author": "山田 花子", "publishDate": "2026-11-30" }));
+        let out = render(&renderer(), "tmpl_blog_card", &v, Format::Png, 1.0)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.warnings, vec![], "{name}: {title}");
+        std::fs::write(artifacts.join(format!("script-{name}.png")), &out.bytes).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn cjk_characters_are_drawn_as_real_glyphs_not_notdef_boxes() {
+    // Two characters no font covers both draw `.notdef`: the same box, pixel for pixel.
+    let (notdef_a, warned) = render_text("sans-serif", 80, "\u{E000}").await;
+    let (notdef_b, _) = render_text("sans-serif", 80, "\u{E001}").await;
+    assert_eq!(
+        differing_pixels(&notdef_a, &notdef_b),
+        0,
+        "the .notdef box is one shape"
+    );
+    assert_eq!(warned.len(), 1);
+    assert!(warned[0].contains("U+E000"), "{warned:?}");
+    // Real glyphs differ from the box and from each other.
+    for (a, b) in [("東", "京"), ("한", "글"), ("あ", "ア")] {
+        let (ga, wa) = render_text("sans-serif", 80, a).await;
+        let (gb, wb) = render_text("sans-serif", 80, b).await;
+        assert!(wa.is_empty() && wb.is_empty(), "{a}{b}: {wa:?} {wb:?}");
+        let ink = ga.pixels().filter(|p| p.0[0] < 128).count();
+        assert!(ink > 300, "{a}: only {ink} inked pixels");
+        assert!(
+            differing_pixels(&ga, &notdef_a) > 300,
+            "{a} looks like the .notdef box"
+        );
+        assert!(
+            differing_pixels(&ga, &gb) > 300,
+            "{a} and {b} drew the same shape"
+        );
+    }
+}
+
+#[tokio::test]
+async fn font_family_lists_fall_back_to_the_bundled_script_faces() {
+    // Whatever a template lists (fonts the emulator lacks, a generic family), CJK text falls back to
+    // the bundled CJK face: the same pixels as with plain sans-serif, and nothing reported missing.
+    let (reference, _) = render_text("sans-serif", 60, "東京タワー").await;
+    for family in [
+        "'Hiragino Sans', 'Noto Sans JP', sans-serif",
+        "'Inter', 'Segoe UI'",
+        "Georgia, serif",
+        "monospace",
+    ] {
+        let (img, warnings) = render_text(family, 60, "東京タワー").await;
+        assert!(warnings.is_empty(), "{family}: {warnings:?}");
+        assert_eq!(differing_pixels(&img, &reference), 0, "{family}");
+    }
+}

@@ -19,6 +19,7 @@
 //! - Engine failures (encoder/layout errors) use [`RENDER_FAILED`], which Pictify does not document.
 
 pub mod expr;
+pub mod fonts;
 pub mod functions;
 #[cfg(test)]
 mod functions_tests;
@@ -73,6 +74,42 @@ pub struct RenderedImage {
     pub width: u32,
     pub height: u32,
     pub format: Format,
+    /// What the render noticed about the image it still produced.
+    pub warnings: Vec<RenderWarning>,
+}
+
+/// Warning code: text holds characters no bundled font can draw (they show as empty boxes).
+pub const MISSING_GLYPHS: &str = "MISSING_GLYPHS";
+
+/// The response header on `GET /images/{file}` that carries the image's warnings, as a JSON array
+/// of [`RenderWarning`] (ASCII only: other characters are `\u` escapes). Absent when there are none.
+/// Real Pictify sends nothing like it; it is how a local run learns what layout saw.
+pub const WARNINGS_HEADER: &str = "x-emulator-warnings";
+
+/// Something a render noticed about an image it still produced: the item stays a success.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RenderWarning {
+    pub code: String,
+    pub message: String,
+}
+
+impl RenderWarning {
+    /// The [`WARNINGS_HEADER`] value for `warnings`.
+    pub fn header_value(warnings: &[RenderWarning]) -> String {
+        let json = serde_json::to_string(warnings).unwrap_or_else(|_| "[]".into());
+        let mut ascii = String::with_capacity(json.len());
+        for c in json.chars() {
+            if c.is_ascii() && !c.is_ascii_control() {
+                ascii.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    ascii.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        ascii
+    }
 }
 
 /// An item-level failure with one of the documented codes (`shared::pictify::wire::error_codes`).
@@ -178,33 +215,45 @@ impl Renderer {
                 width,
                 height,
                 format,
+                warnings: Vec::new(),
             });
         }
         let engine = Arc::clone(&self.engine);
         let cache = Arc::clone(&self.image_cache);
-        let task = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ItemError> {
-            let mut decoded: HashMap<Arc<str>, ImageSource> = HashMap::new();
-            for (src, loaded) in loaded {
-                let source = match loaded {
-                    Loaded::Cached(hit) => hit,
-                    Loaded::Bytes(bytes) => {
-                        let source = ImageSource::from_bytes(&bytes).map_err(|e| {
-                            images::fetch_failed(&src, format!("cannot decode: {e}"))
-                        })?;
-                        if matches!(images::classify(&src), Ok(images::SrcKind::Http)) {
-                            remember_image(&cache, &src, &source);
+        let task = tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u8>, Vec<RenderWarning>), ItemError> {
+                let mut decoded: HashMap<Arc<str>, ImageSource> = HashMap::new();
+                for (src, loaded) in loaded {
+                    let source = match loaded {
+                        Loaded::Cached(hit) => hit,
+                        Loaded::Bytes(bytes) => {
+                            let source = ImageSource::from_bytes(&bytes).map_err(|e| {
+                                images::fetch_failed(&src, format!("cannot decode: {e}"))
+                            })?;
+                            if matches!(images::classify(&src), Ok(images::SrcKind::Http)) {
+                                remember_image(&cache, &src, &source);
+                            }
+                            source
                         }
-                        source
-                    }
-                };
-                decoded.insert(Arc::from(src.as_str()), source);
-            }
-            let bitmap = engine
-                .render(&html, width, height, decoded)
-                .map_err(render_failed)?;
-            raster::encode(bitmap, format, quality).map_err(render_failed)
-        });
-        let bytes = task.await.map_err(|e| ItemError {
+                    };
+                    decoded.insert(Arc::from(src.as_str()), source);
+                }
+                let painted = engine
+                    .render(&html, width, height, decoded)
+                    .map_err(render_failed)?;
+                let mut warnings = Vec::new();
+                if !painted.missing_glyphs.is_empty() {
+                    warnings.push(RenderWarning {
+                        code: MISSING_GLYPHS.into(),
+                        message: fonts::describe_missing(&painted.missing_glyphs),
+                    });
+                }
+                let bytes =
+                    raster::encode(painted.bitmap, format, quality).map_err(render_failed)?;
+                Ok((bytes, warnings))
+            },
+        );
+        let (bytes, warnings) = task.await.map_err(|e| ItemError {
             code: RENDER_FAILED,
             message: format!("render task failed: {e}"),
         })??;
@@ -213,6 +262,7 @@ impl Renderer {
             width,
             height,
             format,
+            warnings,
         })
     }
 

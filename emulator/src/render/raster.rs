@@ -1,4 +1,4 @@
-//! The takumi side: bundled fonts, HTML + CSS to bitmap, and bitmap to PNG/JPEG/WebP/GIF bytes.
+//! The takumi side: HTML + CSS to bitmap (with the bundled fonts), and bitmap to PNG/JPEG/WebP/GIF bytes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use shared::pictify::wire::Format;
 use takumi::prelude::{
-    AnimatedGifOptions, AnimationFrame, Bitmap, FontOverride, FontResource, FontSource, Fonts,
-    FromHtml, FromHtmlOptions, GenericFamily, ImageSource, Node, OutputFormat, Quality,
-    RenderOptions as TakumiOptions, StyleSheet, Viewport,
+    AnimatedGifOptions, AnimationFrame, Bitmap, FromHtml, FromHtmlOptions, ImageSource, Node,
+    NodeKind, OutputFormat, Quality, RenderOptions as TakumiOptions, StyleSheet, Viewport,
 };
+
+use super::fonts::BundledFonts;
 
 /// Why the engine could not produce an image (not a user error: the caller maps it to an item error).
 #[derive(Debug, thiserror::Error)]
@@ -33,69 +34,20 @@ const BASE_CSS: &str = "*,*::before,*::after{box-sizing:content-box}\
 
 /// Fonts registered once and shared (cheaply cloneable) by every render.
 pub struct Engine {
-    fonts: Fonts,
+    bundled: Arc<BundledFonts>,
+}
+
+/// A painted bitmap, and the characters of its text that no bundled font could draw.
+pub struct Painted {
+    pub bitmap: Bitmap,
+    pub missing_glyphs: Vec<char>,
 }
 
 impl Engine {
     pub fn new() -> Result<Self, RasterError> {
-        const SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-        const SANS_BOLD: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
-        const SERIF: &[u8] = include_bytes!("../../assets/fonts/DejaVuSerif.ttf");
-        const MONO: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-        // Registration order is also the fallback order for unknown families: sans first.
-        let faces: [(&'static str, &'static [u8], GenericFamily, Option<&str>); 8] = [
-            ("DejaVuSans.ttf", SANS, GenericFamily::SANS_SERIF, None),
-            (
-                "DejaVuSans-Bold.ttf",
-                SANS_BOLD,
-                GenericFamily::SANS_SERIF,
-                None,
-            ),
-            ("DejaVuSerif.ttf", SERIF, GenericFamily::SERIF, None),
-            ("DejaVuSansMono.ttf", MONO, GenericFamily::MONOSPACE, None),
-            // A face joins one generic family per registration, and re-registering under the same family
-            // name is a no-op, so the UI generics get aliases of the sans faces.
-            (
-                "DejaVuSans.ttf",
-                SANS,
-                GenericFamily::SYSTEM_UI,
-                Some("DejaVu Sans UI"),
-            ),
-            (
-                "DejaVuSans-Bold.ttf",
-                SANS_BOLD,
-                GenericFamily::SYSTEM_UI,
-                Some("DejaVu Sans UI"),
-            ),
-            (
-                "DejaVuSans.ttf",
-                SANS,
-                GenericFamily::UI_SANS_SERIF,
-                Some("DejaVu Sans UI Sans"),
-            ),
-            (
-                "DejaVuSans-Bold.ttf",
-                SANS_BOLD,
-                GenericFamily::UI_SANS_SERIF,
-                Some("DejaVu Sans UI Sans"),
-            ),
-        ];
-        let mut fonts = Fonts::default();
-        for (font, bytes, generic, alias) in faces {
-            let mut resource =
-                FontResource::new(FontSource::from_static(bytes)).generic_family(generic);
-            if let Some(alias) = alias {
-                resource = resource.override_info(FontOverride {
-                    family_name: Some(alias.into()),
-                    ..Default::default()
-                });
-            }
-            fonts.register(resource).map_err(|e| RasterError::Font {
-                font,
-                message: e.to_string(),
-            })?;
-        }
-        Ok(Self { fonts })
+        Ok(Self {
+            bundled: BundledFonts::get()?,
+        })
     }
 
     /// Lays out and paints final HTML at `width`×`height`, with images already decoded and keyed by src.
@@ -105,7 +57,7 @@ impl Engine {
         width: u32,
         height: u32,
         images: HashMap<Arc<str>, ImageSource>,
-    ) -> Result<Bitmap, RasterError> {
+    ) -> Result<Painted, RasterError> {
         let mut css = String::from(BASE_CSS);
         // takumi's from_html drops <style> elements, so their CSS is handed over as a stylesheet.
         for block in style_blocks(html) {
@@ -114,14 +66,37 @@ impl Engine {
         }
         let node = Node::from_html(html, FromHtmlOptions::default())
             .map_err(|e| RasterError::Html(e.to_string()))?;
+        let mut text = String::new();
+        collect_text(&node, &mut text);
+        let missing_glyphs = self.bundled.missing_glyphs(&text);
         let options = TakumiOptions::builder()
             .viewport(Viewport::new((width, height)))
             .node(node)
-            .fonts(&self.fonts)
+            .fonts(&self.bundled.fonts)
             .images(images)
             .stylesheet(Arc::new(StyleSheet::parse_loosy(&css)))
             .build();
-        takumi::render(options).map_err(|e| RasterError::Render(e.to_string()))
+        let bitmap = takumi::render(options).map_err(|e| RasterError::Render(e.to_string()))?;
+        Ok(Painted {
+            bitmap,
+            missing_glyphs,
+        })
+    }
+}
+
+/// Appends the text of every text node under `node`: what layout will draw.
+fn collect_text(node: &Node, out: &mut String) {
+    match &node.kind {
+        NodeKind::Container { children } => {
+            for child in children {
+                collect_text(child, out);
+            }
+        }
+        NodeKind::Text(data) => {
+            out.push_str(&data.text);
+            out.push(' ');
+        }
+        _ => {}
     }
 }
 
