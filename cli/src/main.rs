@@ -4,10 +4,12 @@
 
 mod check;
 mod control;
+mod gallery;
 mod ops;
 mod output;
 mod prepare;
 mod progress;
+mod qa;
 mod register;
 mod run;
 mod sqlite_store;
@@ -18,8 +20,10 @@ use clap::{Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  every row rendered (and, for `run`, every image downloaded)
-  2  some rows failed or were rejected (see the summary and results.csv)
+  0  every row rendered (and, for `run`, every image downloaded and passing image QA)
+  2  some rows failed or were rejected, or (for `run`) some images have warnings such as
+     MISSING_GLYPHS or BLANK_IMAGE (see the summary and results.csv; --allow-warnings exits 0
+     for warnings alone)
   3  dataset-level or usage error: missing file, unknown format, unknown template,
      --map naming a missing column, an unreadable dataset, or Pictify refusing the API key / quota
   4  the job is paused (`pictify-batch pause`, or its abort rule): its state is kept; resume it
@@ -45,6 +49,9 @@ enum Command {
     Status(ops::JobArgs),
     /// Where a job's results manifest is (or print it with --print).
     Results(ops::ResultsArgs),
+    /// Write a finished job's results gallery (DIR/index.html) from its manifest, showing each
+    /// image from its Pictify URL.
+    Report(ops::ReportArgs),
     /// Re-queue a finished job's retryable failed rows (or, with --missing-urls, its rows whose
     /// URL never arrived) as new chunks; the job then finishes again with a new manifest.
     RetryFailed(ops::RetryArgs),
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::check(*args).await,
             Command::Status(args) => ops::status(args).await,
             Command::Results(args) => ops::results(args).await,
+            Command::Report(args) => ops::report(args).await,
             Command::ResumeSubmissions(args) => ops::resume_submissions(args).await,
             Command::Pause(args) => control::pause(args).await,
             Command::Resume(args) => control::resume(args).await,

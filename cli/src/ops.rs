@@ -15,6 +15,7 @@ use shared::ports::{JobStore, ObjectStore, SystemClock};
 use shared::secret::Secret;
 use shared::settings::Settings;
 
+use crate::gallery;
 use crate::run::OutDir;
 use crate::sqlite_store::SqliteJobStore;
 use crate::{Failure, Outcome};
@@ -266,6 +267,63 @@ pub async fn results(args: ResultsArgs) -> Result<Outcome, Failure> {
     std::io::stdout()
         .write_all(&bytes)
         .context("writing to stdout")?;
+    Ok(Outcome::AllRendered)
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Where to write the gallery (DIR/index.html).
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+}
+
+/// The results gallery of a finished job, from its manifest: each rendered row shows its image
+/// from its Pictify URL (kept 7 days by Pictify), each other row its status and error.
+pub async fn report(args: ReportArgs) -> Result<Outcome, Failure> {
+    let stack = connect(&args.job.target).await?;
+    let job = load_job(&stack, args.job.job.as_deref()).await?;
+    let Some(manifest) = &job.manifest else {
+        return Err(Failure::usage(format!(
+            "job {} is {}: no results manifest yet",
+            job.id,
+            job.status.as_str()
+        )));
+    };
+    let bytes = stack
+        .objects
+        .get_bytes(&manifest.jsonl)
+        .await
+        .context("reading the manifest")?
+        .ok_or_else(|| Failure::usage(format!("the manifest {} is missing", manifest.jsonl)))?;
+    let text = String::from_utf8(bytes).context("the manifest is not UTF-8")?;
+    let mut cards = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let line = crate::output::parse_line(line)?;
+        let columns: Vec<String> = line.fields.keys().cloned().collect();
+        cards.push(gallery::Card {
+            row: line.row,
+            fields: gallery::key_fields(&line.fields, &columns),
+            image: line.url,
+            thumb: None,
+            status: line.status,
+            error: line.error,
+            warnings: Vec::new(),
+        });
+    }
+    let title = format!("{} · {}", job.id, job.spec.template_id);
+    let subtitle = gallery::status_summary(&cards);
+    let path = args.out.join("index.html");
+    gallery::write(
+        &path,
+        &gallery::Page {
+            title: &title,
+            subtitle: &subtitle,
+        },
+        &cards,
+    )?;
+    println!("{}: {subtitle}", path.display());
     Ok(Outcome::AllRendered)
 }
 

@@ -1,26 +1,33 @@
 //! The run's outputs, built from the pipeline's results manifest: the images (downloaded over
-//! HTTP from each rendered row's URL), `results.csv` / `results.jsonl` (input columns + status,
-//! file, url, error, one line per input row) and the final summary.
+//! HTTP from each rendered row's URL, each inspected by [`crate::qa`], with a thumbnail),
+//! `results.csv` / `results.jsonl` (input columns + status, file, url, error, warnings, one line
+//! per input row), the gallery `index.html` and the final summary.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
+use pictify_emulator::render::RenderWarning;
 use serde_json::{Map, Value, json};
 use shared::domain::{Job, ObjectRef};
 use shared::local::FsObjectStore;
 use shared::pictify::wire::Format;
 use shared::ports::Alert;
 
+use crate::gallery::{self, Warning};
 use crate::prepare::CheckedDataset;
+use crate::qa;
 use crate::{Failure, Outcome};
 
 const DOWNLOADS_IN_PARALLEL: usize = 8;
 const SLUG_MAX: usize = 40;
 const PROBLEMS_SHOWN: usize = 20;
+/// The gallery holds the first this many rows, then only rows with a problem or a warning up to
+/// twice as many: a page of 10,000 cards is about 2 MB, and one of a million would not open.
+const GALLERY_CARDS: usize = 20_000;
 
 pub struct OutputInput<'a> {
     pub out: &'a Path,
@@ -33,6 +40,11 @@ pub struct OutputInput<'a> {
     pub emulator_base: Option<String>,
     /// Keep images already downloaded by the interrupted run.
     pub resume: bool,
+    /// The template's width and height, when known (the emulator's templates). Otherwise every
+    /// image is held to the size most of the job's images have.
+    pub expected_size: Option<(u32, u32)>,
+    /// `--no-render`: the images are blank placeholders on purpose.
+    pub placeholders: bool,
 }
 
 /// What the outputs hold.
@@ -42,19 +54,25 @@ pub struct Report {
     pub images: u64,
     /// (row, problem) for every row that did not end as an image.
     pub problems: Vec<(u64, String)>,
+    /// (row, "CODE: message; …") for every image with warnings.
+    pub warned: Vec<(u64, String)>,
+    /// How many images have each warning code.
+    pub warning_counts: BTreeMap<String, u64>,
     pub results_csv: PathBuf,
+    /// `index.html`, the results gallery (empty when no manifest was written).
+    pub gallery: PathBuf,
 }
 
 /// One manifest line, as the pipeline wrote it.
-struct Line {
-    row: u64,
-    status: String,
-    url: Option<String>,
-    error: Option<String>,
-    fields: Map<String, Value>,
+pub(crate) struct Line {
+    pub row: u64,
+    pub status: String,
+    pub url: Option<String>,
+    pub error: Option<String>,
+    pub fields: Map<String, Value>,
 }
 
-fn parse_line(text: &str) -> anyhow::Result<Line> {
+pub(crate) fn parse_line(text: &str) -> anyhow::Result<Line> {
     let v: Value = serde_json::from_str(text).context("reading a manifest line")?;
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let error = match (s("errorCode"), s("errorMessage")) {
@@ -164,35 +182,56 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
             ));
         }
     }
-    let fetched = download_all(&images_dir, downloads, input.resume).await?;
+    let thumbs_dir = input.out.join("thumbs");
+    std::fs::create_dir_all(&thumbs_dir)
+        .with_context(|| format!("creating {}", thumbs_dir.display()))?;
+    let mut fetched = download_all(input, &images_dir, &thumbs_dir, downloads).await?;
+    if input.expected_size.is_none() {
+        hold_to_common_size(&mut fetched);
+    }
 
     // Pass 2: the results files.
     let mut csv = csv::Writer::from_path(&report.results_csv).context("creating results.csv")?;
     let mut header = vec!["row".to_owned()];
     header.extend(columns.iter().cloned());
-    header.extend(["status", "file", "url", "error"].map(String::from));
+    header.extend(["status", "file", "url", "error", "warnings"].map(String::from));
     csv.write_record(&header).context("writing results.csv")?;
     let jsonl_path = input.out.join("results.jsonl");
     let mut jsonl =
         BufWriter::new(std::fs::File::create(&jsonl_path).context("creating results.jsonl")?);
+    let (mut cards, mut statuses) = (Vec::new(), gallery::StatusCounts::default());
     for line in read_manifest(input.objects, &manifest.jsonl)? {
         let line = line?;
         report.lines += 1;
         let (mut status, mut file, mut error) = (line.status.clone(), None, line.error.clone());
-        match fetched.get(&line.row) {
-            Some(Ok(name)) => {
+        let (mut thumb, mut warnings) = (None, Vec::new());
+        match fetched.remove(&line.row) {
+            Some(Ok(saved)) => {
                 report.images += 1;
-                file = Some(format!("images/{name}"));
+                file = Some(format!("images/{}", saved.name));
+                thumb = saved.thumb.map(|t| format!("thumbs/{t}"));
+                warnings = saved.warnings;
             }
             Some(Err(problem)) => {
                 status = "download_failed".into();
-                error = Some(problem.clone());
+                error = Some(problem);
             }
             None => {}
         }
         if file.is_none() {
             let why = error.clone().unwrap_or_else(|| status.replace('_', " "));
             report.problems.push((line.row, format!("{status}: {why}")));
+        }
+        let warnings_text = warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.code, w.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if !warnings.is_empty() {
+            report.warned.push((line.row, warnings_text.clone()));
+            for w in &warnings {
+                *report.warning_counts.entry(w.code.clone()).or_default() += 1;
+            }
         }
         let text = |v: Option<&Value>| match v {
             None | Some(Value::Null) => String::new(),
@@ -206,43 +245,100 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
             file.clone().unwrap_or_default(),
             line.url.clone().unwrap_or_default(),
             error.clone().unwrap_or_default(),
+            warnings_text,
         ]);
         csv.write_record(&record).context("writing results.csv")?;
-        let value = json!({ "row": line.row, "status": status, "file": file, "url": line.url, "error": error, "fields": line.fields });
+        let value = json!({ "row": line.row, "status": status, "file": file, "url": line.url, "error": error, "warnings": warnings, "fields": line.fields });
         serde_json::to_writer(&mut jsonl, &value).context("writing results.jsonl")?;
         jsonl.write_all(b"\n").context("writing results.jsonl")?;
+        statuses.add(&status);
+        let noteworthy = file.is_none() || !warnings.is_empty();
+        if cards.len() < GALLERY_CARDS || (noteworthy && cards.len() < 2 * GALLERY_CARDS) {
+            cards.push(gallery::Card {
+                row: line.row,
+                status,
+                fields: gallery::key_fields(&line.fields, &input.dataset.columns),
+                image: file.or(line.url),
+                thumb,
+                error,
+                warnings,
+            });
+        }
     }
     csv.flush().context("writing results.csv")?;
     jsonl.flush().context("writing results.jsonl")?;
+    let title = format!("{} · {}", input.job.id, input.job.spec.template_id);
+    let mut subtitle = statuses.summary();
+    if (cards.len() as u64) < statuses.rows() {
+        subtitle.push_str(&format!(
+            " (showing {}: the first {GALLERY_CARDS} rows, then those with a problem; results.csv has every row)",
+            cards.len()
+        ));
+    }
+    let page = gallery::Page {
+        title: &title,
+        subtitle: &subtitle,
+    };
+    report.gallery = input.out.join("index.html");
+    gallery::write(&report.gallery, &page, &cards)?;
     Ok(report)
 }
 
-/// Fetches every image (a few at a time); row → file name, or why it could not be saved.
+/// A saved image: its file name, its thumbnail's, its size and what was found wrong with it.
+struct Saved {
+    name: String,
+    thumb: Option<String>,
+    size: Option<(u32, u32)>,
+    warnings: Vec<Warning>,
+}
+
+/// Fetches every image (a few at a time) and inspects each; row → what was saved, or why it
+/// could not be.
 async fn download_all(
-    dir: &Path,
+    input: &OutputInput<'_>,
+    images: &Path,
+    thumbs: &Path,
     downloads: Vec<(u64, String, String)>,
-    resume: bool,
-) -> anyhow::Result<HashMap<u64, Result<String, String>>> {
+) -> anyhow::Result<HashMap<u64, Result<Saved, String>>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
+    let resume = input.resume;
+    let checks = qa::Checks {
+        size: input.expected_size,
+        blank: !input.placeholders,
+    };
     let results = futures::stream::iter(downloads)
         .map(|(row, url, name)| {
-            let (client, path) = (client.clone(), dir.join(&name));
+            let (client, path) = (client.clone(), images.join(&name));
+            let thumb_name = format!("{}.webp", name.rsplit_once('.').map_or(&*name, |(s, _)| s));
+            let thumb_path = thumbs.join(&thumb_name);
             async move {
                 let kept = resume && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
-                let outcome = if kept {
-                    Ok(())
+                let fetched = if kept {
+                    render_warnings(&client, &url).await
                 } else {
                     download(&client, &url, &path).await
                 };
-                (
-                    row,
-                    outcome
-                        .map(|()| name)
-                        .map_err(|e| format!("download failed: {e}")),
-                )
+                let saved = match fetched {
+                    Ok(mut warnings) => {
+                        let inspection = tokio::task::spawn_blocking(move || {
+                            qa::inspect(&path, checks, &thumb_path)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        warnings.extend(inspection.warnings);
+                        Ok(Saved {
+                            name,
+                            thumb: inspection.thumb.then_some(thumb_name),
+                            size: inspection.size,
+                            warnings,
+                        })
+                    }
+                    Err(e) => Err(format!("download failed: {e}")),
+                };
+                (row, saved)
             }
         })
         .buffer_unordered(DOWNLOADS_IN_PARALLEL)
@@ -251,11 +347,17 @@ async fn download_all(
     Ok(results)
 }
 
-async fn download(client: &reqwest::Client, url: &str, path: &Path) -> Result<(), String> {
+/// Saves one image; answers the warnings the emulator sent with it (none from real Pictify).
+async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    path: &Path,
+) -> Result<Vec<Warning>, String> {
     let response = client.get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("HTTP {} from {url}", response.status()));
     }
+    let warnings = header_warnings(response.headers());
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
     let temp = path.with_extension("part");
     tokio::fs::write(&temp, &bytes)
@@ -263,7 +365,73 @@ async fn download(client: &reqwest::Client, url: &str, path: &Path) -> Result<()
         .map_err(|e| e.to_string())?;
     tokio::fs::rename(&temp, path)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(warnings)
+}
+
+/// The warnings of an image kept from an interrupted run: asked again, without the body, from an
+/// emulator (a URL it cannot reach any more just has none).
+async fn render_warnings(client: &reqwest::Client, url: &str) -> Result<Vec<Warning>, String> {
+    if !url.starts_with("http://127.0.0.1:") {
+        return Ok(Vec::new());
+    }
+    Ok(match client.head(url).send().await {
+        Ok(response) => header_warnings(response.headers()),
+        Err(_) => Vec::new(),
+    })
+}
+
+fn header_warnings(headers: &reqwest::header::HeaderMap) -> Vec<Warning> {
+    let Some(value) = headers.get(pictify_emulator::render::WARNINGS_HEADER) else {
+        return Vec::new();
+    };
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|text| serde_json::from_str::<Vec<RenderWarning>>(text).ok());
+    match parsed {
+        Some(warnings) => warnings
+            .into_iter()
+            .map(|w| Warning {
+                code: w.code,
+                message: w.message,
+            })
+            .collect(),
+        None => vec![Warning {
+            code: "WARNINGS_UNREADABLE".into(),
+            message: format!(
+                "the emulator's {} header does not parse",
+                pictify_emulator::render::WARNINGS_HEADER
+            ),
+        }],
+    }
+}
+
+/// Without the template's size (real Pictify), an image whose size differs from the one most of
+/// the job's images have gets `WRONG_DIMENSIONS`.
+fn hold_to_common_size(fetched: &mut HashMap<u64, Result<Saved, String>>) {
+    let mut sizes: HashMap<(u32, u32), u64> = HashMap::new();
+    for size in fetched.values().filter_map(|s| s.as_ref().ok()?.size) {
+        *sizes.entry(size).or_default() += 1;
+    }
+    let Some(common) = sizes
+        .into_iter()
+        .max_by_key(|(size, n)| (*n, *size))
+        .map(|(s, _)| s)
+    else {
+        return;
+    };
+    for saved in fetched.values_mut().filter_map(|s| s.as_mut().ok()) {
+        if let Some(size) = saved.size
+            && let Some(mut w) = qa::wrong_size(size, Some(common))
+        {
+            w.message = format!(
+                "the image is {}x{}; most of the job's images are {}x{}",
+                size.0, size.1, common.0, common.1
+            );
+            saved.warnings.push(w);
+        }
+    }
 }
 
 /// The final summary printed to stderr.
@@ -272,6 +440,8 @@ pub struct Summary<'a> {
     pub report: &'a Report,
     pub alerts: &'a [Alert],
     pub elapsed: Duration,
+    /// Images with warnings still count as complete (`--allow-warnings`).
+    pub allow_warnings: bool,
 }
 
 impl Summary<'_> {
@@ -357,15 +527,41 @@ impl Summary<'_> {
                 ));
             }
         }
+        let warned = &self.report.warned;
+        if !warned.is_empty() {
+            let counts: Vec<String> = self
+                .report
+                .warning_counts
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "image warnings ({} image(s): {}){}:\n",
+                warned.len(),
+                counts.join(", "),
+                if self.allow_warnings { ", allowed" } else { "" }
+            ));
+            for (row, warning) in warned.iter().take(PROBLEMS_SHOWN) {
+                s.push_str(&format!("  row {row}: {warning}\n"));
+            }
+            if warned.len() > PROBLEMS_SHOWN {
+                s.push_str(&format!("  … and {} more\n", warned.len() - PROBLEMS_SHOWN));
+            }
+        }
         s.push_str(&format!(
-            "images: {}  results: {}\n",
+            "images: {}  results: {}",
             out.join("images").display(),
             self.report.results_csv.display()
         ));
+        if !self.report.gallery.as_os_str().is_empty() {
+            s.push_str(&format!("  gallery: {}", self.report.gallery.display()));
+        }
+        s.push('\n');
         s
     }
 
-    /// 0: every row is an image; 3: the dataset itself failed and nothing rendered; else 2.
+    /// 0: every row is an image with no warning (or warnings are allowed); 3: the dataset itself
+    /// failed and nothing rendered; else 2.
     pub fn outcome(&self) -> Result<Outcome, Failure> {
         let c = self.job.counters;
         if let Some(error) = &self.job.error
@@ -377,7 +573,8 @@ impl Summary<'_> {
         }
         let complete = self.job.error.is_none()
             && self.report.problems.is_empty()
-            && self.report.images == c.rows;
+            && self.report.images == c.rows
+            && (self.allow_warnings || self.report.warned.is_empty());
         Ok(if complete {
             Outcome::AllRendered
         } else {

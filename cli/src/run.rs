@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Continue the interrupted run in --out instead of starting over; finished rows are not rendered again.
     #[arg(long)]
     pub resume: bool,
+    /// Exit 0 even when images have warnings (MISSING_GLYPHS, BLANK_IMAGE, …): they are still
+    /// listed in the summary, results and gallery.
+    #[arg(long)]
+    pub allow_warnings: bool,
     /// Use real Pictify with this API key instead of the local emulator (needs --public-url).
     #[arg(long, env = "PICTIFY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -455,6 +459,14 @@ async fn report(
         format: prepared.options.format,
         emulator_base: services.backend.emulator_base(),
         resume: args.resume,
+        expected_size: match &services.backend {
+            Backend::Emulator(_) => prepared
+                .templates
+                .get(&prepared.options.template_id)
+                .map(|t| (t.width, t.height)),
+            Backend::Real { .. } => None,
+        },
+        placeholders: args.no_render,
     })
     .await;
     let written = match written {
@@ -477,6 +489,7 @@ async fn report(
         report: &written,
         alerts: &alerts,
         elapsed: started.elapsed(),
+        allow_warnings: args.allow_warnings,
     };
     eprint!("{}", summary.render(&prepared.out.root));
     info!(job_id = %job.id, status = job.status.as_str(), "run finished");

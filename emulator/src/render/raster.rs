@@ -161,6 +161,20 @@ pub fn encode(bitmap: Bitmap, format: Format, quality: f64) -> Result<Vec<u8>, R
     Ok(out)
 }
 
+/// Encodes raw RGBA pixels (e.g. a thumbnail made elsewhere) with the same encoders as a render.
+pub fn encode_rgba(
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    format: Format,
+    quality: f64,
+) -> Result<Vec<u8>, RasterError> {
+    let bitmap = Bitmap::from_raw(width, height, pixels).ok_or(RasterError::Render(format!(
+        "{width}x{height} pixels do not match their buffer"
+    )))?;
+    encode(bitmap, format, quality)
+}
+
 /// A flat light-grey image of the given size (the `rasterize: false` stand-in).
 pub fn placeholder(width: u32, height: u32, format: Format) -> Result<Vec<u8>, RasterError> {
     let pixels = [0xE5, 0xE7, 0xEB, 0xFF].repeat((width as usize) * (height as usize));
