@@ -622,3 +622,65 @@ async fn font_family_lists_fall_back_to_the_bundled_script_faces() {
         assert_eq!(differing_pixels(&img, &reference), 0, "{family}");
     }
 }
+
+#[tokio::test]
+async fn text_that_does_not_fit_is_reported_and_text_that_fits_is_not() {
+    // The sample cards fit: no warning at all.
+    let r = renderer();
+    for id in [
+        "tmpl_blog_card",
+        "tmpl_social_card",
+        "tmpl_certificate",
+        "tmpl_product_card",
+    ] {
+        let out = render(&r, id, &sample_variables(id), Format::Png, 1.0)
+            .await
+            .unwrap();
+        assert_eq!(out.warnings, vec![], "{id}");
+    }
+    // The blog card cuts a long title itself (`truncate(title, 96, '…')`): by design, no warning.
+    let long = "A very long title that keeps going and going well past the point where any sensible editor would stop it, and then some more words to be sure it overflows the card";
+    let v = vars(json!({ "title": long, "author": "Ann", "publishDate": "2026-11-30" }));
+    let out = render(&r, "tmpl_blog_card", &v, Format::Png, 1.0)
+        .await
+        .unwrap();
+    assert_eq!(out.warnings, vec![]);
+
+    // A word too long for a fixed box, and lines below the bottom of the image.
+    for (html, expect) in [
+        (
+            "<div style=\"width:120px;height:100px;font-size:30px\">Donaudampfschifffahrtsgesellschaft</div>",
+            "past its 120×100 box",
+        ),
+        (
+            "<div style=\"width:400px;height:100px;display:flex;flex-direction:column\"><div style=\"height:90px;flex-shrink:0\"></div><div style=\"font-size:40px;flex-shrink:0\">Below the fold</div></div>",
+            "runs off the 400×100 image",
+        ),
+        (
+            "<div style=\"width:200px;font-size:30px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis\">A headline much too long</div>",
+            "cut short",
+        ),
+        (
+            "<div style=\"width:200px;font-size:30px;display:-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:2;overflow:hidden\">A headline much too long for two short lines of text</div>",
+            "cut short",
+        ),
+    ] {
+        let dir = fixture_dir(&[("t.html", html)]);
+        let store = TemplateStore::load_dir(dir.path()).unwrap();
+        let out = r
+            .render(
+                &store.get("t").unwrap(),
+                &VariableSet::new(),
+                Format::Png,
+                1.0,
+            )
+            .await
+            .unwrap();
+        let messages: Vec<&str> = out.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert!(
+            out.warnings.iter().any(|w| w.code == "TEXT_OVERFLOW")
+                && messages.iter().any(|m| m.contains(expect)),
+            "{html}: {messages:?}"
+        );
+    }
+}

@@ -81,6 +81,10 @@ pub struct RenderedImage {
 /// Warning code: text holds characters no bundled font can draw (they show as empty boxes).
 pub const MISSING_GLYPHS: &str = "MISSING_GLYPHS";
 
+/// Warning code: text did not fit where the template put it (clipped, off the image, over what
+/// follows, or cut short with an ellipsis).
+pub const TEXT_OVERFLOW: &str = "TEXT_OVERFLOW";
+
 /// The response header on `GET /images/{file}` that carries the image's warnings, as a JSON array
 /// of [`RenderWarning`] (ASCII only: other characters are `\u` escapes). Absent when there are none.
 /// Real Pictify sends nothing like it; it is how a local run learns what layout saw.
@@ -242,6 +246,12 @@ impl Renderer {
                     .render(&html, width, height, decoded)
                     .map_err(render_failed)?;
                 let mut warnings = Vec::new();
+                if !painted.overflow.is_empty() {
+                    warnings.push(RenderWarning {
+                        code: TEXT_OVERFLOW.into(),
+                        message: painted.overflow.join("; "),
+                    });
+                }
                 if !painted.missing_glyphs.is_empty() {
                     warnings.push(RenderWarning {
                         code: MISSING_GLYPHS.into(),

@@ -9,6 +9,7 @@ use takumi::prelude::{
     AnimatedGifOptions, AnimationFrame, Bitmap, FromHtml, FromHtmlOptions, ImageSource, Node,
     NodeKind, OutputFormat, Quality, RenderOptions as TakumiOptions, StyleSheet, Viewport,
 };
+use takumi::unstable::base::layout::measure::MeasuredNode;
 
 use super::fonts::BundledFonts;
 
@@ -41,6 +42,9 @@ pub struct Engine {
 pub struct Painted {
     pub bitmap: Bitmap,
     pub missing_glyphs: Vec<char>,
+    /// Text that did not fit, in words (e.g. "'keeps going…' runs 40 px past the bottom of its
+    /// 980×379 box"); empty when everything fit.
+    pub overflow: Vec<String>,
 }
 
 impl Engine {
@@ -69,18 +73,81 @@ impl Engine {
         let mut text = String::new();
         collect_text(&node, &mut text);
         let missing_glyphs = self.bundled.missing_glyphs(&text);
-        let options = TakumiOptions::builder()
-            .viewport(Viewport::new((width, height)))
-            .node(node)
-            .fonts(&self.bundled.fonts)
-            .images(images)
-            .stylesheet(Arc::new(StyleSheet::parse_loosy(&css)))
-            .build();
+        let stylesheet = Arc::new(StyleSheet::parse_loosy(&css));
+        let options = |node: Node, images: HashMap<Arc<str>, ImageSource>| {
+            TakumiOptions::builder()
+                .viewport(Viewport::new((width, height)))
+                .node(node)
+                .fonts(&self.bundled.fonts)
+                .images(images)
+                .stylesheet(Arc::clone(&stylesheet))
+                .build()
+        };
+        // Where layout put each line: a second layout pass, as takumi's render does not return it.
+        let measured = takumi::measure(options(node.clone(), images.clone()))
+            .map_err(|e| RasterError::Render(e.to_string()))?;
+        let overflow = text_overflow(&measured, (width, height), &text);
+        let options = options(node, images);
         let bitmap = takumi::render(options).map_err(|e| RasterError::Render(e.to_string()))?;
         Ok(Painted {
             bitmap,
             missing_glyphs,
+            overflow,
         })
+    }
+}
+
+/// Slack for rounding between a line's box and its container's.
+const OVERFLOW_SLACK_PX: f32 = 2.0;
+/// At most this many overflow findings are described per image.
+const OVERFLOW_FINDINGS: usize = 3;
+
+/// The lines layout could not fit: past their own box (clipped, or drawn over what follows),
+/// off the image, or cut short with an ellipsis the text itself does not hold (`line-clamp`,
+/// `text-overflow`). `text` is the document's text, to tell a template's ellipsis from a cut.
+fn text_overflow(root: &MeasuredNode, (width, height): (u32, u32), text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut ellipses = 0;
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        stack.extend(node.children.iter());
+        let (left, top) = (node.transform[4], node.transform[5]);
+        for run in &node.runs {
+            ellipses += run.text.matches('…').count();
+            let line = excerpt(&run.text);
+            // A line's glyph box may be taller than its line-height (CJK faces are), so a line
+            // counts as below a box when its middle is.
+            let (right, middle) = (run.x + run.width, run.y + run.height / 2.0);
+            if right > node.width + OVERFLOW_SLACK_PX || middle > node.height {
+                let past = (right - node.width).max(run.y + run.height - node.height);
+                found.push(format!(
+                    "'{line}' runs {past:.0} px past its {:.0}×{:.0} box",
+                    node.width, node.height
+                ));
+            } else if left + right > width as f32 + OVERFLOW_SLACK_PX
+                || top + middle > height as f32
+                || left + run.x < -OVERFLOW_SLACK_PX
+                || top + middle < 0.0
+            {
+                found.push(format!("'{line}' runs off the {width}×{height} image"));
+            }
+        }
+    }
+    if ellipses > text.matches('…').count() {
+        found.push("text was cut short to fit (an ellipsis replaced the rest)".to_owned());
+    }
+    found.truncate(OVERFLOW_FINDINGS);
+    found
+}
+
+/// The start of a line of text, for a message.
+fn excerpt(line: &str) -> String {
+    const CHARS: usize = 24;
+    let trimmed = line.trim();
+    if trimmed.chars().count() <= CHARS {
+        trimmed.to_owned()
+    } else {
+        format!("{}…", trimmed.chars().take(CHARS).collect::<String>())
     }
 }
 
