@@ -63,7 +63,7 @@ pub fn inspect(image: &Path, checks: Checks, thumb: &Path) -> Inspection {
     if let Some(w) = wrong_size((width, height), checks.size) {
         found.warnings.push(w);
     }
-    let small = decoded.thumbnail(THUMB_WIDTH, THUMB_WIDTH * 4).to_rgba8();
+    let small = box_downscale(&decoded.into_rgba8(), THUMB_WIDTH);
     if let Some(share) = blank_share(&small).filter(|_| checks.blank) {
         found.warnings.push(warning(
             BLANK_IMAGE,
@@ -75,6 +75,48 @@ pub fn inspect(image: &Path, checks: Checks, thumb: &Path) -> Inspection {
     }
     found.thumb = write_thumb(small, thumb).is_ok();
     found
+}
+
+/// `img` scaled to `width` (never up), each pixel the mean of the source pixels it covers: a third
+/// of the time of `image`'s own thumbnail filter, which is most of a local run's QA cost.
+fn box_downscale(img: &RgbaImage, width: u32) -> RgbaImage {
+    let (sw, sh) = img.dimensions();
+    if sw <= width || sh == 0 {
+        return img.clone();
+    }
+    let tw = width as usize;
+    let th = ((u64::from(sh) * u64::from(width)) / u64::from(sw)).max(1) as usize;
+    let (sw, sh) = (sw as usize, sh as usize);
+    // The target column of each source column.
+    let columns: Vec<usize> = (0..sw).map(|x| x * tw / sw).collect();
+    let mut out = vec![0u8; tw * th * 4];
+    let (mut sums, mut counts) = (vec![0u32; tw * 4], vec![0u32; tw]);
+    let mut flush = |row: usize, sums: &mut [u32], counts: &mut [u32]| {
+        for (tx, count) in counts.iter_mut().enumerate() {
+            for c in 0..4 {
+                let at = tx * 4 + c;
+                out[row * tw * 4 + at] = (sums[at] / (*count).max(1)) as u8;
+                sums[at] = 0;
+            }
+            *count = 0;
+        }
+    };
+    let mut row = 0;
+    for (sy, pixels) in img.as_raw().chunks_exact(sw * 4).enumerate() {
+        let target = sy * th / sh;
+        if target != row {
+            flush(row, &mut sums, &mut counts);
+            row = target;
+        }
+        for (pixel, &tx) in pixels.chunks_exact(4).zip(&columns) {
+            for c in 0..4 {
+                sums[tx * 4 + c] += u32::from(pixel[c]);
+            }
+            counts[tx] += 1;
+        }
+    }
+    flush(row, &mut sums, &mut counts);
+    RgbaImage::from_raw(tw as u32, th as u32, out).unwrap_or_else(|| img.clone())
 }
 
 /// A `WRONG_DIMENSIONS` warning when `size` is not `expected`.
@@ -150,6 +192,21 @@ mod tests {
 
     fn codes(found: &Inspection) -> Vec<&str> {
         found.warnings.iter().map(|w| w.code.as_str()).collect()
+    }
+
+    #[test]
+    fn thumbnails_average_the_pixels_they_cover() {
+        // 4×2 → 2×1: each target pixel is the mean of a 2×2 block.
+        let img = RgbaImage::from_fn(4, 2, |x, y| {
+            let v = (10 * x + 100 * y) as u8;
+            Rgba([v, v, v, 255])
+        });
+        let small = box_downscale(&img, 2);
+        assert_eq!(small.dimensions(), (2, 1));
+        assert_eq!(small.get_pixel(0, 0).0, [55, 55, 55, 255]);
+        assert_eq!(small.get_pixel(1, 0).0, [75, 75, 75, 255]);
+        // Never scaled up.
+        assert_eq!(box_downscale(&img, 10).dimensions(), (4, 2));
     }
 
     #[test]

@@ -96,6 +96,17 @@ fn every_script_renders_and_only_the_private_use_character_is_reported() {
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(page.contains("MISSING_GLYPHS"));
 
+    // --resume keeps the images it has; their warnings are asked of the emulator again.
+    let output = run(
+        &dataset,
+        &out,
+        &["--template", "tmpl_blog_card", "--resume"],
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    let lines = results(&out);
+    assert_eq!(codes(&lines[12]), ["MISSING_GLYPHS"], "{said}");
+
     // --allow-warnings: the same run exits 0 and still lists the warning.
     let allowed_out = dir.path().join("allowed");
     let output = run(
