@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use shared::domain::{ChunkState, Job, JobId, JobStatus};
+use shared::domain::{ChunkState, Job, JobId, JobStatus, ManifestLocation, ObjectRef};
 use shared::local::{FsObjectStore, LogAlerts, MemoryQueue};
 use shared::pictify::{PictifyClient, PictifyConfig};
 use shared::pipeline::{Pipeline, ReopenOutcome, Selection};
@@ -243,26 +243,35 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
     Ok(Outcome::AllRendered)
 }
 
-pub async fn results(args: ResultsArgs) -> Result<Outcome, Failure> {
-    let stack = connect(&args.job.target).await?;
-    let job = load_job(&stack, args.job.job.as_deref()).await?;
-    let Some(manifest) = &job.manifest else {
-        return Err(Failure::usage(format!(
+/// Where a finished job's results are; a usage error naming its status before that.
+fn manifest_of(job: &Job) -> Result<&ManifestLocation, Failure> {
+    job.manifest.as_ref().ok_or_else(|| {
+        Failure::usage(format!(
             "job {} is {}: no results manifest yet",
             job.id,
             job.status.as_str()
-        )));
-    };
+        ))
+    })
+}
+
+async fn read_manifest(stack: &Stack, at: &ObjectRef) -> Result<Vec<u8>, Failure> {
+    stack
+        .objects
+        .get_bytes(at)
+        .await
+        .context("reading the manifest")?
+        .ok_or_else(|| Failure::usage(format!("the manifest {at} is missing")))
+}
+
+pub async fn results(args: ResultsArgs) -> Result<Outcome, Failure> {
+    let stack = connect(&args.job.target).await?;
+    let job = load_job(&stack, args.job.job.as_deref()).await?;
+    let manifest = manifest_of(&job)?;
     if !args.print {
         println!("{}\n{}", manifest.csv, manifest.jsonl);
         return Ok(Outcome::AllRendered);
     }
-    let bytes = stack
-        .objects
-        .get_bytes(&manifest.csv)
-        .await
-        .context("reading the manifest")?
-        .ok_or_else(|| Failure::usage(format!("the manifest {} is missing", manifest.csv)))?;
+    let bytes = read_manifest(&stack, &manifest.csv).await?;
     use std::io::Write;
     std::io::stdout()
         .write_all(&bytes)
@@ -284,19 +293,8 @@ pub struct ReportArgs {
 pub async fn report(args: ReportArgs) -> Result<Outcome, Failure> {
     let stack = connect(&args.job.target).await?;
     let job = load_job(&stack, args.job.job.as_deref()).await?;
-    let Some(manifest) = &job.manifest else {
-        return Err(Failure::usage(format!(
-            "job {} is {}: no results manifest yet",
-            job.id,
-            job.status.as_str()
-        )));
-    };
-    let bytes = stack
-        .objects
-        .get_bytes(&manifest.jsonl)
-        .await
-        .context("reading the manifest")?
-        .ok_or_else(|| Failure::usage(format!("the manifest {} is missing", manifest.jsonl)))?;
+    let manifest = manifest_of(&job)?;
+    let bytes = read_manifest(&stack, &manifest.jsonl).await?;
     let text = String::from_utf8(bytes).context("the manifest is not UTF-8")?;
     let mut cards = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -327,7 +327,7 @@ async fn download_all(
                             qa::inspect(&path, checks, &thumb_path)
                         })
                         .await
-                        .unwrap_or_default();
+                        .unwrap_or_else(|e| qa::Inspection::failed(&e.to_string()));
                         warnings.extend(inspection.warnings);
                         Ok(Saved {
                             name,

@@ -44,6 +44,19 @@ pub struct Checks {
     pub blank: bool,
 }
 
+impl Inspection {
+    /// The check itself broke (a decoder panicked): the image counts as undecodable.
+    pub fn failed(why: &str) -> Self {
+        Inspection {
+            warnings: vec![warning(
+                IMAGE_UNDECODABLE,
+                format!("the image could not be checked: {why}"),
+            )],
+            ..Inspection::default()
+        }
+    }
+}
+
 /// Decodes `image`, checks it, and writes a WebP thumbnail to `thumb`. Never fails: what goes
 /// wrong is a warning.
 pub fn inspect(image: &Path, checks: Checks, thumb: &Path) -> Inspection {

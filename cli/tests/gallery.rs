@@ -102,6 +102,23 @@ fn browse(browser: &Path, scratch: &Path, url: &str, extra: &[String]) -> String
     std::fs::read_to_string(&stdout_path).unwrap()
 }
 
+/// `pictify-batch run DATASET ARGS --out OUT`, locally.
+fn run_example(dataset: &Path, args: &[&str], out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pictify-batch"))
+        .arg("run")
+        .arg(dataset)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        // The local run needs no AWS and no Pictify account: never the metadata address, never
+        // a developer's API key.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("PICTIFY_API_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// The opening tags of the cards in a dumped DOM. Only matching cards are ever in the DOM (the
 /// page never creates the others, rather than hiding them), so these are the cards shown.
 fn cards(dom: &str) -> Vec<&str> {
@@ -126,24 +143,16 @@ fn the_gallery_of_a_run_lists_and_filters_its_rows_in_a_browser() {
     let root = workspace_root();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let run = Command::new(env!("CARGO_BIN_EXE_pictify-batch"))
-        .arg("run")
-        .arg(root.join("examples/products.csv"))
-        .args([
+    let run = run_example(
+        &root.join("examples/products.csv"),
+        &[
             "--template",
             "tmpl_product_card",
             "--file-column",
             "imageUrl",
-            "--out",
-        ])
-        .arg(&out)
-        // The local run needs no AWS and no Pictify account: never the metadata address, never
-        // a developer's API key.
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("PICTIFY_API_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ],
+        &out,
+    );
     let said = String::from_utf8_lossy(&run.stderr);
     // Four products name missing images on purpose (IMAGE_FETCH_FAILED): exit 2.
     assert_eq!(run.status.code(), Some(2), "{said}");
@@ -245,16 +254,11 @@ fn the_warning_filter_finds_the_row_with_a_character_no_font_draws() {
     let root = workspace_root();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let run = Command::new(env!("CARGO_BIN_EXE_pictify-batch"))
-        .arg("run")
-        .arg(root.join("examples/multilingual.csv"))
-        .args(["--template", "tmpl_blog_card", "--out"])
-        .arg(&out)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("PICTIFY_API_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let run = run_example(
+        &root.join("examples/multilingual.csv"),
+        &["--template", "tmpl_blog_card"],
+        &out,
+    );
     let said = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{said}");
     let url = format!("file://{}", out.join("index.html").display());

@@ -425,17 +425,7 @@ async fn text_in_generic_and_unknown_families_is_never_invisible() {
         let html = format!(
             "<div style=\"width:400px;height:100px;background:#fff;color:#000;font-family:{family};font-size:48px\">Hg 123</div>"
         );
-        let dir = fixture_dir(&[("t.html", &html)]);
-        let store = TemplateStore::load_dir(dir.path()).unwrap();
-        let out = renderer()
-            .render(
-                &store.get("t").unwrap(),
-                &VariableSet::new(),
-                Format::Png,
-                1.0,
-            )
-            .await
-            .unwrap();
+        let out = render_fixture(&renderer(), &html).await;
         let img = image::load_from_memory(&out.bytes).unwrap();
         let ink = img.pixels().filter(|(_, _, p)| p.0[0] < 100).count();
         assert!(ink > 300, "{family}: only {ink} dark pixels");
@@ -518,22 +508,22 @@ fn fixture_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// Renders `html` as the 400×100 template `t`, with no variables.
+async fn render_fixture(r: &Renderer, html: &str) -> RenderedImage {
+    let dir = fixture_dir(&[("t.html", html)]);
+    let store = TemplateStore::load_dir(dir.path()).unwrap();
+    let template = store.get("t").unwrap();
+    r.render(&template, &VariableSet::new(), Format::Png, 1.0)
+        .await
+        .unwrap()
+}
+
 /// Renders `text` alone, black on white at `px`, in `family`, as a decoded image and its warnings.
 async fn render_text(family: &str, px: u32, text: &str) -> (RgbaImage, Vec<String>) {
     let html = format!(
         "<div style=\"width:400px;height:100px;background:#fff;color:#000;font-family:{family};font-size:{px}px;line-height:1\">{text}</div>"
     );
-    let dir = fixture_dir(&[("t.html", &html)]);
-    let store = TemplateStore::load_dir(dir.path()).unwrap();
-    let out = renderer()
-        .render(
-            &store.get("t").unwrap(),
-            &VariableSet::new(),
-            Format::Png,
-            1.0,
-        )
-        .await
-        .unwrap();
+    let out = render_fixture(&renderer(), &html).await;
     let img = image::load_from_memory(&out.bytes).unwrap().to_rgba8();
     (
         img,
@@ -665,17 +655,7 @@ async fn text_that_does_not_fit_is_reported_and_text_that_fits_is_not() {
             "cut short",
         ),
     ] {
-        let dir = fixture_dir(&[("t.html", html)]);
-        let store = TemplateStore::load_dir(dir.path()).unwrap();
-        let out = r
-            .render(
-                &store.get("t").unwrap(),
-                &VariableSet::new(),
-                Format::Png,
-                1.0,
-            )
-            .await
-            .unwrap();
+        let out = render_fixture(&r, html).await;
         let messages: Vec<&str> = out.warnings.iter().map(|w| w.message.as_str()).collect();
         assert!(
             out.warnings.iter().any(|w| w.code == "TEXT_OVERFLOW")
