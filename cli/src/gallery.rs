@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use pictify_emulator::render::substitute::escape_html;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -29,12 +30,9 @@ const TITLE_LIKE: &[&str] = &[
     "company",
 ];
 
-/// One finding on a row (e.g. code "MISSING_GLYPHS", message "cannot draw U+E000").
-#[derive(Debug, Clone, Serialize)]
-pub struct Warning {
-    pub code: String,
-    pub message: String,
-}
+/// One finding on a row (e.g. code "MISSING_GLYPHS", message "cannot draw U+E000"): the
+/// emulator's own type, so its warnings reach the page as they were sent.
+pub use pictify_emulator::render::RenderWarning as Warning;
 
 /// One input row as the gallery shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -158,8 +156,8 @@ fn render(page: &Page<'_>, cards: &[Card]) -> anyhow::Result<String> {
     Ok(fill(
         TEMPLATE,
         &[
-            ("{{TITLE}}", &html_escape(page.title)),
-            ("{{SUBTITLE}}", &html_escape(page.subtitle)),
+            ("{{TITLE}}", &escape_html(page.title)),
+            ("{{SUBTITLE}}", &escape_html(page.subtitle)),
             ("{{DATA}}", &data),
         ],
     ))
@@ -171,21 +169,6 @@ fn render(page: &Page<'_>, cards: &[Card]) -> anyhow::Result<String> {
 fn script_json(cards: &[Card]) -> anyhow::Result<String> {
     let json = serde_json::to_string(cards).context("encoding the gallery data")?;
     Ok(json.replace("</", "<\\/").replace("<!--", "<\\u0021--"))
-}
-
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(ch),
-        }
-    }
-    out
 }
 
 /// Replaces each `{{NAME}}` of `template` in one pass, so text already inserted (a title that

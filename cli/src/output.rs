@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use pictify_emulator::render::RenderWarning;
 use serde_json::{Map, Value, json};
 use shared::domain::{Job, ObjectRef};
 use shared::local::FsObjectStore;
@@ -388,15 +387,9 @@ fn header_warnings(headers: &reqwest::header::HeaderMap) -> Vec<Warning> {
     let parsed = value
         .to_str()
         .ok()
-        .and_then(|text| serde_json::from_str::<Vec<RenderWarning>>(text).ok());
+        .and_then(|text| serde_json::from_str::<Vec<Warning>>(text).ok());
     match parsed {
-        Some(warnings) => warnings
-            .into_iter()
-            .map(|w| Warning {
-                code: w.code,
-                message: w.message,
-            })
-            .collect(),
+        Some(warnings) => warnings,
         None => vec![Warning {
             code: "WARNINGS_UNREADABLE".into(),
             message: format!(
