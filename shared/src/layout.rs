@@ -87,6 +87,10 @@ pub struct Sidecar {
     pub abort_after_rows: Option<u64>,
     /// by pausing (the default) or cancelling the rest.
     pub on_abort: Option<AbortAction>,
+    /// Render every row of a re-upload, even those an earlier job rendered (default: only
+    /// the rows whose template or variables changed).
+    #[serde(default)]
+    pub render_all: bool,
 }
 
 /// Builds the job spec from the key's template id, the sidecar (if any) and the defaults.
@@ -136,6 +140,8 @@ pub fn job_spec(
         concurrency: sidecar.concurrency,
         mapping: sidecar.mapping,
         required: sidecar.required,
+        // Wanted unless `renderAll`; ingest keeps it only for a re-upload (`Pipeline::ingest`).
+        incremental: !sidecar.render_all,
     })
 }
 

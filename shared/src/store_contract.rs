@@ -158,6 +158,7 @@ pub fn job_for(key: &str) -> Job {
                 action: crate::domain::AbortAction::Cancel,
             }),
             template_variables: None,
+            incremental: false,
         },
         status: JobStatus::Ingesting,
         counters: Counters::default(),
@@ -206,8 +207,8 @@ pub async fn with_submitted_chunk(store: &dyn JobStore) -> (JobId, ChunkKey) {
     (job, key)
 }
 
-/// A batch's outcome: `rendered` rows, one failed for good and, with `retry`, one row (row 1)
-/// handed to a retry chunk; 250 ms of render time; asks for the alert.
+/// A batch's outcome: `rendered` rows, one failed for good, one reused (row 2) and, with `retry`,
+/// one row (row 1) handed to a retry chunk; 250 ms of render time; asks for the alert.
 pub fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> ChunkCompletion {
     let outcome = ChunkOutcome {
         rendered: u32::try_from(rendered).unwrap_or(u32::MAX),
@@ -220,11 +221,13 @@ pub fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> Chu
         )]),
         retried: if retry { vec![1] } else { vec![] },
         cancelled: vec![],
+        reused: BTreeMap::from([(2, "https://img.example/2.png".to_owned())]),
         duration_ms: Some(250),
     };
     let delta = Counters {
         rendered,
         failed: 1,
+        reused: 1,
         retried: u64::from(retry),
         chunks: u64::from(retry),
         chunks_done: 1,
@@ -646,6 +649,7 @@ async fn finish_ingest_applies_once_and_keeps_batch_counters(store: Store) {
         chunks: 4,
         chunks_done: 1,
         cancelled: 0,
+        reused: 1,
     };
     assert_eq!(
         (stored.status, stored.counters, stored.ingested_at),

@@ -321,6 +321,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
             max_in_flight: None,
             abort: None,
             template_variables: None,
+            incremental: false,
         },
         status: JobStatus::Running,
         counters: Counters {

@@ -139,6 +139,11 @@ pub struct JobSpec {
     /// Kept with the job so every ingest piece and the manifest judge rows alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_variables: Option<Vec<VariableDef>>,
+    /// An incremental re-run: the upload replaces one whose job finished, so a row whose
+    /// (template, variables) already has a live image on record is `reused`, not rendered again
+    /// (`pipeline::reuse`). Off with the sidecar's `renderAll`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
 }
 
 /// When a job's failures are too many to go on spending: over the whole job (the 5%-per-batch
@@ -307,6 +312,9 @@ pub struct Counters {
     /// Rows never rendered because the job was cancelled.
     #[serde(default)]
     pub cancelled: u64,
+    /// Rows an incremental re-run took from an earlier render instead of rendering again.
+    #[serde(default)]
+    pub reused: u64,
     /// Rows re-queued for another attempt (informational: they are still in flight).
     pub retried: u64,
     /// Chunks created (initial + retries) and chunks whose outcome is applied.
@@ -315,14 +323,14 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// rows = rejected + rendered + failed + cancelled + in flight.
+    /// rows = rejected + rendered + reused + failed + cancelled + in flight.
     pub fn in_flight(&self) -> u64 {
         self.rows.saturating_sub(self.terminal())
     }
 
     /// Rows in a terminal state.
     pub fn terminal(&self) -> u64 {
-        self.rejected + self.rendered + self.failed + self.cancelled
+        self.rejected + self.rendered + self.reused + self.failed + self.cancelled
     }
 
     /// Adds a delta (a batch's outcome) to these counters.
@@ -332,6 +340,7 @@ impl Counters {
         self.rendered += delta.rendered;
         self.failed += delta.failed;
         self.cancelled += delta.cancelled;
+        self.reused += delta.reused;
         self.retried += delta.retried;
         self.chunks += delta.chunks;
         self.chunks_done += delta.chunks_done;
@@ -355,9 +364,9 @@ impl Counters {
     pub fn final_status(&self) -> JobStatus {
         if self.cancelled > 0 {
             JobStatus::Cancelled
-        } else if self.rendered == self.rows {
+        } else if self.rendered + self.reused == self.rows {
             JobStatus::Completed
-        } else if self.rendered == 0 {
+        } else if self.rendered + self.reused == 0 {
             JobStatus::Failed
         } else {
             JobStatus::Partial
@@ -453,6 +462,8 @@ pub struct ManifestCheckpoint {
     pub failed: u64,
     #[serde(default)]
     pub cancelled: u64,
+    #[serde(default)]
+    pub reused: u64,
     pub rejected: u64,
     pub in_flight: u64,
     pub codes: BTreeMap<String, u64>,
@@ -602,6 +613,11 @@ pub struct ChunkOutcome {
     /// Never rendered: the job was cancelled (batch indexes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cancelled: Vec<u32>,
+    /// Not sent: an earlier render of the same (template, variables) is reused (batch index →
+    /// its image URL, frozen here so the manifest says what the submitter decided). The rows of
+    /// `retried` beside them are the ones that changed, sent as the next chunk.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reused: BTreeMap<u32, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
@@ -779,6 +795,10 @@ pub enum RowState {
     },
     /// Never rendered: the job was cancelled (its reason is the job's).
     Cancelled,
+    /// Not rendered again: an incremental re-run reused this image of the same variables.
+    Reused {
+        url: String,
+    },
 }
 
 impl RowState {
@@ -790,6 +810,7 @@ impl RowState {
             RowState::Rendered { url: None } => "rendered_url_missing",
             RowState::Failed { .. } => "failed",
             RowState::Cancelled => "cancelled",
+            RowState::Reused { .. } => "reused",
         }
     }
 }

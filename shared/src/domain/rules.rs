@@ -542,6 +542,7 @@ mod tests {
                 max_in_flight: None,
                 abort: None,
                 template_variables: None,
+                incremental: false,
             },
             status,
             counters: Counters::default(),

@@ -145,6 +145,12 @@ impl Pipeline {
             spec.template_variables = self
                 .cached_template_variables(&upload.bucket, &spec.template_id)
                 .await;
+            // A re-upload (its key has a manifest: an earlier job finished) re-renders only rows
+            // that changed, unless the sidecar says `renderAll`.
+            if spec.incremental {
+                let earlier = layout::manifest_location(upload, None, &self.settings);
+                spec.incremental = self.objects.version(&earlier.jsonl).await?.is_some();
+            }
         }
         let now = self.clock.now();
         let job = Job {
@@ -472,6 +478,7 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
         max_in_flight: None,
         abort: None,
         template_variables: None,
+        incremental: false,
     }
 }
 

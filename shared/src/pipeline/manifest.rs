@@ -41,6 +41,7 @@ pub struct ManifestSummary {
     pub url_missing: u64,
     pub failed: u64,
     pub cancelled: u64,
+    pub reused: u64,
     pub rejected: u64,
     pub in_flight: u64,
     pub top_errors: Vec<(String, u64)>,
@@ -88,13 +89,20 @@ pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
                         message: e.message.clone(),
                     },
                     None if o.cancelled.contains(&index) => RowState::Cancelled,
+
                     None if o.retried.contains(&index) => RowState::InFlight {
                         chunk: chunk.key.retry().label(),
                     },
-                    None => RowState::Rendered { url: None },
+                    None => match o.reused.get(&index) {
+                        Some(url) => RowState::Reused { url: url.clone() },
+                        None => RowState::Rendered { url: None },
+                    },
                 },
             };
-            let attempts = rows.get(row).map_or(0, |r| r.attempts) + 1;
+            // An incremental re-run's first look at a chunk (it reused some rows) sent nothing:
+            // neither its reused rows nor the changed ones it sent on were attempted by it.
+            let attempted = chunk.outcome.as_ref().is_none_or(|o| o.reused.is_empty());
+            let attempts = rows.get(row).map_or(0, |r| r.attempts) + u32::from(attempted);
             rows.insert(
                 *row,
                 RowOutcome {
@@ -306,6 +314,7 @@ impl Pipeline {
             url_missing: 0,
             failed: 0,
             cancelled: 0,
+            reused: 0,
             rejected: 0,
             in_flight: 0,
             top_errors: Vec::new(),
@@ -316,7 +325,7 @@ impl Pipeline {
                 (at.lines, at.rendered, at.url_missing);
             (summary.failed, summary.rejected, summary.in_flight) =
                 (at.failed, at.rejected, at.in_flight);
-            summary.cancelled = at.cancelled;
+            (summary.cancelled, summary.reused) = (at.cancelled, at.reused);
             codes = at.codes.clone();
         }
         let mut jsonl = PartWriter::new(
@@ -375,6 +384,7 @@ impl Pipeline {
                     url_missing: summary.url_missing,
                     failed: summary.failed,
                     cancelled: summary.cancelled,
+                    reused: summary.reused,
                     rejected: summary.rejected,
                     in_flight: summary.in_flight,
                     codes: codes.clone(),
@@ -565,6 +575,7 @@ fn count(summary: &mut ManifestSummary, codes: &mut BTreeMap<String, u64>, state
             *codes.entry(code.clone()).or_default() += 1;
         }
         RowState::Cancelled => summary.cancelled += 1,
+        RowState::Reused { .. } => summary.reused += 1,
         RowState::Rejected { .. } => summary.rejected += 1,
         RowState::InFlight { .. } => summary.in_flight += 1,
     }
@@ -580,6 +591,7 @@ pub(super) fn made_since(record: &RenderRecord, since: Option<i64>) -> bool {
 fn json_line(line: &Line) -> Value {
     let (url, code, message) = match &line.state {
         RowState::Rendered { url } => (url.clone(), None, None),
+        RowState::Reused { url } => (Some(url.clone()), None, None),
         RowState::Failed { code, message } => (None, Some(code.clone()), Some(message.clone())),
         RowState::Rejected { reason } => (None, Some("REJECTED".to_owned()), Some(reason.clone())),
         RowState::Cancelled => (

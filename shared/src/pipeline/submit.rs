@@ -16,14 +16,20 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::alerting::{chunk_failed_alert, submissions_paused_alert};
+use super::payload::retry_payload;
 use super::{Pipeline, StepError};
+use crate::dataset::fingerprint;
 use crate::domain::{
-    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, JobId, RowError, own_codes,
+    ChunkKey, ChunkMessage, ChunkOutcome, ChunkPayload, Counters, Job, JobId, RowError, own_codes,
 };
 use crate::metrics::{self, Unit};
 use crate::pictify::PictifyError;
 use crate::pictify::wire::BatchRenderRequest;
 use crate::ports::{AlertKind, BeginSubmit, ChunkCompletion};
+
+/// How long a reused image must still have at Pictify (which keeps images `IMAGE_RETENTION`
+/// after their render): a day, for the manifest's reader to fetch or deliver it.
+pub const REUSE_MARGIN: Duration = Duration::from_secs(86_400);
 
 /// What the queue handler should do with the message.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +46,9 @@ pub enum SubmitOutcome {
     Rejected { message: String },
     /// Its job is cancelled: its rows ended `cancelled` unsent; acknowledge.
     Cancelled,
+    /// An incremental re-run: `reused` rows took an earlier render of the same variables and
+    /// the `changed` ones (if any) went on as the next chunk; nothing was sent; acknowledge.
+    Reused { reused: u32, changed: u32 },
 }
 
 /// What a queue consumer does with a chunk message after `Pipeline::handle_chunk_message`: one
@@ -98,7 +107,8 @@ impl Pipeline {
                 | SubmitOutcome::AlreadyDone
                 | SubmitOutcome::Parked(_)
                 | SubmitOutcome::Rejected { .. }
-                | SubmitOutcome::Cancelled,
+                | SubmitOutcome::Cancelled
+                | SubmitOutcome::Reused { .. },
             ) => return MessageFate::Acknowledge,
             Ok(SubmitOutcome::RetryLater(delay)) => {
                 return MessageFate::Keep {
@@ -225,6 +235,12 @@ impl Pipeline {
             return Ok(SubmitOutcome::Parked(why));
         }
         let payload = self.load_payload(message).await?;
+        if record.spec.incremental
+            && key.attempt == 0
+            && let Some(reused) = self.reuse_earlier_renders(&record, key, &payload).await?
+        {
+            return Ok(reused);
+        }
         let request = BatchRenderRequest {
             variable_sets: payload.variable_sets.clone(),
             format: Some(payload.format),
@@ -271,6 +287,87 @@ impl Pipeline {
             }
             Err(e) => self.submit_failed(job, key, &payload, e).await,
         }
+    }
+
+    /// An incremental re-run's first look at a chunk: rows whose (template, variables) has an
+    /// image on record that is still at Pictify end `reused` with its URL; the rest go on as the
+    /// chunk's next attempt, sent as usual. One `complete_chunk`, so a redelivered message
+    /// changes nothing. `None` when no row can be reused (the chunk is sent whole).
+    ///
+    /// Only renders recorded before the job was created count, and only while their image has
+    /// [`REUSE_MARGIN`] of Pictify's retention left: the answer is the same on every redelivery.
+    async fn reuse_earlier_renders(
+        &self,
+        job: &Job,
+        key: ChunkKey,
+        payload: &ChunkPayload,
+    ) -> Result<Option<SubmitOutcome>, StepError> {
+        let fingerprints: Vec<String> = payload
+            .variable_sets
+            .iter()
+            .map(|variables| fingerprint(&payload.template_id, variables))
+            .collect();
+        let records = self.store.renders(&fingerprints).await?;
+        let usable_for = self.settings.image_retention.saturating_sub(REUSE_MARGIN);
+        let oldest = job.created_at - i64::try_from(usable_for.as_secs()).unwrap_or(i64::MAX);
+        let mut reused = BTreeMap::new();
+        let mut changed = Vec::new();
+        for (index, fp) in fingerprints.iter().enumerate() {
+            let index = index as u32;
+            match records
+                .get(fp)
+                .filter(|r| (oldest..=job.created_at).contains(&r.recorded_at))
+            {
+                Some(record) => {
+                    reused.insert(index, record.url.clone());
+                }
+                None => changed.push(index),
+            }
+        }
+        if reused.is_empty() {
+            return Ok(None);
+        }
+        let counts = (reused.len() as u32, changed.len() as u32);
+        let sent_on = if changed.is_empty() {
+            None
+        } else {
+            let rest = retry_payload(payload, &changed);
+            Some(self.store_payload(&job.source.bucket, rest).await?)
+        };
+        let completion = ChunkCompletion {
+            job: job.id.clone(),
+            key,
+            delta: Counters {
+                reused: u64::from(counts.0),
+                chunks: u64::from(sent_on.is_some()),
+                chunks_done: 1,
+                ..Default::default()
+            },
+            outcome: ChunkOutcome {
+                reused,
+                retried: changed,
+                ..ChunkOutcome::default()
+            },
+            retry: sent_on.as_ref().map(|(chunk, _)| chunk.clone()),
+            alert: false,
+        };
+        if self.store.complete_chunk(&completion).await?
+            && let Some((_, message)) = sent_on
+        {
+            // If this send is lost, the reconciler re-sends chunks left `queued` past `stuck_after`.
+            self.queue.send(std::slice::from_ref(&message)).await?;
+        }
+        info!(job_id = %job.id, chunk = %key.label(), reused = counts.0, changed = counts.1, "incremental re-run: earlier renders reused");
+        metrics::emit(
+            &[("RowsReused", f64::from(counts.0), Unit::Count)],
+            &[("jobId", job.id.as_str())],
+        );
+        self.free_slot(&job.id, key).await?;
+        self.finish_job_if_done(&job.id).await?;
+        Ok(Some(SubmitOutcome::Reused {
+            reused: counts.0,
+            changed: counts.1,
+        }))
     }
 
     /// Parks a chunk its job holds back, giving back any slot it holds (a hand-over's).

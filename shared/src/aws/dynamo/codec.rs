@@ -127,6 +127,7 @@ pub(super) fn job_item(job: &Job) -> PortResult<Item> {
     put("rendered", n(c.rendered));
     put("failed", n(c.failed));
     put("cancelled", n(c.cancelled));
+    put("reused", n(c.reused));
     put("retried", n(c.retried));
     put("chunks", n(c.chunks));
     put("chunksDone", n(c.chunks_done));
@@ -197,6 +198,7 @@ pub(super) fn job_from_item(item: &Item) -> Result<Job, ItemError> {
             rendered: r.n_or_zero("rendered")?,
             failed: r.n_or_zero("failed")?,
             cancelled: r.n_or_zero("cancelled")?,
+            reused: r.n_or_zero("reused")?,
             retried: r.n_or_zero("retried")?,
             chunks: r.n_or_zero("chunks")?,
             chunks_done: r.n_or_zero("chunksDone")?,

@@ -331,7 +331,7 @@ impl DynamoJobStore {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(&c.job), JOB_SK)))
             .update_expression(
-                "ADD #rendered :rendered, #failed :failed, #cancelled :cancelled, #retried :retried, \
+                "ADD #rendered :rendered, #failed :failed, #cancelled :cancelled, #reused :reused, #retried :retried, \
                  #chunks :chunks, #chunksDone :chunksDone, #renderMsTotal :renderMs",
             )
             .condition_expression("attribute_exists(#pk)")
@@ -339,6 +339,7 @@ impl DynamoJobStore {
             .expression_attribute_names("#rendered", "rendered")
             .expression_attribute_names("#failed", "failed")
             .expression_attribute_names("#cancelled", "cancelled")
+            .expression_attribute_names("#reused", "reused")
             .expression_attribute_names("#retried", "retried")
             .expression_attribute_names("#chunks", "chunks")
             .expression_attribute_names("#chunksDone", "chunksDone")
@@ -346,6 +347,7 @@ impl DynamoJobStore {
             .expression_attribute_values(":rendered", n(d.rendered))
             .expression_attribute_values(":failed", n(d.failed))
             .expression_attribute_values(":cancelled", n(d.cancelled))
+            .expression_attribute_values(":reused", n(d.reused))
             .expression_attribute_values(":retried", n(d.retried))
             .expression_attribute_values(":chunks", n(d.chunks))
             .expression_attribute_values(":chunksDone", n(d.chunks_done))
