@@ -143,6 +143,7 @@ pub fn pipeline_ingest(data_dir: &Path, name: &str, checked: bool) -> anyhow::Re
         clock: Arc::new(SystemClock),
         settings: Settings::default(),
         webhook_secrets: Vec::new(),
+        outputs: Default::default(),
     };
     let upload = ObjectRef {
         bucket: data::BUCKET.into(),
@@ -208,6 +209,7 @@ fn webhook_pipeline(store: Arc<NullStore>, pictify: Arc<StubPictify>) -> Pipelin
         clock: Arc::new(SystemClock),
         settings: Settings::default(),
         webhook_secrets: vec![Secret::new(WEBHOOK_SECRET)],
+        outputs: Default::default(),
     }
 }
 

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::dataset::{DatasetFormat, RowRules};
-use crate::domain::{AbortAction, AbortRule, JobId, JobSpec, ManifestLocation, ObjectRef};
+use crate::domain::{
+    AbortAction, AbortRule, DeliverySpec, JobId, JobSpec, ManifestLocation, ObjectRef,
+};
 use crate::pictify::wire::Format;
 use crate::settings::Settings;
 
@@ -91,6 +93,8 @@ pub struct Sidecar {
     /// the rows whose template or variables changed).
     #[serde(default)]
     pub render_all: bool,
+    /// Copy each image to your own bucket: `{"bucket", "prefix", "keyPattern"}`.
+    pub delivery: Option<DeliverySpec>,
 }
 
 /// Builds the job spec from the key's template id, the sidecar (if any) and the defaults.
@@ -128,6 +132,9 @@ pub fn job_spec(
         return Err("job sidecar: maxInFlight must be at least 1".into());
     }
     let abort = abort_rule(&sidecar)?;
+    if let Some(delivery) = &sidecar.delivery {
+        check_delivery(delivery)?;
+    }
     Ok(JobSpec {
         template_variables: None,
         max_in_flight: sidecar.max_in_flight,
@@ -142,7 +149,24 @@ pub fn job_spec(
         required: sidecar.required,
         // Wanted unless `renderAll`; ingest keeps it only for a re-upload (`Pipeline::ingest`).
         incremental: !sidecar.render_all,
+        delivery: sidecar.delivery,
     })
+}
+
+/// A delivery the job could never make is refused when the job is created, not row by row.
+fn check_delivery(delivery: &DeliverySpec) -> Result<(), String> {
+    if delivery.bucket.trim().is_empty() {
+        return Err("job sidecar: delivery.bucket is empty".into());
+    }
+    if delivery.prefix.starts_with('/') {
+        return Err(format!(
+            "job sidecar: delivery.prefix {:?} starts with '/' (S3 keys do not)",
+            delivery.prefix
+        ));
+    }
+    crate::naming::KeyPattern::parse(&delivery.key_pattern)
+        .map(drop)
+        .map_err(|e| format!("job sidecar: delivery.keyPattern: {e}"))
 }
 
 /// The sidecar's abort rule, if it sets a limit.

@@ -8,6 +8,7 @@ pub mod layout;
 #[cfg(feature = "aws")]
 pub mod local;
 pub mod metrics;
+pub mod naming;
 pub mod pictify;
 pub mod pipeline;
 pub mod ports;

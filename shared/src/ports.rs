@@ -443,6 +443,70 @@ pub trait PictifyApi: Send + Sync {
     }
 }
 
+/// One finished row, published as its batch completes (the README shows the shape). `eventId`
+/// is `<job>/<row>/<attempt>`: the same row and attempt always give the same id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowEvent {
+    pub event_id: String,
+    /// Always `row.finished`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub job_id: String,
+    pub row: u64,
+    /// 0 for the first render attempt, 1 for its retry, …
+    pub attempt: u32,
+    /// `rendered`, `reused`, `failed` or `cancelled`.
+    pub status: String,
+    pub template_id: String,
+    pub source: ObjectRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    /// Where the image was copied, when the job delivers to your bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<ObjectRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::domain::RowError>,
+    /// The row's fields as the template got them (after the job's column mapping).
+    pub input: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where finished rows are announced (SNS; nowhere in a local run).
+#[async_trait]
+pub trait RowEvents: Send + Sync {
+    /// Whether events go anywhere (`false`: the deliver step need not run for them).
+    fn enabled(&self) -> bool;
+    async fn publish(&self, events: &[RowEvent]) -> PortResult<()>;
+}
+
+/// No row events (a local run, or a stack without the topic).
+pub struct NoRowEvents;
+
+#[async_trait]
+impl RowEvents for NoRowEvents {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    async fn publish(&self, _events: &[RowEvent]) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+/// An image downloaded from its URL, to be copied to the user's bucket.
+pub struct FetchedImage {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+/// Reads rendered images by URL (Pictify's CDN, or the emulator): no API key needed.
+#[async_trait]
+pub trait ImageSource: Send + Sync {
+    async fn fetch(&self, url: &str) -> PortResult<FetchedImage>;
+}
+
 /// What an alert is about; its wire name is the snake_case form (`batch_high_failure_rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

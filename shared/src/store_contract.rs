@@ -159,6 +159,7 @@ pub fn job_for(key: &str) -> Job {
             }),
             template_variables: None,
             incremental: false,
+            delivery: None,
         },
         status: JobStatus::Ingesting,
         counters: Counters::default(),

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 
 use crate::aws::dynamo::DynamoJobStore;
 use crate::aws::s3::S3ObjectStore;
-use crate::aws::sns::SnsAlerts;
+use crate::aws::sns::{SnsAlerts, SnsRowEvents};
 use crate::aws::sqs::SqsWorkQueue;
 use crate::local::{FanoutAlerts, HttpAlerts, LogAlerts};
 use crate::pictify::wire::{BatchAccepted, BatchRenderRequest, BatchResults};
 use crate::pictify::{PictifyClient, PictifyConfig, PictifyError};
-use crate::pipeline::Pipeline;
-use crate::ports::{Alerts, PictifyApi, SystemClock};
+use crate::pipeline::{Outputs, Pipeline};
+use crate::ports::{Alerts, NoRowEvents, PictifyApi, SystemClock};
 use crate::secret::Secret;
 use crate::settings::Settings;
 
@@ -147,6 +147,13 @@ pub async fn pipeline_from(
         clock: Arc::new(SystemClock),
         settings,
         webhook_secrets,
+        outputs: Outputs {
+            row_events: match optional("ROW_EVENTS_TOPIC_ARN").filter(|t| !t.trim().is_empty()) {
+                Some(topic) => Arc::new(SnsRowEvents::new(aws_sdk_sns::Client::new(config), topic)),
+                None => Arc::new(NoRowEvents),
+            },
+            ..Outputs::default()
+        },
     };
     Ok(Wired { pipeline, queue })
 }

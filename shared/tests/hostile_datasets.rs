@@ -189,6 +189,7 @@ fn pipeline(
         clock: Arc::new(SystemClock),
         settings: Settings::default(),
         webhook_secrets: vec![Secret::new("whsec_hostile")],
+        outputs: Default::default(),
     }
 }
 

@@ -151,6 +151,7 @@ async fn a_job_of_any_size_ends_with_one_manifest_line_per_row_in_bounded_memory
         clock: Arc::new(SystemClock),
         settings: Settings::default(),
         webhook_secrets: vec![Secret::new("whsec_scale")],
+        outputs: Default::default(),
     };
     let baseline = peak_rss_mib();
 

@@ -290,6 +290,7 @@ impl Stack {
             clock: Arc::new(SystemClock),
             settings: options.settings,
             webhook_secrets: vec![Secret::new(webhook_secret.clone())],
+            outputs: Default::default(),
         };
         let (functions, principals) = if options.iam {
             let resources = IamResources {

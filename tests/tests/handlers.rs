@@ -322,6 +322,7 @@ async fn seed_job(stack: &Stack, job: &JobId, key: ChunkKey) -> anyhow::Result<(
             abort: None,
             template_variables: None,
             incremental: false,
+            delivery: None,
         },
         status: JobStatus::Running,
         counters: Counters {

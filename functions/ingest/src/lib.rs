@@ -132,6 +132,10 @@ async fn run_steps(pipeline: &Pipeline, payload: Value, hand_off_at: Option<Inst
                 .write_manifest_step(job)
                 .await
                 .map(|wrote| json!({ "job": job, "manifest": wrote })),
+            JobStep::DeliverChunk { job, chunk } => pipeline
+                .deliver_chunk(job, *chunk)
+                .await
+                .map(|done| json!({ "job": job, "chunk": chunk.label(), "delivered": done.rows.len(), "events": done.events })),
         };
         match done {
             Ok(outcome) => outcomes.push(outcome),

@@ -144,6 +144,20 @@ pub struct JobSpec {
     /// (`pipeline::reuse`). Off with the sidecar's `renderAll`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incremental: bool,
+    /// Copy every image to the user's own bucket as its batch completes (`pipeline::deliver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// Where a job's images are kept: `s3://{bucket}/{prefix}{keyPattern rendered for the row}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliverySpec {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// A `crate::naming::KeyPattern`, checked when the job is created.
+    pub key_pattern: String,
 }
 
 /// When a job's failures are too many to go on spending: over the whole job (the 5%-per-batch
@@ -622,6 +636,29 @@ pub struct ChunkOutcome {
     pub duration_ms: Option<u64>,
 }
 
+impl ChunkOutcome {
+    /// Where the row at batch `index` of chunk `key` ended by this outcome (a rendered row's URL
+    /// is not known here: it is in the render records).
+    pub fn state_of(&self, key: ChunkKey, index: u32) -> RowState {
+        if let Some(e) = self.failed.get(&index) {
+            RowState::Failed {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }
+        } else if self.cancelled.contains(&index) {
+            RowState::Cancelled
+        } else if self.retried.contains(&index) {
+            RowState::InFlight {
+                chunk: key.retry().label(),
+            }
+        } else if let Some(url) = self.reused.get(&index) {
+            RowState::Reused { url: url.clone() }
+        } else {
+            RowState::Rendered { url: None }
+        }
+    }
+}
+
 /// Why a row failed: a Pictify item code (or our own) and the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowError {
@@ -693,12 +730,16 @@ pub enum JobStep {
     ContinueIngest(JobId),
     /// Write the manifest of a job in `finishing`, and finish it.
     WriteManifest(JobId),
+    /// Copy a completed chunk's images to the job's bucket and publish its rows' events.
+    DeliverChunk { job: JobId, chunk: ChunkKey },
 }
 
 impl JobStep {
     pub fn job(&self) -> &JobId {
         match self {
-            JobStep::ContinueIngest(job) | JobStep::WriteManifest(job) => job,
+            JobStep::ContinueIngest(job)
+            | JobStep::WriteManifest(job)
+            | JobStep::DeliverChunk { job, .. } => job,
         }
     }
 }

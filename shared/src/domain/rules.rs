@@ -543,6 +543,7 @@ mod tests {
                 abort: None,
                 template_variables: None,
                 incremental: false,
+                delivery: None,
             },
             status,
             counters: Counters::default(),

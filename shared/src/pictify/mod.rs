@@ -3,6 +3,7 @@
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod images;
 pub mod plan;
 pub mod validate;
 pub mod variables;

@@ -205,6 +205,7 @@ impl Pipeline {
             ],
             &[("jobId", job_id.as_str()), ("batchId", &results.batch_id)],
         );
+        self.deliver_or_warn(job, key).await;
         if let Some((_, message)) = retry_chunk_and_message {
             // If this send is lost, the reconciler re-sends chunks left `queued` past `stuck_after`.
             self.queue.send(std::slice::from_ref(&message)).await?;

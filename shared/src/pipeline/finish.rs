@@ -67,6 +67,8 @@ impl Pipeline {
 
     /// Writes the manifest and the final status of a job in `finishing` (also used to resume one).
     pub async fn finish_job(&self, mut job: Job) -> Result<(), StepError> {
+        // The manifest lists each row's delivered key: every chunk is delivered first.
+        self.deliver_missing(&job).await?;
         let mut summary = self.write_manifest(&job).await?;
         // Its files are complete (the store's checkpoint is gone): a second write starts afresh.
         job.manifest_checkpoint = None;

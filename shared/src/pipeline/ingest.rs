@@ -479,6 +479,7 @@ fn placeholder_spec(template_id: &str) -> JobSpec {
         abort: None,
         template_variables: None,
         incremental: false,
+        delivery: None,
     }
 }
 

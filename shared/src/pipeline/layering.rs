@@ -20,6 +20,7 @@ const LAYERS: &[&[(&str, &str)]] = &[
     &[("finish", include_str!("finish.rs"))],
     &[("reopen", include_str!("reopen.rs"))],
     &[("manifest", include_str!("manifest.rs"))],
+    &[("deliver", include_str!("deliver.rs"))],
     &[("schema", include_str!("schema.rs"))],
     &[("window", include_str!("window.rs"))],
     &[

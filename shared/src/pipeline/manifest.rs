@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::alerting::top_errors;
+use super::deliver::{ChunkDelivery, DeliveredRow, made_since};
 use super::{Pipeline, StepError};
 use crate::dataset::{DatasetFormat, DatasetReader, Item, ReadPosition, fingerprint};
 use crate::domain::{
@@ -26,7 +27,7 @@ use crate::domain::{
     PartsSent, RowState, own_codes,
 };
 use crate::layout;
-use crate::ports::{RenderRecord, UploadedPart};
+use crate::ports::UploadedPart;
 
 /// Rows looked up together (one BatchGetItem holds 100 keys).
 const LOOKUP_GROUP: usize = 100;
@@ -56,6 +57,8 @@ struct Line {
     fingerprint: Option<String>,
     /// Render records older than this are another attempt's (see [`RowOutcome::since`]).
     since: Option<i64>,
+    /// Where its image was copied (a job that delivers).
+    delivered: Option<DeliveredRow>,
 }
 
 /// Where a submitted row ended: the state from the last chunk that carried it.
@@ -83,21 +86,7 @@ pub(super) fn row_outcomes(mut chunks: Vec<Chunk>) -> HashMap<u64, RowOutcome> {
                 None => RowState::InFlight {
                     chunk: chunk.key.label(),
                 },
-                Some(o) => match o.failed.get(&index) {
-                    Some(e) => RowState::Failed {
-                        code: e.code.clone(),
-                        message: e.message.clone(),
-                    },
-                    None if o.cancelled.contains(&index) => RowState::Cancelled,
-
-                    None if o.retried.contains(&index) => RowState::InFlight {
-                        chunk: chunk.key.retry().label(),
-                    },
-                    None => match o.reused.get(&index) {
-                        Some(url) => RowState::Reused { url: url.clone() },
-                        None => RowState::Rendered { url: None },
-                    },
-                },
+                Some(o) => o.state_of(chunk.key, index),
             };
             // An incremental re-run's first look at a chunk (it reused some rows) sent nothing:
             // neither its reused rows nor the changed ones it sent on were attempted by it.
@@ -142,6 +131,8 @@ struct FirstChunks {
     /// The current page's rows, and the greatest of them.
     outcomes: HashMap<u64, RowOutcome>,
     max_row: Option<u64>,
+    /// Delivery records of the chunks the current page's lines ended in (a job that delivers).
+    deliveries: HashMap<ChunkKey, Option<ChunkDelivery>>,
 }
 
 /// What the blocking reader hands to the async side.
@@ -337,6 +328,7 @@ impl Pipeline {
         let mut columns: Vec<String> = Vec::new();
         // A carried-on manifest has its header in its first part already.
         let mut header_written = resumed.is_some();
+        let delivers = job.spec.delivery.is_some();
         let part_bytes = self.settings.manifest_part_bytes;
         while let Some(read) = rx.recv().await {
             let (items, position) = match read {
@@ -347,7 +339,7 @@ impl Pipeline {
                 Read::Items(items, position) => (items, position),
             };
             if !header_written {
-                write_csv_header(&mut csv.buffer, &columns)?;
+                write_csv_header(&mut csv.buffer, &columns, delivers)?;
                 header_written = true;
             }
             let mut lines = Vec::with_capacity(items.len());
@@ -357,13 +349,13 @@ impl Pipeline {
             self.fill_urls(&mut lines).await?;
             for line in &lines {
                 count(&mut summary, &mut codes, &line.state);
-                let value = json_line(line);
+                let value = json_line(line, delivers);
                 serde_json::to_writer(&mut jsonl.buffer, &value).map_err(|e| StepError::Io {
                     what: "writing a manifest line",
                     source: e.into(),
                 })?;
                 jsonl.buffer.push(b'\n');
-                write_csv_line(&mut csv.buffer, &value, &columns)?;
+                write_csv_line(&mut csv.buffer, &value, &columns, delivers)?;
             }
             // Both files send a part at the same row, so one checkpoint describes both.
             if csv.buffer.len() >= part_bytes && jsonl.buffer.len() >= part_bytes {
@@ -406,7 +398,7 @@ impl Pipeline {
             warn!(job_id = %job.id, reason = %reason, "the upload cannot be read again for the manifest");
         }
         if !header_written {
-            write_csv_header(&mut csv.buffer, &columns)?;
+            write_csv_header(&mut csv.buffer, &columns, delivers)?;
         }
         let checkpointed = job.manifest_checkpoint.is_some() || csv.upload.is_some();
         csv.finish(self).await?;
@@ -462,6 +454,7 @@ impl Pipeline {
             last_seq: last_first,
             outcomes: HashMap::new(),
             max_row: None,
+            deliveries: HashMap::new(),
         };
         Ok((first, row_outcomes(reopened)))
     }
@@ -501,6 +494,7 @@ impl Pipeline {
                     attempts: 0,
                     fingerprint: None,
                     since: None,
+                    delivered: None,
                 });
             }
         };
@@ -516,9 +510,24 @@ impl Pipeline {
                 .or(first.max_row);
             first.outcomes = row_outcomes(self.with_retries(&first.job, page).await?);
             first.page_seq = first.next_seq;
+            first.deliveries.clear();
             first.next_seq = end;
         }
         let outcome = combine(first.outcomes.get(&row.number), reopened.get(&row.number));
+        let delivered = match (&job.spec.delivery, &outcome) {
+            (Some(_), Some(o)) => {
+                if !first.deliveries.contains_key(&o.chunk) {
+                    let record = self.delivery_of(job, o.chunk).await?;
+                    first.deliveries.insert(o.chunk, record);
+                }
+                first
+                    .deliveries
+                    .get(&o.chunk)
+                    .and_then(Option::as_ref)
+                    .and_then(|r| r.rows.get(&o.index).cloned())
+            }
+            _ => None,
+        };
         let (state, attempts, since) = outcome
             .map_or((RowState::InFlight { chunk: "-".into() }, 0, None), |o| {
                 (o.state, o.attempts, o.since)
@@ -532,6 +541,7 @@ impl Pipeline {
             attempts,
             fingerprint,
             since,
+            delivered,
         })
     }
 
@@ -582,13 +592,7 @@ fn count(summary: &mut ManifestSummary, codes: &mut BTreeMap<String, u64>, state
     summary.lines += 1;
 }
 
-/// Whether a render record can hold the URL of a row carried by a chunk created at `since`: a
-/// record made before is an earlier job's or attempt's, whose image may be gone.
-pub(super) fn made_since(record: &RenderRecord, since: Option<i64>) -> bool {
-    since.is_none_or(|since| record.recorded_at >= since)
-}
-
-fn json_line(line: &Line) -> Value {
+fn json_line(line: &Line, delivers: bool) -> Value {
     let (url, code, message) = match &line.state {
         RowState::Rendered { url } => (url.clone(), None, None),
         RowState::Reused { url } => (Some(url.clone()), None, None),
@@ -605,7 +609,7 @@ fn json_line(line: &Line) -> Value {
             Some(format!("still in flight in chunk {chunk}")),
         ),
     };
-    json!({
+    let mut value = json!({
         "row": line.number,
         "status": line.state.label(),
         "url": url,
@@ -613,8 +617,24 @@ fn json_line(line: &Line) -> Value {
         "errorMessage": message,
         "attempts": line.attempts,
         "fields": line.fields,
-    })
+    });
+    if delivers {
+        let (key, error) = match &line.delivered {
+            Some(DeliveredRow::Key(key)) => (Some(key.as_str()), None),
+            Some(DeliveredRow::Error(error)) => (None, Some(error.as_str())),
+            None => (None, None),
+        };
+        value["deliveredKey"] = json!(key);
+        value["deliveryError"] = json!(error);
+    }
+    value
 }
+
+/// The columns a job that delivers adds after the fixed ones.
+const CSV_DELIVERY: [(&str, &str); 2] = [
+    ("delivered_key", "deliveredKey"),
+    ("delivery_error", "deliveryError"),
+];
 
 /// The JSON line's keys the CSV's first columns come from.
 const CSV_FIXED: [(&str, &str); 6] = [
@@ -628,8 +648,17 @@ const CSV_FIXED: [(&str, &str); 6] = [
 
 /// CSV columns: row, status, url, error_code, error_message, attempts, then the input's columns
 /// (CSV uploads) or one `fields` column holding the row as JSON (JSON uploads, whose keys vary).
-fn write_csv_header(out: &mut Vec<u8>, columns: &[String]) -> Result<(), StepError> {
-    let mut header: Vec<&str> = CSV_FIXED.iter().map(|(name, _)| *name).collect();
+fn write_csv_header(
+    out: &mut Vec<u8>,
+    columns: &[String],
+    delivers: bool,
+) -> Result<(), StepError> {
+    let extra: &[(&str, &str)] = if delivers { &CSV_DELIVERY } else { &[] };
+    let mut header: Vec<&str> = CSV_FIXED
+        .iter()
+        .chain(extra)
+        .map(|(name, _)| *name)
+        .collect();
     if columns.is_empty() {
         header.push("fields");
     } else {
@@ -638,13 +667,23 @@ fn write_csv_header(out: &mut Vec<u8>, columns: &[String]) -> Result<(), StepErr
     write_csv_record(out, &header)
 }
 
-fn write_csv_line(out: &mut Vec<u8>, line: &Value, columns: &[String]) -> Result<(), StepError> {
+fn write_csv_line(
+    out: &mut Vec<u8>,
+    line: &Value,
+    columns: &[String],
+    delivers: bool,
+) -> Result<(), StepError> {
+    let extra: &[(&str, &str)] = if delivers { &CSV_DELIVERY } else { &[] };
     let text = |v: &Value| match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut record: Vec<String> = CSV_FIXED.iter().map(|(_, key)| text(&line[*key])).collect();
+    let mut record: Vec<String> = CSV_FIXED
+        .iter()
+        .chain(extra)
+        .map(|(_, key)| text(&line[*key]))
+        .collect();
     if columns.is_empty() {
         record.push(line["fields"].to_string());
     } else {

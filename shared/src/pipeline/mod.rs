@@ -17,6 +17,8 @@
 //!                                 │
 //!                             manifest              one line per input row
 //!                                 │
+//!                              deliver              images to the user's bucket; row events
+//!                                 │
 //!                              schema               template definitions cached for ingest
 //!                                 │
 //!                              window               the plan's pace: slots, parking, requests
@@ -30,6 +32,7 @@
 
 mod alerting;
 mod batch;
+mod deliver;
 mod finish;
 mod halt;
 mod ingest;
@@ -47,6 +50,7 @@ use std::sync::Arc;
 
 pub use alerting::{batch_failure_alert, failure_rate};
 pub use batch::BatchApplied;
+pub use deliver::{ChunkDelivery, DeliveredRow};
 pub use halt::CancelPass;
 pub use ingest::IngestOutcome;
 pub use manifest::ManifestSummary;
@@ -55,7 +59,11 @@ pub use reopen::{ReopenOutcome, Selection};
 pub use submit::{KeepReason, MessageFate, ParkReason, SubmitOutcome};
 pub use webhook::{WebhookReply, WebhookRequest};
 
-use crate::ports::{Alerts, Clock, JobStore, ObjectStore, PictifyApi, PortError, WorkQueue};
+use crate::pictify::images::HttpImages;
+use crate::ports::{
+    Alerts, Clock, ImageSource, JobStore, NoRowEvents, ObjectStore, PictifyApi, PortError,
+    RowEvents, WorkQueue,
+};
 use crate::secret::Secret;
 use crate::settings::Settings;
 
@@ -71,6 +79,25 @@ pub struct Pipeline {
     pub settings: Settings,
     /// Accepted webhook signing secrets (several during a rotation).
     pub webhook_secrets: Vec<Secret>,
+    pub outputs: Outputs,
+}
+
+/// Where finished rows go besides the manifest (`deliver`): images copied to the user's bucket
+/// (read back by URL) and one event per row.
+#[derive(Clone)]
+pub struct Outputs {
+    pub images: Arc<dyn ImageSource>,
+    pub row_events: Arc<dyn RowEvents>,
+}
+
+impl Default for Outputs {
+    /// Images read over HTTP; no row events.
+    fn default() -> Self {
+        Outputs {
+            images: Arc::new(HttpImages::default()),
+            row_events: Arc::new(NoRowEvents),
+        }
+    }
 }
 
 /// Why a step failed. `is_retryable` tells the trigger what to do next: redeliver, or record the

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use tracing::info;
 
-use super::manifest::{RowOutcome, made_since, row_outcomes};
+use super::deliver::made_since;
+use super::manifest::{RowOutcome, row_outcomes};
 use super::{Pipeline, StepError};
 use crate::dataset::fingerprint;
 use crate::domain::{

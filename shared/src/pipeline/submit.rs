@@ -351,11 +351,13 @@ impl Pipeline {
             retry: sent_on.as_ref().map(|(chunk, _)| chunk.clone()),
             alert: false,
         };
-        if self.store.complete_chunk(&completion).await?
-            && let Some((_, message)) = sent_on
-        {
-            // If this send is lost, the reconciler re-sends chunks left `queued` past `stuck_after`.
-            self.queue.send(std::slice::from_ref(&message)).await?;
+        if self.store.complete_chunk(&completion).await? {
+            if let Some((_, message)) = sent_on {
+                // If this send is lost, the reconciler re-sends chunks left `queued` past
+                // `stuck_after`.
+                self.queue.send(std::slice::from_ref(&message)).await?;
+            }
+            self.deliver_or_warn(job, key).await;
         }
         info!(job_id = %job.id, chunk = %key.label(), reused = counts.0, changed = counts.1, "incremental re-run: earlier renders reused");
         metrics::emit(
@@ -430,6 +432,9 @@ impl Pipeline {
         let applied = self.store.complete_chunk(&completion).await?;
         self.free_slot(job, key).await?;
         if applied {
+            if let Some(record) = self.store.job(job).await? {
+                self.deliver_or_warn(&record, key).await;
+            }
             self.enforce_abort_rule(job).await?;
             let alert = chunk_failed_alert(
                 failure.alert,

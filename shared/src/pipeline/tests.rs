@@ -204,6 +204,7 @@ fn harness_on(settings: crate::settings::Settings, queue: MemoryQueue) -> Harnes
         clock: clock.clone(),
         settings,
         webhook_secrets: vec![Secret::new(SECRET)],
+        outputs: Default::default(),
     };
     Harness {
         pipeline,
