@@ -525,5 +525,6 @@ fn local_pipeline(dir: &std::path::Path) -> Result<Pipeline, Failure> {
         clock: Arc::new(SystemClock),
         settings: Settings::default(),
         webhook_secrets: Vec::new(),
+        outputs: Default::default(),
     })
 }

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::domain::{Job, ObjectRef};
 use shared::local::FsObjectStore;
+use shared::naming::{KeyPattern, NameContext};
 use shared::pictify::wire::Format;
 use shared::ports::Alert;
 
@@ -24,6 +25,12 @@ use crate::{Failure, Outcome};
 const DOWNLOADS_IN_PARALLEL: usize = 8;
 const SLUG_MAX: usize = 40;
 const PROBLEMS_SHOWN: usize = 20;
+/// The longest file or folder name most filesystems take, in bytes.
+const MAX_SEGMENT_BYTES: usize = 255;
+/// Two rows' `--name-pattern` names were the same: the later row's file got `-<row>`.
+pub const NAME_COLLISION: &str = "NAME_COLLISION";
+/// `--name-pattern` could not name the row (e.g. its field is empty): the default name was used.
+pub const NAME_PATTERN_FAILED: &str = "NAME_PATTERN_FAILED";
 /// The gallery holds the first this many rows, then only rows with a problem or a warning up to
 /// twice as many: a page of 10,000 cards is about 2 MB, and one of a million would not open.
 const GALLERY_CARDS: usize = 20_000;
@@ -44,6 +51,11 @@ pub struct OutputInput<'a> {
     pub expected_size: Option<(u32, u32)>,
     /// `--no-render`: the images are blank placeholders on purpose.
     pub placeholders: bool,
+    /// `--name-pattern`: how image files are named under `images/` (else [`file_stem`]).
+    pub name_pattern: Option<&'a KeyPattern>,
+    /// Where every row's file name is recorded (in the resumable state), so a resumed run keeps
+    /// only files saved for the same row.
+    pub names_record: PathBuf,
 }
 
 /// What the outputs hold.
@@ -124,6 +136,145 @@ pub fn file_stem(row: u64, fields: &Map<String, Value>, columns: &[String]) -> S
     }
 }
 
+/// The file name a row asks for: its `--name-pattern` name (ending in the format's extension), or
+/// the default one, with a `NAME_PATTERN_FAILED` warning when the pattern cannot name the row.
+fn wanted_name(input: &OutputInput<'_>, line: &Line) -> (String, Option<Warning>) {
+    let ext = input.format.extension();
+    let default = || {
+        format!(
+            "{}.{ext}",
+            file_stem(line.row, &line.fields, &input.dataset.columns)
+        )
+    };
+    let Some(pattern) = input.name_pattern else {
+        return (default(), None);
+    };
+    let job = input.job.id.to_string();
+    let rendered = pattern
+        .render(&NameContext {
+            row: line.row,
+            template_id: &input.job.spec.template_id,
+            job: &job,
+            ext,
+            fields: &line.fields,
+        })
+        .map_err(|e| e.to_string())
+        .map(|name| with_extension(name, ext))
+        .and_then(|name| match name.split('/').find(|s| s.len() > MAX_SEGMENT_BYTES) {
+            Some(long) => Err(format!(
+                "row {}: `{}…` is {} bytes, over the {MAX_SEGMENT_BYTES}-byte limit of a file or folder name",
+                line.row,
+                long.chars().take(40).collect::<String>(),
+                long.len()
+            )),
+            None => Ok(name),
+        });
+    match rendered {
+        Ok(name) => (name, None),
+        Err(why) => {
+            let name = default();
+            let warning = Warning {
+                code: NAME_PATTERN_FAILED.into(),
+                message: format!("{why}; saved as images/{name} instead"),
+            };
+            (name, Some(warning))
+        }
+    }
+}
+
+/// `name` ending in `.ext` (any case), else with `.ext` added: every file holds what it says.
+fn with_extension(name: String, ext: &str) -> String {
+    let ends = name
+        .len()
+        .checked_sub(ext.len() + 1)
+        .and_then(|at| name.get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(&format!(".{ext}")));
+    if ends { name } else { format!("{name}.{ext}") }
+}
+
+/// The file names given so far (compared ignoring ASCII case, so no two files collide on a
+/// case-insensitive filesystem either), with the row that has each.
+#[derive(Default)]
+struct Names {
+    taken: HashMap<String, (u64, bool)>,
+}
+
+impl Names {
+    /// The name `row` gets: `wanted`, or, when an earlier row has it, `wanted` with `-<row>`
+    /// before the extension and a `NAME_COLLISION` warning naming both rows. Rows come in
+    /// manifest order (by row number), so the same rows get the same names on every run.
+    fn claim(&mut self, row: u64, wanted: String, has_image: bool) -> (String, Option<Warning>) {
+        let key = wanted.to_lowercase();
+        let Some(&(first, first_has_image)) = self.taken.get(&key) else {
+            self.taken.insert(key, (row, has_image));
+            return (wanted, None);
+        };
+        let (stem, ext) = match wanted.rsplit_once('.') {
+            Some((stem, ext)) if !ext.contains('/') => (stem, format!(".{ext}")),
+            _ => (wanted.as_str(), String::new()),
+        };
+        let mut name = format!("{stem}-{row}{ext}");
+        let mut n = 2;
+        while self.taken.contains_key(&name.to_lowercase()) {
+            name = format!("{stem}-{row}-{n}{ext}");
+            n += 1;
+        }
+        self.taken.insert(name.to_lowercase(), (row, has_image));
+        let mut message = format!(
+            "rows {first} and {row} are both named images/{wanted}; row {row}'s image is saved as images/{name}"
+        );
+        if !first_has_image {
+            message.push_str(&format!(
+                " (row {first} has no image, but keeps its name for a retry)"
+            ));
+        }
+        let warning = Warning {
+            code: NAME_COLLISION.into(),
+            message,
+        };
+        (name, Some(warning))
+    }
+}
+
+/// A row's image: its URL (none yet for a row that did not render), its file name under
+/// `images/`, the warnings its naming already has, and whether a file by that name left by an
+/// interrupted run is this row's (and can be kept on --resume).
+struct Download {
+    row: u64,
+    url: Option<String>,
+    name: String,
+    warnings: Vec<Warning>,
+    keep: bool,
+}
+
+/// The names an earlier run gave, name → row (`None` when it recorded none, or the record does
+/// not read).
+fn read_names(path: &Path) -> Option<HashMap<String, u64>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .map(|line| {
+            let (row, name) = line.split_once('\t')?;
+            Some((name.to_owned(), row.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Records every row's file name, `row<TAB>name` a line (a name never holds a control character).
+fn write_names(path: &Path, planned: &[Download]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    for download in planned {
+        writeln!(out, "{}\t{}", download.row, download.name)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Rewrites an emulator image URL of an earlier instance to the running one.
 fn download_url(url: &str, emulator_base: Option<&str>) -> String {
     match (emulator_base, url.find("/images/")) {
@@ -158,9 +309,11 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
         return Ok(report);
     };
 
-    // Pass 1: which files to fetch, and every column (JSON rows may add keys as they go).
+    // Pass 1: every column (JSON rows may add keys as they go) and every row's file name. Rows
+    // without an image keep theirs too, and names are given in row order, so a row retried
+    // later gets the same name on --resume.
     let mut columns = input.dataset.columns.clone();
-    let mut downloads = Vec::new();
+    let mut wanted = Vec::new();
     for line in read_manifest(input.objects, &manifest.jsonl)? {
         let line = line?;
         for key in line.fields.keys() {
@@ -168,19 +321,41 @@ pub async fn write_outputs(input: &OutputInput<'_>) -> Result<Report, Failure> {
                 columns.push(key.clone());
             }
         }
-        if let Some(url) = &line.url {
-            let name = format!(
-                "{}.{}",
-                file_stem(line.row, &line.fields, &input.dataset.columns),
-                input.format.extension()
-            );
-            downloads.push((
-                line.row,
-                download_url(url, input.emulator_base.as_deref()),
-                name,
-            ));
+        if line.status == "rejected" {
+            continue; // never an image: nothing to name
         }
+        let (name, failed) = wanted_name(input, &line);
+        wanted.push((line.row, name, failed, line.url));
     }
+    wanted.sort_by_key(|(row, ..)| *row);
+    let mut names = Names::default();
+    let mut planned = Vec::with_capacity(wanted.len());
+    for (row, name, failed, url) in wanted {
+        let (name, collision) = names.claim(row, name, url.is_some());
+        planned.push(Download {
+            row,
+            url: url.map(|u| download_url(&u, input.emulator_base.as_deref())),
+            name,
+            warnings: failed.into_iter().chain(collision).collect(),
+            keep: false,
+        });
+    }
+    // A file kept on --resume must be the one the interrupted run saved for this same row
+    // (a changed --name-pattern may give its name to another row).
+    let before = if input.resume {
+        read_names(&input.names_record)
+    } else {
+        None
+    };
+    for download in &mut planned {
+        download.keep = match &before {
+            Some(before) => before.get(&download.name) == Some(&download.row),
+            // A run from before names were recorded: default names hold their row number.
+            None => input.name_pattern.is_none(),
+        };
+    }
+    write_names(&input.names_record, &planned)?;
+    let downloads: Vec<Download> = planned.into_iter().filter(|d| d.url.is_some()).collect();
     let thumbs_dir = input.out.join("thumbs");
     std::fs::create_dir_all(&thumbs_dir)
         .with_context(|| format!("creating {}", thumbs_dir.display()))?;
@@ -297,36 +472,46 @@ async fn download_all(
     input: &OutputInput<'_>,
     images: &Path,
     thumbs: &Path,
-    downloads: Vec<(u64, String, String)>,
+    downloads: Vec<Download>,
 ) -> anyhow::Result<HashMap<u64, Result<Saved, String>>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
-    let resume = input.resume;
     let checks = qa::Checks {
         size: input.expected_size,
         blank: !input.placeholders,
     };
     let results = futures::stream::iter(downloads)
-        .map(|(row, url, name)| {
+        .map(|item| {
+            let Download {
+                row,
+                url,
+                name,
+                warnings: named,
+                keep,
+            } = item;
+            let url = url.unwrap_or_default();
             let (client, path) = (client.clone(), images.join(&name));
             let thumb_name = format!("{}.webp", name.rsplit_once('.').map_or(&*name, |(s, _)| s));
             let thumb_path = thumbs.join(&thumb_name);
             async move {
-                let kept = resume && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
-                let fetched = if kept {
-                    render_warnings(&client, &url).await
-                } else {
-                    download(&client, &url, &path).await
+                let fetched = match make_parents(&[&path, &thumb_path]).await {
+                    Err(e) => Err(e),
+                    Ok(()) if keep && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) => {
+                        render_warnings(&client, &url).await
+                    }
+                    Ok(()) => download(&client, &url, &path).await,
                 };
                 let saved = match fetched {
-                    Ok(mut warnings) => {
+                    Ok(fetched) => {
                         let inspection = tokio::task::spawn_blocking(move || {
                             qa::inspect(&path, checks, &thumb_path)
                         })
                         .await
                         .unwrap_or_else(|e| qa::Inspection::failed(&e.to_string()));
+                        let mut warnings = named;
+                        warnings.extend(fetched);
                         warnings.extend(inspection.warnings);
                         Ok(Saved {
                             name,
@@ -344,6 +529,18 @@ async fn download_all(
         .collect::<HashMap<_, _>>()
         .await;
     Ok(results)
+}
+
+/// Creates the folders `paths` are in (a `--name-pattern` with `/` makes folders).
+async fn make_parents(paths: &[&Path]) -> Result<(), String> {
+    for path in paths {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Saves one image; answers the warnings the emulator sent with it (none from real Pictify).
@@ -612,6 +809,56 @@ mod tests {
             file_stem(1, &fields(&[("title", &long)]), &cols).len(),
             6 + SLUG_MAX
         );
+    }
+
+    #[test]
+    fn a_later_row_with_a_taken_name_gets_its_row_number() {
+        let mut names = Names::default();
+        assert_eq!(
+            names.claim(0, "a/same.png".into(), true),
+            ("a/same.png".into(), None)
+        );
+        let (name, warning) = names.claim(4, "a/Same.png".into(), true);
+        assert_eq!(name, "a/Same-4.png", "compared ignoring case");
+        let warning = warning.unwrap();
+        assert_eq!(warning.code, NAME_COLLISION);
+        assert_eq!(
+            warning.message,
+            "rows 0 and 4 are both named images/a/Same.png; row 4's image is saved as images/a/Same-4.png"
+        );
+        // A name someone already has with the suffix: counted on.
+        assert_eq!(
+            names.claim(5, "a/same-7.png".into(), true).0,
+            "a/same-7.png"
+        );
+        assert_eq!(
+            names.claim(7, "a/same.png".into(), true).0,
+            "a/same-7-2.png"
+        );
+        // A row without an image keeps its name (for a retry), and the message says so.
+        let mut names = Names::default();
+        names.claim(1, "x.png".into(), false);
+        let (name, warning) = names.claim(2, "x.png".into(), true);
+        assert_eq!(name, "x-2.png");
+        assert!(
+            warning
+                .unwrap()
+                .message
+                .ends_with("(row 1 has no image, but keeps its name for a retry)")
+        );
+        // Folders with dots do not count as the extension.
+        let mut names = Names::default();
+        names.claim(1, "v1.2/x".into(), true);
+        assert_eq!(names.claim(2, "v1.2/x".into(), true).0, "v1.2/x-2");
+    }
+
+    #[test]
+    fn pattern_names_end_in_the_format_extension() {
+        assert_eq!(with_extension("a/b.png".into(), "png"), "a/b.png");
+        assert_eq!(with_extension("a/b.PNG".into(), "png"), "a/b.PNG");
+        assert_eq!(with_extension("a/b".into(), "png"), "a/b.png");
+        assert_eq!(with_extension("png".into(), "png"), "png.png");
+        assert_eq!(with_extension("é".into(), "jpg"), "é.jpg");
     }
 
     #[test]

@@ -16,8 +16,10 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 use rand::{RngCore, SeedableRng};
+use shared::dataset::DatasetFormat;
 use shared::domain::{AbortAction, AbortRule, ChunkMessage, ChunkState, Job, JobId, JobStatus};
 use shared::local::{FanoutAlerts, FsObjectStore, LogAlerts, MemoryAlerts, MemoryQueue};
+use shared::naming::KeyPattern;
 use shared::pictify::plan::{Plan, PlanLimits};
 use shared::pictify::wire::{CreateSubscription, Format, event_names, headers};
 use shared::pictify::{PictifyClient, PictifyConfig, PictifyError};
@@ -57,6 +59,12 @@ pub struct RunArgs {
     /// JPEG / WebP quality, 0.1 to 1.
     #[arg(long)]
     pub quality: Option<f64>,
+    /// Name each image file under images/ by this pattern, e.g. '{templateId}/{slug(title)}-{row}.{ext}'
+    /// ('/' makes folders). Placeholders: {row} (or {row:06}), {templateId}, {job}, {ext}, {COLUMN},
+    /// {slug(COLUMN)}; {{ and }} are braces. Two rows with one name: the later gets -ROW
+    /// (NAME_COLLISION) [default: ROW-SLUG.EXT, e.g. 00042-why-idempotency-matters.png].
+    #[arg(long, value_name = "PATTERN")]
+    pub name_pattern: Option<String>,
     /// Your Pictify plan: sets the chunk size, batches at once and requests a minute (and, with
     /// the emulator, the limits it enforces). Without it: chunks of 100, 4 batches at once.
     #[arg(long, value_name = "free|pro|business|enterprise")]
@@ -153,6 +161,10 @@ impl OutDir {
     pub fn db(&self) -> PathBuf {
         self.state.join("jobs.db")
     }
+    /// Each row's image file name, as the last run gave them.
+    pub fn image_names(&self) -> PathBuf {
+        self.state.join("image-names.tsv")
+    }
 }
 
 /// What the submitter tasks report to the run loop.
@@ -185,6 +197,7 @@ struct Prepared {
     objects: Arc<FsObjectStore>,
     placed: prepare::Placed,
     store: Arc<SqliteJobStore>,
+    name_pattern: Option<KeyPattern>,
 }
 
 async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
@@ -193,7 +206,11 @@ async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
         .input
         .job_options(format, args.quality, abort_rule(args)?)?;
     check_options(args)?;
+    let name_pattern = name_pattern(args, format)?;
     let dataset = prepare::check_dataset(&args.input.dataset, &options)?;
+    if let Some(pattern) = &name_pattern {
+        check_pattern_fields(pattern, &dataset)?;
+    }
     let templates = emulator_templates(args.input.templates.as_deref())?;
     check_template(args, &templates).await?;
 
@@ -228,6 +245,7 @@ async fn prepare_run(args: &RunArgs) -> Result<Prepared, Failure> {
         objects,
         placed,
         store,
+        name_pattern,
     })
 }
 
@@ -283,6 +301,7 @@ async fn start_services(args: &RunArgs, prepared: &Prepared) -> Result<Services,
         clock: Arc::new(SystemClock),
         settings,
         webhook_secrets: secrets,
+        outputs: Default::default(),
     };
     let server = tokio::spawn(serve_webhooks(listener, pipeline.clone()));
     Ok(Services {
@@ -467,6 +486,8 @@ async fn report(
             Backend::Real { .. } => None,
         },
         placeholders: args.no_render,
+        name_pattern: prepared.name_pattern.as_ref(),
+        names_record: prepared.out.image_names(),
     })
     .await;
     let written = match written {
@@ -523,6 +544,54 @@ fn check_options(args: &RunArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("--emulator-faults: {e}")))?;
     }
     Ok(())
+}
+
+/// `--name-pattern`, parsed before anything runs. A pattern ending in another format's
+/// extension would name files for what they are not: it must end in `.{ext}` or this format's.
+fn name_pattern(args: &RunArgs, format: Format) -> Result<Option<KeyPattern>, Failure> {
+    let Some(text) = &args.name_pattern else {
+        return Ok(None);
+    };
+    let pattern = KeyPattern::parse(text)
+        .map_err(|e| Failure::usage(format!("--name-pattern '{text}': {e}")))?;
+    let ext = format.extension();
+    let lower = text.to_ascii_lowercase();
+    let other = ["png", "jpg", "jpeg", "webp", "gif"]
+        .into_iter()
+        .find(|e| lower.ends_with(&format!(".{e}")));
+    if let Some(other) = other
+        && other != ext
+        && !(other == "jpeg" && ext == "jpg")
+    {
+        return Err(Failure::usage(format!(
+            "--name-pattern '{text}' ends in .{other} but the images are {}: end it with .{{ext}}",
+            format.as_str()
+        )));
+    }
+    Ok(Some(pattern))
+}
+
+/// A CSV's header names every column its rows can have: a pattern field not in it would fail on
+/// every row, so it is a usage error now. (JSON rows may add keys as they go: checked per row.)
+fn check_pattern_fields(
+    pattern: &KeyPattern,
+    dataset: &prepare::CheckedDataset,
+) -> Result<(), Failure> {
+    if dataset.format != DatasetFormat::Csv {
+        return Ok(());
+    }
+    match pattern
+        .fields()
+        .into_iter()
+        .find(|f| !dataset.columns.iter().any(|c| c == f))
+    {
+        Some(field) => Err(Failure::usage(format!(
+            "--name-pattern '{pattern}' uses field \"{field}\", which is not in the CSV header of {} (columns: {})",
+            dataset.path.display(),
+            dataset.columns.join(", ")
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The abort rule the flags ask for, if any.

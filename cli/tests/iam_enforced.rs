@@ -524,3 +524,108 @@ async fn ingest_rejects_what_the_cached_template_definitions_refuse() {
     let denied = integration_tests::iam::denials(&stack.stack_name);
     assert!(denied.is_empty(), "{denied:#?}");
 }
+
+/// Delivery and row events under the template's policies (`DeliveryBucket`, `RowEvents`): the
+/// ingest function's deliver steps copy every image to the delivery bucket and publish one event
+/// per row, and a sidecar naming any other bucket is refused at ingest.
+#[tokio::test]
+async fn delivery_and_row_events_run_under_the_template_policies() {
+    let admin = integration_tests::iam::admin_config().await;
+    let s3 = aws_sdk_s3::Client::new(&admin);
+    let delivered = integration_tests::fresh_bucket(&s3, "delivered")
+        .await
+        .unwrap();
+    let stack = Stack::start(StackOptions {
+        iam: true,
+        template_parameters: vec![
+            ("DeliveryBucket", delivered.clone()),
+            ("RowEvents", "Enabled".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let environment = &stack.principals.as_ref().unwrap().ingest.environment;
+    assert_eq!(environment["ROW_EVENTS_TOPIC_ARN"], stack.row_events_topic);
+    assert_eq!(environment["DELIVERY_BUCKET"], delivered);
+    let sns = aws_sdk_sns::Client::new(&admin);
+    let subscriber = integration_tests::fresh_queue(&stack.sqs, "row-subscriber")
+        .await
+        .unwrap();
+    subscribe_queue(&sns, &stack.sqs, &stack.row_events_topic, &subscriber)
+        .await
+        .unwrap();
+
+    let key = "uploads/tmpl_blog_card/cards.csv";
+    let sidecar = format!(
+        r#"{{"delivery": {{"bucket": "{delivered}", "keyPattern": "{{slug(title)}}-{{row}}.{{ext}}"}}}}"#
+    );
+    stack
+        .upload(&format!("{key}.job.json"), sidecar.into_bytes())
+        .await
+        .unwrap();
+    stack.upload(key, blog_csv(120)).await.unwrap();
+    let job = run_until_done(
+        &stack,
+        &job_id_of(&stack.ingest(key).await.unwrap()).unwrap(),
+    )
+    .await;
+    assert_eq!((job.counters.rendered, job.counters.failed), (120, 0));
+
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&delivered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.contents().len(), 120);
+    let manifest = stack
+        .get_text("results/tmpl_blog_card/cards.csv.results.jsonl")
+        .await
+        .unwrap();
+    assert!(
+        manifest
+            .lines()
+            .all(|l| l.contains("\"deliveredKey\":\"post-")),
+        "{manifest}"
+    );
+    let mut events = 0;
+    loop {
+        let got = receive(&stack.sqs, &subscriber, 10, 1).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        events += got.len();
+        for message in got {
+            stack
+                .sqs
+                .delete_message()
+                .queue_url(&subscriber)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(events, 120);
+
+    // Another bucket: the functions may not write there, so the job fails at ingest, saying why.
+    let elsewhere = "uploads/tmpl_blog_card/elsewhere.csv";
+    stack
+        .upload(
+            &format!("{elsewhere}.job.json"),
+            br#"{"delivery": {"bucket": "not-ours", "keyPattern": "{row}.{ext}"}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    stack.upload(elsewhere, blog_csv(3)).await.unwrap();
+    let refused = stack
+        .job(&job_id_of(&stack.ingest(elsewhere).await.unwrap()).unwrap())
+        .await
+        .unwrap();
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("DeliveryBucket"), "{error}");
+
+    let denied = integration_tests::iam::denials(&stack.stack_name);
+    assert!(denied.is_empty(), "{denied:#?}");
+}

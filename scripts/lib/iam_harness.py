@@ -56,6 +56,8 @@ BATCH_ACTIONS = {
     "sqs:SendMessageBatch": ("sqs:SendMessage",),
     "sqs:DeleteMessageBatch": ("sqs:DeleteMessage",),
     "sqs:ChangeMessageVisibilityBatch": ("sqs:ChangeMessageVisibility",),
+    # AWS authorises PublishBatch as sns:Publish (row events).
+    "sns:PublishBatch": ("sns:Publish",),
 }
 
 

@@ -92,9 +92,10 @@ _check_signature = IAMRequestBase.check_signature
 
 def _check_signature_unless_reencoded(self):
     """moto checks a signature over its own re-encoding of a form body, which differs from the
-    Rust SDK's for SNS Publish messages with non-ASCII text (our alerts): skip that check for
-    sns:Publish alone. The access key still names the user, and the action check still runs."""
-    if self._action == "sns:Publish":
+    Rust SDK's for SNS messages with non-ASCII or JSON text (our alerts, row events): skip that
+    check for sns:Publish and sns:PublishBatch alone. The access key still names the user, and
+    the action check still runs."""
+    if self._action in ("sns:Publish", "sns:PublishBatch"):
         return None
     try:
         return _check_signature(self)

@@ -133,7 +133,7 @@ pub fn job_spec(
     }
     let abort = abort_rule(&sidecar)?;
     if let Some(delivery) = &sidecar.delivery {
-        check_delivery(delivery)?;
+        check_delivery(delivery, settings)?;
     }
     Ok(JobSpec {
         template_variables: None,
@@ -154,9 +154,18 @@ pub fn job_spec(
 }
 
 /// A delivery the job could never make is refused when the job is created, not row by row.
-fn check_delivery(delivery: &DeliverySpec) -> Result<(), String> {
+fn check_delivery(delivery: &DeliverySpec, settings: &Settings) -> Result<(), String> {
     if delivery.bucket.trim().is_empty() {
         return Err("job sidecar: delivery.bucket is empty".into());
+    }
+    if let Some(allowed) = &settings.delivery_bucket
+        && *allowed != delivery.bucket
+    {
+        return Err(format!(
+            "job sidecar: delivery.bucket {:?} is not this stack's delivery bucket {allowed:?} \
+             (template parameter DeliveryBucket): its functions may not write there",
+            delivery.bucket
+        ));
     }
     if delivery.prefix.starts_with('/') {
         return Err(format!(
@@ -279,6 +288,49 @@ mod tests {
         ] {
             assert!(matches!(classify(key, &s), UploadKind::Ignored(_)), "{key}");
         }
+    }
+
+    #[test]
+    fn a_delivery_is_checked_when_the_job_is_created() {
+        let mut s = Settings::default();
+        let sidecar = |pattern: &str, bucket: &str| {
+            format!(
+                r#"{{"delivery":{{"bucket":"{bucket}","prefix":"cards/","keyPattern":"{pattern}"}}}}"#
+            )
+        };
+        let spec = job_spec(
+            "t",
+            Some(sidecar("{slug(title)}-{row}.{ext}", "mine").as_bytes()),
+            &s,
+        )
+        .expect("a good delivery");
+        let delivery = spec.delivery.expect("kept on the spec");
+        assert_eq!(
+            (delivery.bucket.as_str(), delivery.prefix.as_str()),
+            ("mine", "cards/")
+        );
+        assert!(spec.incremental, "wanted unless renderAll");
+
+        let bad = job_spec(
+            "t",
+            Some(sidecar("{slug(title}.png", "mine").as_bytes()),
+            &s,
+        )
+        .expect_err("an unclosed placeholder");
+        assert!(bad.contains("delivery.keyPattern"), "{bad}");
+        let empty =
+            job_spec("t", Some(sidecar("{row}", " ").as_bytes()), &s).expect_err("an empty bucket");
+        assert!(empty.contains("delivery.bucket is empty"), "{empty}");
+
+        s.delivery_bucket = Some("stack-cards".into());
+        let other = job_spec("t", Some(sidecar("{row}", "mine").as_bytes()), &s)
+            .expect_err("not the stack's bucket");
+        assert!(
+            other.contains("DeliveryBucket") && other.contains("stack-cards"),
+            "{other}"
+        );
+        let all = job_spec("t", Some(br#"{"renderAll": true}"#), &s).expect("renderAll");
+        assert!(!all.incremental);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Settings {
     /// The stack's own webhook URL (`WEBHOOK_URL`): the reconciler checks that Pictify's
     /// subscriptions to it are alive for every event the stack needs. `None`: not checked.
     pub webhook_url: Option<String>,
+    /// `DELIVERY_BUCKET`: the one bucket a deployed stack may copy images to (its functions'
+    /// policies name it); a job whose sidecar names another is refused at ingest. `None`: any
+    /// bucket (a local run, or tests).
+    pub delivery_bucket: Option<String>,
     /// What happens to rows Pictify rendered whose `render.completed` (their URL) never came.
     pub missing_url_policy: MissingUrlPolicy,
     /// How hard the pipeline may drive the customer's Pictify account.
@@ -176,6 +180,7 @@ impl Default for Settings {
             stuck_after: Duration::from_secs(900),
             job_deadline: Duration::from_secs(6 * 3600),
             webhook_url: None,
+            delivery_bucket: None,
             missing_url_policy: MissingUrlPolicy::Leave,
             pacing: Pacing::unlimited(),
             ingest_handoff_margin: Duration::from_secs(60),
@@ -328,6 +333,7 @@ impl Settings {
             )? as usize;
         }
         s.webhook_url = get("WEBHOOK_URL").filter(|url| !url.trim().is_empty());
+        s.delivery_bucket = get("DELIVERY_BUCKET").filter(|b| !b.trim().is_empty());
         if let Some(v) = get("MAX_UPLOAD_BYTES") {
             s.max_upload_bytes =
                 parse_in("MAX_UPLOAD_BYTES", &v, 1.0, MAX_S3_OBJECT as f64)? as u64;

@@ -548,6 +548,7 @@ async fn a_chunk_completes_exactly_once(store: Store) {
         rendered: 2,
         failed: 1,
         retried: 1,
+        reused: 1,
         chunks: 1,
         chunks_done: 1,
         ..Default::default()
@@ -1060,6 +1061,7 @@ async fn reopening_applies_once_only_from_the_expected_status(store: Store) {
         rendered: 1,
         failed: 0,
         retried: 2,
+        reused: 1,
         chunks: 1,
         chunks_done: 1,
         ..Default::default()

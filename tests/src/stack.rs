@@ -149,6 +149,9 @@ pub struct Stack {
     pub dlq_url: String,
     /// The alert topic (the functions publish to it; `MemoryAlerts` sees the same alerts).
     pub topic: String,
+    /// template.yaml's `RowEventsTopic`: an IAM-enforced stack with `RowEvents=Enabled`
+    /// publishes each finished row to it.
+    pub row_events_topic: String,
     pub bucket: String,
     pub table: String,
     pub s3: aws_sdk_s3::Client,
@@ -228,6 +231,8 @@ impl Stack {
         redrive(&sqsc, &queue_url, &dlq_url).await?;
         let step_queue_url = fresh_queue(&sqsc, "steps").await?;
         let topic = fresh_topic(&snsc, "alerts").await?;
+        // template.yaml's RowEventsTopic (made whether or not a test publishes to it).
+        let row_events_topic = fresh_topic(&snsc, "row-events").await?;
         let table = unique_name("jobs");
         create_table(&dyn_c, &table)
             .await
@@ -301,6 +306,7 @@ impl Stack {
                 step_queue_url: &step_queue_url,
                 dlq_url: &dlq_url,
                 topic: &topic,
+                row_events_topic: &row_events_topic,
                 api_key: TEST_API_KEY,
                 webhook_secret: &webhook_secret,
                 pictify_url: &emulator.base_url(),
@@ -335,6 +341,7 @@ impl Stack {
             step_queue_url,
             dlq_url,
             topic,
+            row_events_topic,
             bucket,
             table,
             s3: s3c,
@@ -689,6 +696,7 @@ struct IamResources<'a> {
     step_queue_url: &'a str,
     dlq_url: &'a str,
     topic: &'a str,
+    row_events_topic: &'a str,
     api_key: &'a str,
     webhook_secret: &'a str,
     pictify_url: &'a str,
@@ -728,6 +736,7 @@ async fn wire_under_iam(
             "UploadBucket": r.bucket, "JobsTable": r.table, "WorkQueue": r.queue_url,
             "StepQueue": r.step_queue_url, "WorkDeadLetterQueue": r.dlq_url, "AlertTopic": r.topic,
             "StackSecret": stack_secret_arn, "AlertSecret": alert_secret_arn, "AlertTopicKey": key_id,
+            "RowEventsTopic": r.row_events_topic,
         },
         "attributes": {
             "UploadBucket.Arn": format!("arn:aws:s3:::{}", r.bucket),

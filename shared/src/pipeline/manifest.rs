@@ -516,7 +516,9 @@ impl Pipeline {
         let outcome = combine(first.outcomes.get(&row.number), reopened.get(&row.number));
         let delivered = match (&job.spec.delivery, &outcome) {
             (Some(_), Some(o)) => {
-                if !first.deliveries.contains_key(&o.chunk) {
+                // Fetched with an await, which the entry API cannot hold across.
+                let cached = first.deliveries.contains_key(&o.chunk);
+                if !cached {
                     let record = self.delivery_of(job, o.chunk).await?;
                     first.deliveries.insert(o.chunk, record);
                 }

@@ -1935,3 +1935,100 @@ async fn rows_the_cached_template_definitions_refuse_are_rejected_at_ingest_not_
     assert_eq!((job.counters.rows, job.counters.rejected), (5, 0));
     assert_eq!(job.spec.template_variables, None);
 }
+
+/// Images by URL for the deliver step: `Post 1`'s fails twice (a 5xx) and then comes, `Post 2`'s
+/// is gone (a 404); the rest come at once.
+#[derive(Default)]
+struct FlakyImages {
+    fetches: Mutex<HashMap<String, u32>>,
+}
+
+#[async_trait]
+impl crate::ports::ImageSource for FlakyImages {
+    async fn fetch(&self, url: &str) -> crate::ports::PortResult<crate::ports::FetchedImage> {
+        let tries = {
+            let mut fetches = self.fetches.lock().unwrap();
+            let tries = fetches.entry(url.to_owned()).or_default();
+            *tries += 1;
+            *tries
+        };
+        if url.contains("Post 1.") && tries <= 2 {
+            return Err(crate::ports::PortError::new("fetch", "HTTP 503"));
+        }
+        if url.contains("Post 2.") {
+            return Err(crate::ports::PortError::permanent("fetch", "HTTP 404"));
+        }
+        Ok(crate::ports::FetchedImage {
+            bytes: b"\x89PNG".to_vec(),
+            content_type: Some("image/png".into()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn delivery_retries_a_failing_copy_and_records_one_that_cannot_succeed() {
+    let mut h = harness();
+    let images = Arc::new(FlakyImages::default());
+    h.pipeline.outputs.images = images.clone();
+    let sidecar = ObjectRef {
+        bucket: "bucket".into(),
+        key: format!("{}.job.json", upload().key),
+    };
+    let spec = br#"{"delivery": {"bucket": "mine", "prefix": "cards/", "keyPattern": "{slug(title)}.{ext}"}}"#;
+    h.objects
+        .put_bytes(&sidecar, spec.to_vec(), "application/json")
+        .await
+        .unwrap();
+    h.put_upload(csv(5)).await;
+    h.ingest().await;
+    h.submit_all().await;
+    h.play_webhooks(0).await;
+
+    let job = h.job().await;
+    assert_eq!(
+        job.status,
+        JobStatus::Completed,
+        "delivery leaves statuses alone"
+    );
+    let at = |key: &str| ObjectRef {
+        bucket: "mine".into(),
+        key: key.into(),
+    };
+    for row in [0, 1, 3, 4] {
+        let copy = h
+            .objects
+            .get_bytes(&at(&format!("cards/post-{row}.png")))
+            .await
+            .unwrap();
+        assert_eq!(copy.as_deref(), Some(&b"\x89PNG"[..]), "row {row}");
+    }
+    assert_eq!(
+        images.fetches.lock().unwrap()["https://cdn/Post 1.png"],
+        3,
+        "tried three times"
+    );
+    assert_eq!(
+        images.fetches.lock().unwrap()["https://cdn/Post 2.png"],
+        1,
+        "a 404 is not retried"
+    );
+    let lines = h.manifest_lines().await;
+    assert_eq!(lines[1]["deliveredKey"], "cards/post-1.png");
+    assert_eq!(lines[2]["deliveredKey"], serde_json::Value::Null);
+    let error = lines[2]["deliveryError"].as_str().unwrap();
+    assert!(
+        error.contains("after 1 tries") && error.contains("404"),
+        "{error}"
+    );
+
+    // Delivering the chunk again (a redelivered step) fetches nothing more.
+    let fetched: u32 = images.fetches.lock().unwrap().values().sum();
+    h.pipeline
+        .deliver_chunk(&job.id, ChunkKey::initial(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        images.fetches.lock().unwrap().values().sum::<u32>(),
+        fetched
+    );
+}
