@@ -136,9 +136,10 @@ pub async fn status(args: JobArgs) -> Result<Outcome, Failure> {
         );
     }
     println!(
-        "rows {}  rendered {}  failed {}  cancelled {}  rejected {}  in flight {}  failure rate {:.1}%",
+        "rows {}  rendered {}  reused {}  failed {}  cancelled {}  rejected {}  in flight {}  failure rate {:.1}%",
         c.rows,
         c.rendered,
+        c.reused,
         c.failed,
         c.cancelled,
         c.rejected,

@@ -224,6 +224,7 @@ pub fn completion(job: &JobId, key: ChunkKey, rendered: u64, retry: bool) -> Chu
         cancelled: vec![],
         reused: BTreeMap::from([(2, "https://img.example/2.png".to_owned())]),
         duration_ms: Some(250),
+        completed_at: Some(1_700_000_000),
     };
     let delta = Counters {
         rendered,

@@ -634,6 +634,9 @@ pub struct ChunkOutcome {
     pub reused: BTreeMap<u32, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// When the outcome was applied (the deliver step's lost-message check waits from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
 }
 
 impl ChunkOutcome {

@@ -138,6 +138,7 @@ impl Pipeline {
             rendered: (size - failed_items - cancelled.len()) as u32,
             cancelled,
             duration_ms,
+            completed_at: Some(self.clock.now()),
             ..Default::default()
         };
         let mut code_counts: HashMap<String, u64> = HashMap::new();

@@ -92,8 +92,8 @@ impl Pipeline {
     }
 
     /// Before the manifest: every applied chunk delivered. A chunk whose step message was lost
-    /// (it has waited past `stuck_after`), or any chunk when there is no step queue, is delivered
-    /// here; a chunk applied just now is left to its own step and the manifest waits (`NotYet`),
+    /// (applied longer than `stuck_after` ago), or any chunk when there is no step queue, is
+    /// delivered here; a chunk applied just now is left to its own step and the manifest waits (`NotYet`),
     /// so the two never both publish.
     pub(super) async fn deliver_missing(&self, job: &Job) -> Result<(), StepError> {
         if !self.delivers(job) {
@@ -103,10 +103,17 @@ impl Pipeline {
         let patience = i64::try_from(self.settings.stuck_after.as_secs()).unwrap_or(i64::MAX);
         let mut waiting = 0;
         for chunk in self.store.chunks_of_job(&job.id).await? {
-            if chunk.outcome.is_none() || self.delivery_of(job, chunk.key).await?.is_some() {
+            let Some(outcome) = &chunk.outcome else {
+                continue;
+            };
+            if self.delivery_of(job, chunk.key).await?.is_some() {
                 continue;
             }
-            let since = chunk.submitted_at.or(chunk.queued_at).unwrap_or(0);
+            let since = outcome
+                .completed_at
+                .or(chunk.submitted_at)
+                .or(chunk.queued_at)
+                .unwrap_or(0);
             if self.queue.takes_steps() && now - since < patience {
                 waiting += 1;
                 continue;

@@ -166,6 +166,7 @@ impl Pipeline {
             key,
             outcome: ChunkOutcome {
                 cancelled: (0..rows).collect(),
+                completed_at: Some(self.clock.now()),
                 ..ChunkOutcome::default()
             },
             delta: Counters {

@@ -346,6 +346,7 @@ impl Pipeline {
             outcome: ChunkOutcome {
                 reused,
                 retried: changed,
+                completed_at: Some(self.clock.now()),
                 ..ChunkOutcome::default()
             },
             retry: sent_on.as_ref().map(|(chunk, _)| chunk.clone()),
@@ -357,13 +358,13 @@ impl Pipeline {
                 // `stuck_after`.
                 self.queue.send(std::slice::from_ref(&message)).await?;
             }
+            info!(job_id = %job.id, chunk = %key.label(), reused = counts.0, changed = counts.1, "incremental re-run: earlier renders reused");
+            metrics::emit(
+                &[("RowsReused", f64::from(counts.0), Unit::Count)],
+                &[("jobId", job.id.as_str())],
+            );
             self.deliver_or_warn(job, key).await;
         }
-        info!(job_id = %job.id, chunk = %key.label(), reused = counts.0, changed = counts.1, "incremental re-run: earlier renders reused");
-        metrics::emit(
-            &[("RowsReused", f64::from(counts.0), Unit::Count)],
-            &[("jobId", job.id.as_str())],
-        );
         self.free_slot(&job.id, key).await?;
         self.finish_job_if_done(&job.id).await?;
         Ok(Some(SubmitOutcome::Reused {
@@ -419,6 +420,7 @@ impl Pipeline {
             outcome: ChunkOutcome {
                 rendered: 0,
                 failed,
+                completed_at: Some(self.clock.now()),
                 ..ChunkOutcome::default()
             },
             delta: Counters {
