@@ -59,13 +59,7 @@ impl Pipeline {
                 results.status
             )));
         }
-        let job = self
-            .store
-            .job(&job_id)
-            .await?
-            .ok_or_else(|| StepError::Missing {
-                what: format!("job {job_id}"),
-            })?;
+        let job = self.stored_job(&job_id).await?;
         let applied = self
             .apply_results(&job, key, chunk.rows.len(), &results, duration_ms)
             .await?;

@@ -173,13 +173,7 @@ impl Pipeline {
         job_id: &JobId,
         key: ChunkKey,
     ) -> Result<ChunkDelivery, StepError> {
-        let job = self
-            .store
-            .job(job_id)
-            .await?
-            .ok_or_else(|| StepError::Missing {
-                what: format!("job {job_id}"),
-            })?;
+        let job = self.stored_job(job_id).await?;
         if let Some(done) = self.delivery_of(&job, key).await? {
             info!(job_id = %job_id, chunk = %key.label(), "chunk delivered already");
             return Ok(done);

@@ -48,11 +48,7 @@ impl Pipeline {
     /// The step queue's `WriteManifest`: finishes a job still in `finishing` (a late duplicate
     /// of the step finds it finished and does nothing). `false` when there was nothing to do.
     pub async fn write_manifest_step(&self, job_id: &JobId) -> Result<bool, StepError> {
-        let Some(job) = self.store.job(job_id).await? else {
-            return Err(StepError::Missing {
-                what: format!("job {job_id}"),
-            });
-        };
+        let job = self.stored_job(job_id).await?;
         if job.status != JobStatus::Finishing {
             info!(job_id = %job_id, status = job.status.as_str(), "manifest step for a job not finishing");
             return Ok(false);

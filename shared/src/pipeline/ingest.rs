@@ -198,11 +198,7 @@ impl Pipeline {
         job_id: &JobId,
         hand_off_at: Option<Instant>,
     ) -> Result<IngestOutcome, StepError> {
-        let Some(job) = self.store.job(job_id).await? else {
-            return Err(StepError::Missing {
-                what: format!("job {job_id}"),
-            });
-        };
+        let job = self.stored_job(job_id).await?;
         if job.status != JobStatus::Ingesting {
             info!(job_id = %job_id, status = job.status.as_str(), "ingest continuation for a job past ingest");
             return Ok(IngestOutcome::Duplicate {

@@ -59,6 +59,7 @@ pub use reopen::{ReopenOutcome, Selection};
 pub use submit::{KeepReason, MessageFate, ParkReason, SubmitOutcome};
 pub use webhook::{WebhookReply, WebhookRequest};
 
+use crate::domain::{Job, JobId};
 use crate::pictify::images::HttpImages;
 use crate::ports::{
     Alerts, Clock, ImageSource, JobStore, NoRowEvents, ObjectStore, PictifyApi, PortError,
@@ -131,6 +132,15 @@ pub enum StepError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+impl Pipeline {
+    /// The stored job; `Missing` when there is none (a step for a job we have no record of).
+    pub(crate) async fn stored_job(&self, id: &JobId) -> Result<Job, StepError> {
+        self.store.job(id).await?.ok_or_else(|| StepError::Missing {
+            what: format!("job {id}"),
+        })
+    }
 }
 
 impl StepError {

@@ -65,13 +65,7 @@ impl Pipeline {
         job_id: &JobId,
         selection: Selection,
     ) -> Result<ReopenOutcome, StepError> {
-        let job = self
-            .store
-            .job(job_id)
-            .await?
-            .ok_or_else(|| StepError::Missing {
-                what: format!("job {job_id}"),
-            })?;
+        let job = self.stored_job(job_id).await?;
         let reopenable = job.status.is_terminal()
             || (selection == Selection::MissingUrls && job.status == JobStatus::Finishing);
         if !reopenable {
