@@ -250,6 +250,19 @@ pub fn chunk_payload_ref(bucket: &str, job: &JobId, label: &str, settings: &Sett
     }
 }
 
+/// What the deliver step did for a chunk (`pipeline::deliver`), beside its payload.
+pub fn chunk_delivery_ref(
+    bucket: &str,
+    job: &JobId,
+    label: &str,
+    settings: &Settings,
+) -> ObjectRef {
+    ObjectRef {
+        bucket: bucket.to_owned(),
+        key: format!("{}{job}/{label}.delivery.json", settings.work_prefix),
+    }
+}
+
 /// The rules the reader applies for a spec; the manifest re-reads the file with the same rules as
 /// ingest, so row numbers and rejection reasons come out identical.
 pub fn row_rules(spec: &JobSpec) -> RowRules {

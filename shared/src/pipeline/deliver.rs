@@ -140,12 +140,7 @@ impl Pipeline {
 
     /// Where a chunk's delivery record is kept.
     fn delivery_ref(&self, job: &Job, key: ChunkKey) -> ObjectRef {
-        layout::chunk_payload_ref(
-            &job.source.bucket,
-            &job.id,
-            &format!("{}.delivery", key.label()),
-            &self.settings,
-        )
+        layout::chunk_delivery_ref(&job.source.bucket, &job.id, &key.label(), &self.settings)
     }
 
     /// A chunk's delivery record; `None` when it was not delivered yet.
